@@ -1,0 +1,272 @@
+//! Wiring only: builds the receivers, pipeline and exporters from the config, runs
+//! them, and stops them in order (receivers, then pipeline flush, then exporter drain).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, parse_listen_addr};
+use crate::exporter::{self, ExporterHandle};
+use crate::processor::{Batcher, Pipeline};
+use crate::receiver::grpc::GrpcReceiver;
+use crate::receiver::http::HttpReceiver;
+use crate::receiver::Intake;
+use crate::telemetry::{self, Metrics};
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {endpoint} ({key}): {source}; free the port or change {key}")]
+    Bind {
+        /// The config key naming the endpoint.
+        key: &'static str,
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+    /// An endpoint in the config is not a listen address (normally caught by validation).
+    #[error("{key}: {message}")]
+    Endpoint {
+        /// The config key naming the endpoint.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// An exporter could not be built.
+    #[error(transparent)]
+    Exporter(#[from] exporter::BuildError),
+    /// A server stopped with an error while running.
+    #[error("the {server} server failed: {message}")]
+    Server {
+        /// Which server.
+        server: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// An agent whose listeners are bound and exporters built, ready to [`run`](Self::run).
+pub struct Agent {
+    config: Config,
+    grpc: Option<TcpListener>,
+    http: Option<TcpListener>,
+    telemetry: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+}
+
+/// What happened to the spans in flight when the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Spans dropped because `shutdown_timeout` passed before they were exported.
+    pub abandoned_spans: u64,
+}
+
+impl Agent {
+    /// Binds every listener the config enables, so that ports are known (and taken) before running.
+    pub async fn bind(config: Config) -> Result<Self, AppError> {
+        let receivers = &config.receivers.otlp;
+        let grpc = match &receivers.grpc {
+            Some(r) => Some(listen("receivers.otlp.grpc.endpoint", &r.endpoint).await?),
+            None => None,
+        };
+        let http = match &receivers.http {
+            Some(r) => Some(listen("receivers.otlp.http.endpoint", &r.endpoint).await?),
+            None => None,
+        };
+        let telemetry = match &config.telemetry.endpoint {
+            Some(endpoint) => Some(listen("telemetry.endpoint", endpoint).await?),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            grpc,
+            http,
+            telemetry,
+            metrics: Arc::default(),
+        })
+    }
+
+    /// The bound OTLP/gRPC address, if that receiver is enabled.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound OTLP/HTTP address, if that receiver is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The bound telemetry (`/metrics`) address, if enabled.
+    pub fn telemetry_addr(&self) -> Option<SocketAddr> {
+        self.telemetry.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The agent's counters.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until `shutdown` completes, then stops in order within `shutdown_timeout`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<ShutdownReport, AppError> {
+        let Self {
+            config,
+            grpc,
+            http,
+            telemetry,
+            metrics,
+        } = self;
+        let abandon = CancellationToken::new();
+        let mut handles: Vec<ExporterHandle> = Vec::new();
+        let mut exporter_tasks = Vec::new();
+        for (name, exporter_config) in &config.exporters {
+            let (handle, task) = exporter::start(name, exporter_config, Arc::clone(&metrics), abandon.clone())?;
+            handles.push(handle);
+            exporter_tasks.push(task);
+        }
+
+        let (tx, rx) = mpsc::channel(config.pipeline.max_pending_requests.max(1));
+        let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
+        let pipeline = tokio::spawn(Pipeline::new(Vec::new(), batcher, config.batch.timeout, handles).run(rx));
+
+        let intake = Intake::new(tx, Arc::clone(&metrics));
+        let stop_receivers = CancellationToken::new();
+        let mut servers = JoinSet::new();
+        let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
+        if let (Some(listener), Some(receiver)) = (grpc, &config.receivers.otlp.grpc) {
+            let server = GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
+            let stop = stop_receivers.clone();
+            servers.spawn(async move { ("OTLP/gRPC", server.serve(listener, stop).await.map_err(|e| e.to_string())) });
+        }
+        if let (Some(listener), Some(receiver)) = (http, &config.receivers.otlp.http) {
+            let server = HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
+            let stop = stop_receivers.clone();
+            servers.spawn(async move { ("OTLP/HTTP", server.serve(listener, stop).await.map_err(|e| e.to_string())) });
+        }
+        // Only the receivers may hold the pipeline's sender: when they stop, it closes.
+        drop(intake);
+        let stop_telemetry = CancellationToken::new();
+        let telemetry_task = telemetry.map(|listener| {
+            tokio::spawn(telemetry::server::serve(listener, Arc::clone(&metrics), stop_telemetry.clone()))
+        });
+
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            "daena-trace-agent started: {listening}; exporters: {}",
+            describe_exporters(&config)
+        );
+
+        let failure = wait_for_shutdown(shutdown, &mut servers).await;
+        tracing::info!("Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}", config.shutdown_timeout);
+        let deadline = Instant::now() + config.shutdown_timeout;
+        stop_receivers.cancel();
+        // In-flight requests finish; past the deadline the servers are cut off.
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, servers.join_next()).await {}
+        servers.abort_all();
+        let _ = tokio::time::timeout_at(deadline, pipeline).await;
+        for task in exporter_tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                break;
+            }
+        }
+        // Whatever is still queued or retrying now is abandoned and counted.
+        abandon.cancel();
+        stop_telemetry.cancel();
+        if let Some(task) = telemetry_task {
+            let _ = task.await;
+        }
+        let report = ShutdownReport {
+            abandoned_spans: metrics.dropped_total(crate::telemetry::metrics::DropReason::Shutdown),
+        };
+        if report.abandoned_spans == 0 {
+            tracing::info!("Stopped: every accepted span was handed to the exporters' backends or dropped as counted in /metrics; none abandoned");
+        } else {
+            tracing::warn!(abandoned_spans = report.abandoned_spans, "Stopped after shutdown_timeout with spans still undelivered; they are lost");
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+}
+
+async fn listen(key: &'static str, endpoint: &str) -> Result<TcpListener, AppError> {
+    let addr = parse_listen_addr(endpoint).map_err(|message| AppError::Endpoint { key, message })?;
+    TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
+        key,
+        endpoint: endpoint.to_owned(),
+        source,
+    })
+}
+
+/// Waits for the shutdown signal, or for a server to fail (which also means shutting down).
+async fn wait_for_shutdown(
+    shutdown: impl Future<Output = ()>,
+    servers: &mut JoinSet<(&'static str, Result<(), String>)>,
+) -> Option<AppError> {
+    let first_exit = async {
+        match servers.join_next().await {
+            Some(Ok((server, result))) => AppError::Server {
+                server,
+                message: result.err().unwrap_or_else(|| "stopped unexpectedly".to_owned()),
+            },
+            Some(Err(join)) => AppError::Server {
+                server: "receiver",
+                message: join.to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown => None,
+        error = first_exit => {
+            tracing::error!(error = %error, "A receiver failed; shutting down");
+            Some(error)
+        }
+    }
+}
+
+fn describe_listeners(
+    grpc: Option<&TcpListener>,
+    http: Option<&TcpListener>,
+    telemetry: Option<&TcpListener>,
+) -> String {
+    let addr = |l: Option<&TcpListener>| {
+        l.and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "off".to_owned(), |a| a.to_string())
+    };
+    format!(
+        "OTLP/gRPC on {}, OTLP/HTTP on {}, metrics on {}",
+        addr(grpc),
+        addr(http),
+        addr(telemetry)
+    )
+}
+
+/// One phrase per exporter: name, protocol, destination and, for env-built ones, why.
+fn describe_exporters(config: &Config) -> String {
+    let masked = config.masked();
+    masked
+        .exporters
+        .iter()
+        .map(|(name, e)| {
+            let mut text = format!("{name} ({}", e.protocol);
+            if let Some(url) = e.export_url() {
+                text.push_str(&format!(" to {url}"));
+            }
+            if let Some(origin) = &e.origin {
+                text.push_str(&format!("; {origin}"));
+            }
+            text.push(')');
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

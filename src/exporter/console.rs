@@ -1,0 +1,174 @@
+//! Console exporter: one line per span on stdout, what a developer expects when no
+//! backend is configured.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::Mutex;
+
+use super::{Delivered, ExportError, Exporter, Payload};
+use crate::otlp::{AnyValue, KeyValue, Resource, Span, Value};
+
+/// Prints spans as `service span-name trace=… span=… parent=… duration=… status=… {attributes}`.
+pub struct ConsoleExporter {
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+impl ConsoleExporter {
+    /// Prints to the process's standard output.
+    pub fn stdout() -> Self {
+        Self::new(Box::new(std::io::stdout()))
+    }
+
+    /// Prints to `out`.
+    pub fn new(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: Mutex::new(out),
+        }
+    }
+}
+
+impl Exporter for ConsoleExporter {
+    async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
+        let mut text = String::new();
+        for rs in &payload.request().resource_spans {
+            let service = service_name(rs.resource.as_ref());
+            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+                format_span(&mut text, service, span);
+                text.push('\n');
+            }
+        }
+        let mut out = self.out.lock().map_err(|_| ExportError::Permanent {
+            message: "console output is unusable after an earlier failure".into(),
+        })?;
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| ExportError::Retryable {
+                message: format!("cannot write to the console: {e}"),
+                retry_after: None,
+            })?;
+        Ok(Delivered::default())
+    }
+}
+
+fn service_name(resource: Option<&Resource>) -> &str {
+    resource
+        .into_iter()
+        .flat_map(|r| &r.attributes)
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or("unknown_service")
+}
+
+/// Writes one span as a single line.
+fn format_span(out: &mut String, service: &str, span: &Span) {
+    let duration_ns = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano);
+    let status = match span.status.as_ref().map(|s| s.code) {
+        Some(1) => "ok",
+        Some(2) => "error",
+        _ => "unset",
+    };
+    let _ = write!(
+        out,
+        "{service} {:?} trace={} span={} parent={} duration={:.3}ms status={status}",
+        span.name,
+        const_hex::encode(&span.trace_id),
+        const_hex::encode(&span.span_id),
+        if span.parent_span_id.is_empty() {
+            "-".to_owned()
+        } else {
+            const_hex::encode(&span.parent_span_id)
+        },
+        duration_ns as f64 / 1e6,
+    );
+    if !span.events.is_empty() {
+        let _ = write!(out, " events={}", span.events.len());
+    }
+    out.push(' ');
+    write_attributes(out, &span.attributes);
+}
+
+fn write_attributes(out: &mut String, attributes: &[KeyValue]) {
+    out.push('{');
+    for (i, kv) in attributes.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&kv.key);
+        out.push('=');
+        write_value(out, kv.value.as_ref());
+    }
+    out.push('}');
+}
+
+fn write_value(out: &mut String, value: Option<&AnyValue>) {
+    let _ = match value.and_then(|v| v.value.as_ref()) {
+        None => write!(out, "null"),
+        Some(Value::StringValue(s)) => write!(out, "{s:?}"),
+        Some(Value::BoolValue(b)) => write!(out, "{b}"),
+        Some(Value::IntValue(i)) => write!(out, "{i}"),
+        Some(Value::DoubleValue(d)) => write!(out, "{d:?}"),
+        Some(Value::BytesValue(b)) => write!(out, "0x{}", const_hex::encode(b)),
+        // Only profiles use string-table indexes; print the index rather than guess.
+        Some(Value::StringValueStrindex(i)) => write!(out, "strindex:{i}"),
+        Some(Value::ArrayValue(array)) => {
+            out.push('[');
+            for (i, v) in array.values.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_value(out, Some(v));
+            }
+            write!(out, "]")
+        }
+        Some(Value::KvlistValue(list)) => {
+            write_attributes(out, &list.values);
+            Ok(())
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::{ArrayValue, Status};
+
+    use crate::otlp::key_value as kv;
+
+    #[test]
+    fn a_span_prints_as_one_readable_line() {
+        let span = Span {
+            name: "council.round".into(),
+            trace_id: vec![0xab; 16],
+            span_id: vec![0x01; 8],
+            start_time_unix_nano: 1_000_000,
+            end_time_unix_nano: 13_500_000,
+            status: Some(Status {
+                code: 2,
+                message: String::new(),
+            }),
+            attributes: vec![
+                kv("council.phase", Value::StringValue("scout".into())),
+                kv("llm.cas_hit", Value::BoolValue(true)),
+                kv("n", Value::IntValue(3)),
+                kv(
+                    "tags",
+                    Value::ArrayValue(ArrayValue {
+                        values: vec![AnyValue {
+                            value: Some(Value::DoubleValue(0.5)),
+                        }],
+                    }),
+                ),
+            ],
+            ..Default::default()
+        };
+        let mut line = String::new();
+        format_span(&mut line, "daena-backend", &span);
+        assert_eq!(
+            line,
+            "daena-backend \"council.round\" trace=abababababababababababababababab span=0101010101010101 parent=- duration=12.500ms status=error {council.phase=\"scout\", llm.cas_hit=true, n=3, tags=[0.5]}"
+        );
+    }
+}

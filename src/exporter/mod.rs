@@ -1,0 +1,159 @@
+//! Exporters: deliver batches to a backend (OTLP/gRPC, OTLP/HTTP) or to the console.
+//!
+//! Each exporter runs behind its own bounded queue and task ([`queue`]), with retries
+//! ([`retry`]), so a slow backend never stalls another until its own queue is full.
+
+pub mod console;
+pub mod grpc;
+pub mod http;
+pub mod queue;
+pub mod retry;
+mod tls;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use console::ConsoleExporter;
+pub use grpc::OtlpGrpcExporter;
+pub use http::OtlpHttpExporter;
+pub use queue::ExporterHandle;
+
+use crate::config::{ExporterConfig, ExporterProtocol};
+use crate::otlp::{ExportTraceServiceRequest, SpanBatch};
+use crate::telemetry::Metrics;
+
+/// One batch ready for the exporters, shared by all of them and encoded at most once.
+pub struct Payload {
+    request: ExportTraceServiceRequest,
+    spans: usize,
+    encoded: OnceLock<Bytes>,
+}
+
+impl Payload {
+    /// Wraps a batch from the batcher.
+    pub fn new(batch: SpanBatch) -> Self {
+        let spans = batch.span_count();
+        Self {
+            request: batch.into_request(),
+            spans,
+            encoded: OnceLock::new(),
+        }
+    }
+
+    /// The batch as an export request.
+    pub fn request(&self) -> &ExportTraceServiceRequest {
+        &self.request
+    }
+
+    /// Number of spans in the batch.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// The protobuf encoding, computed by the first exporter that needs it.
+    pub fn encoded(&self) -> Bytes {
+        self.encoded
+            .get_or_init(|| Bytes::from(self.request.encode_to_vec()))
+            .clone()
+    }
+}
+
+/// A backend's answer to a delivered batch: spans it rejected (OTLP partial success).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivered {
+    /// Spans the backend accepted the request for but rejected.
+    pub rejected_spans: u64,
+    /// The backend's explanation, if any.
+    pub message: String,
+}
+
+/// Why an export attempt failed, classified by the OTLP specification's retry rules.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExportError {
+    /// Worth another attempt, after `retry_after` when the backend said so.
+    #[error("{message}")]
+    Retryable {
+        /// What happened, with the backend's words.
+        message: String,
+        /// The delay the backend asked for (`Retry-After`, `RetryInfo`).
+        retry_after: Option<Duration>,
+    },
+    /// The backend refused the data; sending it again would fail again.
+    #[error("{message}")]
+    Permanent {
+        /// What happened, with the backend's words.
+        message: String,
+    },
+}
+
+/// A destination for batches; the queue worker calls it, concurrently up to `queue.workers`.
+pub trait Exporter: Send + Sync + 'static {
+    /// Sends one batch once; retrying is the caller's business.
+    fn export(&self, payload: &Payload)
+    -> impl Future<Output = Result<Delivered, ExportError>> + Send;
+}
+
+/// Why an exporter could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The endpoint URL is not usable.
+    #[error("exporters.{exporter}.endpoint: {message}")]
+    Endpoint {
+        /// The exporter's name.
+        exporter: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A header cannot be sent (the value is never shown).
+    #[error("exporters.{exporter}.headers: header {name:?} cannot be sent: {reason}")]
+    Header {
+        /// The exporter's name.
+        exporter: String,
+        /// The header's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS settings could not be loaded.
+    #[error("exporters.{exporter}.tls: {message}")]
+    Tls {
+        /// The exporter's name.
+        exporter: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Builds the exporter `name` from its config and starts its queue task.
+pub fn start(
+    name: &str,
+    config: &ExporterConfig,
+    metrics: Arc<Metrics>,
+    abandon: CancellationToken,
+) -> Result<(ExporterHandle, JoinHandle<()>), BuildError> {
+    Ok(match config.protocol {
+        ExporterProtocol::Grpc => queue::spawn(
+            name,
+            OtlpGrpcExporter::new(name, config)?,
+            config,
+            metrics,
+            abandon,
+        ),
+        ExporterProtocol::HttpProtobuf => queue::spawn(
+            name,
+            OtlpHttpExporter::new(name, config)?,
+            config,
+            metrics,
+            abandon,
+        ),
+        ExporterProtocol::Console => {
+            queue::spawn(name, ConsoleExporter::stdout(), config, metrics, abandon)
+        }
+    })
+}

@@ -1,0 +1,327 @@
+//! Retry discipline: exponential backoff with jitter, bounded by `retry.max_elapsed`,
+//! honouring the delay a backend asks for, and the OTLP rules for what is retryable.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ExportError, Exporter, Payload};
+use crate::config::RetryConfig;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::DropReason;
+
+/// How an exporter retries a failed batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    enabled: bool,
+    initial_interval: Duration,
+    max_interval: Duration,
+    max_elapsed: Duration,
+    multiplier: f64,
+}
+
+impl RetryPolicy {
+    /// The policy an exporter's `retry` config describes.
+    pub fn from_config(config: &RetryConfig) -> Self {
+        Self {
+            enabled: config.enabled,
+            initial_interval: config.initial_interval,
+            max_interval: config.max_interval,
+            max_elapsed: config.max_elapsed,
+            multiplier: config.multiplier.max(1.0),
+        }
+    }
+
+    /// The backoff before retry number `attempt` (0-based), without jitter.
+    fn base_delay(&self, attempt: u32) -> Duration {
+        let factor = self.multiplier.powi(attempt.min(64) as i32);
+        self.initial_interval
+            .mul_f64(factor.min(1e6))
+            .min(self.max_interval)
+    }
+
+    /// The backoff before retry `attempt`, spread by ±50% so that agents that failed
+    /// together do not retry together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.base_delay(attempt)
+            .mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+}
+
+/// Exports `payload` until it is delivered, refused, out of retries or abandoned,
+/// counting the outcome; never returns an error because every outcome is counted here.
+pub async fn deliver<E: Exporter>(
+    name: &str,
+    exporter: &E,
+    payload: &Payload,
+    policy: &RetryPolicy,
+    metrics: &Metrics,
+    abandon: &CancellationToken,
+) {
+    let spans = payload.spans() as u64;
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        let result = tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                metrics.dropped(name, DropReason::Shutdown, spans);
+                return;
+            }
+            result = exporter.export(payload) => result,
+        };
+        let (message, retry_after) = match result {
+            Ok(delivered) => {
+                let rejected = delivered.rejected_spans.min(spans);
+                metrics.exported(name, spans - rejected);
+                if rejected > 0 || !delivered.message.is_empty() {
+                    metrics.dropped(name, DropReason::PartiallyRejected, rejected);
+                    tracing::warn!(exporter = name, rejected_spans = rejected, backend_message = %delivered.message, "Backend accepted the batch but rejected some spans");
+                }
+                return;
+            }
+            Err(ExportError::Permanent { message }) => {
+                metrics.export_failed(name, false);
+                metrics.dropped(name, DropReason::Rejected, spans);
+                tracing::error!(exporter = name, spans, error = %message, "Backend refused the batch; dropped without retry");
+                return;
+            }
+            Err(ExportError::Retryable {
+                message,
+                retry_after,
+            }) => (message, retry_after),
+        };
+        let delay = retry_after.unwrap_or_else(|| policy.delay(attempt));
+        if !policy.enabled || started.elapsed() + delay > policy.max_elapsed {
+            metrics.export_failed(name, false);
+            metrics.dropped(name, DropReason::RetriesExhausted, spans);
+            tracing::error!(exporter = name, spans, error = %message, attempts = attempt + 1, "Export failed and retries are exhausted; batch dropped");
+            return;
+        }
+        metrics.export_failed(name, true);
+        tracing::warn!(exporter = name, error = %message, retry_in = ?delay, "Export failed; will retry");
+        tokio::select! {
+            biased;
+            () = abandon.cancelled() => {
+                metrics.dropped(name, DropReason::Shutdown, spans);
+                return;
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+        attempt += 1;
+    }
+}
+
+/// Classifies an OTLP/HTTP answer: only 429, 502, 503 and 504 are retried.
+pub fn classify_http(status: u16, retry_after: Option<Duration>, message: String) -> ExportError {
+    match status {
+        429 | 502 | 503 | 504 => ExportError::Retryable {
+            message,
+            retry_after,
+        },
+        _ => ExportError::Permanent { message },
+    }
+}
+
+/// Classifies a gRPC status per the OTLP specification; `RESOURCE_EXHAUSTED` is retried
+/// only when the server sent `RetryInfo`.
+pub fn classify_grpc(code: tonic::Code, retry_info: Option<Duration>, message: String) -> ExportError {
+    use tonic::Code;
+    match code {
+        Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::OutOfRange
+        | Code::Unavailable
+        | Code::DataLoss => ExportError::Retryable {
+            message,
+            retry_after: retry_info,
+        },
+        Code::ResourceExhausted if retry_info.is_some() => ExportError::Retryable {
+            message,
+            retry_after: retry_info,
+        },
+        _ => ExportError::Permanent { message },
+    }
+}
+
+/// Parses a `Retry-After` header: delay-seconds or an HTTP-date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::exporter::Delivered;
+    use crate::otlp::SpanBatch;
+
+    #[test]
+    fn http_statuses_follow_the_otlp_table() {
+        for status in [429, 502, 503, 504] {
+            assert!(
+                matches!(classify_http(status, None, String::new()), ExportError::Retryable { .. }),
+                "{status} must be retried"
+            );
+        }
+        for status in [400, 401, 403, 404, 413, 500, 501] {
+            assert!(
+                matches!(classify_http(status, None, String::new()), ExportError::Permanent { .. }),
+                "{status} must not be retried"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_otlp_table() {
+        use tonic::Code::*;
+        for code in [Cancelled, DeadlineExceeded, Aborted, OutOfRange, Unavailable, DataLoss] {
+            assert!(matches!(classify_grpc(code, None, String::new()), ExportError::Retryable { .. }), "{code:?}");
+        }
+        for code in [
+            Unknown,
+            InvalidArgument,
+            NotFound,
+            AlreadyExists,
+            PermissionDenied,
+            Unauthenticated,
+            FailedPrecondition,
+            Unimplemented,
+            Internal,
+            ResourceExhausted,
+        ] {
+            assert!(matches!(classify_grpc(code, None, String::new()), ExportError::Permanent { .. }), "{code:?}");
+        }
+        assert_eq!(
+            classify_grpc(ResourceExhausted, Some(Duration::from_secs(3)), "slow down".into()),
+            ExportError::Retryable {
+                message: "slow down".into(),
+                retry_after: Some(Duration::from_secs(3))
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(in_a_minute)).expect("date");
+        assert!(parsed > Duration::from_secs(55) && parsed <= Duration::from_secs(60));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    fn policy(max_elapsed: Duration) -> RetryPolicy {
+        RetryPolicy {
+            enabled: true,
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(30),
+            max_elapsed,
+            multiplier: 2.0,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_bounded_jitter() {
+        let p = policy(Duration::from_secs(300));
+        assert_eq!(p.base_delay(0), Duration::from_secs(1));
+        assert_eq!(p.base_delay(3), Duration::from_secs(8));
+        assert_eq!(p.base_delay(20), Duration::from_secs(30));
+        for _ in 0..100 {
+            let d = p.delay(2);
+            assert!(d >= Duration::from_secs(2) && d < Duration::from_secs(6), "{d:?}");
+        }
+    }
+
+    /// Answers with the scripted results in order, recording when each call came.
+    struct Scripted {
+        answers: Mutex<Vec<Result<Delivered, ExportError>>>,
+        calls: Mutex<Vec<Instant>>,
+    }
+
+    impl Exporter for Scripted {
+        async fn export(&self, _: &Payload) -> Result<Delivered, ExportError> {
+            self.calls.lock().expect("lock").push(Instant::now());
+            self.answers.lock().expect("lock").remove(0)
+        }
+    }
+
+    fn scripted(answers: Vec<Result<Delivered, ExportError>>) -> Scripted {
+        Scripted {
+            answers: Mutex::new(answers),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn payload() -> Payload {
+        let mut batch = SpanBatch::default();
+        batch.resource_spans.push(crate::otlp::ResourceSpans {
+            scope_spans: vec![crate::otlp::ScopeSpans {
+                spans: vec![crate::otlp::Span::default(); 3],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        Payload::new(batch)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_batch_waits_as_told_then_is_delivered() {
+        let exporter = scripted(vec![
+            Err(ExportError::Retryable {
+                message: "busy".into(),
+                retry_after: Some(Duration::from_secs(7)),
+            }),
+            Ok(Delivered::default()),
+        ]);
+        let metrics = Metrics::default();
+        deliver("t", &exporter, &payload(), &policy(Duration::from_secs(60)), &metrics, &CancellationToken::new()).await;
+        let calls = exporter.calls.lock().expect("lock").clone();
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
+        let text = metrics.render();
+        assert!(text.contains("daena_agent_spans_exported_total{exporter=\"t\"} 3"), "{text}");
+        assert!(text.contains("daena_agent_export_failures_total{exporter=\"t\",kind=\"retried\"} 1"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_is_dropped_and_counted_without_retry() {
+        let exporter = scripted(vec![Err(ExportError::Permanent { message: "bad".into() })]);
+        let metrics = Metrics::default();
+        deliver("t", &exporter, &payload(), &policy(Duration::from_secs(60)), &metrics, &CancellationToken::new()).await;
+        assert_eq!(exporter.calls.lock().expect("lock").len(), 1);
+        assert!(metrics.render().contains(
+            "daena_agent_spans_dropped_total{stage=\"exporter/t\",reason=\"rejected\"} 3"
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_max_elapsed() {
+        let unavailable = || {
+            Err(ExportError::Retryable {
+                message: "down".into(),
+                retry_after: None,
+            })
+        };
+        let exporter = scripted((0..50).map(|_| unavailable()).collect());
+        let metrics = Metrics::default();
+        let started = Instant::now();
+        deliver("t", &exporter, &payload(), &policy(Duration::from_secs(20)), &metrics, &CancellationToken::new()).await;
+        assert!(started.elapsed() <= Duration::from_secs(20));
+        assert!(exporter.calls.lock().expect("lock").len() >= 3);
+        assert!(metrics.render().contains(
+            "daena_agent_spans_dropped_total{stage=\"exporter/t\",reason=\"retries_exhausted\"} 3"
+        ));
+    }
+}

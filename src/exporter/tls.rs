@@ -1,0 +1,134 @@
+//! The HTTPS connector both OTLP exporters use: rustls with the ring provider only,
+//! system roots unless `tls.ca_file` names the CA to trust.
+
+use std::sync::Arc;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::config::TlsConfig;
+
+/// Which HTTP versions the connector offers (gRPC needs HTTP/2 only).
+#[derive(Clone, Copy)]
+pub enum HttpVersions {
+    /// HTTP/2 only, for gRPC.
+    Http2,
+    /// HTTP/1.1 and HTTP/2, for OTLP/HTTP.
+    Any,
+}
+
+/// Builds a connector for `http://` and `https://` endpoints with the given TLS settings.
+pub fn connector(tls: &TlsConfig, versions: HttpVersions) -> Result<HttpsConnector<HttpConnector>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let builder = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        builder.with_root_certificates(roots(tls)?)
+    };
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let certs = read_certs(cert_file)?;
+            let key = read_key(key_file)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("cert_file and key_file do not make a client identity: {e}"))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http();
+    Ok(match versions {
+        HttpVersions::Http2 => https.enable_http2().wrap_connector(http),
+        HttpVersions::Any => https.enable_http1().enable_http2().wrap_connector(http),
+    })
+}
+
+fn roots(tls: &TlsConfig) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    if let Some(ca_file) = &tls.ca_file {
+        for cert in read_certs(ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("ca_file {}: {e}", ca_file.display()))?;
+        }
+    } else {
+        // Unreadable system certificates are skipped; an https endpoint then fails
+        // its handshake with a message naming the certificate problem.
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            tracing::warn!("No system CA certificates found; https exporters need tls.ca_file");
+        }
+    }
+    Ok(roots)
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|e| format!("{} is not a PEM key file: {e}", path.display()))?
+        .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
+}
+
+/// `insecure_skip_verify: true`: accepts any server certificate but still checks the
+/// handshake signatures, so the connection is encrypted, just not authenticated.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,143 @@
+//! OTLP/gRPC receiver: `TraceService/Export`, gzip accepted, size-limited.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{Intake, RETRY_AFTER, Refusal};
+use crate::otlp::grpc_codec::OtlpCodec;
+use crate::otlp::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME,
+};
+use crate::telemetry::metrics::RefusalReason;
+
+const PROTOCOL: &str = "grpc";
+
+/// The `TraceService` gRPC service, written by hand so that we choose the status codes.
+#[derive(Clone)]
+pub struct GrpcReceiver {
+    intake: Intake,
+    max_request_size: usize,
+}
+
+impl GrpcReceiver {
+    /// A receiver handing requests to `intake`, refusing messages over `max_request_size` bytes.
+    pub fn new(intake: Intake, max_request_size: usize) -> Self {
+        Self {
+            intake,
+            max_request_size,
+        }
+    }
+
+    /// Serves on `listener` until `stop` is cancelled, then finishes in-flight calls.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            .add_service(self)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stop.cancelled_owned(),
+            )
+            .await
+    }
+}
+
+impl NamedService for GrpcReceiver {
+    const NAME: &'static str = TRACE_SERVICE_NAME;
+}
+
+impl UnaryService<ExportTraceServiceRequest> for Intake {
+    type Response = ExportTraceServiceResponse;
+    type Future = Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
+
+    fn call(&mut self, request: Request<ExportTraceServiceRequest>) -> Self::Future {
+        let answer = match self.accept(PROTOCOL, request.into_inner()) {
+            Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
+                partial_success,
+            })),
+            Err(refusal @ Refusal::PipelineFull { .. }) => Err(Status::with_error_details(
+                Code::Unavailable,
+                refusal.to_string(),
+                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+            )),
+            Err(refusal @ Refusal::ShuttingDown { .. }) => {
+                Err(Status::unavailable(refusal.to_string()))
+            }
+        };
+        ready(answer)
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcReceiver {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() != TRACE_EXPORT_PATH {
+            let status = Status::unimplemented(format!(
+                "{} is not served here; this agent receives traces at {TRACE_EXPORT_PATH}",
+                request.uri().path()
+            ));
+            return Box::pin(ready(Ok(status.into_http())));
+        }
+        let intake = self.intake.clone();
+        let limit = self.max_request_size;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(OtlpCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit);
+            let response = grpc.unary(intake.clone(), request).await;
+            Ok(relabel_refusals(response, &intake, limit))
+        })
+    }
+}
+
+/// Counts requests tonic refused before our handler ran and gives them the OTLP codes:
+/// tonic says `OUT_OF_RANGE` for an oversized message, which OTLP clients would retry
+/// forever, so it becomes the non-retryable `RESOURCE_EXHAUSTED`.
+fn relabel_refusals(
+    response: http::Response<tonic::body::Body>,
+    intake: &Intake,
+    limit: usize,
+) -> http::Response<tonic::body::Body> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted if status.message().contains("limit") => {
+            intake
+                .metrics()
+                .refused_request(PROTOCOL, RefusalReason::TooLarge);
+            Status::resource_exhausted(format!(
+                "request is larger than the receiver's limit of {limit} bytes ({}); send smaller batches or raise receivers.otlp.grpc.max_request_size",
+                status.message()
+            ))
+            .into_http()
+        }
+        Code::InvalidArgument | Code::Internal => {
+            intake
+                .metrics()
+                .refused_request(PROTOCOL, RefusalReason::Undecodable);
+            Status::invalid_argument(status.message().to_owned()).into_http()
+        }
+        _ => response,
+    }
+}

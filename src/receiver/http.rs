@@ -1,0 +1,292 @@
+//! OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, optionally gzipped.
+
+use std::io::Read;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{Intake, RETRY_AFTER as RETRY_DELAY, Refusal};
+use crate::otlp::{ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus, json};
+use crate::telemetry::metrics::RefusalReason;
+
+const PROTOCOL: &str = "http";
+const TRACES_PATH: &str = "/v1/traces";
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// The OTLP/HTTP receiver.
+#[derive(Clone)]
+pub struct HttpReceiver {
+    intake: Intake,
+    max_request_size: usize,
+}
+
+impl HttpReceiver {
+    /// A receiver handing requests to `intake`, refusing bodies over `max_request_size` bytes.
+    pub fn new(intake: Intake, max_request_size: usize) -> Self {
+        Self {
+            intake,
+            max_request_size,
+        }
+    }
+
+    /// The routes: `/v1/traces` for POST, clear 404 and 405 answers for the rest.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route(TRACES_PATH, post(export))
+            .method_not_allowed_fallback(|| async {
+                plain(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{TRACES_PATH} accepts only POST with an OTLP ExportTraceServiceRequest"),
+                )
+            })
+            .fallback(|request: Request| async move {
+                plain(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "{} is not served here; send traces with POST {TRACES_PATH}",
+                        request.uri().path()
+                    ),
+                )
+            })
+            .with_state(self)
+    }
+
+    /// Serves on `listener` until `stop` is cancelled, then finishes in-flight requests.
+    pub async fn serve(self, listener: TcpListener, stop: CancellationToken) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    }
+}
+
+/// The body format of a request, which is also the format of its answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+/// A refused request: its HTTP status, why, and the counter reason.
+struct Rejection {
+    status: StatusCode,
+    message: String,
+    reason: RefusalReason,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, reason: RefusalReason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            reason,
+        }
+    }
+}
+
+async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let format = match content_format(&parts.headers) {
+        Ok(format) => format,
+        Err(rejection) => {
+            receiver
+                .intake
+                .metrics()
+                .refused_request(PROTOCOL, rejection.reason);
+            return plain(rejection.status, rejection.message);
+        }
+    };
+    let decoded = read_body(&parts.headers, body, receiver.max_request_size)
+        .await
+        .and_then(|bytes| decode(format, &bytes));
+    let request = match decoded {
+        Ok(request) => request,
+        Err(rejection) => {
+            receiver
+                .intake
+                .metrics()
+                .refused_request(PROTOCOL, rejection.reason);
+            return status_response(format, rejection.status, rejection.message, None);
+        }
+    };
+    match receiver.intake.accept(PROTOCOL, request) {
+        Ok(partial_success) => {
+            let response = ExportTraceServiceResponse { partial_success };
+            let body = match format {
+                Format::Protobuf => response.encode_to_vec(),
+                Format::Json => json::encode_response(&response),
+            };
+            ([(CONTENT_TYPE, content_type(format))], body).into_response()
+        }
+        Err(refusal) => {
+            let status = match refusal {
+                Refusal::PipelineFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Refusal::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            status_response(format, status, refusal.to_string(), Some(RETRY_DELAY.as_secs()))
+        }
+    }
+}
+
+fn content_format(headers: &HeaderMap) -> Result<Format, Rejection> {
+    let value = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // Parameters such as `; charset=utf-8` do not change the format.
+    let media_type = value.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case(PROTOBUF) {
+        Ok(Format::Protobuf)
+    } else if media_type.eq_ignore_ascii_case(JSON) {
+        Ok(Format::Json)
+    } else {
+        Err(Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RefusalReason::UnsupportedMediaType,
+            format!(
+                "Content-Type {value:?} is not supported; send {PROTOBUF} or {JSON}"
+            ),
+        ))
+    }
+}
+
+/// Reads the body, refusing it as soon as it is over `limit`, on the wire or once decompressed.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Rejection> {
+    let too_large = |what: &str| {
+        Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RefusalReason::TooLarge,
+            format!(
+                "{what} is larger than the receiver's limit of {limit} bytes; send smaller batches or raise receivers.otlp.http.max_request_size"
+            ),
+        )
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large("body"));
+    }
+    let wire = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large("body")
+            } else {
+                Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    RefusalReason::Undecodable,
+                    format!("could not read the request body: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    let encoding = headers
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim();
+    if encoding.eq_ignore_ascii_case("gzip") {
+        let mut decompressed = Vec::with_capacity(wire.len().saturating_mul(4).min(limit));
+        flate2::read::GzDecoder::new(&wire[..])
+            // One byte past the limit tells "too large" from "exactly at the limit".
+            .take(limit as u64 + 1)
+            .read_to_end(&mut decompressed)
+            .map_err(|e| {
+                Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    RefusalReason::Undecodable,
+                    format!("body is declared Content-Encoding: gzip but is not valid gzip: {e}"),
+                )
+            })?;
+        if decompressed.len() > limit {
+            return Err(too_large("decompressed body"));
+        }
+        Ok(decompressed.into())
+    } else if encoding.eq_ignore_ascii_case("identity") || encoding.is_empty() {
+        Ok(wire)
+    } else {
+        Err(Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RefusalReason::UnsupportedMediaType,
+            format!("Content-Encoding {encoding:?} is not supported; send gzip or an uncompressed body"),
+        ))
+    }
+}
+
+fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, Rejection> {
+    let undecodable = |message: String| {
+        Rejection::new(StatusCode::BAD_REQUEST, RefusalReason::Undecodable, message)
+    };
+    match format {
+        Format::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
+            undecodable(format!(
+                "body is not a valid OTLP protobuf ExportTraceServiceRequest: {e}"
+            ))
+        }),
+        Format::Json => json::decode_request(body)
+            .map_err(|e| undecodable(format!("body is not a valid OTLP/JSON request: {e}"))),
+    }
+}
+
+fn content_type(format: Format) -> HeaderValue {
+    HeaderValue::from_static(match format {
+        Format::Protobuf => PROTOBUF,
+        Format::Json => JSON,
+    })
+}
+
+/// An error answer in the request's format: a `google.rpc.Status` as OTLP/HTTP requires.
+fn status_response(
+    format: Format,
+    status: StatusCode,
+    message: String,
+    retry_after_secs: Option<u64>,
+) -> Response {
+    let rpc = RpcStatus {
+        code: grpc_code(status),
+        message,
+    };
+    let body = match format {
+        Format::Protobuf => rpc.encode_to_vec(),
+        Format::Json => serde_json::json!({ "code": rpc.code, "message": rpc.message })
+            .to_string()
+            .into_bytes(),
+    };
+    let mut response = (status, [(CONTENT_TYPE, content_type(format))], body).into_response();
+    if let Some(secs) = retry_after_secs {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The `google.rpc.Code` matching an HTTP status, for readers of the error body.
+fn grpc_code(status: StatusCode) -> i32 {
+    match status {
+        StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument as i32,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
+            tonic::Code::ResourceExhausted as i32
+        }
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
+        _ => tonic::Code::Unknown as i32,
+    }
+}
+
+/// A plain-text answer, for requests whose format we do not know.
+fn plain(status: StatusCode, message: String) -> Response {
+    (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+}

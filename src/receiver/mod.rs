@@ -1,0 +1,221 @@
+//! OTLP receivers: gRPC and HTTP servers that decode requests and hand them to the pipeline.
+//!
+//! Both share [`Intake`], which validates spans, counts them and either queues them for
+//! the pipeline or refuses with an answer the client's SDK retries.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::RefusalReason;
+
+/// How long a refused client is asked to wait before retrying.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why the pipeline could not take a request; the client should retry later.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refusal {
+    /// The pipeline queue is full because the exporters are behind.
+    #[error(
+        "the agent's pipeline is full ({spans} spans refused): its exporters are behind; retry after {}s",
+        RETRY_AFTER.as_secs()
+    )]
+    PipelineFull {
+        /// Spans in the refused request.
+        spans: usize,
+    },
+    /// The agent is shutting down.
+    #[error("the agent is shutting down ({spans} spans refused); retry against the next instance")]
+    ShuttingDown {
+        /// Spans in the refused request.
+        spans: usize,
+    },
+}
+
+/// The receivers' shared entrance to the pipeline.
+#[derive(Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<SpanBatch>,
+    metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    /// An intake feeding `tx`, counting into `metrics`.
+    pub fn new(tx: mpsc::Sender<SpanBatch>, metrics: Arc<Metrics>) -> Self {
+        Self { tx, metrics }
+    }
+
+    /// The agent's counters, for refusals a receiver counts itself.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Validates and queues a decoded request; `Ok` carries the partial success to report, if any.
+    pub fn accept(
+        &self,
+        protocol: &'static str,
+        request: ExportTraceServiceRequest,
+    ) -> Result<Option<ExportTracePartialSuccess>, Refusal> {
+        let mut batch = SpanBatch::from_request(request);
+        let partial = reject_invalid_spans(&mut batch).map(|(rejected, message)| {
+            self.metrics
+                .refused_spans(protocol, RefusalReason::InvalidSpan, rejected as u64);
+            ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message: message,
+            }
+        });
+        let spans = batch.span_count();
+        if spans == 0 {
+            return Ok(partial);
+        }
+        match self.tx.try_send(batch) {
+            Ok(()) => {
+                self.metrics.received(protocol, spans as u64);
+                Ok(partial)
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics
+                    .refused_spans(protocol, RefusalReason::PipelineFull, spans as u64);
+                Err(Refusal::PipelineFull { spans })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.metrics
+                    .refused_spans(protocol, RefusalReason::ShuttingDown, spans as u64);
+                Err(Refusal::ShuttingDown { spans })
+            }
+        }
+    }
+}
+
+/// Removes spans no backend would accept (trace id not 16 bytes, span id not 8 bytes,
+/// or all zero) and returns how many went and why, for the partial-success answer.
+fn reject_invalid_spans(batch: &mut SpanBatch) -> Option<(usize, String)> {
+    let mut rejected = 0;
+    let mut first_reason = None;
+    for scope_spans in batch
+        .resource_spans
+        .iter_mut()
+        .flat_map(|rs| &mut rs.scope_spans)
+    {
+        scope_spans.spans.retain(|span| {
+            let problem = id_problem("trace_id", &span.trace_id, 16)
+                .or_else(|| id_problem("span_id", &span.span_id, 8));
+            match problem {
+                None => true,
+                Some(problem) => {
+                    rejected += 1;
+                    first_reason.get_or_insert_with(|| format!("span {:?}: {problem}", span.name));
+                    false
+                }
+            }
+        });
+    }
+    // Forwarders should not create empty envelopes.
+    for rs in &mut batch.resource_spans {
+        rs.scope_spans.retain(|ss| !ss.spans.is_empty());
+    }
+    batch.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+    first_reason.map(|reason| {
+        (
+            rejected,
+            format!("{rejected} span(s) rejected; first: {reason}"),
+        )
+    })
+}
+
+fn id_problem(field: &str, id: &[u8], len: usize) -> Option<String> {
+    if id.len() != len {
+        Some(format!(
+            "{field} must be {len} bytes, got {}",
+            id.len()
+        ))
+    } else if id.iter().all(|&b| b == 0) {
+        Some(format!("{field} is all zeros, which OTLP defines as invalid"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::{ResourceSpans, ScopeSpans, Span};
+
+    fn span(name: &str, trace_id: Vec<u8>, span_id: Vec<u8>) -> Span {
+        Span {
+            name: name.into(),
+            trace_id,
+            span_id,
+            ..Default::default()
+        }
+    }
+
+    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn invalid_ids_are_reported_as_partial_success_and_the_rest_is_queued() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let intake = Intake::new(tx, Arc::default());
+        let partial = intake
+            .accept(
+                "http",
+                request(vec![
+                    span("good", vec![1; 16], vec![2; 8]),
+                    span("short", vec![1; 15], vec![2; 8]),
+                    span("zero", vec![1; 16], vec![0; 8]),
+                ]),
+            )
+            .expect("accepted")
+            .expect("partial success");
+        assert_eq!(partial.rejected_spans, 2);
+        assert!(
+            partial
+                .error_message
+                .contains("span \"short\": trace_id must be 16 bytes, got 15"),
+            "{}",
+            partial.error_message
+        );
+        let queued = rx.try_recv().expect("queued");
+        assert_eq!(queued.span_count(), 1);
+    }
+
+    #[test]
+    fn a_full_pipeline_refuses_and_counts_the_spans() {
+        let (tx, _rx) = mpsc::channel(1);
+        let intake = Intake::new(tx, Arc::default());
+        let ok = request(vec![span("a", vec![1; 16], vec![2; 8])]);
+        assert_eq!(intake.accept("grpc", ok.clone()), Ok(None));
+        assert_eq!(
+            intake.accept("grpc", ok),
+            Err(Refusal::PipelineFull { spans: 1 })
+        );
+        assert!(intake.metrics().render().contains(
+            "daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"pipeline_full\"} 1"
+        ));
+    }
+
+    #[test]
+    fn an_empty_request_succeeds_without_queueing() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let intake = Intake::new(tx, Arc::default());
+        assert_eq!(intake.accept("grpc", ExportTraceServiceRequest::default()), Ok(None));
+        assert!(rx.try_recv().is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Counters for what the agent accepted, refused, sent and dropped, by reason.
+//!
+//! Counted per request or per batch, never per span, so they cost nothing on the hot path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// Labels of a receiver counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+/// Labels of a refusal counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+/// Labels of an exporter counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExporterLabels {
+    exporter: String,
+}
+
+/// Labels of a failed export attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    exporter: String,
+    kind: &'static str,
+}
+
+/// Labels of a drop counter: the stage (`exporter/<name>`) and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    stage: String,
+    reason: &'static str,
+}
+
+/// Why a receiver refused spans or a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The pipeline's queue was full; the client was told to retry.
+    PipelineFull,
+    /// The agent was shutting down; the client was told to retry.
+    ShuttingDown,
+    /// A span had an invalid trace or span id (reported as partial success).
+    InvalidSpan,
+    /// The body could not be decoded.
+    Undecodable,
+    /// The body was over the size limit.
+    TooLarge,
+    /// The content type or encoding is not OTLP.
+    UnsupportedMediaType,
+}
+
+impl RefusalReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::PipelineFull => "pipeline_full",
+            Self::ShuttingDown => "shutting_down",
+            Self::InvalidSpan => "invalid_span",
+            Self::Undecodable => "undecodable",
+            Self::TooLarge => "too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
+}
+
+/// Why an exporter dropped spans it had been given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The backend answered with a non-retryable error.
+    Rejected,
+    /// The backend accepted the request but rejected these spans (partial success).
+    PartiallyRejected,
+    /// Retries ran out (`retry.max_elapsed`, or retry disabled).
+    RetriesExhausted,
+    /// The agent stopped before the spans could be delivered (`shutdown_timeout`).
+    Shutdown,
+}
+
+impl DropReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::PartiallyRejected => "partially_rejected",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The agent's counters, rendered in the Prometheus text format at `/metrics`.
+pub struct Metrics {
+    registry: Registry,
+    received_spans: Family<ProtocolLabels, Counter>,
+    refused_spans: Family<RefusalLabels, Counter>,
+    refused_requests: Family<RefusalLabels, Counter>,
+    exported_spans: Family<ExporterLabels, Counter>,
+    export_failures: Family<FailureLabels, Counter>,
+    dropped_spans: Family<DropLabels, Counter>,
+    /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
+    dropped_totals: [AtomicU64; 4],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("daena_agent");
+        let received_spans = Family::default();
+        let refused_spans = Family::default();
+        let refused_requests = Family::default();
+        let exported_spans = Family::default();
+        let export_failures = Family::default();
+        let dropped_spans = Family::default();
+        registry.register(
+            "spans_received",
+            "Spans a receiver accepted and handed to the pipeline",
+            received_spans.clone(),
+        );
+        registry.register(
+            "spans_refused",
+            "Spans a receiver refused, by reason",
+            refused_spans.clone(),
+        );
+        registry.register(
+            "requests_refused",
+            "Requests a receiver refused before it could count their spans, by reason",
+            refused_requests.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Spans an exporter delivered to its backend",
+            exported_spans.clone(),
+        );
+        registry.register(
+            "export_failures",
+            "Failed export attempts, by whether they are retried",
+            export_failures.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans a stage dropped after accepting them, by reason",
+            dropped_spans.clone(),
+        );
+        Self {
+            registry,
+            received_spans,
+            refused_spans,
+            refused_requests,
+            exported_spans,
+            export_failures,
+            dropped_spans,
+            dropped_totals: Default::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts spans a receiver accepted.
+    pub fn received(&self, protocol: &'static str, spans: u64) {
+        self.received_spans
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc_by(spans);
+    }
+
+    /// Counts spans a receiver refused.
+    pub fn refused_spans(&self, protocol: &'static str, reason: RefusalReason, spans: u64) {
+        let labels = RefusalLabels {
+            protocol,
+            reason: reason.label(),
+        };
+        self.refused_spans.get_or_create(&labels).inc_by(spans);
+    }
+
+    /// Counts a request refused before its spans could be counted.
+    pub fn refused_request(&self, protocol: &'static str, reason: RefusalReason) {
+        let labels = RefusalLabels {
+            protocol,
+            reason: reason.label(),
+        };
+        self.refused_requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts spans an exporter delivered.
+    pub fn exported(&self, exporter: &str, spans: u64) {
+        self.exported_spans
+            .get_or_create(&ExporterLabels {
+                exporter: exporter.to_owned(),
+            })
+            .inc_by(spans);
+    }
+
+    /// Counts one failed export attempt; `retried` says whether it will be tried again.
+    pub fn export_failed(&self, exporter: &str, retried: bool) {
+        self.export_failures
+            .get_or_create(&FailureLabels {
+                exporter: exporter.to_owned(),
+                kind: if retried { "retried" } else { "final" },
+            })
+            .inc();
+    }
+
+    /// Counts spans an exporter dropped.
+    pub fn dropped(&self, exporter: &str, reason: DropReason, spans: u64) {
+        let labels = DropLabels {
+            stage: format!("exporter/{exporter}"),
+            reason: reason.label(),
+        };
+        self.dropped_spans.get_or_create(&labels).inc_by(spans);
+        self.dropped_totals[reason as usize].fetch_add(spans, Ordering::Relaxed);
+    }
+
+    /// Spans dropped for `reason`, summed over every exporter.
+    pub fn dropped_total(&self, reason: DropReason) -> u64 {
+        self.dropped_totals[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counters in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_every_reason_with_its_count() {
+        let metrics = Metrics::default();
+        metrics.received("grpc", 5);
+        metrics.refused_spans("http", RefusalReason::PipelineFull, 3);
+        metrics.refused_request("http", RefusalReason::TooLarge);
+        metrics.dropped("tempo", DropReason::Rejected, 7);
+        let text = metrics.render();
+        assert!(text.contains("daena_agent_spans_received_total{protocol=\"grpc\"} 5"));
+        assert!(text.contains(
+            "daena_agent_spans_refused_total{protocol=\"http\",reason=\"pipeline_full\"} 3"
+        ));
+        assert!(text.contains(
+            "daena_agent_requests_refused_total{protocol=\"http\",reason=\"too_large\"} 1"
+        ));
+        assert!(text.contains(
+            "daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"rejected\"} 7"
+        ));
+    }
+}

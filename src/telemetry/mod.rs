@@ -1,0 +1,24 @@
+//! The agent's own telemetry: its logs and the counters every stage keeps.
+
+pub mod metrics;
+pub mod server;
+
+pub use metrics::Metrics;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global log subscriber (stderr, text or JSON) at `level`; `RUST_LOG` refines it.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // A second init (tests running several agents in one process) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

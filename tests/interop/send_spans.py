@@ -1,0 +1,140 @@
+"""Sends Daena-shaped spans to the agent with the real OpenTelemetry Python SDK.
+
+Usage: send_spans.py {grpc,http,json} ENDPOINT OUT_FILE [--gzip]
+
+Builds one trace the way Daena's services do (a FastAPI request, a council round with
+scout/debate/commit phases, message-bus traffic, NBMF memory and an LLM exchange, plus a
+span carrying every attribute type), exports it through the chosen OTLP exporter, and
+writes the protobuf ExportTraceServiceRequest the SDK's own encoder makes of those spans
+to OUT_FILE, so the Rust test can compare what the backend received bit for bit.
+Exits 1 if the exporter did not report success.
+"""
+
+import sys
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+
+class Tee(SpanExporter):
+    """Remembers what it exports, and passes it to the real exporter."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.spans = []
+        self.results = []
+
+    def export(self, spans):
+        self.spans.extend(spans)
+        result = self.inner.export(spans)
+        self.results.append(result)
+        return result
+
+    def shutdown(self):
+        self.inner.shutdown()
+
+
+def exporter(protocol, endpoint, gzip):
+    if protocol == "grpc":
+        from grpc import Compression
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(
+            endpoint=endpoint, insecure=True, compression=Compression.Gzip if gzip else None
+        )
+    if protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http import Compression
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(
+            endpoint=endpoint, compression=Compression.Gzip if gzip else Compression.NoCompression
+        )
+    if protocol == "json":
+        from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=endpoint)
+    raise SystemExit(f"unknown protocol {protocol!r}")
+
+
+def daena_trace(tracer, protocol):
+    with tracer.start_as_current_span(
+        "POST /api/v1/council/rounds",
+        kind=SpanKind.SERVER,
+        attributes={"http.request.method": "POST", "http.route": "/api/v1/council/rounds",
+                    "http.response.status_code": 200},
+    ):
+        with tracer.start_as_current_span(
+            "council.round",
+            attributes={"council.department": "research", "council.round_id": "round-42",
+                        "council.topic": "memory tiering"},
+        ) as round_span:
+            round_span.add_event("round_started", {"council.agents": 5})
+            for phase in ("scout", "debate", "commit"):
+                with tracer.start_as_current_span(
+                    "council.phase",
+                    attributes={"council.phase": phase, "council.round_id": "round-42"},
+                ):
+                    with tracer.start_as_current_span(
+                        "message_bus.publish",
+                        kind=SpanKind.PRODUCER,
+                        attributes={"message_bus.operation": "publish",
+                                    "message_bus.topic": f"council.{phase}",
+                                    "message_bus.message_id": f"msg-{phase}-1"},
+                    ):
+                        pass
+            with tracer.start_as_current_span(
+                "nbmf.write",
+                attributes={"nbmf.operation": "write", "nbmf.item_id": "item-7",
+                            "nbmf.class": "decision", "nbmf.tier": "L2"},
+            ):
+                pass
+            with tracer.start_as_current_span(
+                "llm.exchange",
+                kind=SpanKind.CLIENT,
+                attributes={"llm.model": "gpt-4o-mini", "llm.cas_hit": False,
+                            "llm.near_dup": True, "llm.cost_usd": 0.0042},
+                links=[Link(round_span.get_span_context(), {"link.reason": "same round"})],
+            ) as llm:
+                llm.add_event("checkpoint_reached", {"items_processed": 100})
+                llm.set_status(Status(StatusCode.ERROR, "rate limited by provider"))
+        every_type = {
+            "attr.string": "scout ü 日本",
+            "attr.bool": True,
+            "attr.int": 2**62,
+            "attr.negative": -7,
+            "attr.double": 0.1234567890123,
+            "attr.strings": ["l1", "l2", "l3"],
+            "attr.bools": [True, False],
+            "attr.ints": [1, -2, 2**40],
+            "attr.doubles": [1.5, -0.25],
+        }
+        if protocol == "json":
+            # What the JSON exporter sends as {"arrayValue":{}}, which strict decoders refuse.
+            every_type["attr.empty"] = []
+        with tracer.start_as_current_span("daena.every_type", attributes=every_type):
+            pass
+
+
+def main():
+    protocol, endpoint, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    gzip = "--gzip" in sys.argv[4:]
+    tee = Tee(exporter(protocol, endpoint, gzip))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "daena-backend", "service.version": "2.0.0",
+                                  "deployment.environment.name": "interop"})
+    )
+    provider.add_span_processor(SimpleSpanProcessor(tee))
+    daena_trace(provider.get_tracer("backend.utils.tracing", "2.0.0"), protocol)
+    provider.shutdown()
+    with open(out, "wb") as f:
+        f.write(encode_spans(tee.spans).SerializeToString())
+    failed = [r for r in tee.results if r != SpanExportResult.SUCCESS]
+    print(f"exported {len(tee.spans)} spans in {len(tee.results)} calls, {len(failed)} failed")
+    sys.exit(1 if failed or not tee.spans else 0)
+
+
+if __name__ == "__main__":
+    main()
