@@ -50,7 +50,7 @@ impl Cli {
                     .as_ref()
                     .map_or_else(|| "no config file (defaults and environment)".to_owned(), |p| p.display().to_string());
                 println!("# {source}: valid. Effective config (secrets masked):");
-                print!("{}", config.masked().to_yaml());
+                println!("{}", config.masked().to_yaml().trim_end());
                 ExitCode::SUCCESS
             }
             None => {

@@ -1,0 +1,142 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load_text(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    Config::load(Some(&path), env)
+}
+
+fn errors_of(yaml: &str) -> String {
+    load_text(yaml, &no_env).expect_err("must be refused").to_string()
+}
+
+#[test]
+fn an_empty_file_means_every_default_and_the_console() {
+    let config = load_text("", &no_env).expect("valid");
+    let otlp = &config.receivers.otlp;
+    assert_eq!(otlp.grpc.as_ref().map(|r| r.endpoint.as_str()), Some("127.0.0.1:4317"));
+    assert_eq!(otlp.http.as_ref().map(|r| r.endpoint.as_str()), Some("127.0.0.1:4318"));
+    assert_eq!(otlp.grpc.as_ref().map(|r| r.max_request_size), Some(ByteSize(8 << 20)));
+    assert_eq!(config.batch, BatchConfig { max_spans: 8192, max_bytes: ByteSize(4 << 20), timeout: Duration::from_millis(200) });
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
+    assert_eq!(config.telemetry.endpoint.as_deref(), Some("127.0.0.1:8888"));
+    assert_eq!(config.exporters.keys().collect::<Vec<_>>(), ["console"]);
+}
+
+#[test]
+fn a_listed_receiver_protocol_turns_the_other_off() {
+    let config = load_text("receivers:\n  otlp:\n    grpc: { endpoint: 0.0.0.0:4317 }\n", &no_env).expect("valid");
+    assert!(config.receivers.otlp.http.is_none());
+    assert_eq!(parse_listen_addr("localhost:4317").map(|a| a.port()), Ok(4317));
+}
+
+#[test]
+fn unknown_keys_are_refused_with_name_and_position() {
+    let text = errors_of("exporters:\n  tempo:\n    protocol: grpc\n    endpiont: http://tempo:4317\n");
+    assert!(text.contains("agent.yaml:4:"), "{text}");
+    assert!(text.contains("endpiont"), "{text}");
+    assert!(text.contains("endpiont: http://tempo:4317"), "the line is shown: {text}");
+}
+
+#[test]
+fn duplicate_keys_and_wrong_types_are_refused() {
+    let text = errors_of("batch:\n  max_spans: 10\n  max_spans: 20\n");
+    assert!(text.to_lowercase().contains("duplicate"), "{text}");
+    let text = errors_of("batch:\n  timeout: fast\n");
+    assert!(text.contains("not a duration"), "{text}");
+    let text = errors_of("exporters:\n  t:\n    protocol: zipkin\n    endpoint: http://x:1\n");
+    assert!(text.contains("zipkin"), "{text}");
+}
+
+#[test]
+fn validation_reports_every_problem_at_once() {
+    let text = errors_of(
+        "exporters:\n  a:\n    protocol: grpc\n  b:\n    protocol: http/protobuf\n    endpoint: ftp://x\n  c:\n    protocol: console\n    endpoint: http://x:1\n    queue: { workers: 0 }\nbatch: { max_spans: 0 }\ntelemetry: { log_level: loud }\n",
+    );
+    for expected in [
+        "exporters.a.endpoint: protocol grpc needs an endpoint",
+        "exporters.b.endpoint: \"ftp://x\" must start with http:// or https://",
+        "exporters.c.endpoint: the console exporter",
+        "exporters.c.queue.workers",
+        "batch.max_spans: must be at least 1 (got 0)",
+        "telemetry.log_level",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("6 config errors"), "{text}");
+}
+
+#[test]
+fn unset_variables_are_errors_and_defaults_apply() {
+    let text = errors_of("exporters:\n  t:\n    protocol: grpc\n    endpoint: ${TEMPO_URL}\n");
+    assert!(text.contains("line 4: ${TEMPO_URL} is not set"), "{text}");
+    let config = load_text("exporters:\n  t:\n    protocol: grpc\n    endpoint: ${TEMPO_URL:-http://tempo:4317}\n", &no_env).expect("valid");
+    assert_eq!(config.exporters["t"].endpoint.as_deref(), Some("http://tempo:4317"));
+}
+
+#[test]
+fn http_export_urls_get_v1_traces_like_the_collector() {
+    let url = |endpoint: &str| ExporterConfig::new(ExporterProtocol::HttpProtobuf, Some(endpoint.into())).export_url();
+    assert_eq!(url("https://otlp-gateway-prod-us-central-0.grafana.net/otlp").as_deref(), Some("https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces"));
+    assert_eq!(url("http://tempo:4318").as_deref(), Some("http://tempo:4318/v1/traces"));
+    assert_eq!(url("http://tempo:4318/").as_deref(), Some("http://tempo:4318/v1/traces"));
+    assert_eq!(url("http://tempo:4318/v1/traces").as_deref(), Some("http://tempo:4318/v1/traces"));
+    let mut exact = ExporterConfig::new(ExporterProtocol::HttpProtobuf, None);
+    exact.traces_endpoint = Some("http://x:4318/custom".into());
+    assert_eq!(exact.export_url().as_deref(), Some("http://x:4318/custom"));
+    let grpc = ExporterConfig::new(ExporterProtocol::Grpc, Some("http://tempo:4317".into()));
+    assert_eq!(grpc.export_url().as_deref(), Some("http://tempo:4317"));
+}
+
+#[test]
+fn an_exporter_pointing_at_our_own_receiver_is_refused() {
+    let yaml = "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:4317 }\nexporters:\n  loop:\n    protocol: grpc\n    endpoint: http://localhost:4317\n";
+    let text = errors_of(yaml);
+    assert!(text.contains("exporters.loop.endpoint"), "{text}");
+    assert!(text.contains("loops forever"), "{text}");
+    let env = |name: &str| (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://0.0.0.0:4318".to_owned());
+    let text = load_text("", &env).expect_err("loop").to_string();
+    assert!(text.contains("OTLP_ENDPOINT"), "the hint names the variable: {text}");
+    // Port 0 receivers (tests) never match anything.
+    let yaml = "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:0 }\nexporters:\n  t:\n    protocol: grpc\n    endpoint: http://localhost:4317\n";
+    assert!(load_text(yaml, &no_env).is_ok());
+}
+
+#[test]
+fn masked_config_shows_no_secret() {
+    let yaml = "exporters:\n  g:\n    protocol: http/protobuf\n    endpoint: https://user:urlpass@otlp.example.net/otlp\n    headers: { authorization: \"Bearer ${TOKEN}\" }\n  h:\n    protocol: grpc\n    endpoint: https://tempo.example.net:443\n    auth: { basic: { username: inst, password: basicpass } }\n";
+    let env = |name: &str| (name == "TOKEN").then(|| "tokensecret".to_owned());
+    let config = load_text(yaml, &env).expect("valid");
+    let shown = config.masked().to_yaml();
+    for secret in ["tokensecret", "urlpass", "basicpass"] {
+        assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
+    }
+    assert!(shown.contains("https://user:***@otlp.example.net/otlp"), "{shown}");
+    assert!(shown.contains("inst"), "{shown}");
+    // The real config still carries them, for the exporters.
+    assert_eq!(config.exporters["g"].headers["authorization"], "Bearer tokensecret");
+}
+
+#[test]
+fn a_secret_from_the_environment_never_appears_in_a_parse_error() {
+    let env = |name: &str| (name == "TOKEN").then(|| "tokensecret-123".to_owned());
+    let text = load_text("batch:\n  timeout: ${TOKEN}\n", &env).expect_err("bad duration").to_string();
+    assert!(!text.contains("tokensecret-123"), "{text}");
+    assert!(text.contains("${TOKEN}"), "{text}");
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"));
+    let config = Config::load(Some(path), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.exporters.len(), 3);
+    assert_eq!(
+        config.exporters["grafana-cloud"].export_url().as_deref(),
+        Some("https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces")
+    );
+}
