@@ -14,9 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, parse_listen_addr};
 use crate::exporter::{self, ExporterHandle};
 use crate::processor::{Batcher, Pipeline};
+use crate::receiver::Intake;
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
-use crate::receiver::Intake;
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -127,14 +127,16 @@ impl Agent {
         let mut handles: Vec<ExporterHandle> = Vec::new();
         let mut exporter_tasks = Vec::new();
         for (name, exporter_config) in &config.exporters {
-            let (handle, task) = exporter::start(name, exporter_config, Arc::clone(&metrics), abandon.clone())?;
+            let (handle, task) =
+                exporter::start(name, exporter_config, Arc::clone(&metrics), abandon.clone())?;
             handles.push(handle);
             exporter_tasks.push(task);
         }
 
         let (tx, rx) = mpsc::channel(config.pipeline.max_pending_requests.max(1));
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
-        let pipeline = tokio::spawn(Pipeline::new(Vec::new(), batcher, config.batch.timeout, handles).run(rx));
+        let pipeline =
+            tokio::spawn(Pipeline::new(Vec::new(), batcher, config.batch.timeout, handles).run(rx));
 
         let intake = Intake::new(tx, Arc::clone(&metrics));
         let stop_receivers = CancellationToken::new();
@@ -143,18 +145,38 @@ impl Agent {
         if let (Some(listener), Some(receiver)) = (grpc, &config.receivers.otlp.grpc) {
             let server = GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
             let stop = stop_receivers.clone();
-            servers.spawn(async move { ("OTLP/gRPC", server.serve(listener, stop).await.map_err(|e| e.to_string())) });
+            servers.spawn(async move {
+                (
+                    "OTLP/gRPC",
+                    server
+                        .serve(listener, stop)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            });
         }
         if let (Some(listener), Some(receiver)) = (http, &config.receivers.otlp.http) {
             let server = HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
             let stop = stop_receivers.clone();
-            servers.spawn(async move { ("OTLP/HTTP", server.serve(listener, stop).await.map_err(|e| e.to_string())) });
+            servers.spawn(async move {
+                (
+                    "OTLP/HTTP",
+                    server
+                        .serve(listener, stop)
+                        .await
+                        .map_err(|e| e.to_string()),
+                )
+            });
         }
         // Only the receivers may hold the pipeline's sender: when they stop, it closes.
         drop(intake);
         let stop_telemetry = CancellationToken::new();
         let telemetry_task = telemetry.map(|listener| {
-            tokio::spawn(telemetry::server::serve(listener, Arc::clone(&metrics), stop_telemetry.clone()))
+            tokio::spawn(telemetry::server::serve(
+                listener,
+                Arc::clone(&metrics),
+                stop_telemetry.clone(),
+            ))
         });
 
         tracing::info!(
@@ -164,7 +186,10 @@ impl Agent {
         );
 
         let failure = wait_for_shutdown(shutdown, &mut servers).await;
-        tracing::info!("Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}", config.shutdown_timeout);
+        tracing::info!(
+            "Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}",
+            config.shutdown_timeout
+        );
         let deadline = Instant::now() + config.shutdown_timeout;
         stop_receivers.cancel();
         // In-flight requests finish; past the deadline the servers are cut off.
@@ -186,9 +211,14 @@ impl Agent {
             abandoned_spans: metrics.dropped_total(crate::telemetry::metrics::DropReason::Shutdown),
         };
         if report.abandoned_spans == 0 {
-            tracing::info!("Stopped: every accepted span was handed to the exporters' backends or dropped as counted in /metrics; none abandoned");
+            tracing::info!(
+                "Stopped: every accepted span was handed to the exporters' backends or dropped as counted in /metrics; none abandoned"
+            );
         } else {
-            tracing::warn!(abandoned_spans = report.abandoned_spans, "Stopped after shutdown_timeout with spans still undelivered; they are lost");
+            tracing::warn!(
+                abandoned_spans = report.abandoned_spans,
+                "Stopped after shutdown_timeout with spans still undelivered; they are lost"
+            );
         }
         match failure {
             Some(error) => Err(error),
@@ -198,12 +228,15 @@ impl Agent {
 }
 
 async fn listen(key: &'static str, endpoint: &str) -> Result<TcpListener, AppError> {
-    let addr = parse_listen_addr(endpoint).map_err(|message| AppError::Endpoint { key, message })?;
-    TcpListener::bind(addr).await.map_err(|source| AppError::Bind {
-        key,
-        endpoint: endpoint.to_owned(),
-        source,
-    })
+    let addr =
+        parse_listen_addr(endpoint).map_err(|message| AppError::Endpoint { key, message })?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind {
+            key,
+            endpoint: endpoint.to_owned(),
+            source,
+        })
 }
 
 /// Waits for the shutdown signal, or for a server to fail (which also means shutting down).
@@ -215,7 +248,9 @@ async fn wait_for_shutdown(
         match servers.join_next().await {
             Some(Ok((server, result))) => AppError::Server {
                 server,
-                message: result.err().unwrap_or_else(|| "stopped unexpectedly".to_owned()),
+                message: result
+                    .err()
+                    .unwrap_or_else(|| "stopped unexpectedly".to_owned()),
             },
             Some(Err(join)) => AppError::Server {
                 server: "receiver",

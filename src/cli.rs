@@ -45,16 +45,18 @@ impl Cli {
         };
         match self.command {
             Some(Command::Check) => {
-                let source = self
-                    .config
-                    .as_ref()
-                    .map_or_else(|| "no config file (defaults and environment)".to_owned(), |p| p.display().to_string());
+                let source = self.config.as_ref().map_or_else(
+                    || "no config file (defaults and environment)".to_owned(),
+                    |p| p.display().to_string(),
+                );
                 println!("# {source}: valid. Effective config (secrets masked):");
                 println!("{}", config.masked().to_yaml().trim_end());
                 ExitCode::SUCCESS
             }
             None => {
-                let level = self.log_level.unwrap_or_else(|| config.telemetry.log_level.clone());
+                let level = self
+                    .log_level
+                    .unwrap_or_else(|| config.telemetry.log_level.clone());
                 telemetry::init_logging(&level, config.telemetry.log_format);
                 match run(config) {
                     Ok(()) => ExitCode::SUCCESS,

@@ -12,16 +12,24 @@ use prost::Message;
 
 async fn agent_with_grpc_sink(extra: &str) -> (TestAgent, Sink) {
     let sink = Sink::grpc().await;
-    let exporters = format!("  tempo:\n    protocol: grpc\n    endpoint: http://{}\n", sink.addr);
+    let exporters = format!(
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
+        sink.addr
+    );
     (TestAgent::start(&agent_yaml(&exporters, extra)).await, sink)
 }
 
 fn status_message(body: &[u8]) -> String {
-    RpcStatus::decode(body).expect("error body is a google.rpc.Status").message
+    RpcStatus::decode(body)
+        .expect("error body is a google.rpc.Status")
+        .message
 }
 
 /// Sends raw bytes as the body of a gRPC Export call.
-async fn grpc_raw(agent: &TestAgent, body: Vec<u8>) -> Result<ExportTraceServiceResponse, tonic::Status> {
+async fn grpc_raw(
+    agent: &TestAgent,
+    body: Vec<u8>,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
     let channel = tonic::transport::Endpoint::from_shared(agent.grpc_url())
         .expect("url")
         .connect()
@@ -52,8 +60,16 @@ async fn undecodable_protobuf_is_400_naming_the_problem() {
     assert_eq!(status, 400);
     assert_eq!(headers["content-type"], "application/x-protobuf");
     let message = status_message(&body);
-    assert!(message.contains("not a valid OTLP protobuf ExportTraceServiceRequest"), "{message}");
-    assert_eq!(agent.counter("daena_agent_requests_refused_total{protocol=\"http\",reason=\"undecodable\"}").await, 1);
+    assert!(
+        message.contains("not a valid OTLP protobuf ExportTraceServiceRequest"),
+        "{message}"
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_requests_refused_total{protocol=\"http\",reason=\"undecodable\"}")
+            .await,
+        1
+    );
     agent.stop().await;
 }
 
@@ -61,8 +77,13 @@ async fn undecodable_protobuf_is_400_naming_the_problem() {
 async fn bad_json_is_400_with_a_json_status_naming_the_field() {
     let (agent, _sink) = agent_with_grpc_sink("").await;
     let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"q83vEjRWeJA=","spanId":"0102030405060708","name":"x"}]}]}]}"#;
-    let (status, headers, answer) =
-        http_request("POST", &agent.http_url(), &[("content-type", "application/json")], body.to_vec()).await;
+    let (status, headers, answer) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "application/json")],
+        body.to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert_eq!(headers["content-type"], "application/json");
     let json: serde_json::Value = serde_json::from_slice(&answer).expect("JSON error body");
@@ -70,8 +91,13 @@ async fn bad_json_is_400_with_a_json_status_naming_the_field() {
     assert!(message.contains("traceId"), "{message}");
     assert!(message.contains("hex"), "{message}");
 
-    let (status, _, answer) =
-        http_request("POST", &agent.http_url(), &[("content-type", "application/json")], b"{not json".to_vec()).await;
+    let (status, _, answer) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "application/json")],
+        b"{not json".to_vec(),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&answer).contains("not valid JSON"));
     agent.stop().await;
@@ -80,16 +106,29 @@ async fn bad_json_is_400_with_a_json_status_naming_the_field() {
 #[tokio::test]
 async fn unsupported_content_type_and_encoding_are_415() {
     let (agent, _sink) = agent_with_grpc_sink("").await;
-    let (status, _, body) =
-        http_request("POST", &agent.http_url(), &[("content-type", "text/plain")], b"hello".to_vec()).await;
+    let (status, _, body) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "text/plain")],
+        b"hello".to_vec(),
+    )
+    .await;
     assert_eq!(status, 415);
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("text/plain") && text.contains("application/x-protobuf") && text.contains("application/json"), "{text}");
+    assert!(
+        text.contains("text/plain")
+            && text.contains("application/x-protobuf")
+            && text.contains("application/json"),
+        "{text}"
+    );
 
     let (status, _, body) = http_request(
         "POST",
         &agent.http_url(),
-        &[("content-type", "application/x-protobuf"), ("content-encoding", "br")],
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "br"),
+        ],
         b"x".to_vec(),
     )
     .await;
@@ -103,8 +142,13 @@ async fn unsupported_content_type_and_encoding_are_415() {
 async fn unknown_path_is_404_and_wrong_method_is_405() {
     let (agent, _sink) = agent_with_grpc_sink("").await;
     let base = format!("http://{}", agent.http.expect("http"));
-    let (status, _, body) =
-        http_request("POST", &format!("{base}/v1/metrics"), &[("content-type", "application/x-protobuf")], vec![]).await;
+    let (status, _, body) = http_request(
+        "POST",
+        &format!("{base}/v1/metrics"),
+        &[("content-type", "application/x-protobuf")],
+        vec![],
+    )
+    .await;
     assert_eq!(status, 404);
     assert!(String::from_utf8_lossy(&body).contains("/v1/metrics is not served here"));
     let (status, headers, body) = http_request("GET", &agent.http_url(), &[], vec![]).await;
@@ -127,8 +171,13 @@ async fn bodies_over_the_limit_are_413_on_the_wire_and_after_gunzip() {
     let agent = TestAgent::start(&yaml).await;
 
     let big = vec![0u8; 100 * 1024];
-    let (status, _, body) =
-        http_request("POST", &agent.http_url(), &[("content-type", "application/x-protobuf")], big.clone()).await;
+    let (status, _, body) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "application/x-protobuf")],
+        big.clone(),
+    )
+    .await;
     assert_eq!(status, 413);
     assert!(status_message(&body).contains("max_request_size"));
 
@@ -138,18 +187,38 @@ async fn bodies_over_the_limit_are_413_on_the_wire_and_after_gunzip() {
     let (status, _, body) = http_request(
         "POST",
         &agent.http_url(),
-        &[("content-type", "application/x-protobuf"), ("content-encoding", "gzip")],
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "gzip"),
+        ],
         bomb.clone(),
     )
     .await;
     assert_eq!(status, 413);
-    assert!(status_message(&body).contains("decompressed body is larger than the receiver's limit of 65536 bytes"));
+    assert!(
+        status_message(&body)
+            .contains("decompressed body is larger than the receiver's limit of 65536 bytes")
+    );
 
     let status = grpc_raw(&agent, big).await.expect_err("refused");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains("max_request_size"), "{}", status.message());
-    assert_eq!(agent.counter("daena_agent_requests_refused_total{protocol=\"http\",reason=\"too_large\"}").await, 2);
-    assert_eq!(agent.counter("daena_agent_requests_refused_total{protocol=\"grpc\",reason=\"too_large\"}").await, 1);
+    assert!(
+        status.message().contains("max_request_size"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_requests_refused_total{protocol=\"http\",reason=\"too_large\"}")
+            .await,
+        2
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_requests_refused_total{protocol=\"grpc\",reason=\"too_large\"}")
+            .await,
+        1
+    );
     // The agent is still serving.
     assert_eq!(post_protobuf(&agent, &council_request(1, 1)).await.0, 200);
     agent.stop().await;
@@ -166,7 +235,9 @@ async fn grpc_gzip_bomb_is_resource_exhausted() {
     // A valid request whose decompressed size is over the limit.
     let mut request = council_request(1, 1);
     request.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(200 * 1024);
-    let status = grpc_export(agent.grpc_url(), request, true).await.expect_err("refused");
+    let status = grpc_export(agent.grpc_url(), request, true)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("limit"), "{}", status.message());
     agent.stop().await;
@@ -175,10 +246,21 @@ async fn grpc_gzip_bomb_is_resource_exhausted() {
 #[tokio::test]
 async fn undecodable_grpc_is_invalid_argument() {
     let (agent, _sink) = agent_with_grpc_sink("").await;
-    let status = grpc_raw(&agent, vec![0x0a, 0xff, 0xff, 0x01]).await.expect_err("refused");
+    let status = grpc_raw(&agent, vec![0x0a, 0xff, 0xff, 0x01])
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("not a valid OTLP protobuf"), "{}", status.message());
-    assert_eq!(agent.counter("daena_agent_requests_refused_total{protocol=\"grpc\",reason=\"undecodable\"}").await, 1);
+    assert!(
+        status.message().contains("not a valid OTLP protobuf"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_requests_refused_total{protocol=\"grpc\",reason=\"undecodable\"}")
+            .await,
+        1
+    );
     agent.stop().await;
 }
 
@@ -187,22 +269,49 @@ async fn invalid_span_ids_get_partial_success_over_both_protocols() {
     let (agent, sink) = agent_with_grpc_sink("").await;
     let mut request = council_request(3, 2);
     request.resource_spans[0].scope_spans[0].spans[1].trace_id = vec![1; 15];
-    let response = grpc_export(agent.grpc_url(), request.clone(), false).await.expect("ok");
+    let response = grpc_export(agent.grpc_url(), request.clone(), false)
+        .await
+        .expect("ok");
     let partial = response.partial_success.expect("partial success");
     assert_eq!(partial.rejected_spans, 1);
-    assert!(partial.error_message.contains("trace_id must be 16 bytes, got 15"), "{}", partial.error_message);
+    assert!(
+        partial
+            .error_message
+            .contains("trace_id must be 16 bytes, got 15"),
+        "{}",
+        partial.error_message
+    );
 
     let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[
         {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"ok"},
         {"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0000000000000000","name":"zero"}]}]}]}"#;
-    let (status, _, body) =
-        http_request("POST", &agent.http_url(), &[("content-type", "application/json")], json.to_vec()).await;
+    let (status, _, body) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "application/json")],
+        json.to_vec(),
+    )
+    .await;
     assert_eq!(status, 200);
     let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(answer["partialSuccess"]["rejectedSpans"], "1");
-    assert!(answer["partialSuccess"]["errorMessage"].as_str().expect("message").contains("all zeros"));
-    assert_eq!(sink.wait_for_spans(3).await.len(), 3, "the valid spans are forwarded");
-    assert_eq!(agent.counter("daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"invalid_span\"}").await, 1);
+    assert!(
+        answer["partialSuccess"]["errorMessage"]
+            .as_str()
+            .expect("message")
+            .contains("all zeros")
+    );
+    assert_eq!(
+        sink.wait_for_spans(3).await.len(),
+        3,
+        "the valid spans are forwarded"
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"invalid_span\"}")
+            .await,
+        1
+    );
     agent.stop().await;
 }
 
@@ -215,8 +324,14 @@ async fn a_full_pipeline_refuses_with_retryable_answers_and_counts() {
         "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    timeout: 1h\n    queue: {{ max_batches: 1, workers: 1 }}\n",
         sink.addr
     );
-    let yaml = agent_yaml(&exporters, "pipeline: { max_pending_requests: 1 }\nshutdown_timeout: 1s\n")
-        .replace("batch: { timeout: 50ms }", "batch: { timeout: 1ms, max_spans: 1 }");
+    let yaml = agent_yaml(
+        &exporters,
+        "pipeline: { max_pending_requests: 1 }\nshutdown_timeout: 1s\n",
+    )
+    .replace(
+        "batch: { timeout: 50ms }",
+        "batch: { timeout: 1ms, max_spans: 1 }",
+    );
     let agent = TestAgent::start(&yaml).await;
 
     let started = Instant::now();
@@ -235,16 +350,30 @@ async fn a_full_pipeline_refuses_with_retryable_answers_and_counts() {
     assert_eq!(headers["retry-after"], "1");
     assert!(status_message(&body).contains("pipeline is full"));
 
-    let status = grpc_export(agent.grpc_url(), council_request(1, 99), false).await.expect_err("refused");
+    let status = grpc_export(agent.grpc_url(), council_request(1, 99), false)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unavailable);
     use tonic_types::StatusExt;
     assert_eq!(
-        status.get_details_retry_info().and_then(|info| info.retry_delay),
+        status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay),
         Some(Duration::from_secs(1)),
         "UNAVAILABLE carries RetryInfo so the SDK waits and retries"
     );
-    assert_eq!(agent.counter("daena_agent_spans_refused_total{protocol=\"http\",reason=\"pipeline_full\"}").await, 1);
-    assert_eq!(agent.counter("daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"pipeline_full\"}").await, 1);
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_refused_total{protocol=\"http\",reason=\"pipeline_full\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"pipeline_full\"}")
+            .await,
+        1
+    );
     // The hung backend never answers: shutdown abandons what it holds, and says so.
     let report = agent.stop().await;
     assert!(report.abandoned_spans >= 2, "{report:?}");

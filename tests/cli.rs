@@ -18,7 +18,10 @@ fn receivers_on_ephemeral_ports() -> &'static str {
 fn version_prints_the_package_version() {
     let (code, stdout, _) = run_binary(&["--version"], &[]);
     assert_eq!(code, 0);
-    assert_eq!(stdout.trim(), format!("daena-trace-agent {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        stdout.trim(),
+        format!("daena-trace-agent {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -34,11 +37,20 @@ fn check_prints_the_effective_config_with_every_secret_masked() {
         &[("GRAFANA_CLOUD_AUTH", SECRET)],
     );
     assert_eq!(code, 0, "{stderr}");
-    assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET), "a secret leaked:\n{stdout}{stderr}");
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "a secret leaked:\n{stdout}{stderr}"
+    );
     assert!(stdout.contains("valid"), "{stdout}");
     assert!(stdout.contains("***"), "{stdout}");
-    assert!(stdout.contains("https://otlp-gateway-prod-us-central-0.grafana.net/otlp"), "{stdout}");
-    assert!(stdout.contains("123456"), "the username is not a secret: {stdout}");
+    assert!(
+        stdout.contains("https://otlp-gateway-prod-us-central-0.grafana.net/otlp"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("123456"),
+        "the username is not a secret: {stdout}"
+    );
 }
 
 #[test]
@@ -46,9 +58,13 @@ fn check_reports_every_error_at_once_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = "exporters:\n  tempo:\n    protocol: grpc\n  broken:\n    protocol: http/protobuf\n    endpoint: ftp://nowhere\nbatch: { max_spans: 0 }\n";
     let path = write_config(dir.path(), yaml);
-    let (code, stdout, stderr) = run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
+    let (code, stdout, stderr) =
+        run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stderr.contains(path.to_str().expect("path")), "errors name the file: {stderr}");
+    assert!(
+        stderr.contains(path.to_str().expect("path")),
+        "errors name the file: {stderr}"
+    );
     assert!(stderr.contains("exporters.tempo.endpoint"), "{stderr}");
     assert!(stderr.contains("exporters.broken.endpoint"), "{stderr}");
     assert!(stderr.contains("batch.max_spans"), "{stderr}");
@@ -79,7 +95,9 @@ fn forwarding_to_itself_is_refused_at_start_up() {
         listener.local_addr().expect("addr").port()
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let yaml = format!("receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:{port} }}\ntelemetry: {{ endpoint: null }}\n");
+    let yaml = format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:{port} }}\ntelemetry: {{ endpoint: null }}\n"
+    );
     let path = write_config(dir.path(), &yaml);
     let endpoint = format!("http://localhost:{port}");
     let (code, _, stderr) = run_binary(
@@ -96,7 +114,11 @@ async fn without_an_exporter_spans_are_printed_to_the_console() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write_config(dir.path(), receivers_on_ephemeral_ports());
     let mut agent = AgentProcess::spawn(&["--config", path.to_str().expect("path")], &[]);
-    assert!(agent.logs().contains("console"), "the start-up line names the console exporter: {}", agent.logs());
+    assert!(
+        agent.logs().contains("console"),
+        "the start-up line names the console exporter: {}",
+        agent.logs()
+    );
     let http = agent.addr("OTLP/HTTP");
     let request = council_request(3, 0x5a);
     let (status, _, _) = http_request(
@@ -109,13 +131,23 @@ async fn without_an_exporter_spans_are_printed_to_the_console() {
     assert_eq!(status, 200);
     let started = Instant::now();
     while agent.output().lines().count() < 3 {
-        assert!(started.elapsed() < WAIT, "console printed: {}", agent.output());
+        assert!(
+            started.elapsed() < WAIT,
+            "console printed: {}",
+            agent.output()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let output = agent.output();
     let first = output.lines().next().expect("a line");
-    assert!(first.starts_with("daena-backend \"council.round\""), "{first}");
-    assert!(first.contains(&format!("trace={}", "5a".repeat(16))), "{first}");
+    assert!(
+        first.starts_with("daena-backend \"council.round\""),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("trace={}", "5a".repeat(16))),
+        "{first}"
+    );
     assert!(first.contains("council.phase=\"scout\""), "{first}");
     assert!(first.contains("duration=500.000ms"), "{first}");
     assert_eq!(agent.terminate(), 0);
@@ -129,7 +161,12 @@ async fn the_standard_otel_variables_configure_the_upstream() {
     let endpoint = format!("http://127.0.0.1:{}", sink.addr.port());
     let headers = format!("authorization=Basic%20{SECRET},x-scope-orgid=daena");
     let mut agent = AgentProcess::spawn(
-        &["--config", path.to_str().expect("path"), "--log-level", "debug"],
+        &[
+            "--config",
+            path.to_str().expect("path"),
+            "--log-level",
+            "debug",
+        ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
@@ -137,14 +174,27 @@ async fn the_standard_otel_variables_configure_the_upstream() {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
         ],
     );
-    assert!(agent.logs().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "start-up says where the exporter came from: {}", agent.logs());
+    assert!(
+        agent.logs().contains("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "start-up says where the exporter came from: {}",
+        agent.logs()
+    );
     let grpc = agent.addr("OTLP/gRPC");
-    grpc_export(format!("http://{grpc}"), council_request(4, 3), false).await.expect("accepted");
+    grpc_export(format!("http://{grpc}"), council_request(4, 3), false)
+        .await
+        .expect("accepted");
     let received = sink.wait_for_requests(1).await;
-    assert_eq!(received[0].headers["authorization"], format!("Basic {SECRET}").as_str());
+    assert_eq!(
+        received[0].headers["authorization"],
+        format!("Basic {SECRET}").as_str()
+    );
     assert_eq!(received[0].headers["x-scope-orgid"], "daena");
     assert_eq!(agent.terminate(), 0);
-    assert!(!agent.logs().contains(SECRET), "a secret reached the logs:\n{}", agent.logs());
+    assert!(
+        !agent.logs().contains(SECRET),
+        "a secret reached the logs:\n{}",
+        agent.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,15 +209,26 @@ async fn secrets_stay_out_of_the_logs_even_when_the_backend_refuses() {
     );
     let path = write_config(dir.path(), &yaml);
     let mut agent = AgentProcess::spawn(
-        &["--config", path.to_str().expect("path"), "--log-level", "trace"],
+        &[
+            "--config",
+            path.to_str().expect("path"),
+            "--log-level",
+            "trace",
+        ],
         &[("GRAFANA_TOKEN", SECRET)],
     );
     let grpc = agent.addr("OTLP/gRPC");
-    grpc_export(format!("http://{grpc}"), council_request(2, 1), false).await.expect("accepted");
+    grpc_export(format!("http://{grpc}"), council_request(2, 1), false)
+        .await
+        .expect("accepted");
     sink.wait_for_requests(1).await;
     let started = Instant::now();
     while !agent.logs().contains("invalid credentials") {
-        assert!(started.elapsed() < WAIT, "the refusal is logged with the backend's message: {}", agent.logs());
+        assert!(
+            started.elapsed() < WAIT,
+            "the refusal is logged with the backend's message: {}",
+            agent.logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(agent.terminate(), 0);
@@ -175,7 +236,10 @@ async fn secrets_stay_out_of_the_logs_even_when_the_backend_refuses() {
     assert!(!logs.contains(SECRET), "a secret reached the logs:\n{logs}");
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode(format!("123456:{SECRET}"));
-    assert!(!logs.contains(&basic), "the Basic credential reached the logs:\n{logs}");
+    assert!(
+        !logs.contains(&basic),
+        "the Basic credential reached the logs:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,14 +254,25 @@ async fn sigterm_flushes_the_batch_and_exits_cleanly() {
     let path = write_config(dir.path(), &yaml);
     let mut agent = AgentProcess::spawn(&["--config", path.to_str().expect("path")], &[]);
     let grpc = agent.addr("OTLP/gRPC");
-    grpc_export(format!("http://{grpc}"), council_request(6, 2), false).await.expect("accepted");
+    grpc_export(format!("http://{grpc}"), council_request(6, 2), false)
+        .await
+        .expect("accepted");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(sink.received().is_empty(), "held in the batch until shutdown");
+    assert!(
+        sink.received().is_empty(),
+        "held in the batch until shutdown"
+    );
     let started = Instant::now();
     assert_eq!(agent.terminate(), 0, "{}", agent.logs());
-    assert!(started.elapsed() < Duration::from_secs(5), "exits within shutdown_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exits within shutdown_timeout"
+    );
     assert_eq!(sink.spans().len(), 6, "nothing batched is left behind");
     let logs = agent.logs();
     let last = logs.lines().last().expect("a last log line");
-    assert!(last.contains("Stopped") && last.contains("none abandoned"), "{last}");
+    assert!(
+        last.contains("Stopped") && last.contains("none abandoned"),
+        "{last}"
+    );
 }

@@ -7,35 +7,51 @@ use std::time::Duration;
 
 use common::*;
 use daena_trace_agent::otlp::{
-    AnyValue, ArrayValue, Event, ExportTraceServiceRequest, InstrumentationScope, KeyValueList, Link,
-    Resource, ResourceSpans, ScopeSpans, Span, Status, Value,
+    AnyValue, ArrayValue, Event, ExportTraceServiceRequest, InstrumentationScope, KeyValueList,
+    Link, Resource, ResourceSpans, ScopeSpans, Span, Status, Value,
 };
 use prost::Message;
 
 /// A request that uses every field a span can carry and every attribute value type.
 fn every_field_request() -> ExportTraceServiceRequest {
     let all_values = vec![
-        kv("council.department", Value::StringValue("research ü 日本".into())),
+        kv(
+            "council.department",
+            Value::StringValue("research ü 日本".into()),
+        ),
         kv("llm.cas_hit", Value::BoolValue(true)),
         kv("nbmf.item_count", Value::IntValue(-(1 << 62))),
         kv("llm.cost_usd", Value::DoubleValue(0.012_345_678_901_234_5)),
-        kv("llm.prompt_hash", Value::BytesValue(vec![0, 1, 2, 254, 255])),
+        kv(
+            "llm.prompt_hash",
+            Value::BytesValue(vec![0, 1, 2, 254, 255]),
+        ),
         kv(
             "message_bus.topics",
             Value::ArrayValue(ArrayValue {
                 values: vec![
-                    AnyValue { value: Some(Value::StringValue("council.events".into())) },
-                    AnyValue { value: Some(Value::IntValue(7)) },
+                    AnyValue {
+                        value: Some(Value::StringValue("council.events".into())),
+                    },
+                    AnyValue {
+                        value: Some(Value::IntValue(7)),
+                    },
                 ],
             }),
         ),
         kv(
             "llm.usage",
             Value::KvlistValue(KeyValueList {
-                values: vec![kv("input_tokens", Value::IntValue(1200)), kv("cached", Value::BoolValue(false))],
+                values: vec![
+                    kv("input_tokens", Value::IntValue(1200)),
+                    kv("cached", Value::BoolValue(false)),
+                ],
             }),
         ),
-        kv("empty.list", Value::ArrayValue(ArrayValue { values: vec![] })),
+        kv(
+            "empty.list",
+            Value::ArrayValue(ArrayValue { values: vec![] }),
+        ),
     ];
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
@@ -95,23 +111,36 @@ fn every_field_request() -> ExportTraceServiceRequest {
 }
 
 fn exporter_yaml(name: &str, protocol: &str, sink: &Sink, extra: &str) -> String {
-    format!("  {name}:\n    protocol: {protocol}\n    endpoint: http://{}\n{extra}", sink.addr)
+    format!(
+        "  {name}:\n    protocol: {protocol}\n    endpoint: http://{}\n{extra}",
+        sink.addr
+    )
 }
 
 #[tokio::test]
 async fn grpc_in_grpc_out_delivers_every_field_unchanged_with_gzip_and_headers() {
     let sink = Sink::grpc().await;
     let agent = TestAgent::start(&agent_yaml(
-        &exporter_yaml("tempo", "grpc", &sink, "    headers: { x-scope-orgid: daena, authorization: \"Bearer tempo-token\" }\n"),
+        &exporter_yaml(
+            "tempo",
+            "grpc",
+            &sink,
+            "    headers: { x-scope-orgid: daena, authorization: \"Bearer tempo-token\" }\n",
+        ),
         "",
     ))
     .await;
     let original = every_field_request();
-    let response = grpc_export(agent.grpc_url(), original.clone(), true).await.expect("export accepted");
+    let response = grpc_export(agent.grpc_url(), original.clone(), true)
+        .await
+        .expect("export accepted");
     assert_eq!(response.partial_success, None);
 
     let received = sink.wait_for_requests(1).await;
-    assert_eq!(received[0].request, original, "the span must arrive bit for bit");
+    assert_eq!(
+        received[0].request, original,
+        "the span must arrive bit for bit"
+    );
     assert_eq!(
         received[0].request.encode_to_vec(),
         original.encode_to_vec()
@@ -119,9 +148,22 @@ async fn grpc_in_grpc_out_delivers_every_field_unchanged_with_gzip_and_headers()
     let headers = &received[0].headers;
     assert_eq!(headers["x-scope-orgid"], "daena");
     assert_eq!(headers["authorization"], "Bearer tempo-token");
-    assert_eq!(headers["grpc-encoding"], "gzip", "gzip is the default export compression");
-    assert_eq!(agent.counter("daena_agent_spans_received_total{protocol=\"grpc\"}").await, 1);
-    assert_eq!(agent.counter("daena_agent_spans_exported_total{exporter=\"tempo\"}").await, 1);
+    assert_eq!(
+        headers["grpc-encoding"], "gzip",
+        "gzip is the default export compression"
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_received_total{protocol=\"grpc\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .await,
+        1
+    );
     agent.stop().await;
 }
 
@@ -138,7 +180,10 @@ async fn http_in_http_out_with_basic_auth_and_grafana_cloud_path() {
     let (status, headers, body) = http_request(
         "POST",
         &agent.http_url(),
-        &[("content-type", "application/x-protobuf"), ("content-encoding", "gzip")],
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "gzip"),
+        ],
         gzip(&original.encode_to_vec()),
     )
     .await;
@@ -149,26 +194,44 @@ async fn http_in_http_out_with_basic_auth_and_grafana_cloud_path() {
     let received = sink.wait_for_requests(1).await;
     assert_eq!(received[0].request, original);
     // base64("123456:glc_secret")
-    assert_eq!(received[0].headers["authorization"], "Basic MTIzNDU2OmdsY19zZWNyZXQ=");
+    assert_eq!(
+        received[0].headers["authorization"],
+        "Basic MTIzNDU2OmdsY19zZWNyZXQ="
+    );
     assert_eq!(received[0].headers["content-encoding"], "gzip");
-    assert_eq!(received[0].headers["content-type"], "application/x-protobuf");
+    assert_eq!(
+        received[0].headers["content-type"],
+        "application/x-protobuf"
+    );
     agent.stop().await;
 }
 
 #[tokio::test]
 async fn json_in_is_forwarded_as_the_same_spans() {
     let sink = Sink::grpc().await;
-    let agent = TestAgent::start(&agent_yaml(&exporter_yaml("jaeger", "grpc", &sink, "    compression: none\n"), "")).await;
+    let agent = TestAgent::start(&agent_yaml(
+        &exporter_yaml("jaeger", "grpc", &sink, "    compression: none\n"),
+        "",
+    ))
+    .await;
     let original = every_field_request();
     let json = daena_trace_agent::otlp::json::encode_request(&original);
-    let (status, headers, body) =
-        http_request("POST", &agent.http_url(), &[("content-type", "application/json")], json).await;
+    let (status, headers, body) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "application/json")],
+        json,
+    )
+    .await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(body, b"{}");
     let received = sink.wait_for_requests(1).await;
     assert_eq!(received[0].request, original);
-    assert!(received[0].headers.get("grpc-encoding").is_none(), "compression: none sends plain");
+    assert!(
+        received[0].headers.get("grpc-encoding").is_none(),
+        "compression: none sends plain"
+    );
     agent.stop().await;
 }
 
@@ -182,7 +245,10 @@ async fn two_exporters_each_get_every_span() {
     );
     let agent = TestAgent::start(&agent_yaml(&exporters, "")).await;
     for seed in 1..=3 {
-        assert_eq!(post_protobuf(&agent, &council_request(4, seed)).await.0, 200);
+        assert_eq!(
+            post_protobuf(&agent, &council_request(4, seed)).await.0,
+            200
+        );
     }
     assert_eq!(grpc_sink.wait_for_spans(12).await.len(), 12);
     assert_eq!(http_sink.wait_for_spans(12).await.len(), 12);
@@ -200,11 +266,17 @@ async fn small_requests_are_batched_up_to_max_spans() {
     // Ten requests of 3 spans sent at once leave in fewer, larger batches.
     let url = agent.grpc_url();
     for seed in 1..=10 {
-        grpc_export(url.clone(), council_request(3, seed), false).await.expect("accepted");
+        grpc_export(url.clone(), council_request(3, seed), false)
+            .await
+            .expect("accepted");
     }
     let spans = sink.wait_for_spans(30).await;
     assert_eq!(spans.len(), 30);
-    assert!(sink.received().len() < 10, "{} export calls for 10 requests", sink.received().len());
+    assert!(
+        sink.received().len() < 10,
+        "{} export calls for 10 requests",
+        sink.received().len()
+    );
     agent.stop().await;
 }
 
@@ -212,26 +284,52 @@ async fn small_requests_are_batched_up_to_max_spans() {
 async fn http_503_with_retry_after_is_retried_after_the_delay() {
     let sink = Sink::http().await;
     sink.script([Answer::Http(503, Some(1), "tempo is restarting")]);
-    let agent = TestAgent::start(&agent_yaml(&exporter_yaml("tempo", "http/protobuf", &sink, ""), "")).await;
+    let agent = TestAgent::start(&agent_yaml(
+        &exporter_yaml("tempo", "http/protobuf", &sink, ""),
+        "",
+    ))
+    .await;
     assert_eq!(post_protobuf(&agent, &council_request(2, 9)).await.0, 200);
     let received = sink.wait_for_requests(2).await;
     let gap = received[1].at - received[0].at;
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, Retry-After said 1s");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, Retry-After said 1s"
+    );
     assert_eq!(received[1].request, received[0].request);
-    assert_eq!(agent.counter("daena_agent_export_failures_total{exporter=\"tempo\",kind=\"retried\"}").await, 1);
-    assert_eq!(agent.counter("daena_agent_spans_exported_total{exporter=\"tempo\"}").await, 2);
+    assert_eq!(
+        agent
+            .counter("daena_agent_export_failures_total{exporter=\"tempo\",kind=\"retried\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .await,
+        2
+    );
     agent.stop().await;
 }
 
 #[tokio::test]
 async fn grpc_resource_exhausted_with_retry_info_is_retried_after_the_delay() {
     let sink = Sink::grpc().await;
-    sink.script([Answer::Grpc(tonic::Code::ResourceExhausted, Some(Duration::from_secs(1)), "rate limited")]);
+    sink.script([Answer::Grpc(
+        tonic::Code::ResourceExhausted,
+        Some(Duration::from_secs(1)),
+        "rate limited",
+    )]);
     let agent = TestAgent::start(&agent_yaml(&exporter_yaml("tempo", "grpc", &sink, ""), "")).await;
-    grpc_export(agent.grpc_url(), council_request(2, 3), false).await.expect("accepted");
+    grpc_export(agent.grpc_url(), council_request(2, 3), false)
+        .await
+        .expect("accepted");
     let received = sink.wait_for_requests(2).await;
     let gap = received[1].at - received[0].at;
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}, RetryInfo said 1s");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "retried after {gap:?}, RetryInfo said 1s"
+    );
     agent.stop().await;
 }
 
@@ -239,11 +337,19 @@ async fn grpc_resource_exhausted_with_retry_info_is_retried_after_the_delay() {
 async fn http_400_is_dropped_counted_and_never_retried() {
     let sink = Sink::http().await;
     sink.script([Answer::Http(400, None, "span too old")]);
-    let agent = TestAgent::start(&agent_yaml(&exporter_yaml("tempo", "http/protobuf", &sink, ""), "")).await;
+    let agent = TestAgent::start(&agent_yaml(
+        &exporter_yaml("tempo", "http/protobuf", &sink, ""),
+        "",
+    ))
+    .await;
     assert_eq!(post_protobuf(&agent, &council_request(3, 4)).await.0, 200);
     sink.wait_for_requests(1).await;
     let started = std::time::Instant::now();
-    while agent.counter("daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"rejected\"}").await < 3 {
+    while agent
+        .counter("daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"rejected\"}")
+        .await
+        < 3
+    {
         assert!(started.elapsed() < WAIT, "drop not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -258,14 +364,21 @@ async fn partial_success_from_the_backend_is_counted() {
     let sink = Sink::grpc().await;
     sink.script([Answer::Partial(2, "2 spans too large")]);
     let agent = TestAgent::start(&agent_yaml(&exporter_yaml("tempo", "grpc", &sink, ""), "")).await;
-    grpc_export(agent.grpc_url(), council_request(5, 6), false).await.expect("accepted");
+    grpc_export(agent.grpc_url(), council_request(5, 6), false)
+        .await
+        .expect("accepted");
     sink.wait_for_requests(1).await;
     let started = std::time::Instant::now();
     while agent.counter("daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"partially_rejected\"}").await != 2 {
         assert!(started.elapsed() < WAIT, "partial success not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(agent.counter("daena_agent_spans_exported_total{exporter=\"tempo\"}").await, 3);
+    assert_eq!(
+        agent
+            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .await,
+        3
+    );
     agent.stop().await;
 }
 
@@ -273,12 +386,22 @@ async fn partial_success_from_the_backend_is_counted() {
 async fn stopping_flushes_what_is_batched() {
     let sink = Sink::grpc().await;
     // A batch timeout far longer than the test: only shutdown can flush these spans.
-    let yaml = agent_yaml(&exporter_yaml("tempo", "grpc", &sink, ""), "").replace("batch: { timeout: 50ms }", "batch: { timeout: 1h }");
+    let yaml = agent_yaml(&exporter_yaml("tempo", "grpc", &sink, ""), "")
+        .replace("batch: { timeout: 50ms }", "batch: { timeout: 1h }");
     let agent = TestAgent::start(&yaml).await;
-    grpc_export(agent.grpc_url(), council_request(7, 8), false).await.expect("accepted");
+    grpc_export(agent.grpc_url(), council_request(7, 8), false)
+        .await
+        .expect("accepted");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(sink.received().is_empty(), "nothing leaves before the batch is full or timed out");
+    assert!(
+        sink.received().is_empty(),
+        "nothing leaves before the batch is full or timed out"
+    );
     let report = agent.stop().await;
     assert_eq!(report.abandoned_spans, 0);
-    assert_eq!(sink.spans().len(), 7, "shutdown must deliver the batched spans");
+    assert_eq!(
+        sink.spans().len(),
+        7,
+        "shutdown must deliver the batched spans"
+    );
 }

@@ -10,12 +10,16 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-use daena_trace_agent::otlp::{ExportTraceServiceRequest, InstrumentationScope, Resource, Span, Value};
+use daena_trace_agent::otlp::{
+    ExportTraceServiceRequest, InstrumentationScope, Resource, Span, Value,
+};
 use prost::Message;
 
 /// The Python of a virtualenv made by `scripts/test.sh`.
 fn python(venv: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(venv).join("bin/python");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(venv)
+        .join("bin/python");
     assert!(
         path.exists(),
         "{} is missing: run the README's test command (scripts/test.sh), which creates the interop virtualenvs",
@@ -25,14 +29,18 @@ fn python(venv: &str) -> PathBuf {
 }
 
 /// Every span with its resource and scope, ordered by span id.
-fn spans_with_context(requests: &[&ExportTraceServiceRequest]) -> Vec<(Option<Resource>, Option<InstrumentationScope>, Span)> {
+fn spans_with_context(
+    requests: &[&ExportTraceServiceRequest],
+) -> Vec<(Option<Resource>, Option<InstrumentationScope>, Span)> {
     let mut all: Vec<_> = requests
         .iter()
         .flat_map(|r| &r.resource_spans)
         .flat_map(|rs| {
-            rs.scope_spans
-                .iter()
-                .flat_map(move |ss| ss.spans.iter().map(move |s| (rs.resource.clone(), ss.scope.clone(), s.clone())))
+            rs.scope_spans.iter().flat_map(move |ss| {
+                ss.spans
+                    .iter()
+                    .map(move |s| (rs.resource.clone(), ss.scope.clone(), s.clone()))
+            })
         })
         .collect();
     all.sort_by(|a, b| a.2.span_id.cmp(&b.2.span_id));
@@ -42,7 +50,10 @@ fn spans_with_context(requests: &[&ExportTraceServiceRequest]) -> Vec<(Option<Re
 /// Runs the SDK script against `endpoint` and checks the sink received the same spans.
 async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
     let sink = Sink::grpc().await;
-    let exporters = format!("  tempo:\n    protocol: grpc\n    endpoint: http://{}\n", sink.addr);
+    let exporters = format!(
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
+        sink.addr
+    );
     let agent = TestAgent::start(&agent_yaml(&exporters, "")).await;
     let endpoint = match protocol {
         "grpc" => agent.grpc_url(),
@@ -60,17 +71,23 @@ async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
     if gzip {
         args.push("--gzip".into());
     }
-    let output = tokio::task::spawn_blocking(move || Command::new(python).args(args).env_remove("OTEL_EXPORTER_OTLP_ENDPOINT").output())
-        .await
-        .expect("join")
-        .expect("run python");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(args)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .output()
+    })
+    .await
+    .expect("join")
+    .expect("run python");
     assert!(
         output.status.success(),
         "the Python SDK could not export to the agent:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let sent = ExportTraceServiceRequest::decode(&std::fs::read(out.path()).expect("read")[..]).expect("SDK encoding");
+    let sent = ExportTraceServiceRequest::decode(&std::fs::read(out.path()).expect("read")[..])
+        .expect("SDK encoding");
     let expected = spans_with_context(&[&sent]);
     assert!(expected.len() >= 10, "the script sends a whole Daena trace");
 
@@ -79,14 +96,33 @@ async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
     let got = spans_with_context(&received.iter().map(|r| &r.request).collect::<Vec<_>>());
     assert_eq!(got.len(), expected.len());
     for (got, expected) in got.iter().zip(&expected) {
-        assert_eq!(got, expected, "span {:?} changed on the way", expected.2.name);
-        assert_eq!(got.2.encode_to_vec(), expected.2.encode_to_vec(), "bit for bit");
+        assert_eq!(
+            got, expected,
+            "span {:?} changed on the way",
+            expected.2.name
+        );
+        assert_eq!(
+            got.2.encode_to_vec(),
+            expected.2.encode_to_vec(),
+            "bit for bit"
+        );
     }
-    let every_type = got.iter().map(|g| &g.2).find(|s| s.name == "daena.every_type").expect("every-type span");
-    let int = every_type.attributes.iter().find(|kv| kv.key == "attr.int").and_then(|kv| kv.value.as_ref()).and_then(|v| v.value.as_ref());
+    let every_type = got
+        .iter()
+        .map(|g| &g.2)
+        .find(|s| s.name == "daena.every_type")
+        .expect("every-type span");
+    let int = every_type
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "attr.int")
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref());
     assert_eq!(int, Some(&Value::IntValue(1 << 62)));
     assert_eq!(
-        agent.counter("daena_agent_spans_exported_total{exporter=\"tempo\"}").await,
+        agent
+            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .await,
         expected.len() as u64
     );
     agent.stop().await;

@@ -8,16 +8,26 @@ use super::{Compression, ConfigError, ExporterConfig, ExporterProtocol};
 
 /// Reads `OTEL_EXPORTER_OTLP_TRACES_<name>`, else `OTEL_EXPORTER_OTLP_<name>`; returns the variable used too.
 fn variable(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
-    [format!("OTEL_EXPORTER_OTLP_TRACES_{name}"), format!("OTEL_EXPORTER_OTLP_{name}")]
-        .into_iter()
-        .find_map(|var| env(&var).filter(|v| !v.trim().is_empty()).map(|v| (var, v.trim().to_owned())))
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+        format!("OTEL_EXPORTER_OTLP_{name}"),
+    ]
+    .into_iter()
+    .find_map(|var| {
+        env(&var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (var, v.trim().to_owned()))
+    })
 }
 
 /// The exporter the environment describes: `("otlp", …)`, or `("console", …)` when no endpoint is set.
-pub fn exporter_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(String, ExporterConfig), Vec<ConfigError>> {
+pub fn exporter_from_env(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, ExporterConfig), Vec<ConfigError>> {
     let Some((endpoint_var, endpoint)) = variable(env, "ENDPOINT") else {
         let mut console = ExporterConfig::new(ExporterProtocol::Console, None);
-        console.origin = Some("no exporter configured and OTEL_EXPORTER_OTLP_ENDPOINT unset".into());
+        console.origin =
+            Some("no exporter configured and OTEL_EXPORTER_OTLP_ENDPOINT unset".into());
         return Ok(("console".into(), console));
     };
     let mut errors = Vec::new();
@@ -35,11 +45,24 @@ pub fn exporter_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(String
         .ok()
         .and_then(|uri| uri.port_u16());
     let (protocol, why) = match variable(env, "PROTOCOL") {
-        Some((_, p)) if p == "grpc" => (ExporterProtocol::Grpc, "from OTEL_EXPORTER_OTLP_PROTOCOL".to_owned()),
-        Some((_, p)) if p == "http/protobuf" => (ExporterProtocol::HttpProtobuf, "from OTEL_EXPORTER_OTLP_PROTOCOL".to_owned()),
+        Some((_, p)) if p == "grpc" => (
+            ExporterProtocol::Grpc,
+            "from OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+        ),
+        Some((_, p)) if p == "http/protobuf" => (
+            ExporterProtocol::HttpProtobuf,
+            "from OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
+        ),
         Some((var, p)) => {
-            let hint = if p == "http/json" { "; the agent exports http/protobuf or grpc" } else { "" };
-            errors.push(ConfigError::new(var, format!("{p:?} is not supported; use grpc or http/protobuf{hint}")));
+            let hint = if p == "http/json" {
+                "; the agent exports http/protobuf or grpc"
+            } else {
+                ""
+            };
+            errors.push(ConfigError::new(
+                var,
+                format!("{p:?} is not supported; use grpc or http/protobuf{hint}"),
+            ));
             (ExporterProtocol::HttpProtobuf, String::new())
         }
         None if port == Some(4317) => (
@@ -48,7 +71,8 @@ pub fn exporter_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(String
         ),
         None => (
             ExporterProtocol::HttpProtobuf,
-            "http/protobuf, the specification's default (OTEL_EXPORTER_OTLP_PROTOCOL unset)".to_owned(),
+            "http/protobuf, the specification's default (OTEL_EXPORTER_OTLP_PROTOCOL unset)"
+                .to_owned(),
         ),
     };
     let mut exporter = ExporterConfig::new(protocol, None);
@@ -67,7 +91,10 @@ pub fn exporter_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(String
     match variable(env, "COMPRESSION") {
         Some((_, c)) if c == "gzip" => exporter.compression = Compression::Gzip,
         Some((_, c)) if c == "none" => exporter.compression = Compression::None,
-        Some((var, c)) => errors.push(ConfigError::new(var, format!("{c:?} is not supported; use gzip or none"))),
+        Some((var, c)) => errors.push(ConfigError::new(
+            var,
+            format!("{c:?} is not supported; use gzip or none"),
+        )),
         None => {}
     }
     if let Some((var, timeout)) = variable(env, "TIMEOUT") {
@@ -75,10 +102,15 @@ pub fn exporter_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(String
             // The specification: 0 means no limit.
             Ok(0) => exporter.timeout = Duration::from_secs(365 * 24 * 3600),
             Ok(ms) => exporter.timeout = Duration::from_millis(ms),
-            Err(_) => errors.push(ConfigError::new(var, format!("{timeout:?} is not a whole number of milliseconds (e.g. 10000)"))),
+            Err(_) => errors.push(ConfigError::new(
+                var,
+                format!("{timeout:?} is not a whole number of milliseconds (e.g. 10000)"),
+            )),
         }
     }
-    let https = exporter.export_url().is_some_and(|u| u.starts_with("https://"));
+    let https = exporter
+        .export_url()
+        .is_some_and(|u| u.starts_with("https://"));
     // TLS files matter only for https; a CA set for all signals must not break an http endpoint.
     if https {
         exporter.tls.ca_file = variable(env, "CERTIFICATE").map(|(_, v)| PathBuf::from(v));
@@ -86,7 +118,11 @@ pub fn exporter_from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<(String
         exporter.tls.key_file = variable(env, "CLIENT_KEY").map(|(_, v)| PathBuf::from(v));
     }
     exporter.origin = Some(format!("from {endpoint_var}; {why}"));
-    if errors.is_empty() { Ok(("otlp".into(), exporter)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(("otlp".into(), exporter))
+    } else {
+        Err(errors)
+    }
 }
 
 /// Parses `k=v,k2=v2` (W3C baggage style): values percent-decoded, split at the first `=`,
@@ -97,9 +133,12 @@ fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
         if entry.trim().is_empty() {
             continue;
         }
-        let (key, value) = entry
-            .split_once('=')
-            .ok_or_else(|| format!("entry {} has no '='; write key=value,key2=value2", index + 1))?;
+        let (key, value) = entry.split_once('=').ok_or_else(|| {
+            format!(
+                "entry {} has no '='; write key=value,key2=value2",
+                index + 1
+            )
+        })?;
         let key = key.trim().to_ascii_lowercase();
         if key.is_empty() {
             return Err(format!("entry {} has an empty header name", index + 1));
@@ -119,7 +158,10 @@ mod tests {
     use super::*;
 
     fn from(vars: &[(&str, &str)]) -> Result<(String, ExporterConfig), Vec<ConfigError>> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         exporter_from_env(&|name| map.get(name).cloned())
     }
 
@@ -132,31 +174,64 @@ mod tests {
 
     #[test]
     fn the_generic_endpoint_is_a_base_url() {
-        let (_, e) = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).expect("valid");
+        let (_, e) =
+            from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).expect("valid");
         assert_eq!(e.protocol, ExporterProtocol::HttpProtobuf);
-        assert_eq!(e.export_url().as_deref(), Some("http://collector:4318/v1/traces"));
-        let (_, e) = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/mycollector/")]).expect("valid");
-        assert_eq!(e.export_url().as_deref(), Some("http://collector:4318/mycollector/v1/traces"));
-        assert!(e.origin.as_deref().is_some_and(|o| o.contains("specification's default")));
+        assert_eq!(
+            e.export_url().as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        let (_, e) = from(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4318/mycollector/",
+        )])
+        .expect("valid");
+        assert_eq!(
+            e.export_url().as_deref(),
+            Some("http://collector:4318/mycollector/v1/traces")
+        );
+        assert!(
+            e.origin
+                .as_deref()
+                .is_some_and(|o| o.contains("specification's default"))
+        );
     }
 
     #[test]
     fn the_traces_endpoint_is_used_as_is_and_wins() {
         let (_, e) = from(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4318/custom"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/custom",
+            ),
         ])
         .expect("valid");
         assert_eq!(e.export_url().as_deref(), Some("http://traces:4318/custom"));
-        assert!(e.origin.as_deref().is_some_and(|o| o.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")));
+        assert!(
+            e.origin
+                .as_deref()
+                .is_some_and(|o| o.contains("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        );
     }
 
     #[test]
     fn port_4317_means_grpc_unless_the_protocol_says_otherwise() {
-        let (_, e) = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://tempo-us-central1.grafana.net:4317")]).expect("valid");
+        let (_, e) = from(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://tempo-us-central1.grafana.net:4317",
+        )])
+        .expect("valid");
         assert_eq!(e.protocol, ExporterProtocol::Grpc);
-        assert_eq!(e.export_url().as_deref(), Some("https://tempo-us-central1.grafana.net:4317"));
-        assert!(e.origin.as_deref().is_some_and(|o| o.contains("inferred from port 4317")));
+        assert_eq!(
+            e.export_url().as_deref(),
+            Some("https://tempo-us-central1.grafana.net:4317")
+        );
+        assert!(
+            e.origin
+                .as_deref()
+                .is_some_and(|o| o.contains("inferred from port 4317"))
+        );
         let (_, e) = from(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
@@ -164,7 +239,10 @@ mod tests {
         .expect("valid");
         assert_eq!(e.protocol, ExporterProtocol::HttpProtobuf);
         let (_, e) = from(&[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://tempo.grafana.net:443"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://tempo.grafana.net:443",
+            ),
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ])
@@ -176,7 +254,10 @@ mod tests {
     fn headers_are_percent_decoded_and_unencoded_values_accepted() {
         let (_, e) = from(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.net"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20dXNlcjpwYXNz, X-Scope-OrgID = daena"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Basic%20dXNlcjpwYXNz, X-Scope-OrgID = daena",
+            ),
         ])
         .expect("valid");
         assert_eq!(e.headers["authorization"], "Basic dXNlcjpwYXNz");
@@ -219,7 +300,17 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ])
         .expect_err("invalid");
-        assert!(errors.iter().any(|e| e.path == "OTEL_EXPORTER_OTLP_TIMEOUT" && e.message.contains("milliseconds")));
-        assert!(errors.iter().any(|e| e.path == "OTEL_EXPORTER_OTLP_PROTOCOL" && e.message.contains("http/protobuf or grpc")));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == "OTEL_EXPORTER_OTLP_TIMEOUT"
+                    && e.message.contains("milliseconds"))
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == "OTEL_EXPORTER_OTLP_PROTOCOL"
+                    && e.message.contains("http/protobuf or grpc"))
+        );
     }
 }

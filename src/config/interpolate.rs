@@ -34,7 +34,10 @@ pub fn interpolate(
                 rest = tail;
             } else if let Some(body) = after.strip_prefix('{') {
                 let Some(end) = body.find('}') else {
-                    errors.push(format!("line {}: \"${{\" is not closed; write ${{NAME}}, or $$ for a literal $", index + 1));
+                    errors.push(format!(
+                        "line {}: \"${{\" is not closed; write ${{NAME}}, or $$ for a literal $",
+                        index + 1
+                    ));
                     out.push_str(&rest[pos..]);
                     rest = "";
                     break;
@@ -44,8 +47,8 @@ pub fn interpolate(
                     Some((name, default)) => (name, Some(default)),
                     None => (&body[..end], None),
                 };
-                let valid_name = !name.is_empty()
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                let valid_name =
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 let value = env(name).filter(|v| !v.is_empty() || default.is_none());
                 match (valid_name, value, default) {
                     (false, _, _) => errors.push(format!(
@@ -99,7 +102,10 @@ mod tests {
             &env,
         )
         .expect("valid");
-        assert_eq!(text, "a: \"Basic s3cret\"\nb: dflt\nc: fallback\nd: $HOME\ne: cost$5\n");
+        assert_eq!(
+            text,
+            "a: \"Basic s3cret\"\nb: dflt\nc: fallback\nd: $HOME\ne: cost$5\n"
+        );
         assert_eq!(
             subs,
             vec![Substitution {
@@ -111,9 +117,14 @@ mod tests {
 
     #[test]
     fn unset_variables_are_reported_with_their_lines() {
-        let errors = interpolate("a: 1\nb: ${MISSING}\nc: ${ALSO_MISSING}\n", &env).expect_err("unset");
+        let errors =
+            interpolate("a: 1\nb: ${MISSING}\nc: ${ALSO_MISSING}\n", &env).expect_err("unset");
         assert_eq!(errors.len(), 2);
-        assert!(errors[0].starts_with("line 2: ${MISSING} is not set"), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with("line 2: ${MISSING} is not set"),
+            "{}",
+            errors[0]
+        );
         assert!(errors[1].contains("line 3"), "{}", errors[1]);
     }
 

@@ -428,7 +428,11 @@ impl fmt::Display for ConfigErrors {
             .as_ref()
             .map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
         let count = self.errors.len();
-        write!(f, "{source}: {count} config error{}:", if count == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "{source}: {count} config error{}:",
+            if count == 1 { "" } else { "s" }
+        )?;
         for error in &self.errors {
             write!(f, "\n  - {}: {}", error.path, error.message)?;
         }
@@ -441,7 +445,10 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Loads `path` (or the defaults), expands `${VAR}` from `env`, fills the exporter
     /// from `OTEL_EXPORTER_OTLP_*` when none is configured, and validates.
-    pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
         let fail = |errors| ConfigErrors {
             file: path.map(Path::to_path_buf),
             errors,
@@ -452,7 +459,9 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     fail(vec![ConfigError::new(
                         path.display().to_string(),
-                        format!("cannot read the config file: {e}; check the path given to --config"),
+                        format!(
+                            "cannot read the config file: {e}; check the path given to --config"
+                        ),
                     )])
                 })?;
                 yaml::parse(&text, path, env).map_err(fail)?
@@ -463,7 +472,11 @@ impl Config {
             config.exporters.insert(name, exporter);
         }
         let errors = config.validate();
-        if errors.is_empty() { Ok(config) } else { Err(fail(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(errors))
+        }
     }
 
     /// Every problem in the config at once; empty when it is valid.
@@ -474,7 +487,10 @@ impl Config {
             ("receivers.otlp.http", &self.receivers.otlp.http, "HTTP"),
         ];
         if receivers.iter().all(|(_, r, _)| r.is_none()) {
-            errors.push(ConfigError::new("receivers.otlp", "no receiver is enabled; add grpc: or http: (or remove receivers: for both)"));
+            errors.push(ConfigError::new(
+                "receivers.otlp",
+                "no receiver is enabled; add grpc: or http: (or remove receivers: for both)",
+            ));
         }
         let mut listening = Vec::new();
         for (key, receiver, protocol) in receivers {
@@ -484,28 +500,53 @@ impl Config {
                 Err(message) => errors.push(ConfigError::new(format!("{key}.endpoint"), message)),
             }
             if receiver.max_request_size.0 == 0 {
-                errors.push(ConfigError::new(format!("{key}.max_request_size"), "must be more than 0 bytes"));
+                errors.push(ConfigError::new(
+                    format!("{key}.max_request_size"),
+                    "must be more than 0 bytes",
+                ));
             }
         }
         if let [(_, _, a, _), (_, _, b, _)] = listening[..] {
             if a == b && a.port() != 0 {
-                errors.push(ConfigError::new("receivers.otlp.http.endpoint", format!("{a} is also the gRPC receiver's address; give each its own port")));
+                errors.push(ConfigError::new(
+                    "receivers.otlp.http.endpoint",
+                    format!("{a} is also the gRPC receiver's address; give each its own port"),
+                ));
             }
         }
         if self.batch.max_spans == 0 {
-            errors.push(ConfigError::new("batch.max_spans", "must be at least 1 (got 0)"));
+            errors.push(ConfigError::new(
+                "batch.max_spans",
+                "must be at least 1 (got 0)",
+            ));
         }
         if self.batch.max_bytes.0 < 1024 {
-            errors.push(ConfigError::new("batch.max_bytes", format!("must be at least 1KiB (got {})", self.batch.max_bytes)));
+            errors.push(ConfigError::new(
+                "batch.max_bytes",
+                format!("must be at least 1KiB (got {})", self.batch.max_bytes),
+            ));
         }
         if self.batch.timeout.is_zero() {
-            errors.push(ConfigError::new("batch.timeout", "must be more than 0 (e.g. 200ms)"));
+            errors.push(ConfigError::new(
+                "batch.timeout",
+                "must be more than 0 (e.g. 200ms)",
+            ));
         }
         if self.pipeline.max_pending_requests == 0 {
-            errors.push(ConfigError::new("pipeline.max_pending_requests", "must be at least 1 (got 0)"));
+            errors.push(ConfigError::new(
+                "pipeline.max_pending_requests",
+                "must be at least 1 (got 0)",
+            ));
         }
-        if !["trace", "debug", "info", "warn", "error"].contains(&self.telemetry.log_level.as_str()) {
-            errors.push(ConfigError::new("telemetry.log_level", format!("{:?} is not a level; use trace, debug, info, warn or error", self.telemetry.log_level)));
+        if !["trace", "debug", "info", "warn", "error"].contains(&self.telemetry.log_level.as_str())
+        {
+            errors.push(ConfigError::new(
+                "telemetry.log_level",
+                format!(
+                    "{:?} is not a level; use trace, debug, info, warn or error",
+                    self.telemetry.log_level
+                ),
+            ));
         }
         if let Some(endpoint) = &self.telemetry.endpoint {
             if let Err(message) = parse_listen_addr(endpoint) {
@@ -513,7 +554,12 @@ impl Config {
             }
         }
         for (name, exporter) in &self.exporters {
-            validate_exporter(&format!("exporters.{name}"), exporter, &listening, &mut errors);
+            validate_exporter(
+                &format!("exporters.{name}"),
+                exporter,
+                &listening,
+                &mut errors,
+            );
         }
         errors
     }
@@ -528,7 +574,10 @@ impl Config {
             if let Some(basic) = exporter.auth.as_mut().and_then(|a| a.basic.as_mut()) {
                 basic.password = MASK.into();
             }
-            for url in [&mut exporter.endpoint, &mut exporter.traces_endpoint].into_iter().flatten() {
+            for url in [&mut exporter.endpoint, &mut exporter.traces_endpoint]
+                .into_iter()
+                .flatten()
+            {
                 *url = mask_url_credentials(url);
             }
         }
@@ -545,7 +594,9 @@ const MASK: &str = "***";
 
 /// Replaces `user:password@` in a URL by `user:***@`.
 fn mask_url_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rsplit_once('@') {
         Some((userinfo, host)) => {
@@ -587,7 +638,7 @@ fn validate_exporter(
         )),
         (_, [(_, with_endpoint), _]) => {
             let (url_key, url) = if with_endpoint {
-                (endpoint_key.clone(), exporter.endpoint.clone().unwrap_or_default())
+                (endpoint_key, exporter.endpoint.clone().unwrap_or_default())
             } else {
                 (format!("{key}.traces_endpoint"), exporter.traces_endpoint.clone().unwrap_or_default())
             };
@@ -607,48 +658,87 @@ fn validate_exporter(
     for (name, value) in &exporter.headers {
         let header_key = format!("{key}.headers.{name}");
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            errors.push(ConfigError::new(&header_key, "is not a valid header name (letters, digits and -)"));
+            errors.push(ConfigError::new(
+                &header_key,
+                "is not a valid header name (letters, digits and -)",
+            ));
         }
         if http::HeaderValue::from_str(value).is_err() {
             // The value may be a secret: say what is wrong, never what it is.
             errors.push(ConfigError::new(&header_key, "the value holds characters a header cannot carry (line breaks or control characters)"));
         }
-        if name.eq_ignore_ascii_case("authorization") && exporter.auth.as_ref().is_some_and(|a| a.basic.is_some()) {
-            errors.push(ConfigError::new(&header_key, "both an authorization header and auth.basic are set; keep one"));
+        if name.eq_ignore_ascii_case("authorization")
+            && exporter.auth.as_ref().is_some_and(|a| a.basic.is_some())
+        {
+            errors.push(ConfigError::new(
+                &header_key,
+                "both an authorization header and auth.basic are set; keep one",
+            ));
         }
     }
     if exporter.auth.as_ref().is_some_and(|a| a.basic.is_none()) {
-        errors.push(ConfigError::new(format!("{key}.auth"), "is empty; add basic: { username, password } or remove auth"));
+        errors.push(ConfigError::new(
+            format!("{key}.auth"),
+            "is empty; add basic: { username, password } or remove auth",
+        ));
     }
     let tls = &exporter.tls;
     if tls.cert_file.is_some() != tls.key_file.is_some() {
-        errors.push(ConfigError::new(format!("{key}.tls"), "cert_file and key_file go together for mutual TLS; set both or neither"));
+        errors.push(ConfigError::new(
+            format!("{key}.tls"),
+            "cert_file and key_file go together for mutual TLS; set both or neither",
+        ));
     }
-    for (field, file) in [("ca_file", &tls.ca_file), ("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+    for (field, file) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
         if let Some(file) = file {
             if let Err(e) = std::fs::File::open(file) {
-                errors.push(ConfigError::new(format!("{key}.tls.{field}"), format!("cannot read {}: {e}", file.display())));
+                errors.push(ConfigError::new(
+                    format!("{key}.tls.{field}"),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
             }
         }
     }
     if exporter.timeout.is_zero() {
-        errors.push(ConfigError::new(format!("{key}.timeout"), "must be more than 0 (e.g. 10s)"));
+        errors.push(ConfigError::new(
+            format!("{key}.timeout"),
+            "must be more than 0 (e.g. 10s)",
+        ));
     }
     let retry = &exporter.retry;
     if retry.initial_interval.is_zero() || retry.max_interval.is_zero() {
-        errors.push(ConfigError::new(format!("{key}.retry"), "initial_interval and max_interval must be more than 0"));
+        errors.push(ConfigError::new(
+            format!("{key}.retry"),
+            "initial_interval and max_interval must be more than 0",
+        ));
     }
     if retry.initial_interval > retry.max_interval {
-        errors.push(ConfigError::new(format!("{key}.retry.initial_interval"), "must not be longer than retry.max_interval"));
+        errors.push(ConfigError::new(
+            format!("{key}.retry.initial_interval"),
+            "must not be longer than retry.max_interval",
+        ));
     }
     if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
-        errors.push(ConfigError::new(format!("{key}.retry.multiplier"), format!("must be at least 1 (got {})", retry.multiplier)));
+        errors.push(ConfigError::new(
+            format!("{key}.retry.multiplier"),
+            format!("must be at least 1 (got {})", retry.multiplier),
+        ));
     }
     if exporter.queue.max_batches == 0 {
-        errors.push(ConfigError::new(format!("{key}.queue.max_batches"), "must be at least 1 (got 0)"));
+        errors.push(ConfigError::new(
+            format!("{key}.queue.max_batches"),
+            "must be at least 1 (got 0)",
+        ));
     }
     if exporter.queue.workers == 0 {
-        errors.push(ConfigError::new(format!("{key}.queue.workers"), "must be at least 1 (got 0)"));
+        errors.push(ConfigError::new(
+            format!("{key}.queue.workers"),
+            "must be at least 1 (got 0)",
+        ));
     }
 }
 
@@ -660,9 +750,9 @@ struct ExportUrl {
 }
 
 fn parse_url(endpoint: &str) -> Result<ExportUrl, String> {
-    let uri: http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("{endpoint:?} is not a URL ({e}); write e.g. https://tempo.example.net:443"))?;
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        format!("{endpoint:?} is not a URL ({e}); write e.g. https://tempo.example.net:443")
+    })?;
     let https = match uri.scheme_str() {
         Some("https") => true,
         Some("http") => false,
@@ -680,7 +770,11 @@ fn parse_url(endpoint: &str) -> Result<ExportUrl, String> {
 }
 
 /// Why an exporter URL points back at one of this agent's receivers, if it does.
-fn self_loop(url: &ExportUrl, receivers: &[(&str, &str, SocketAddr, &String)], from_env: bool) -> Option<String> {
+fn self_loop(
+    url: &ExportUrl,
+    receivers: &[(&str, &str, SocketAddr, &String)],
+    from_env: bool,
+) -> Option<String> {
     let local = |host: &str| {
         host == "localhost"
             || host
@@ -707,7 +801,11 @@ pub fn parse_listen_addr(endpoint: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = endpoint.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let invalid = || format!("{endpoint:?} is not host:port; write e.g. 127.0.0.1:4317 (or 0.0.0.0:4317 in a container)");
+    let invalid = || {
+        format!(
+            "{endpoint:?} is not host:port; write e.g. 127.0.0.1:4317 (or 0.0.0.0:4317 in a container)"
+        )
+    };
     let (host, port) = endpoint.rsplit_once(':').ok_or_else(invalid)?;
     port.parse::<u16>().map_err(|_| invalid())?;
     if host != "localhost" {

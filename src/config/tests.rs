@@ -12,17 +12,35 @@ fn load_text(yaml: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 }
 
 fn errors_of(yaml: &str) -> String {
-    load_text(yaml, &no_env).expect_err("must be refused").to_string()
+    load_text(yaml, &no_env)
+        .expect_err("must be refused")
+        .to_string()
 }
 
 #[test]
 fn an_empty_file_means_every_default_and_the_console() {
     let config = load_text("", &no_env).expect("valid");
     let otlp = &config.receivers.otlp;
-    assert_eq!(otlp.grpc.as_ref().map(|r| r.endpoint.as_str()), Some("127.0.0.1:4317"));
-    assert_eq!(otlp.http.as_ref().map(|r| r.endpoint.as_str()), Some("127.0.0.1:4318"));
-    assert_eq!(otlp.grpc.as_ref().map(|r| r.max_request_size), Some(ByteSize(8 << 20)));
-    assert_eq!(config.batch, BatchConfig { max_spans: 8192, max_bytes: ByteSize(4 << 20), timeout: Duration::from_millis(200) });
+    assert_eq!(
+        otlp.grpc.as_ref().map(|r| r.endpoint.as_str()),
+        Some("127.0.0.1:4317")
+    );
+    assert_eq!(
+        otlp.http.as_ref().map(|r| r.endpoint.as_str()),
+        Some("127.0.0.1:4318")
+    );
+    assert_eq!(
+        otlp.grpc.as_ref().map(|r| r.max_request_size),
+        Some(ByteSize(8 << 20))
+    );
+    assert_eq!(
+        config.batch,
+        BatchConfig {
+            max_spans: 8192,
+            max_bytes: ByteSize(4 << 20),
+            timeout: Duration::from_millis(200)
+        }
+    );
     assert_eq!(config.shutdown_timeout, Duration::from_secs(10));
     assert_eq!(config.telemetry.endpoint.as_deref(), Some("127.0.0.1:8888"));
     assert_eq!(config.exporters.keys().collect::<Vec<_>>(), ["console"]);
@@ -30,17 +48,28 @@ fn an_empty_file_means_every_default_and_the_console() {
 
 #[test]
 fn a_listed_receiver_protocol_turns_the_other_off() {
-    let config = load_text("receivers:\n  otlp:\n    grpc: { endpoint: 0.0.0.0:4317 }\n", &no_env).expect("valid");
+    let config = load_text(
+        "receivers:\n  otlp:\n    grpc: { endpoint: 0.0.0.0:4317 }\n",
+        &no_env,
+    )
+    .expect("valid");
     assert!(config.receivers.otlp.http.is_none());
-    assert_eq!(parse_listen_addr("localhost:4317").map(|a| a.port()), Ok(4317));
+    assert_eq!(
+        parse_listen_addr("localhost:4317").map(|a| a.port()),
+        Ok(4317)
+    );
 }
 
 #[test]
 fn unknown_keys_are_refused_with_name_and_position() {
-    let text = errors_of("exporters:\n  tempo:\n    protocol: grpc\n    endpiont: http://tempo:4317\n");
+    let text =
+        errors_of("exporters:\n  tempo:\n    protocol: grpc\n    endpiont: http://tempo:4317\n");
     assert!(text.contains("agent.yaml:4:"), "{text}");
     assert!(text.contains("endpiont"), "{text}");
-    assert!(text.contains("endpiont: http://tempo:4317"), "the line is shown: {text}");
+    assert!(
+        text.contains("endpiont: http://tempo:4317"),
+        "the line is shown: {text}"
+    );
 }
 
 #[test]
@@ -75,17 +104,38 @@ fn validation_reports_every_problem_at_once() {
 fn unset_variables_are_errors_and_defaults_apply() {
     let text = errors_of("exporters:\n  t:\n    protocol: grpc\n    endpoint: ${TEMPO_URL}\n");
     assert!(text.contains("line 4: ${TEMPO_URL} is not set"), "{text}");
-    let config = load_text("exporters:\n  t:\n    protocol: grpc\n    endpoint: ${TEMPO_URL:-http://tempo:4317}\n", &no_env).expect("valid");
-    assert_eq!(config.exporters["t"].endpoint.as_deref(), Some("http://tempo:4317"));
+    let config = load_text(
+        "exporters:\n  t:\n    protocol: grpc\n    endpoint: ${TEMPO_URL:-http://tempo:4317}\n",
+        &no_env,
+    )
+    .expect("valid");
+    assert_eq!(
+        config.exporters["t"].endpoint.as_deref(),
+        Some("http://tempo:4317")
+    );
 }
 
 #[test]
 fn http_export_urls_get_v1_traces_like_the_collector() {
-    let url = |endpoint: &str| ExporterConfig::new(ExporterProtocol::HttpProtobuf, Some(endpoint.into())).export_url();
-    assert_eq!(url("https://otlp-gateway-prod-us-central-0.grafana.net/otlp").as_deref(), Some("https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces"));
-    assert_eq!(url("http://tempo:4318").as_deref(), Some("http://tempo:4318/v1/traces"));
-    assert_eq!(url("http://tempo:4318/").as_deref(), Some("http://tempo:4318/v1/traces"));
-    assert_eq!(url("http://tempo:4318/v1/traces").as_deref(), Some("http://tempo:4318/v1/traces"));
+    let url = |endpoint: &str| {
+        ExporterConfig::new(ExporterProtocol::HttpProtobuf, Some(endpoint.into())).export_url()
+    };
+    assert_eq!(
+        url("https://otlp-gateway-prod-us-central-0.grafana.net/otlp").as_deref(),
+        Some("https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces")
+    );
+    assert_eq!(
+        url("http://tempo:4318").as_deref(),
+        Some("http://tempo:4318/v1/traces")
+    );
+    assert_eq!(
+        url("http://tempo:4318/").as_deref(),
+        Some("http://tempo:4318/v1/traces")
+    );
+    assert_eq!(
+        url("http://tempo:4318/v1/traces").as_deref(),
+        Some("http://tempo:4318/v1/traces")
+    );
     let mut exact = ExporterConfig::new(ExporterProtocol::HttpProtobuf, None);
     exact.traces_endpoint = Some("http://x:4318/custom".into());
     assert_eq!(exact.export_url().as_deref(), Some("http://x:4318/custom"));
@@ -99,9 +149,14 @@ fn an_exporter_pointing_at_our_own_receiver_is_refused() {
     let text = errors_of(yaml);
     assert!(text.contains("exporters.loop.endpoint"), "{text}");
     assert!(text.contains("loops forever"), "{text}");
-    let env = |name: &str| (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://0.0.0.0:4318".to_owned());
+    let env = |name: &str| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://0.0.0.0:4318".to_owned())
+    };
     let text = load_text("", &env).expect_err("loop").to_string();
-    assert!(text.contains("OTLP_ENDPOINT"), "the hint names the variable: {text}");
+    assert!(
+        text.contains("OTLP_ENDPOINT"),
+        "the hint names the variable: {text}"
+    );
     // Port 0 receivers (tests) never match anything.
     let yaml = "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:0 }\nexporters:\n  t:\n    protocol: grpc\n    endpoint: http://localhost:4317\n";
     assert!(load_text(yaml, &no_env).is_ok());
@@ -116,16 +171,24 @@ fn masked_config_shows_no_secret() {
     for secret in ["tokensecret", "urlpass", "basicpass"] {
         assert!(!shown.contains(secret), "{secret} shown in:\n{shown}");
     }
-    assert!(shown.contains("https://user:***@otlp.example.net/otlp"), "{shown}");
+    assert!(
+        shown.contains("https://user:***@otlp.example.net/otlp"),
+        "{shown}"
+    );
     assert!(shown.contains("inst"), "{shown}");
     // The real config still carries them, for the exporters.
-    assert_eq!(config.exporters["g"].headers["authorization"], "Bearer tokensecret");
+    assert_eq!(
+        config.exporters["g"].headers["authorization"],
+        "Bearer tokensecret"
+    );
 }
 
 #[test]
 fn a_secret_from_the_environment_never_appears_in_a_parse_error() {
     let env = |name: &str| (name == "TOKEN").then(|| "tokensecret-123".to_owned());
-    let text = load_text("batch:\n  timeout: ${TOKEN}\n", &env).expect_err("bad duration").to_string();
+    let text = load_text("batch:\n  timeout: ${TOKEN}\n", &env)
+        .expect_err("bad duration")
+        .to_string();
     assert!(!text.contains("tokensecret-123"), "{text}");
     assert!(text.contains("${TOKEN}"), "{text}");
 }

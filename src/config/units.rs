@@ -37,7 +37,11 @@ impl ByteSize {
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(unit))
                 .map(|(_, m)| *m)
-                .ok_or_else(|| format!("{text:?} has an unknown unit {unit:?}; use B, KiB, MiB, GiB, KB, MB or GB"))?
+                .ok_or_else(|| {
+                    format!(
+                        "{text:?} has an unknown unit {unit:?}; use B, KiB, MiB, GiB, KB, MB or GB"
+                    )
+                })?
         };
         Ok(Self((number * multiplier as f64) as u64))
     }
@@ -111,7 +115,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Writes a duration the way the config reads it, shortest unit first that is exact.
 pub fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
-    for (unit, size) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000)] {
+    for (unit, size) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
         if nanos >= size && nanos % size == 0 {
             return format!("{}{unit}", nanos / size);
         }

@@ -7,7 +7,11 @@ use super::{Config, ConfigError};
 
 /// Expands `${VAR}` in `text` and parses it; errors carry `file:line:col` and never a
 /// value that came from the environment.
-pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
     let (expanded, substitutions) = interpolate(text, env).map_err(|problems| {
         problems
             .into_iter()
@@ -23,7 +27,10 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
     serde_saphyr::from_str_with_options::<Config>(&expanded, options).map_err(|error| {
         let mut message = error.without_snippet().to_string();
         // Longest first, so a value that contains another is hidden whole.
-        let mut secrets: Vec<_> = substitutions.iter().filter(|s| s.value.len() >= 4).collect();
+        let mut secrets: Vec<_> = substitutions
+            .iter()
+            .filter(|s| s.value.len() >= 4)
+            .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
         for s in secrets {
             message = message.replace(&s.value, &s.reference);
@@ -32,11 +39,17 @@ pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
             Some(location) if location.line() > 0 => {
                 let line = location.line() as usize;
                 let original = text.lines().nth(line - 1).unwrap_or_default().trim_end();
-                (format!("{}:{line}:{}", path.display(), location.column()), format!("\n      | {original}"))
+                (
+                    format!("{}:{line}:{}", path.display(), location.column()),
+                    format!("\n      | {original}"),
+                )
             }
             _ => (path.display().to_string(), String::new()),
         };
-        vec![ConfigError::new(position, format!("{}{source_line}", strip_location(&message)))]
+        vec![ConfigError::new(
+            position,
+            format!("{}{source_line}", strip_location(&message)),
+        )]
     })
 }
 

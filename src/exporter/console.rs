@@ -55,16 +55,20 @@ fn service_name(resource: Option<&Resource>) -> &str {
         .into_iter()
         .flat_map(|r| &r.attributes)
         .find(|kv| kv.key == "service.name")
-        .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(Value::StringValue(s)) => Some(s.as_str()),
-            _ => None,
-        })
+        .and_then(
+            |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => Some(s.as_str()),
+                _ => None,
+            },
+        )
         .unwrap_or("unknown_service")
 }
 
 /// Writes one span as a single line.
 fn format_span(out: &mut String, service: &str, span: &Span) {
-    let duration_ns = span.end_time_unix_nano.saturating_sub(span.start_time_unix_nano);
+    let duration_ns = span
+        .end_time_unix_nano
+        .saturating_sub(span.start_time_unix_nano);
     let status = match span.status.as_ref().map(|s| s.code) {
         Some(1) => "ok",
         Some(2) => "error",

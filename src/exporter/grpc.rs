@@ -38,10 +38,11 @@ impl OtlpGrpcExporter {
             .user_agent(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION")))
             .map_err(|e| endpoint_error(e.to_string()))?
             .connect_timeout(config.timeout.min(Duration::from_secs(10)));
-        let connector = connector(&config.tls, HttpVersions::Http2).map_err(|message| BuildError::Tls {
-            exporter: name.to_owned(),
-            message,
-        })?;
+        let connector =
+            connector(&config.tls, HttpVersions::Http2).map_err(|message| BuildError::Tls {
+                exporter: name.to_owned(),
+                message,
+            })?;
         let mut client = Grpc::new(endpoint.connect_with_connector_lazy(connector))
             .accept_compressed(CompressionEncoding::Gzip);
         if config.compression == Compression::Gzip {
@@ -56,8 +57,9 @@ impl OtlpGrpcExporter {
             };
             let parsed_key = MetadataKey::from_bytes(key.as_bytes())
                 .map_err(|_| header_error("not a valid gRPC metadata name".into()))?;
-            let parsed_value = MetadataValue::try_from(value.as_str())
-                .map_err(|_| header_error("the value holds characters a header cannot carry".into()))?;
+            let parsed_value = MetadataValue::try_from(value.as_str()).map_err(|_| {
+                header_error("the value holds characters a header cannot carry".into())
+            })?;
             metadata.insert(parsed_key, parsed_value);
         }
         Ok(Self {

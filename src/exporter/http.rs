@@ -44,7 +44,10 @@ impl OtlpHttpExporter {
             message: format!("{url:?} is not a valid URL: {e}"),
         })?;
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
@@ -66,10 +69,11 @@ impl OtlpHttpExporter {
         if gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let connector = connector(&config.tls, HttpVersions::Any).map_err(|message| BuildError::Tls {
-            exporter: name.to_owned(),
-            message,
-        })?;
+        let connector =
+            connector(&config.tls, HttpVersions::Any).map_err(|message| BuildError::Tls {
+                exporter: name.to_owned(),
+                message,
+            })?;
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             target: without_credentials(&uri),
@@ -89,10 +93,14 @@ impl OtlpHttpExporter {
                 message: format!("cannot build the request: {e}"),
             })?;
         *request.headers_mut() = self.headers.clone();
-        let response = self.client.request(request).await.map_err(|e| ExportError::Retryable {
-            message: format!("request to {} failed: {e}", self.target),
-            retry_after: None,
-        })?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ExportError::Retryable {
+                message: format!("request to {} failed: {e}", self.target),
+                retry_after: None,
+            })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -149,7 +157,10 @@ impl Exporter for OtlpHttpExporter {
             .await
             .unwrap_or_else(|_| {
                 Err(ExportError::Retryable {
-                    message: format!("no answer from {} within the {:?} timeout", self.target, self.timeout),
+                    message: format!(
+                        "no answer from {} within the {:?} timeout",
+                        self.target, self.timeout
+                    ),
                     retry_after: None,
                 })
             })
@@ -161,7 +172,8 @@ fn without_credentials(uri: &Uri) -> String {
     match uri.authority() {
         Some(authority) if authority.as_str().contains('@') => {
             let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-            uri.to_string().replacen(authority.as_str(), &format!("***@{host}"), 1)
+            uri.to_string()
+                .replacen(authority.as_str(), &format!("***@{host}"), 1)
         }
         _ => uri.to_string(),
     }
@@ -183,8 +195,13 @@ mod tests {
 
     #[test]
     fn credentials_in_the_url_are_not_shown() {
-        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces".parse().expect("uri");
-        assert_eq!(without_credentials(&uri), "https://***@otlp.example.net/otlp/v1/traces");
+        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces"
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            without_credentials(&uri),
+            "https://***@otlp.example.net/otlp/v1/traces"
+        );
         let plain: Uri = "http://tempo:4318/v1/traces".parse().expect("uri");
         assert_eq!(without_credentials(&plain), "http://tempo:4318/v1/traces");
     }

@@ -95,8 +95,10 @@ pub enum ExportError {
 /// A destination for batches; the queue worker calls it, concurrently up to `queue.workers`.
 pub trait Exporter: Send + Sync + 'static {
     /// Sends one batch once; retrying is the caller's business.
-    fn export(&self, payload: &Payload)
-    -> impl Future<Output = Result<Delivered, ExportError>> + Send;
+    fn export(
+        &self,
+        payload: &Payload,
+    ) -> impl Future<Output = Result<Delivered, ExportError>> + Send;
 }
 
 /// Why an exporter could not be built from its config.

@@ -33,7 +33,8 @@ impl ExporterHandle {
         let spans = payload.spans() as u64;
         if self.tx.send(payload).await.is_err() {
             // The worker stopped because shutdown_timeout passed.
-            self.metrics.dropped(&self.name, DropReason::Shutdown, spans);
+            self.metrics
+                .dropped(&self.name, DropReason::Shutdown, spans);
         }
     }
 }

@@ -127,7 +127,11 @@ pub fn classify_http(status: u16, retry_after: Option<Duration>, message: String
 
 /// Classifies a gRPC status per the OTLP specification; `RESOURCE_EXHAUSTED` is retried
 /// only when the server sent `RetryInfo`.
-pub fn classify_grpc(code: tonic::Code, retry_info: Option<Duration>, message: String) -> ExportError {
+pub fn classify_grpc(
+    code: tonic::Code,
+    retry_info: Option<Duration>,
+    message: String,
+) -> ExportError {
     use tonic::Code;
     match code {
         Code::Cancelled
@@ -172,13 +176,19 @@ mod tests {
     fn http_statuses_follow_the_otlp_table() {
         for status in [429, 502, 503, 504] {
             assert!(
-                matches!(classify_http(status, None, String::new()), ExportError::Retryable { .. }),
+                matches!(
+                    classify_http(status, None, String::new()),
+                    ExportError::Retryable { .. }
+                ),
                 "{status} must be retried"
             );
         }
         for status in [400, 401, 403, 404, 413, 500, 501] {
             assert!(
-                matches!(classify_http(status, None, String::new()), ExportError::Permanent { .. }),
+                matches!(
+                    classify_http(status, None, String::new()),
+                    ExportError::Permanent { .. }
+                ),
                 "{status} must not be retried"
             );
         }
@@ -187,8 +197,21 @@ mod tests {
     #[test]
     fn grpc_codes_follow_the_otlp_table() {
         use tonic::Code::*;
-        for code in [Cancelled, DeadlineExceeded, Aborted, OutOfRange, Unavailable, DataLoss] {
-            assert!(matches!(classify_grpc(code, None, String::new()), ExportError::Retryable { .. }), "{code:?}");
+        for code in [
+            Cancelled,
+            DeadlineExceeded,
+            Aborted,
+            OutOfRange,
+            Unavailable,
+            DataLoss,
+        ] {
+            assert!(
+                matches!(
+                    classify_grpc(code, None, String::new()),
+                    ExportError::Retryable { .. }
+                ),
+                "{code:?}"
+            );
         }
         for code in [
             Unknown,
@@ -202,10 +225,20 @@ mod tests {
             Internal,
             ResourceExhausted,
         ] {
-            assert!(matches!(classify_grpc(code, None, String::new()), ExportError::Permanent { .. }), "{code:?}");
+            assert!(
+                matches!(
+                    classify_grpc(code, None, String::new()),
+                    ExportError::Permanent { .. }
+                ),
+                "{code:?}"
+            );
         }
         assert_eq!(
-            classify_grpc(ResourceExhausted, Some(Duration::from_secs(3)), "slow down".into()),
+            classify_grpc(
+                ResourceExhausted,
+                Some(Duration::from_secs(3)),
+                "slow down".into()
+            ),
             ExportError::Retryable {
                 message: "slow down".into(),
                 retry_after: Some(Duration::from_secs(3))
@@ -240,7 +273,10 @@ mod tests {
         assert_eq!(p.base_delay(20), Duration::from_secs(30));
         for _ in 0..100 {
             let d = p.delay(2);
-            assert!(d >= Duration::from_secs(2) && d < Duration::from_secs(6), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(2) && d < Duration::from_secs(6),
+                "{d:?}"
+            );
         }
     }
 
@@ -286,20 +322,44 @@ mod tests {
             Ok(Delivered::default()),
         ]);
         let metrics = Metrics::default();
-        deliver("t", &exporter, &payload(), &policy(Duration::from_secs(60)), &metrics, &CancellationToken::new()).await;
+        deliver(
+            "t",
+            &exporter,
+            &payload(),
+            &policy(Duration::from_secs(60)),
+            &metrics,
+            &CancellationToken::new(),
+        )
+        .await;
         let calls = exporter.calls.lock().expect("lock").clone();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
         let text = metrics.render();
-        assert!(text.contains("daena_agent_spans_exported_total{exporter=\"t\"} 3"), "{text}");
-        assert!(text.contains("daena_agent_export_failures_total{exporter=\"t\",kind=\"retried\"} 1"), "{text}");
+        assert!(
+            text.contains("daena_agent_spans_exported_total{exporter=\"t\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("daena_agent_export_failures_total{exporter=\"t\",kind=\"retried\"} 1"),
+            "{text}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_permanent_error_is_dropped_and_counted_without_retry() {
-        let exporter = scripted(vec![Err(ExportError::Permanent { message: "bad".into() })]);
+        let exporter = scripted(vec![Err(ExportError::Permanent {
+            message: "bad".into(),
+        })]);
         let metrics = Metrics::default();
-        deliver("t", &exporter, &payload(), &policy(Duration::from_secs(60)), &metrics, &CancellationToken::new()).await;
+        deliver(
+            "t",
+            &exporter,
+            &payload(),
+            &policy(Duration::from_secs(60)),
+            &metrics,
+            &CancellationToken::new(),
+        )
+        .await;
         assert_eq!(exporter.calls.lock().expect("lock").len(), 1);
         assert!(metrics.render().contains(
             "daena_agent_spans_dropped_total{stage=\"exporter/t\",reason=\"rejected\"} 3"
@@ -317,7 +377,15 @@ mod tests {
         let exporter = scripted((0..50).map(|_| unavailable()).collect());
         let metrics = Metrics::default();
         let started = Instant::now();
-        deliver("t", &exporter, &payload(), &policy(Duration::from_secs(20)), &metrics, &CancellationToken::new()).await;
+        deliver(
+            "t",
+            &exporter,
+            &payload(),
+            &policy(Duration::from_secs(20)),
+            &metrics,
+            &CancellationToken::new(),
+        )
+        .await;
         assert!(started.elapsed() <= Duration::from_secs(20));
         assert!(exporter.calls.lock().expect("lock").len() >= 3);
         assert!(metrics.render().contains(

@@ -73,7 +73,10 @@ fn normalise(value: &mut Json, path: &mut String) -> Result<(), JsonDecodeError>
     }
 }
 
-fn normalise_object(members: &mut Map<String, Json>, path: &mut String) -> Result<(), JsonDecodeError> {
+fn normalise_object(
+    members: &mut Map<String, Json>,
+    path: &mut String,
+) -> Result<(), JsonDecodeError> {
     members.retain(|_, v| !v.is_null());
     for (key, value) in members.iter_mut() {
         let len = path.len();
@@ -93,7 +96,9 @@ fn normalise_object(members: &mut Map<String, Json>, path: &mut String) -> Resul
             // An empty list is sent as {} because protobuf's JSON mapping omits empty arrays.
             if let Json::Object(inner) = value {
                 inner.retain(|_, v| !v.is_null());
-                inner.entry("values").or_insert_with(|| Json::Array(Vec::new()));
+                inner
+                    .entry("values")
+                    .or_insert_with(|| Json::Array(Vec::new()));
             }
             normalise(value, path)?;
         } else {
@@ -106,7 +111,9 @@ fn normalise_object(members: &mut Map<String, Json>, path: &mut String) -> Resul
 
 /// Protobuf's JSON mapping allows a double as a string; the generated decoder does not.
 fn number_from_string(value: &mut Json, path: &str) -> Result<(), JsonDecodeError> {
-    let Json::String(text) = value else { return Ok(()) };
+    let Json::String(text) = value else {
+        return Ok(());
+    };
     let number = text
         .parse::<f64>()
         .ok()
@@ -182,34 +189,59 @@ mod tests {
     fn every_value_type_and_the_python_empty_list_decode() {
         let request = decode_request(FULL.as_bytes()).expect("decodes");
         let span = only_span(&request);
-        assert_eq!(span.trace_id, const_hex::decode("5b8efff798038103d269b633813fc60c").expect("hex"));
+        assert_eq!(
+            span.trace_id,
+            const_hex::decode("5b8efff798038103d269b633813fc60c").expect("hex")
+        );
         assert_eq!(span.span_id.len(), 8);
         assert!(span.parent_span_id.is_empty());
-        assert_eq!((span.kind, span.flags, span.trace_state.as_str()), (3, 257, "ot=th:8"));
+        assert_eq!(
+            (span.kind, span.flags, span.trace_state.as_str()),
+            (3, 257, "ot=th:8")
+        );
         assert_eq!(span.start_time_unix_nano, 1_544_712_660_000_000_000);
         assert_eq!(span.end_time_unix_nano, 1_544_712_661_000_000_000);
-        assert_eq!(attribute(span, "s"), Some(&Value::StringValue("scout".into())));
+        assert_eq!(
+            attribute(span, "s"),
+            Some(&Value::StringValue("scout".into()))
+        );
         assert_eq!(attribute(span, "b"), Some(&Value::BoolValue(true)));
         assert_eq!(attribute(span, "i"), Some(&Value::IntValue(1 << 62)));
         assert_eq!(attribute(span, "n"), Some(&Value::IntValue(-7)));
         assert_eq!(attribute(span, "d"), Some(&Value::DoubleValue(0.5)));
         assert_eq!(attribute(span, "quoted"), Some(&Value::DoubleValue(2.5)));
-        assert_eq!(attribute(span, "bytes"), Some(&Value::BytesValue(vec![0, 1, 2])));
-        assert_eq!(attribute(span, "empty"), Some(&Value::ArrayValue(ArrayValue { values: vec![] })));
-        assert_eq!(attribute(span, "map"), Some(&Value::KvlistValue(KeyValueList { values: vec![] })));
+        assert_eq!(
+            attribute(span, "bytes"),
+            Some(&Value::BytesValue(vec![0, 1, 2]))
+        );
+        assert_eq!(
+            attribute(span, "empty"),
+            Some(&Value::ArrayValue(ArrayValue { values: vec![] }))
+        );
+        assert_eq!(
+            attribute(span, "map"),
+            Some(&Value::KvlistValue(KeyValueList { values: vec![] }))
+        );
         assert_eq!(
             attribute(span, "list"),
             Some(&Value::ArrayValue(ArrayValue {
                 values: vec![
-                    AnyValue { value: Some(Value::StringValue("a".into())) },
-                    AnyValue { value: Some(Value::ArrayValue(ArrayValue { values: vec![] })) },
+                    AnyValue {
+                        value: Some(Value::StringValue("a".into()))
+                    },
+                    AnyValue {
+                        value: Some(Value::ArrayValue(ArrayValue { values: vec![] }))
+                    },
                 ]
             }))
         );
         assert_eq!(attribute(span, "unset"), None);
         assert_eq!(span.events[0].name, "cache_miss");
         assert_eq!(span.links[0].span_id, vec![0, 0, 0, 0, 0, 0, 0, 2]);
-        assert_eq!(span.status.as_ref().map(|s| (s.code, s.message.as_str())), Some((2, "rate limited")));
+        assert_eq!(
+            span.status.as_ref().map(|s| (s.code, s.message.as_str())),
+            Some((2, "rate limited"))
+        );
     }
 
     #[test]
@@ -225,40 +257,79 @@ mod tests {
 
     #[test]
     fn empty_requests_decode() {
-        assert_eq!(decode_request(b"{}").expect("decodes"), ExportTraceServiceRequest::default());
-        assert_eq!(decode_request(br#"{"resourceSpans":[]}"#).expect("decodes"), ExportTraceServiceRequest::default());
+        assert_eq!(
+            decode_request(b"{}").expect("decodes"),
+            ExportTraceServiceRequest::default()
+        );
+        assert_eq!(
+            decode_request(br#"{"resourceSpans":[]}"#).expect("decodes"),
+            ExportTraceServiceRequest::default()
+        );
     }
 
     #[test]
     fn ids_must_be_hex_but_their_length_is_checked_later() {
         let with_trace_id = |id: &str| {
-            format!(r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{id}","spanId":"0102030405060708"}}]}}]}}]}}"#)
+            format!(
+                r#"{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{{"traceId":"{id}","spanId":"0102030405060708"}}]}}]}}]}}"#
+            )
         };
         let error = decode_request(with_trace_id("q83vEjRWeJA=").as_bytes()).expect_err("base64");
-        assert!(error.to_string().starts_with("resourceSpans[0].scopeSpans[0].spans[0].traceId: expected a hex string"), "{error}");
-        assert!(decode_request(with_trace_id("abc").as_bytes()).is_err(), "odd length");
+        assert!(
+            error.to_string().starts_with(
+                "resourceSpans[0].scopeSpans[0].spans[0].traceId: expected a hex string"
+            ),
+            "{error}"
+        );
+        assert!(
+            decode_request(with_trace_id("abc").as_bytes()).is_err(),
+            "odd length"
+        );
         let short = decode_request(with_trace_id(&"ab".repeat(15)).as_bytes()).expect("decodes");
         assert_eq!(only_span(&short).trace_id.len(), 15);
     }
 
     #[test]
     fn clear_errors_for_what_is_not_otlp_json() {
-        assert!(decode_request(b"{not json").expect_err("x").to_string().starts_with("body is not valid JSON"));
-        assert!(decode_request(b"[1,2]").expect_err("x").to_string().contains("must be a JSON object"));
-        let error = decode_request(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":"SPAN_KIND_SERVER"}]}]}]}"#)
-            .expect_err("enum name");
+        assert!(
+            decode_request(b"{not json")
+                .expect_err("x")
+                .to_string()
+                .starts_with("body is not valid JSON")
+        );
+        assert!(
+            decode_request(b"[1,2]")
+                .expect_err("x")
+                .to_string()
+                .contains("must be a JSON object")
+        );
+        let error = decode_request(
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"kind":"SPAN_KIND_SERVER"}]}]}]}"#,
+        )
+        .expect_err("enum name");
         assert!(error.to_string().contains("spans[0].kind"), "{error}");
         assert!(error.to_string().contains("integers"), "{error}");
         let error = decode_request(br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"attributes":[{"key":"x","value":{"doubleValue":"NaN"}}]}]}]}]}"#)
             .expect_err("NaN");
-        assert!(error.to_string().contains("attributes[0].value.doubleValue"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("attributes[0].value.doubleValue"),
+            "{error}"
+        );
     }
 
     #[test]
     fn responses_are_compact() {
-        assert_eq!(encode_response(&ExportTraceServiceResponse::default()), b"{}");
+        assert_eq!(
+            encode_response(&ExportTraceServiceResponse::default()),
+            b"{}"
+        );
         let partial = ExportTraceServiceResponse {
-            partial_success: Some(ExportTracePartialSuccess { rejected_spans: 3, error_message: "bad ids".into() }),
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "bad ids".into(),
+            }),
         };
         let json: Json = serde_json::from_slice(&encode_response(&partial)).expect("json");
         assert_eq!(json["partialSuccess"]["rejectedSpans"], "3");
@@ -268,7 +339,9 @@ mod tests {
     fn any_value() -> impl Strategy<Value = Value> {
         prop_oneof![
             any::<i64>().prop_map(Value::IntValue),
-            any::<f64>().prop_filter("finite", |d| d.is_finite()).prop_map(Value::DoubleValue),
+            any::<f64>()
+                .prop_filter("finite", |d| d.is_finite())
+                .prop_map(Value::DoubleValue),
             any::<bool>().prop_map(Value::BoolValue),
             "[a-zA-Z0-9 ._-]{0,20}".prop_map(Value::StringValue),
         ]

@@ -118,7 +118,9 @@ impl Batcher {
             if last.resource == rs.resource && last.schema_url == rs.schema_url {
                 for ss in rs.scope_spans {
                     match last.scope_spans.last_mut() {
-                        Some(last_ss) if last_ss.scope == ss.scope && last_ss.schema_url == ss.schema_url => {
+                        Some(last_ss)
+                            if last_ss.scope == ss.scope && last_ss.schema_url == ss.schema_url =>
+                        {
                             last_ss.spans.extend(ss.spans);
                         }
                         _ => last.scope_spans.push(ss),
@@ -193,16 +195,24 @@ mod tests {
         let sizes: Vec<usize> = out.iter().map(SpanBatch::span_count).collect();
         assert_eq!(sizes, vec![10, 10, 5]);
         for batch in &out {
-            assert_eq!(batch.resource_spans.len(), 1, "pieces of one resource merge back");
+            assert_eq!(
+                batch.resource_spans.len(),
+                1,
+                "pieces of one resource merge back"
+            );
         }
     }
 
     #[test]
     fn small_requests_wait_until_flushed() {
         let mut batcher = Batcher::new(100, usize::MAX);
-        assert!(batcher.push(SpanBatch {
-            resource_spans: vec![resource_spans("a", &["x".into()])],
-        }).is_empty());
+        assert!(
+            batcher
+                .push(SpanBatch {
+                    resource_spans: vec![resource_spans("a", &["x".into()])],
+                })
+                .is_empty()
+        );
         assert!(!batcher.is_empty());
         assert_eq!(batcher.flush().map(|b| b.span_count()), Some(1));
         assert!(batcher.flush().is_none());

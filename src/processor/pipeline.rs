@@ -69,7 +69,6 @@ impl Pipeline {
             dispatch(&self.exporters, batch).await;
         }
     }
-
 }
 
 /// Gives the batch to every exporter, encoded at most once between them.

@@ -101,9 +101,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcReceiver {
         let intake = self.intake.clone();
         let limit = self.max_request_size;
         Box::pin(async move {
-            let mut grpc = Grpc::new(OtlpCodec::<ExportTraceServiceResponse, ExportTraceServiceRequest>::default())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(limit);
+            let mut grpc = Grpc::new(OtlpCodec::<
+                ExportTraceServiceResponse,
+                ExportTraceServiceRequest,
+            >::default())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(limit);
             let response = grpc.unary(intake.clone(), request).await;
             Ok(relabel_refusals(response, &intake, limit))
         })

@@ -47,7 +47,9 @@ impl HttpReceiver {
             .method_not_allowed_fallback(|| async {
                 plain(
                     StatusCode::METHOD_NOT_ALLOWED,
-                    format!("{TRACES_PATH} accepts only POST with an OTLP ExportTraceServiceRequest"),
+                    format!(
+                        "{TRACES_PATH} accepts only POST with an OTLP ExportTraceServiceRequest"
+                    ),
                 )
             })
             .fallback(|request: Request| async move {
@@ -63,7 +65,11 @@ impl HttpReceiver {
     }
 
     /// Serves on `listener` until `stop` is cancelled, then finishes in-flight requests.
-    pub async fn serve(self, listener: TcpListener, stop: CancellationToken) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> std::io::Result<()> {
         axum::serve(listener, self.router())
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
@@ -133,7 +139,12 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
                 Refusal::PipelineFull { .. } => StatusCode::TOO_MANY_REQUESTS,
                 Refusal::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             };
-            status_response(format, status, refusal.to_string(), Some(RETRY_DELAY.as_secs()))
+            status_response(
+                format,
+                status,
+                refusal.to_string(),
+                Some(RETRY_DELAY.as_secs()),
+            )
         }
     }
 }
@@ -153,9 +164,7 @@ fn content_format(headers: &HeaderMap) -> Result<Format, Rejection> {
         Err(Rejection::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RefusalReason::UnsupportedMediaType,
-            format!(
-                "Content-Type {value:?} is not supported; send {PROTOBUF} or {JSON}"
-            ),
+            format!("Content-Type {value:?} is not supported; send {PROTOBUF} or {JSON}"),
         ))
     }
 }
@@ -221,7 +230,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         Err(Rejection::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RefusalReason::UnsupportedMediaType,
-            format!("Content-Encoding {encoding:?} is not supported; send gzip or an uncompressed body"),
+            format!(
+                "Content-Encoding {encoding:?} is not supported; send gzip or an uncompressed body"
+            ),
         ))
     }
 }
@@ -288,5 +299,10 @@ fn grpc_code(status: StatusCode) -> i32 {
 
 /// A plain-text answer, for requests whose format we do not know.
 fn plain(status: StatusCode, message: String) -> Response {
-    (status, [(CONTENT_TYPE, "text/plain; charset=utf-8")], message).into_response()
+    (
+        status,
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
 }

@@ -132,12 +132,11 @@ fn reject_invalid_spans(batch: &mut SpanBatch) -> Option<(usize, String)> {
 
 fn id_problem(field: &str, id: &[u8], len: usize) -> Option<String> {
     if id.len() != len {
-        Some(format!(
-            "{field} must be {len} bytes, got {}",
-            id.len()
-        ))
+        Some(format!("{field} must be {len} bytes, got {}", id.len()))
     } else if id.iter().all(|&b| b == 0) {
-        Some(format!("{field} is all zeros, which OTLP defines as invalid"))
+        Some(format!(
+            "{field} is all zeros, which OTLP defines as invalid"
+        ))
     } else {
         None
     }
@@ -215,7 +214,10 @@ mod tests {
     fn an_empty_request_succeeds_without_queueing() {
         let (tx, mut rx) = mpsc::channel(1);
         let intake = Intake::new(tx, Arc::default());
-        assert_eq!(intake.accept("grpc", ExportTraceServiceRequest::default()), Ok(None));
+        assert_eq!(
+            intake.accept("grpc", ExportTraceServiceRequest::default()),
+            Ok(None)
+        );
         assert!(rx.try_recv().is_err());
     }
 }

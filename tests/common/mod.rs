@@ -20,7 +20,9 @@ use daena_trace_agent::otlp::{
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -46,7 +48,8 @@ pub fn load_config(yaml: &str) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("agent.yaml");
     std::fs::write(&path, yaml).expect("write config");
-    let config = Config::load(Some(&path), &|_| None).unwrap_or_else(|e| panic!("config must load: {e}"));
+    let config =
+        Config::load(Some(&path), &|_| None).unwrap_or_else(|e| panic!("config must load: {e}"));
     (config, dir)
 }
 
@@ -63,7 +66,8 @@ impl TestAgent {
         let (config, dir) = load_config(yaml);
         let agent = Agent::bind(config).await.expect("agent binds");
         let (stop, stopped) = oneshot::channel::<()>();
-        let (grpc, http, telemetry) = (agent.grpc_addr(), agent.http_addr(), agent.telemetry_addr());
+        let (grpc, http, telemetry) =
+            (agent.grpc_addr(), agent.http_addr(), agent.telemetry_addr());
         let task = tokio::spawn(agent.run(async {
             let _ = stopped.await;
         }));
@@ -92,7 +96,8 @@ impl TestAgent {
     /// The agent's `/metrics` text.
     pub async fn metrics(&self) -> String {
         let addr = self.telemetry.expect("telemetry enabled");
-        let (status, _, body) = http_request("GET", &format!("http://{addr}/metrics"), &[], Vec::new()).await;
+        let (status, _, body) =
+            http_request("GET", &format!("http://{addr}/metrics"), &[], Vec::new()).await;
         assert_eq!(status, 200);
         String::from_utf8(body).expect("utf-8 metrics")
     }
@@ -115,7 +120,10 @@ impl TestAgent {
 pub fn counter_value(metrics: &str, series: &str) -> u64 {
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -221,7 +229,11 @@ impl Sink {
             if spans.len() >= n {
                 return spans;
             }
-            assert!(started.elapsed() < WAIT, "only {} of {n} spans arrived within {WAIT:?}", spans.len());
+            assert!(
+                started.elapsed() < WAIT,
+                "only {} of {n} spans arrived within {WAIT:?}",
+                spans.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -234,7 +246,11 @@ impl Sink {
             if received.len() >= n {
                 return received;
             }
-            assert!(started.elapsed() < WAIT, "only {} of {n} requests arrived within {WAIT:?}", received.len());
+            assert!(
+                started.elapsed() < WAIT,
+                "only {} of {n} requests arrived within {WAIT:?}",
+                received.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -250,12 +266,20 @@ impl TraceService for Sink {
         let answer = self.next_answer();
         self.record(headers, request.into_inner());
         match answer {
-            None | Some(Answer::Http(..)) => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
-            Some(Answer::Partial(rejected, message)) => Ok(tonic::Response::new(partial(rejected, message))),
+            None | Some(Answer::Http(..)) => {
+                Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+            }
+            Some(Answer::Partial(rejected, message)) => {
+                Ok(tonic::Response::new(partial(rejected, message)))
+            }
             Some(Answer::Grpc(code, retry, message)) => {
                 use tonic_types::{ErrorDetails, StatusExt};
                 Err(match retry {
-                    Some(delay) => tonic::Status::with_error_details(code, message, ErrorDetails::with_retry_info(Some(delay))),
+                    Some(delay) => tonic::Status::with_error_details(
+                        code,
+                        message,
+                        ErrorDetails::with_retry_info(Some(delay)),
+                    ),
                     None => tonic::Status::new(code, message),
                 })
             }
@@ -266,10 +290,12 @@ impl TraceService for Sink {
 
 fn partial(rejected: i64, message: &str) -> ExportTraceServiceResponse {
     ExportTraceServiceResponse {
-        partial_success: Some(opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
-            rejected_spans: rejected,
-            error_message: message.into(),
-        }),
+        partial_success: Some(
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: message.into(),
+            },
+        ),
     }
 }
 
@@ -289,10 +315,17 @@ async fn http_export(
     sink.record(headers, request);
     let protobuf = [(http::header::CONTENT_TYPE, "application/x-protobuf")];
     match answer {
-        None | Some(Answer::Grpc(..)) => (protobuf, ExportTraceServiceResponse::default().encode_to_vec()).into_response(),
-        Some(Answer::Partial(rejected, message)) => (protobuf, partial(rejected, message).encode_to_vec()).into_response(),
+        None | Some(Answer::Grpc(..)) => (
+            protobuf,
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        )
+            .into_response(),
+        Some(Answer::Partial(rejected, message)) => {
+            (protobuf, partial(rejected, message).encode_to_vec()).into_response()
+        }
         Some(Answer::Http(status, retry_after, message)) => {
-            let mut response = (http::StatusCode::from_u16(status).expect("status"), message).into_response();
+            let mut response =
+                (http::StatusCode::from_u16(status).expect("status"), message).into_response();
             if let Some(secs) = retry_after {
                 response.headers_mut().insert("retry-after", secs.into());
             }
@@ -305,11 +338,19 @@ async fn http_export(
 // ---------------------------------------------------------------- data and clients
 
 /// Every span of the requests with its resource, in order.
-pub fn flatten<'a>(requests: impl IntoIterator<Item = &'a ExportTraceServiceRequest>) -> Vec<(Option<Resource>, Span)> {
+pub fn flatten<'a>(
+    requests: impl IntoIterator<Item = &'a ExportTraceServiceRequest>,
+) -> Vec<(Option<Resource>, Span)> {
     requests
         .into_iter()
         .flat_map(|r| &r.resource_spans)
-        .flat_map(|rs| rs.scope_spans.iter().flat_map(move |ss| ss.spans.iter().map(move |s| (rs.resource.clone(), s.clone()))))
+        .flat_map(|rs| {
+            rs.scope_spans.iter().flat_map(move |ss| {
+                ss.spans
+                    .iter()
+                    .map(move |s| (rs.resource.clone(), s.clone()))
+            })
+        })
         .collect()
 }
 
@@ -324,14 +365,28 @@ pub fn council_request(n: usize, seed: u8) -> ExportTraceServiceRequest {
         .map(|i| Span {
             trace_id: trace_id.clone(),
             span_id: vec![seed, i as u8 + 1, 0, 0, 0, 0, 0, 1],
-            parent_span_id: if i == 0 { Vec::new() } else { vec![seed, 1, 0, 0, 0, 0, 0, 1] },
-            name: if i == 0 { "council.round".into() } else { "council.phase".into() },
+            parent_span_id: if i == 0 {
+                Vec::new()
+            } else {
+                vec![seed, 1, 0, 0, 0, 0, 0, 1]
+            },
+            name: if i == 0 {
+                "council.round".into()
+            } else {
+                "council.phase".into()
+            },
             kind: 1,
             start_time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
             end_time_unix_nano: 1_700_000_000_500_000_000 + i as u64,
             attributes: vec![
-                kv("council.phase", Value::StringValue(["scout", "debate", "commit"][i % 3].into())),
-                kv("council.round_id", Value::StringValue(format!("round-{seed}"))),
+                kv(
+                    "council.phase",
+                    Value::StringValue(["scout", "debate", "commit"][i % 3].into()),
+                ),
+                kv(
+                    "council.round_id",
+                    Value::StringValue(format!("round-{seed}")),
+                ),
             ],
             ..Default::default()
         })
@@ -339,7 +394,10 @@ pub fn council_request(n: usize, seed: u8) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", Value::StringValue("daena-backend".into()))],
+                attributes: vec![kv(
+                    "service.name",
+                    Value::StringValue("daena-backend".into()),
+                )],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
@@ -363,18 +421,30 @@ pub async fn http_request(
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let response = tokio::time::timeout(WAIT, client.request(builder.body(Full::new(Bytes::from(body))).expect("request")))
-        .await
-        .expect("answer in time")
-        .expect("request sent");
+    let response = tokio::time::timeout(
+        WAIT,
+        client.request(builder.body(Full::new(Bytes::from(body))).expect("request")),
+    )
+    .await
+    .expect("answer in time")
+    .expect("request sent");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
     (status, headers, body)
 }
 
 /// POSTs a protobuf export request to the agent's OTLP/HTTP receiver.
-pub async fn post_protobuf(agent: &TestAgent, request: &ExportTraceServiceRequest) -> (u16, http::HeaderMap, Vec<u8>) {
+pub async fn post_protobuf(
+    agent: &TestAgent,
+    request: &ExportTraceServiceRequest,
+) -> (u16, http::HeaderMap, Vec<u8>) {
     http_request(
         "POST",
         &agent.http_url(),
@@ -395,7 +465,10 @@ pub async fn grpc_export(
     if gzip {
         client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
     }
-    client.export(request).await.map(tonic::Response::into_inner)
+    client
+        .export(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 pub fn gzip(data: &[u8]) -> Vec<u8> {
@@ -406,7 +479,9 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 
 pub fn gunzip(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out).expect("valid gzip");
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
     out
 }
 
@@ -430,7 +505,10 @@ pub fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
 /// A command for the binary with a clean environment (no inherited OTEL_* variables).
 pub fn binary_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(agent_binary());
-    command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
         command.env(k, v);
     }
@@ -454,10 +532,18 @@ impl AgentProcess {
             .expect("spawn agent");
         let stdout = collect(child.stdout.take().expect("stdout"));
         let stderr = collect(child.stderr.take().expect("stderr"));
-        let process = Self { child, stdout, stderr };
+        let process = Self {
+            child,
+            stdout,
+            stderr,
+        };
         let started = Instant::now();
         while !process.logs().contains("daena-trace-agent started") {
-            assert!(started.elapsed() < WAIT, "agent did not start; logs:\n{}", process.logs());
+            assert!(
+                started.elapsed() < WAIT,
+                "agent did not start; logs:\n{}",
+                process.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         process
@@ -484,7 +570,10 @@ impl AgentProcess {
     /// Sends SIGTERM and waits (bounded) for the exit code.
     pub fn terminate(&mut self) -> i32 {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
         self.wait()
     }
 
@@ -522,7 +611,9 @@ fn collect(mut reader: impl Read + Send + 'static) -> Arc<Mutex<String>> {
             if n == 0 {
                 break;
             }
-            sink.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     text
