@@ -203,3 +203,17 @@ fn the_example_config_is_valid() {
         Some("https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces")
     );
 }
+
+#[test]
+fn the_sidecar_config_in_deploy_is_valid_and_listens_on_all_interfaces() {
+    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sidecar.yaml"));
+    let env = |name: &str| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "https://tempo.example.net:4317".to_owned())
+    };
+    let config = Config::load(Some(path), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.receivers.otlp.grpc.map(|r| r.endpoint).as_deref(),
+        Some("0.0.0.0:4317")
+    );
+    assert_eq!(config.exporters["otlp"].protocol, ExporterProtocol::Grpc);
+}

@@ -84,3 +84,112 @@ async fn sleep_until(deadline: Option<Instant>) {
         tokio::time::sleep_until(deadline).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{ExporterConfig, ExporterProtocol};
+    use crate::exporter::{Delivered, ExportError, Exporter, queue};
+    use crate::otlp::{ResourceSpans, ScopeSpans, Span};
+
+    /// Records the span names of every batch it is given.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<String>>>>);
+
+    impl Exporter for Recorder {
+        async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
+            let names = payload
+                .request()
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| &ss.spans)
+                .map(|s| s.name.clone())
+                .collect();
+            self.0.lock().expect("lock").push(names);
+            Ok(Delivered::default())
+        }
+    }
+
+    /// A stage that upper-cases span names, to see stages run before batching.
+    struct Shout;
+
+    impl Processor for Shout {
+        fn name(&self) -> &'static str {
+            "shout"
+        }
+
+        fn process(&mut self, batch: &mut SpanBatch) {
+            for rs in &mut batch.resource_spans {
+                for ss in &mut rs.scope_spans {
+                    for span in &mut ss.spans {
+                        span.name = span.name.to_uppercase();
+                    }
+                }
+            }
+        }
+    }
+
+    fn batch(names: &[&str]) -> SpanBatch {
+        SpanBatch {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: names
+                        .iter()
+                        .map(|n| Span {
+                            name: (*n).into(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stages_run_then_batches_leave_on_timeout_and_at_the_end() {
+        let recorder = Recorder::default();
+        let config = ExporterConfig::new(ExporterProtocol::Console, None);
+        let (handle, worker) = queue::spawn(
+            "recorder",
+            recorder.clone(),
+            &config,
+            Arc::default(),
+            CancellationToken::new(),
+        );
+        let (tx, rx) = mpsc::channel(8);
+        let pipeline = Pipeline::new(
+            vec![Box::new(Shout)],
+            Batcher::new(100, 1 << 20),
+            Duration::from_millis(200),
+            vec![handle],
+        );
+        let task = tokio::spawn(pipeline.run(rx));
+
+        tx.send(batch(&["scout", "debate"])).await.expect("send");
+        tx.send(batch(&["commit"])).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            recorder.0.lock().expect("lock").is_empty(),
+            "waits for the timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            *recorder.0.lock().expect("lock"),
+            vec![vec!["SCOUT", "DEBATE", "COMMIT"]]
+        );
+
+        tx.send(batch(&["late"])).await.expect("send");
+        drop(tx);
+        task.await
+            .expect("pipeline ends when the receivers are gone");
+        worker.await.expect("exporter queue drains and ends");
+        assert_eq!(recorder.0.lock().expect("lock")[1], vec!["LATE"]);
+    }
+}

@@ -186,6 +186,57 @@ impl Sink {
         sink
     }
 
+    /// A sink serving both OTLP/gRPC and OTLP/HTTP over TLS with the given PEM
+    /// certificate and key (HTTP/2 and HTTP/1.1 negotiated by ALPN).
+    pub async fn tls(cert_pem: &str, key_pem: &str) -> Self {
+        use hyper_util::server::conn::auto::Builder;
+        use hyper_util::service::TowerToHyperService;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+        let sink = Self::new(listener.local_addr().expect("addr"));
+        let grpc = TraceServiceServer::new(sink.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let router = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(http_export))
+            .with_state(sink.clone())
+            .route_service(daena_trace_agent::otlp::TRACE_EXPORT_PATH, grpc);
+        let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert")];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    // A client that rejects our certificate ends the handshake: nothing to serve.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let _ = Builder::new(TokioExecutor::new())
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tls),
+                            TowerToHyperService::new(router),
+                        )
+                        .await;
+                });
+            }
+        });
+        sink
+    }
+
     fn new(addr: SocketAddr) -> Self {
         Self {
             addr,

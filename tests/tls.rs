@@ -1,0 +1,97 @@
+//! Exporting over TLS: a private CA from `tls.ca_file`, the system roots by default, and
+//! `insecure_skip_verify` for test backends.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Backend {
+    sink: Sink,
+    ca_file: tempfile::NamedTempFile,
+}
+
+/// A TLS sink with a fresh self-signed certificate for localhost, and that certificate as a CA file.
+async fn tls_backend() -> Backend {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let cert_pem = certified.cert.pem();
+    let sink = Sink::tls(&cert_pem, &certified.signing_key.serialize_pem()).await;
+    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(ca_file.path(), cert_pem).expect("write CA");
+    Backend { sink, ca_file }
+}
+
+fn exporter(protocol: &str, backend: &Backend, tls: &str) -> String {
+    format!(
+        "  secure:\n    protocol: {protocol}\n    endpoint: https://localhost:{}\n    tls: {tls}\n    retry: {{ initial_interval: 100ms, max_interval: 200ms }}\n",
+        backend.sink.addr.port()
+    )
+}
+
+#[tokio::test]
+async fn grpc_over_tls_with_a_private_ca() {
+    let backend = tls_backend().await;
+    let tls = format!("{{ ca_file: {} }}", backend.ca_file.path().display());
+    let agent = TestAgent::start(&agent_yaml(&exporter("grpc", &backend, &tls), "")).await;
+    grpc_export(agent.grpc_url(), council_request(3, 1), false)
+        .await
+        .expect("accepted");
+    assert_eq!(backend.sink.wait_for_spans(3).await.len(), 3);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn http_over_tls_with_a_private_ca() {
+    let backend = tls_backend().await;
+    let tls = format!("{{ ca_file: {} }}", backend.ca_file.path().display());
+    let agent = TestAgent::start(&agent_yaml(&exporter("http/protobuf", &backend, &tls), "")).await;
+    assert_eq!(post_protobuf(&agent, &council_request(4, 2)).await.0, 200);
+    assert_eq!(backend.sink.wait_for_spans(4).await.len(), 4);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_unless_verification_is_skipped() {
+    let backend = tls_backend().await;
+    // The system roots do not know our self-signed certificate: every attempt fails.
+    let agent = TestAgent::start(&agent_yaml(
+        &exporter("http/protobuf", &backend, "{}"),
+        "shutdown_timeout: 1s\n",
+    ))
+    .await;
+    assert_eq!(post_protobuf(&agent, &council_request(2, 3)).await.0, 200);
+    let started = Instant::now();
+    while agent
+        .counter("daena_agent_export_failures_total{exporter=\"secure\",kind=\"retried\"}")
+        .await
+        < 2
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "TLS failures are retried and counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        backend.sink.received().is_empty(),
+        "nothing crosses an unverified connection"
+    );
+    let report = agent.stop().await;
+    assert_eq!(
+        report.abandoned_spans, 2,
+        "the undeliverable spans are reported at shutdown"
+    );
+
+    let agent = TestAgent::start(&agent_yaml(
+        &exporter("grpc", &backend, "{ insecure_skip_verify: true }"),
+        "",
+    ))
+    .await;
+    grpc_export(agent.grpc_url(), council_request(2, 4), false)
+        .await
+        .expect("accepted");
+    assert_eq!(backend.sink.wait_for_spans(2).await.len(), 2);
+    agent.stop().await;
+}
