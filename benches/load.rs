@@ -1,0 +1,629 @@
+//! The load benchmark: Daena-shaped traffic through the real agent binary into a
+//! blackhole OTLP sink, measuring the agent process.
+//!
+//! Run: `cargo bench --bench load -- [--seconds 10] [--runs 3] [--scenario NAME]...`
+//! Under `cargo test` (no `--bench` argument) it makes one tiny run of every scenario,
+//! so the test command checks that it builds and works.
+//!
+//! Per scenario it reports, for the agent process: delivered spans/s at saturation,
+//! CPU-seconds per million spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
+//! idle RSS, client latency p50/p99 at a fixed 20K spans/s and at saturation, and
+//! refusals. The `baseline` scenario sends straight to the sink: the harness's ceiling.
+
+#[path = "support/traffic.rs"]
+mod traffic;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
+use daena_trace_agent::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use tokio::net::TcpListener;
+
+const SPANS_PER_REQUEST: usize = 512;
+const SENDERS: usize = 4;
+const FIXED_RATE: f64 = 20_000.0;
+
+/// How the load generator talks to the agent.
+#[derive(Clone, Copy)]
+enum Input {
+    Grpc,
+    Http { gzip: bool },
+}
+
+/// One line of the results table. Stages added later add a line here.
+struct Scenario {
+    name: &'static str,
+    input: Input,
+    /// The agent's exporter settings and extra config; `None` sends straight to the sink.
+    agent: Option<&'static str>,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario { name: "baseline (no agent, gRPC into the sink)", input: Input::Grpc, agent: None },
+        Scenario { name: "grpc-passthrough-gzip", input: Input::Grpc, agent: Some("    compression: gzip\n") },
+        Scenario { name: "grpc-passthrough-none", input: Input::Grpc, agent: Some("    compression: none\n") },
+        Scenario { name: "http-protobuf-in", input: Input::Http { gzip: false }, agent: Some("    compression: gzip\n") },
+        Scenario { name: "http-protobuf-gzip-in", input: Input::Http { gzip: true }, agent: Some("    compression: gzip\n") },
+    ]
+}
+
+struct Args {
+    seconds: f64,
+    runs: usize,
+    only: Vec<String>,
+    /// A tiny run for `cargo test`: a few thousand spans per scenario.
+    quick: bool,
+}
+
+fn parse_args() -> Args {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str| raw.iter().position(|a| a == flag).and_then(|i| raw.get(i + 1)).cloned();
+    let quick = !raw.iter().any(|a| a == "--bench");
+    Args {
+        seconds: value("--seconds").and_then(|v| v.parse().ok()).unwrap_or(if quick { 0.5 } else { 10.0 }),
+        runs: value("--runs").and_then(|v| v.parse().ok()).unwrap_or(1),
+        only: raw.windows(2).filter(|w| w[0] == "--scenario").map(|w| w[1].clone()).collect(),
+        quick,
+    }
+}
+
+/// Figures of one run of one scenario.
+#[derive(Clone, Default)]
+struct Figures {
+    spans_per_second: f64,
+    cpu_seconds_per_million: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    idle_rss_mib: Option<f64>,
+    fixed_p50_ms: f64,
+    fixed_p99_ms: f64,
+    fixed_refused: u64,
+    saturated_p50_ms: f64,
+    saturated_p99_ms: f64,
+    saturated_refused: u64,
+}
+
+fn main() {
+    let args = parse_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let bodies = Arc::new(Bodies::new(if args.quick { 4 } else { 64 }));
+    println!(
+        "{} spans per request, {} protobuf bytes per span; {} senders at saturation; {} s per phase; median of {} run(s)\n",
+        SPANS_PER_REQUEST,
+        bodies.protobuf[0].len() / SPANS_PER_REQUEST,
+        SENDERS,
+        args.seconds,
+        args.runs
+    );
+    println!("| scenario | delivered spans/s | CPU-s per M spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for scenario in scenarios() {
+        if !args.only.is_empty() && !args.only.iter().any(|o| scenario.name.starts_with(o.as_str())) {
+            continue;
+        }
+        let runs: Vec<Figures> = (0..args.runs).map(|_| runtime.block_on(run(&scenario, &args, Arc::clone(&bodies)))).collect();
+        print_row(scenario.name, &runs);
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn print_row(name: &str, runs: &[Figures]) {
+    let m = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
+    let opt = |f: fn(&Figures) -> Option<f64>, digits: usize| {
+        let values: Vec<f64> = runs.iter().filter_map(f).collect();
+        if values.is_empty() { "—".to_owned() } else { format!("{:.*}", digits, median(values)) }
+    };
+    println!(
+        "| {name} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.0} |",
+        m(|f| f.spans_per_second),
+        opt(|f| f.cpu_seconds_per_million, 2),
+        opt(|f| f.peak_rss_mib, 1),
+        opt(|f| f.idle_rss_mib, 1),
+        m(|f| f.fixed_p50_ms),
+        m(|f| f.fixed_p99_ms),
+        m(|f| f.fixed_refused as f64),
+        m(|f| f.saturated_p50_ms),
+        m(|f| f.saturated_p99_ms),
+        m(|f| f.saturated_refused as f64),
+    );
+}
+
+/// Pre-encoded request bodies, so the generator is not the bottleneck.
+struct Bodies {
+    protobuf: Vec<Bytes>,
+    gzipped: Vec<Bytes>,
+}
+
+impl Bodies {
+    fn new(count: u64) -> Self {
+        let protobuf: Vec<Bytes> = (0..count).map(|seed| Bytes::from(traffic::request(SPANS_PER_REQUEST, seed).encode_to_vec())).collect();
+        let gzipped = protobuf
+            .iter()
+            .map(|body| {
+                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                encoder.write_all(body).expect("gzip");
+                Bytes::from(encoder.finish().expect("gzip"))
+            })
+            .collect();
+        Self { protobuf, gzipped }
+    }
+}
+
+async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
+    let sink = BlackholeSink::start().await;
+    let mut agent = scenario.agent.map(|exporter| AgentProcess::start(sink.addr, exporter));
+    let target = match (&agent, scenario.input) {
+        (None, _) => Target::Grpc(sink.addr),
+        (Some(a), Input::Grpc) => Target::Grpc(a.grpc),
+        (Some(a), Input::Http { gzip }) => Target::Http(a.http, gzip),
+    };
+    let mut figures = Figures::default();
+    if let Some(agent) = &agent {
+        tokio::time::sleep(Duration::from_secs(if args.quick { 0 } else { 2 })).await;
+        figures.idle_rss_mib = agent.status_kib("VmRSS:").map(|k| k / 1024.0);
+    }
+    let phase = Duration::from_secs_f64(args.seconds);
+    let max_requests = if args.quick { 8 } else { u64::MAX };
+
+    // Latency at a fixed offered rate.
+    let fixed = fixed_rate(&target, &bodies, phase, max_requests).await;
+    figures.fixed_p50_ms = fixed.percentile(0.50);
+    figures.fixed_p99_ms = fixed.percentile(0.99);
+    figures.fixed_refused = fixed.refused;
+    wait_for(&sink, fixed.accepted_spans).await;
+
+    // Saturation: senders as fast as answers come.
+    let cpu_before = agent.as_ref().map(AgentProcess::cpu_seconds);
+    let delivered_before = sink.spans.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let saturated = saturate(&target, &bodies, phase, max_requests).await;
+    let expected = delivered_before + saturated.accepted_spans;
+    wait_for(&sink, expected).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let delivered = sink.spans.load(Ordering::Relaxed) - delivered_before;
+    figures.spans_per_second = delivered as f64 / elapsed;
+    figures.saturated_p50_ms = saturated.percentile(0.50);
+    figures.saturated_p99_ms = saturated.percentile(0.99);
+    figures.saturated_refused = saturated.refused;
+    if let (Some(agent), Some(before)) = (&agent, cpu_before) {
+        let cpu = agent.cpu_seconds() - before;
+        figures.cpu_seconds_per_million = Some(cpu / (delivered.max(1) as f64 / 1e6));
+        figures.peak_rss_mib = agent.status_kib("VmHWM:").map(|k| k / 1024.0);
+    }
+    if let Some(agent) = agent.as_mut() {
+        agent.stop();
+    }
+    figures
+}
+
+/// Waits (at most 30 s) until the sink has seen `spans` spans.
+async fn wait_for(sink: &BlackholeSink, spans: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink.spans.load(Ordering::Relaxed) < spans && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------- load generation
+
+#[derive(Clone)]
+enum Target {
+    Grpc(SocketAddr),
+    Http(SocketAddr, bool),
+}
+
+#[derive(Default)]
+struct Outcome {
+    latencies_ms: Vec<f64>,
+    accepted_spans: u64,
+    refused: u64,
+}
+
+impl Outcome {
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return 0.0;
+        }
+        let mut sorted = self.latencies_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.latencies_ms.extend(other.latencies_ms);
+        self.accepted_spans += other.accepted_spans;
+        self.refused += other.refused;
+    }
+}
+
+/// A client for the target: gRPC with a pre-encoded body, or an HTTP POST.
+enum Client {
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    Http(hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, String, bool),
+}
+
+impl Client {
+    async fn connect(target: &Target) -> Self {
+        match target {
+            Target::Grpc(addr) => Client::Grpc(tonic::client::Grpc::new(channel(*addr).await)),
+            Target::Http(addr, gzip) => Client::Http(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+                format!("http://{addr}/v1/traces"),
+                *gzip,
+            ),
+        }
+    }
+
+    /// Sends body `i`; returns whether it was accepted.
+    async fn send(&mut self, bodies: &Bodies, i: usize) -> bool {
+        let i = i % bodies.protobuf.len();
+        match self {
+            Client::Grpc(grpc) => {
+                if grpc.ready().await.is_err() {
+                    return false;
+                }
+                grpc.unary(
+                    tonic::Request::new(bodies.protobuf[i].clone()),
+                    http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+                    OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
+                )
+                .await
+                .is_ok()
+            }
+            Client::Http(client, url, gzip) => {
+                let mut request = http::Request::post(url.as_str()).header("content-type", "application/x-protobuf");
+                let body = if *gzip {
+                    request = request.header("content-encoding", "gzip");
+                    bodies.gzipped[i].clone()
+                } else {
+                    bodies.protobuf[i].clone()
+                };
+                match client.request(request.body(Full::new(body)).expect("request")).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        let _ = response.into_body().collect().await;
+                        ok
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+}
+
+/// Offers FIXED_RATE spans/s for `phase`, each request on its own task so a slow answer
+/// does not delay the schedule.
+async fn fixed_rate(target: &Target, bodies: &Arc<Bodies>, phase: Duration, max_requests: u64) -> Outcome {
+    let interval = Duration::from_secs_f64(SPANS_PER_REQUEST as f64 / FIXED_RATE);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
+    while started.elapsed() < phase && sent < max_requests {
+        ticker.tick().await;
+        let (target, bodies) = (target.clone(), Arc::clone(bodies));
+        tasks.spawn(async move {
+            let mut client = Client::connect_cached(&target).await;
+            let begin = Instant::now();
+            let ok = client.send(&bodies, sent as usize).await;
+            (begin.elapsed().as_secs_f64() * 1e3, ok)
+        });
+        sent += 1;
+    }
+    let mut outcome = Outcome::default();
+    while let Some(Ok((ms, ok))) = tasks.join_next().await {
+        outcome.latencies_ms.push(ms);
+        if ok { outcome.accepted_spans += SPANS_PER_REQUEST as u64 } else { outcome.refused += 1 }
+    }
+    outcome
+}
+
+impl Client {
+    /// Connections are per task in the fixed-rate phase; gRPC channels are cheap to clone,
+    /// so reuse one per target to measure requests, not connection set-up.
+    async fn connect_cached(target: &Target) -> Self {
+        use std::sync::OnceLock;
+        static GRPC: OnceLock<tokio::sync::Mutex<Vec<(SocketAddr, tonic::transport::Channel)>>> = OnceLock::new();
+        match target {
+            Target::Grpc(addr) => {
+                let cache = GRPC.get_or_init(Default::default);
+                let mut cache = cache.lock().await;
+                if let Some((_, channel)) = cache.iter().find(|(a, _)| a == addr) {
+                    return Client::Grpc(tonic::client::Grpc::new(channel.clone()));
+                }
+                let channel = channel(*addr).await;
+                cache.push((*addr, channel.clone()));
+                Client::Grpc(tonic::client::Grpc::new(channel))
+            }
+            Target::Http(..) => Client::connect(target).await,
+        }
+    }
+}
+
+async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// SENDERS clients send back to back for `phase`.
+async fn saturate(target: &Target, bodies: &Arc<Bodies>, phase: Duration, max_requests: u64) -> Outcome {
+    let started = Instant::now();
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..SENDERS {
+        let (target, bodies, sent) = (target.clone(), Arc::clone(bodies), Arc::clone(&sent));
+        tasks.spawn(async move {
+            let mut client = Client::connect(&target).await;
+            let mut outcome = Outcome::default();
+            while started.elapsed() < phase {
+                let i = sent.fetch_add(1, Ordering::Relaxed);
+                if i >= max_requests {
+                    break;
+                }
+                let begin = Instant::now();
+                let ok = client.send(&bodies, i as usize).await;
+                outcome.latencies_ms.push(begin.elapsed().as_secs_f64() * 1e3);
+                if ok {
+                    outcome.accepted_spans += SPANS_PER_REQUEST as u64;
+                } else {
+                    outcome.refused += 1;
+                    // A refusal asks for a retry later; back off a little as an SDK would.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            outcome
+        });
+    }
+    let mut outcome = Outcome::default();
+    while let Some(Ok(part)) = tasks.join_next().await {
+        outcome.merge(part);
+    }
+    outcome
+}
+
+// ---------------------------------------------------------------- the sink
+
+/// An OTLP/gRPC sink that counts spans by walking the wire format, without decoding,
+/// so it costs the machine as little as possible.
+struct BlackholeSink {
+    addr: SocketAddr,
+    spans: Arc<AtomicU64>,
+}
+
+impl BlackholeSink {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let spans = Arc::new(AtomicU64::new(0));
+        let service = CountingService(Arc::clone(&spans));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        Self { addr, spans }
+    }
+}
+
+#[derive(Clone)]
+struct CountingService(Arc<AtomicU64>);
+
+impl tonic::server::NamedService for CountingService {
+    const NAME: &'static str = daena_trace_agent::otlp::TRACE_SERVICE_NAME;
+}
+
+impl tonic::server::UnaryService<Bytes> for CountingService {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        self.0.fetch_add(count_spans(request.into_inner()), Ordering::Relaxed);
+        std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse::default())))
+    }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for CountingService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(64 << 20);
+            Ok(grpc.unary(service, request).await)
+        })
+    }
+}
+
+/// Receives request bodies as bytes; answers with an encoded response.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
+        item.encode(dst).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Counts spans in an encoded ExportTraceServiceRequest: field 1 (ResourceSpans) →
+/// field 2 (ScopeSpans) → field 2 (Span).
+fn count_spans(body: Bytes) -> u64 {
+    fn fields(mut buf: &[u8], mut each: impl FnMut(u64, &[u8])) {
+        while !buf.is_empty() {
+            let Ok(key) = prost::encoding::decode_varint(&mut buf) else { return };
+            let (field, wire_type) = (key >> 3, key & 7);
+            match wire_type {
+                0 => {
+                    if prost::encoding::decode_varint(&mut buf).is_err() {
+                        return;
+                    }
+                }
+                1 => buf = &buf[8.min(buf.len())..],
+                5 => buf = &buf[4.min(buf.len())..],
+                2 => {
+                    let Ok(len) = prost::encoding::decode_varint(&mut buf) else { return };
+                    let len = (len as usize).min(buf.len());
+                    each(field, &buf[..len]);
+                    buf = &buf[len..];
+                }
+                _ => return,
+            }
+        }
+    }
+    let mut spans = 0;
+    fields(&body, |f, rs| {
+        if f == 1 {
+            fields(rs, |f, ss| {
+                if f == 2 {
+                    fields(ss, |f, _| spans += u64::from(f == 2));
+                }
+            })
+        }
+    });
+    spans
+}
+
+// ---------------------------------------------------------------- the agent process
+
+struct AgentProcess {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    fn start(sink: SocketAddr, exporter: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("agent.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null, log_level: warn }}\nexporters:\n  sink:\n    protocol: grpc\n    endpoint: http://{sink}\n{exporter}"
+            ),
+        )
+        .expect("config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_daena-trace-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--log-level")
+            .arg("info")
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let started = lines
+            .by_ref()
+            .take(50)
+            .map_while(Result::ok)
+            .find(|l| l.contains("daena-trace-agent started"))
+            .expect("the agent starts");
+        // Keep draining its logs so the agent never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let addr = |what: &str| -> SocketAddr {
+            let start = started.find(what).expect("listener") + what.len();
+            let rest = &started[start..];
+            rest[..rest.find([',', ';', ' ']).unwrap_or(rest.len())].parse().expect("address")
+        };
+        Self { grpc: addr("OTLP/gRPC on "), http: addr("OTLP/HTTP on "), child, _dir: dir }
+    }
+
+    /// user + system CPU seconds of the agent so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / clock_ticks_per_second()
+    }
+
+    /// A `kB` line of /proc/PID/status, in KiB.
+    fn status_kib(&self, key: &str) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}

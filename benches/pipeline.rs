@@ -1,0 +1,76 @@
+//! Per-stage microbenchmarks in time per Daena-shaped span: decode, intake, batching,
+//! encode and compression. Run: `cargo bench --bench pipeline`.
+
+#[path = "support/traffic.rs"]
+mod traffic;
+
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use daena_trace_agent::otlp::{ExportTraceServiceRequest, SpanBatch, json};
+use daena_trace_agent::processor::Batcher;
+use daena_trace_agent::receiver::Intake;
+use prost::Message;
+
+const SPANS: usize = 512;
+
+fn stages(c: &mut Criterion) {
+    let request = traffic::request(SPANS, 7);
+    let encoded = request.encode_to_vec();
+    let json_body = json::encode_request(&request);
+    let mut group = c.benchmark_group("per_request_of_512_spans");
+    group.throughput(Throughput::Elements(SPANS as u64));
+
+    group.bench_function("decode_protobuf", |b| {
+        b.iter(|| ExportTraceServiceRequest::decode(black_box(&encoded[..])).expect("decodes"))
+    });
+    group.bench_function("decode_json", |b| b.iter(|| json::decode_request(black_box(&json_body)).expect("decodes")));
+    group.bench_function("intake_validate_and_queue", |b| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let intake = Intake::new(tx, Arc::default());
+        b.iter_batched(
+            || request.clone(),
+            |r| {
+                intake.accept("grpc", r).expect("accepted");
+                rx.try_recv().expect("queued")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("batcher_push", |b| {
+        let mut batcher = Batcher::new(8192, 4 << 20);
+        b.iter_batched(
+            || SpanBatch::from_request(request.clone()),
+            |batch| {
+                let full = batcher.push(batch);
+                if batcher.is_empty() { full.len() } else { batcher.flush().map_or(0, |b| b.span_count()) }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("encode_protobuf", |b| b.iter(|| black_box(&request).encode_to_vec()));
+    for level in [1, 6] {
+        group.bench_function(format!("gzip_level_{level}"), |b| {
+            b.iter(|| {
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(encoded.len() / 4),
+                    flate2::Compression::new(level),
+                );
+                encoder.write_all(black_box(&encoded)).expect("gzip");
+                encoder.finish().expect("gzip")
+            })
+        });
+    }
+    group.finish();
+    eprintln!(
+        "request: {SPANS} spans, {} protobuf bytes ({} per span), {} JSON bytes",
+        encoded.len(),
+        encoded.len() / SPANS,
+        json_body.len()
+    );
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

@@ -1,0 +1,159 @@
+//! Daena-shaped traffic for the benchmarks: resources, spans and attributes as the
+//! tracing guide describes them, deterministic for a given seed.
+#![allow(dead_code)] // each benchmark uses part of it
+
+use daena_trace_agent::otlp::{
+    Event, ExportTraceServiceRequest, InstrumentationScope, Resource, ResourceSpans, ScopeSpans, Span, Status, Value,
+    key_value,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const SERVICES: [&str; 4] = ["daena-backend", "daena-council", "daena-message-bus", "daena-nbmf"];
+const DEPARTMENTS: [&str; 5] = ["research", "engineering", "finance", "legal", "operations"];
+const MODELS: [&str; 3] = ["gpt-4o-mini", "claude-3-5-sonnet", "llama-3.1-70b"];
+
+fn string(value: impl Into<String>) -> Value {
+    Value::StringValue(value.into())
+}
+
+/// One span of a Daena trace: name and 8–15 attributes from the tracing guide.
+fn daena_span(rng: &mut StdRng, position: usize, round: u64) -> (String, Vec<daena_trace_agent::otlp::KeyValue>) {
+    let phase = ["scout", "debate", "commit"][position % 3];
+    let department = DEPARTMENTS[rng.random_range(0..DEPARTMENTS.len())];
+    let mut attributes = vec![
+        key_value("council.department", string(department)),
+        key_value("council.round_id", string(format!("round-{round:08x}"))),
+        key_value("thread.id", Value::IntValue(rng.random_range(1..64))),
+        key_value("code.function.name", string(format!("backend.services.step_{position}"))),
+        key_value("daena.request_id", string(format!("{:032x}", rng.random::<u128>()))),
+        key_value("daena.agent", string(format!("agent-{}-{}", department, rng.random_range(1..9)))),
+    ];
+    let name = match position {
+        0 => {
+            attributes.extend([
+                key_value("http.request.method", string("POST")),
+                key_value("http.route", string("/api/v1/chat")),
+                key_value("http.response.status_code", Value::IntValue(200)),
+                key_value("url.path", string("/api/v1/chat")),
+                key_value("user_agent.original", string("daena-web/2.0.0")),
+            ]);
+            "POST /api/v1/chat"
+        }
+        1 => {
+            attributes.extend([
+                key_value("council.topic", string("memory tiering for long conversations")),
+                key_value("council.agents", Value::IntValue(5)),
+            ]);
+            "council.round"
+        }
+        2..=4 => {
+            attributes.extend([
+                key_value("council.phase", string(phase)),
+                key_value("council.votes", Value::IntValue(rng.random_range(0..5))),
+            ]);
+            "council.phase"
+        }
+        5 | 6 => {
+            attributes.extend([
+                key_value("message_bus.operation", string(if position == 5 { "publish" } else { "subscribe" })),
+                key_value("message_bus.topic", string(format!("council.{phase}"))),
+                key_value("message_bus.message_id", string(format!("msg-{:016x}", rng.random::<u64>()))),
+                key_value("message_bus.sender", string("agent-scout-3")),
+            ]);
+            if position == 5 { "message_bus.publish" } else { "message_bus.subscribe" }
+        }
+        7 | 8 => {
+            attributes.extend([
+                key_value("nbmf.operation", string(if position == 7 { "write" } else { "read" })),
+                key_value("nbmf.item_id", string(format!("item-{}", rng.random_range(0..100_000)))),
+                key_value("nbmf.class", string("decision")),
+                key_value("nbmf.tier", string(["l1", "l2", "l3"][rng.random_range(0..3)])),
+            ]);
+            if position == 7 { "nbmf.write" } else { "nbmf.read" }
+        }
+        _ => {
+            attributes.extend([
+                key_value("llm.model", string(MODELS[rng.random_range(0..MODELS.len())])),
+                key_value("llm.cas_hit", Value::BoolValue(rng.random_bool(0.3))),
+                key_value("llm.near_dup", Value::BoolValue(rng.random_bool(0.1))),
+                key_value("llm.cost_usd", Value::DoubleValue(rng.random_range(0.0001..0.2))),
+                key_value("llm.tokens.input", Value::IntValue(rng.random_range(100..4000))),
+            ]);
+            "llm.exchange"
+        }
+    };
+    (name.to_owned(), attributes)
+}
+
+/// A request of `spans` spans in traces of 10, from one service; ≈450 bytes per span.
+pub fn request(spans: usize, seed: u64) -> ExportTraceServiceRequest {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let service = SERVICES[(seed as usize) % SERVICES.len()];
+    let start = 1_764_000_000_000_000_000u64 + seed * 1_000_000_000;
+    let mut out = Vec::with_capacity(spans);
+    let mut trace_id = [0u8; 16];
+    let mut root = [0u8; 8];
+    for i in 0..spans {
+        let position = i % 10;
+        if position == 0 {
+            rng.fill(&mut trace_id);
+            rng.fill(&mut root);
+        }
+        let mut span_id = [0u8; 8];
+        rng.fill(&mut span_id);
+        let (name, attributes) = daena_span(&mut rng, position, seed * 1000 + (i / 10) as u64);
+        let begin = start + (i as u64) * 1_000_000;
+        let events = if rng.random_bool(0.25) {
+            vec![Event {
+                time_unix_nano: begin + 500_000,
+                name: "checkpoint_reached".into(),
+                attributes: vec![key_value("items_processed", Value::IntValue(100))],
+                dropped_attributes_count: 0,
+            }]
+        } else {
+            Vec::new()
+        };
+        let error = rng.random_bool(0.05);
+        out.push(Span {
+            trace_id: trace_id.to_vec(),
+            span_id: if position == 0 { root.to_vec() } else { span_id.to_vec() },
+            parent_span_id: if position == 0 { Vec::new() } else { root.to_vec() },
+            name,
+            kind: if position == 0 { 2 } else { 1 },
+            start_time_unix_nano: begin,
+            end_time_unix_nano: begin + rng.random_range(100_000..50_000_000),
+            attributes,
+            events,
+            status: error.then(|| Status {
+                message: "upstream model timed out".into(),
+                code: 2,
+            }),
+            ..Default::default()
+        });
+    }
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    key_value("service.name", string(service)),
+                    key_value("service.version", string("2.0.0")),
+                    key_value("deployment.environment.name", string("production")),
+                    key_value("telemetry.sdk.language", string("python")),
+                    key_value("telemetry.sdk.version", string("1.45.2")),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "backend.utils.tracing".into(),
+                    version: "2.0.0".into(),
+                    ..Default::default()
+                }),
+                spans: out,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
