@@ -1,115 +1,190 @@
-//! OTLP/gRPC exporter: sends the already-encoded batch to `TraceService/Export`.
+//! OTLP/gRPC exporter: sends the batch to `TraceService/Export` as one gRPC message.
+//!
+//! It speaks gRPC over the shared hyper client rather than through a tonic channel,
+//! because tonic compresses every message itself at gzip level 6, which cost half the
+//! agent's CPU at saturation. Here the message is compressed once per batch at level 1
+//! and shared by every exporter (see docs/performance.md).
 
+use std::io::Read;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::PathAndQuery;
-use tonic::client::Grpc;
-use tonic::codec::CompressionEncoding;
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use http::header::{CONTENT_TYPE, TE, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use prost::Message;
+use tonic::Code;
 use tonic_types::StatusExt;
 
+use super::http::{MAX_MESSAGE_CHARS, MAX_RESPONSE_BYTES};
 use super::retry::classify_grpc;
-use super::tls::{HttpVersions, connector};
+use super::transport::{HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
-use crate::otlp::ExportTraceServiceResponse;
-use crate::otlp::TRACE_EXPORT_PATH;
-use crate::otlp::grpc_codec::OtlpCodec;
+use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
 
 /// Exports to an OTLP/gRPC backend (Jaeger, Tempo, a Collector).
 pub struct OtlpGrpcExporter {
-    client: Grpc<Channel>,
-    metadata: MetadataMap,
+    client: HttpClient,
+    uri: Uri,
+    /// The URL as logs may show it: without credentials.
+    target: String,
+    headers: HeaderMap,
+    gzip: bool,
     timeout: Duration,
 }
 
 impl OtlpGrpcExporter {
-    /// Builds the exporter `name`; connects lazily, so a backend that is down at start-up is retried.
+    /// Builds the exporter `name`; it connects on first use, so a backend that is down at start-up is retried.
     pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
-        let url = config.export_url().unwrap_or_default();
-        let endpoint_error = |message: String| BuildError::Endpoint {
-            exporter: name.to_owned(),
-            message,
-        };
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| endpoint_error(format!("{url:?} is not a valid URL: {e}")))?
-            .user_agent(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION")))
-            .map_err(|e| endpoint_error(e.to_string()))?
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)));
-        let connector =
-            connector(&config.tls, HttpVersions::Http2).map_err(|message| BuildError::Tls {
-                exporter: name.to_owned(),
-                message,
-            })?;
-        let mut client = Grpc::new(endpoint.connect_with_connector_lazy(connector))
-            .accept_compressed(CompressionEncoding::Gzip);
-        if config.compression == Compression::Gzip {
-            client = client.send_compressed(CompressionEncoding::Gzip);
+        let endpoint = config.export_url().unwrap_or_default();
+        let uri = export_uri(name, &format!("{}{TRACE_EXPORT_PATH}", endpoint.trim_end_matches('/')))?;
+        let mut headers = configured_headers(name, config)?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
+        );
+        headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip"));
+        let gzip = config.compression == Compression::Gzip;
+        if gzip {
+            headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
         }
-        let mut metadata = MetadataMap::new();
-        for (key, value) in config.request_headers() {
-            let header_error = |reason: String| BuildError::Header {
-                exporter: name.to_owned(),
-                name: key.clone(),
-                reason,
-            };
-            let parsed_key = MetadataKey::from_bytes(key.as_bytes())
-                .map_err(|_| header_error("not a valid gRPC metadata name".into()))?;
-            let parsed_value = MetadataValue::try_from(value.as_str()).map_err(|_| {
-                header_error("the value holds characters a header cannot carry".into())
-            })?;
-            metadata.insert(parsed_key, parsed_value);
+        // gRPC's deadline header: at most 8 digits and a unit.
+        let millis = config.timeout.as_millis().min(99_999_999);
+        if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
+            headers.insert("grpc-timeout", value);
         }
         Ok(Self {
-            client,
-            metadata,
+            client: client(name, config, HttpVersions::Http2)?,
+            target: without_credentials(&uri),
+            uri,
+            headers,
+            gzip,
             timeout: config.timeout,
+        })
+    }
+
+    async fn send(&self, payload: &Payload) -> Result<Delivered, ExportError> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone())
+            .body(Full::new(payload.grpc_frame(self.gzip)))
+            .map_err(|e| ExportError::Permanent {
+                message: format!("cannot build the request: {e}"),
+            })?;
+        *request.headers_mut() = self.headers.clone();
+        let response = self.client.request(request).await.map_err(|e| ExportError::Retryable {
+            message: format!("request to {} failed: {e}", self.target),
+            retry_after: None,
+        })?;
+        if response.status() != StatusCode::OK {
+            let code = code_for_http_status(response.status());
+            return Err(classify_grpc(code, None, format!("backend answered HTTP {} to a gRPC call", response.status())));
+        }
+        // A "trailers-only" answer carries the status in its headers.
+        let early = tonic::Status::from_header_map(response.headers());
+        let collected = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| ExportError::Retryable {
+                message: format!("the answer from {} broke off: {e}", self.target),
+                retry_after: None,
+            })?;
+        let status = early
+            .or_else(|| collected.trailers().and_then(tonic::Status::from_header_map))
+            .unwrap_or_else(|| tonic::Status::unknown("the backend's answer has no grpc-status"));
+        if status.code() != Code::Ok {
+            let retry_info = status.get_details_retry_info().and_then(|info| info.retry_delay);
+            let message: String = status.message().chars().take(MAX_MESSAGE_CHARS).collect();
+            return Err(classify_grpc(
+                status.code(),
+                retry_info,
+                format!("backend answered {:?}: {message}", status.code()),
+            ));
+        }
+        let partial = decode_response(&collected.to_bytes()).and_then(|r| r.partial_success).unwrap_or_default();
+        Ok(Delivered {
+            rejected_spans: partial.rejected_spans.max(0) as u64,
+            message: partial.error_message,
         })
     }
 }
 
 impl Exporter for OtlpGrpcExporter {
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        let mut client = self.client.clone();
-        client.ready().await.map_err(|e| ExportError::Retryable {
-            message: format!("cannot connect: {e}"),
-            retry_after: None,
-        })?;
-        let mut request = tonic::Request::new(payload.encoded());
-        *request.metadata_mut() = self.metadata.clone();
-        request.set_timeout(self.timeout);
-        let call = client.unary(
-            request,
-            PathAndQuery::from_static(TRACE_EXPORT_PATH),
-            OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
-        );
-        // The deadline also bounds connecting, which the request timeout does not cover.
-        let answer = tokio::time::timeout(self.timeout, call)
+        tokio::time::timeout(self.timeout, self.send(payload))
             .await
-            .map_err(|_| ExportError::Retryable {
-                message: format!("no answer within the {:?} timeout", self.timeout),
-                retry_after: None,
-            })?;
-        match answer {
-            Ok(response) => {
-                let partial = response.into_inner().partial_success.unwrap_or_default();
-                Ok(Delivered {
-                    rejected_spans: partial.rejected_spans.max(0) as u64,
-                    message: partial.error_message,
+            .unwrap_or_else(|_| {
+                Err(ExportError::Retryable {
+                    message: format!("no answer from {} within the {:?} timeout", self.target, self.timeout),
+                    retry_after: None,
                 })
-            }
-            Err(status) => {
-                let retry_info = status
-                    .get_details_retry_info()
-                    .and_then(|info| info.retry_delay);
-                Err(classify_grpc(
-                    status.code(),
-                    retry_info,
-                    format!("backend answered {:?}: {}", status.code(), status.message()),
-                ))
-            }
-        }
+            })
+    }
+}
+
+/// Reads the one length-prefixed response message, gunzipping it if the server compressed it.
+fn decode_response(body: &[u8]) -> Option<ExportTraceServiceResponse> {
+    let (&compressed, rest) = body.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let message = rest.get(4..4 + len)?;
+    if compressed == 1 {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(message)
+            .take(MAX_RESPONSE_BYTES as u64)
+            .read_to_end(&mut plain)
+            .ok()?;
+        ExportTraceServiceResponse::decode(&plain[..]).ok()
+    } else {
+        ExportTraceServiceResponse::decode(message).ok()
+    }
+}
+
+/// The gRPC code for an HTTP status that is not 200, per gRPC's HTTP/2 mapping.
+fn code_for_http_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::ExportTracePartialSuccess;
+
+    #[test]
+    fn response_messages_are_read_plain_or_gzipped() {
+        let response = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 2,
+                error_message: "too old".into(),
+            }),
+        };
+        let message = response.encode_to_vec();
+        let frame = |flag: u8, body: &[u8]| {
+            let mut frame = vec![flag];
+            frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            frame.extend_from_slice(body);
+            frame
+        };
+        assert_eq!(decode_response(&frame(0, &message)), Some(response.clone()));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &message).expect("gzip");
+        assert_eq!(decode_response(&frame(1, &gz.finish().expect("gzip"))), Some(response));
+        assert_eq!(decode_response(&[]), None);
+    }
+
+    #[test]
+    fn http_errors_map_to_retryable_grpc_codes_where_the_spec_says() {
+        assert_eq!(code_for_http_status(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+        assert_eq!(code_for_http_status(StatusCode::TOO_MANY_REQUESTS), Code::Unavailable);
+        assert_eq!(code_for_http_status(StatusCode::UNAUTHORIZED), Code::Unauthenticated);
+        assert_eq!(code_for_http_status(StatusCode::BAD_REQUEST), Code::Internal);
     }
 }

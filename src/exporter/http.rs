@@ -1,32 +1,27 @@
 //! OTLP/HTTP exporter: POSTs the encoded batch (`application/x-protobuf`, gzip by default).
 
-use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prost::Message;
 
 use super::retry::{classify_http, parse_retry_after};
-use super::tls::{HttpVersions, connector};
+use super::transport::{HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
 use crate::otlp::{ExportTraceServiceResponse, RpcStatus};
 
 /// The OTLP specification's limit on a response body.
-const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// How much of a backend's error text goes into our logs.
-const MAX_MESSAGE_CHARS: usize = 512;
+pub const MAX_MESSAGE_CHARS: usize = 512;
 
 /// Exports to an OTLP/HTTP backend (Grafana Cloud's OTLP gateway, Tempo, Jaeger).
 pub struct OtlpHttpExporter {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpClient,
     uri: Uri,
     /// The URL as logs may show it: without credentials.
     target: String,
@@ -38,44 +33,19 @@ pub struct OtlpHttpExporter {
 impl OtlpHttpExporter {
     /// Builds the exporter `name` from its config.
     pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
-        let url = config.export_url().unwrap_or_default();
-        let uri: Uri = url.parse().map_err(|e| BuildError::Endpoint {
-            exporter: name.to_owned(),
-            message: format!("{url:?} is not a valid URL: {e}"),
-        })?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/x-protobuf"),
-        );
+        let uri = export_uri(name, &config.export_url().unwrap_or_default())?;
+        let mut headers = configured_headers(name, config)?;
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
         );
-        for (key, value) in config.request_headers() {
-            let header_error = |reason: &str| BuildError::Header {
-                exporter: name.to_owned(),
-                name: key.clone(),
-                reason: reason.to_owned(),
-            };
-            let parsed_key = HeaderName::from_bytes(key.as_bytes())
-                .map_err(|_| header_error("not a valid HTTP header name"))?;
-            let mut parsed_value = HeaderValue::from_str(&value)
-                .map_err(|_| header_error("the value holds characters a header cannot carry"))?;
-            parsed_value.set_sensitive(true);
-            headers.insert(parsed_key, parsed_value);
-        }
         let gzip = config.compression == Compression::Gzip;
         if gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let connector =
-            connector(&config.tls, HttpVersions::Any).map_err(|message| BuildError::Tls {
-                exporter: name.to_owned(),
-                message,
-            })?;
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: client(name, config, HttpVersions::Any)?,
             target: without_credentials(&uri),
             uri,
             headers,
@@ -93,14 +63,10 @@ impl OtlpHttpExporter {
                 message: format!("cannot build the request: {e}"),
             })?;
         *request.headers_mut() = self.headers.clone();
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ExportError::Retryable {
-                message: format!("request to {} failed: {e}", self.target),
-                retry_after: None,
-            })?;
+        let response = self.client.request(request).await.map_err(|e| ExportError::Retryable {
+            message: format!("request to {} failed: {e}", self.target),
+            retry_after: None,
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -148,61 +114,14 @@ impl OtlpHttpExporter {
 
 impl Exporter for OtlpHttpExporter {
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        let body = if self.gzip {
-            gzip(&payload.encoded())
-        } else {
-            payload.encoded()
-        };
+        let body = if self.gzip { payload.gzipped() } else { payload.encoded() };
         tokio::time::timeout(self.timeout, self.send(body))
             .await
             .unwrap_or_else(|_| {
                 Err(ExportError::Retryable {
-                    message: format!(
-                        "no answer from {} within the {:?} timeout",
-                        self.target, self.timeout
-                    ),
+                    message: format!("no answer from {} within the {:?} timeout", self.target, self.timeout),
                     retry_after: None,
                 })
             })
-    }
-}
-
-/// The URL with any `user:password@` replaced, so it can be logged.
-fn without_credentials(uri: &Uri) -> String {
-    match uri.authority() {
-        Some(authority) if authority.as_str().contains('@') => {
-            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-            uri.to_string()
-                .replacen(authority.as_str(), &format!("***@{host}"), 1)
-        }
-        _ => uri.to_string(),
-    }
-}
-
-fn gzip(data: &[u8]) -> Bytes {
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4),
-        flate2::Compression::fast(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = encoder.write_all(data);
-    Bytes::from(encoder.finish().unwrap_or_default())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_the_url_are_not_shown() {
-        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces"
-            .parse()
-            .expect("uri");
-        assert_eq!(
-            without_credentials(&uri),
-            "https://***@otlp.example.net/otlp/v1/traces"
-        );
-        let plain: Uri = "http://tempo:4318/v1/traces".parse().expect("uri");
-        assert_eq!(without_credentials(&plain), "http://tempo:4318/v1/traces");
     }
 }

@@ -8,9 +8,10 @@ pub mod grpc;
 pub mod http;
 pub mod queue;
 pub mod retry;
-mod tls;
+mod transport;
 
 use std::future::Future;
+use std::io::Write;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -28,11 +29,14 @@ use crate::config::{ExporterConfig, ExporterProtocol};
 use crate::otlp::{ExportTraceServiceRequest, SpanBatch};
 use crate::telemetry::Metrics;
 
-/// One batch ready for the exporters, shared by all of them and encoded at most once.
+/// One batch ready for the exporters, shared by all of them: encoded and compressed at
+/// most once, however many exporters send it.
 pub struct Payload {
     request: ExportTraceServiceRequest,
     spans: usize,
     encoded: OnceLock<Bytes>,
+    gzipped: OnceLock<Bytes>,
+    grpc_frames: [OnceLock<Bytes>; 2],
 }
 
 impl Payload {
@@ -43,6 +47,8 @@ impl Payload {
             request: batch.into_request(),
             spans,
             encoded: OnceLock::new(),
+            gzipped: OnceLock::new(),
+            grpc_frames: Default::default(),
         }
     }
 
@@ -60,6 +66,37 @@ impl Payload {
     pub fn encoded(&self) -> Bytes {
         self.encoded
             .get_or_init(|| Bytes::from(self.request.encode_to_vec()))
+            .clone()
+    }
+
+    /// The encoding gzipped at level 1: on these batches it costs a fifth of level 6
+    /// for about 10% more bytes (see docs/performance.md).
+    pub fn gzipped(&self) -> Bytes {
+        self.gzipped
+            .get_or_init(|| {
+                let encoded = self.encoded();
+                let mut encoder = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(encoded.len() / 4),
+                    flate2::Compression::fast(),
+                );
+                // Writing into a Vec cannot fail.
+                let _ = encoder.write_all(&encoded);
+                Bytes::from(encoder.finish().unwrap_or_default())
+            })
+            .clone()
+    }
+
+    /// The batch as one gRPC length-prefixed message, gzipped or not.
+    pub fn grpc_frame(&self, gzip: bool) -> Bytes {
+        self.grpc_frames[usize::from(gzip)]
+            .get_or_init(|| {
+                let message = if gzip { self.gzipped() } else { self.encoded() };
+                let mut frame = Vec::with_capacity(message.len() + 5);
+                frame.push(u8::from(gzip));
+                frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                frame.extend_from_slice(&message);
+                Bytes::from(frame)
+            })
             .clone()
     }
 }

@@ -1,5 +1,6 @@
-//! The HTTPS connector both OTLP exporters use: rustls with the ring provider only,
-//! system roots unless `tls.ca_file` names the CA to trust.
+//! What both OTLP exporters share: the HTTP client (rustls with the ring provider only,
+//! system roots unless `tls.ca_file` names the CA to trust), the configured headers, and
+//! the endpoint as logs may show it.
 
 use std::sync::Arc;
 
@@ -9,7 +10,68 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::TlsConfig;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::BuildError;
+use crate::config::{ExporterConfig, TlsConfig};
+
+/// The client both exporters send with.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// A pooled client for `config`'s endpoint; `versions` says what it may speak.
+pub fn client(name: &str, config: &ExporterConfig, versions: HttpVersions) -> Result<HttpClient, BuildError> {
+    let connector = connector(&config.tls, versions).map_err(|message| BuildError::Tls {
+        exporter: name.to_owned(),
+        message,
+    })?;
+    let mut builder = Client::builder(TokioExecutor::new());
+    if matches!(versions, HttpVersions::Http2) {
+        // gRPC: HTTP/2 with prior knowledge on http://, negotiated by ALPN on https://.
+        builder.http2_only(true);
+    }
+    Ok(builder.build(connector))
+}
+
+/// The configured headers (and `auth.basic`), marked sensitive so they are never printed.
+pub fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderMap, BuildError> {
+    let mut headers = HeaderMap::new();
+    for (key, value) in config.request_headers() {
+        let header_error = |reason: &str| BuildError::Header {
+            exporter: name.to_owned(),
+            name: key.clone(),
+            reason: reason.to_owned(),
+        };
+        let parsed_key = HeaderName::from_bytes(key.as_bytes()).map_err(|_| header_error("not a valid header name"))?;
+        let mut parsed_value = HeaderValue::from_str(&value)
+            .map_err(|_| header_error("the value holds characters a header cannot carry"))?;
+        parsed_value.set_sensitive(true);
+        headers.insert(parsed_key, parsed_value);
+    }
+    Ok(headers)
+}
+
+/// Parses the exporter's URL.
+pub fn export_uri(name: &str, url: &str) -> Result<Uri, BuildError> {
+    url.parse().map_err(|e| BuildError::Endpoint {
+        exporter: name.to_owned(),
+        message: format!("{url:?} is not a valid URL: {e}"),
+    })
+}
+
+/// The URL with any `user:password@` replaced, so it can be logged.
+pub fn without_credentials(uri: &Uri) -> String {
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            uri.to_string().replacen(authority.as_str(), &format!("***@{host}"), 1)
+        }
+        _ => uri.to_string(),
+    }
+}
 
 /// Which HTTP versions the connector offers (gRPC needs HTTP/2 only).
 #[derive(Clone, Copy)]
@@ -21,7 +83,7 @@ pub enum HttpVersions {
 }
 
 /// Builds a connector for `http://` and `https://` endpoints with the given TLS settings.
-pub fn connector(
+fn connector(
     tls: &TlsConfig,
     versions: HttpVersions,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
@@ -143,5 +205,18 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_url_are_not_shown() {
+        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces".parse().expect("uri");
+        assert_eq!(without_credentials(&uri), "https://***@otlp.example.net/otlp/v1/traces");
+        let plain: Uri = "http://tempo:4318/v1/traces".parse().expect("uri");
+        assert_eq!(without_credentials(&plain), "http://tempo:4318/v1/traces");
     }
 }
