@@ -48,11 +48,31 @@ struct Scenario {
 
 fn scenarios() -> Vec<Scenario> {
     vec![
-        Scenario { name: "baseline (no agent, gRPC into the sink)", input: Input::Grpc, agent: None },
-        Scenario { name: "grpc-passthrough-gzip", input: Input::Grpc, agent: Some("    compression: gzip\n") },
-        Scenario { name: "grpc-passthrough-none", input: Input::Grpc, agent: Some("    compression: none\n") },
-        Scenario { name: "http-protobuf-in", input: Input::Http { gzip: false }, agent: Some("    compression: gzip\n") },
-        Scenario { name: "http-protobuf-gzip-in", input: Input::Http { gzip: true }, agent: Some("    compression: gzip\n") },
+        Scenario {
+            name: "baseline (no agent, gRPC into the sink)",
+            input: Input::Grpc,
+            agent: None,
+        },
+        Scenario {
+            name: "grpc-passthrough-gzip",
+            input: Input::Grpc,
+            agent: Some("    compression: gzip\n"),
+        },
+        Scenario {
+            name: "grpc-passthrough-none",
+            input: Input::Grpc,
+            agent: Some("    compression: none\n"),
+        },
+        Scenario {
+            name: "http-protobuf-in",
+            input: Input::Http { gzip: false },
+            agent: Some("    compression: gzip\n"),
+        },
+        Scenario {
+            name: "http-protobuf-gzip-in",
+            input: Input::Http { gzip: true },
+            agent: Some("    compression: gzip\n"),
+        },
     ]
 }
 
@@ -66,12 +86,23 @@ struct Args {
 
 fn parse_args() -> Args {
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str| raw.iter().position(|a| a == flag).and_then(|i| raw.get(i + 1)).cloned();
+    let value = |flag: &str| {
+        raw.iter()
+            .position(|a| a == flag)
+            .and_then(|i| raw.get(i + 1))
+            .cloned()
+    };
     let quick = !raw.iter().any(|a| a == "--bench");
     Args {
-        seconds: value("--seconds").and_then(|v| v.parse().ok()).unwrap_or(if quick { 0.5 } else { 10.0 }),
+        seconds: value("--seconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if quick { 0.5 } else { 10.0 }),
         runs: value("--runs").and_then(|v| v.parse().ok()).unwrap_or(1),
-        only: raw.windows(2).filter(|w| w[0] == "--scenario").map(|w| w[1].clone()).collect(),
+        only: raw
+            .windows(2)
+            .filter(|w| w[0] == "--scenario")
+            .map(|w| w[1].clone())
+            .collect(),
         quick,
     }
 }
@@ -93,7 +124,11 @@ struct Figures {
 
 fn main() {
     let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let bodies = Arc::new(Bodies::new(if args.quick { 4 } else { 64 }));
     println!(
         "{} spans per request, {} protobuf bytes per span; {} senders at saturation; {} s per phase; median of {} run(s)\n",
@@ -103,13 +138,22 @@ fn main() {
         args.seconds,
         args.runs
     );
-    println!("| scenario | delivered spans/s | CPU-s per M spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |");
+    println!(
+        "| scenario | delivered spans/s | CPU-s per M spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for scenario in scenarios() {
-        if !args.only.is_empty() && !args.only.iter().any(|o| scenario.name.starts_with(o.as_str())) {
+        if !args.only.is_empty()
+            && !args
+                .only
+                .iter()
+                .any(|o| scenario.name.starts_with(o.as_str()))
+        {
             continue;
         }
-        let runs: Vec<Figures> = (0..args.runs).map(|_| runtime.block_on(run(&scenario, &args, Arc::clone(&bodies)))).collect();
+        let runs: Vec<Figures> = (0..args.runs)
+            .map(|_| runtime.block_on(run(&scenario, &args, Arc::clone(&bodies))))
+            .collect();
         print_row(scenario.name, &runs);
     }
 }
@@ -123,7 +167,11 @@ fn print_row(name: &str, runs: &[Figures]) {
     let m = |f: fn(&Figures) -> f64| median(runs.iter().map(f).collect());
     let opt = |f: fn(&Figures) -> Option<f64>, digits: usize| {
         let values: Vec<f64> = runs.iter().filter_map(f).collect();
-        if values.is_empty() { "—".to_owned() } else { format!("{:.*}", digits, median(values)) }
+        if values.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("{:.*}", digits, median(values))
+        }
     };
     println!(
         "| {name} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.0} |",
@@ -148,11 +196,14 @@ struct Bodies {
 
 impl Bodies {
     fn new(count: u64) -> Self {
-        let protobuf: Vec<Bytes> = (0..count).map(|seed| Bytes::from(traffic::request(SPANS_PER_REQUEST, seed).encode_to_vec())).collect();
+        let protobuf: Vec<Bytes> = (0..count)
+            .map(|seed| Bytes::from(traffic::request(SPANS_PER_REQUEST, seed).encode_to_vec()))
+            .collect();
         let gzipped = protobuf
             .iter()
             .map(|body| {
-                let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 encoder.write_all(body).expect("gzip");
                 Bytes::from(encoder.finish().expect("gzip"))
             })
@@ -163,7 +214,9 @@ impl Bodies {
 
 async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     let sink = BlackholeSink::start().await;
-    let mut agent = scenario.agent.map(|exporter| AgentProcess::start(sink.addr, exporter));
+    let mut agent = scenario
+        .agent
+        .map(|exporter| AgentProcess::start(sink.addr, exporter));
     let target = match (&agent, scenario.input) {
         (None, _) => Target::Grpc(sink.addr),
         (Some(a), Input::Grpc) => Target::Grpc(a.grpc),
@@ -251,7 +304,14 @@ impl Outcome {
 /// A client for the target: gRPC with a pre-encoded body, or an HTTP POST.
 enum Client {
     Grpc(tonic::client::Grpc<tonic::transport::Channel>),
-    Http(hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, String, bool),
+    Http(
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Full<Bytes>,
+        >,
+        String,
+        bool,
+    ),
 }
 
 impl Client {
@@ -259,7 +319,8 @@ impl Client {
         match target {
             Target::Grpc(addr) => Client::Grpc(tonic::client::Grpc::new(channel(*addr).await)),
             Target::Http(addr, gzip) => Client::Http(
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http(),
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http(),
                 format!("http://{addr}/v1/traces"),
                 *gzip,
             ),
@@ -283,14 +344,18 @@ impl Client {
                 .is_ok()
             }
             Client::Http(client, url, gzip) => {
-                let mut request = http::Request::post(url.as_str()).header("content-type", "application/x-protobuf");
+                let mut request = http::Request::post(url.as_str())
+                    .header("content-type", "application/x-protobuf");
                 let body = if *gzip {
                     request = request.header("content-encoding", "gzip");
                     bodies.gzipped[i].clone()
                 } else {
                     bodies.protobuf[i].clone()
                 };
-                match client.request(request.body(Full::new(body)).expect("request")).await {
+                match client
+                    .request(request.body(Full::new(body)).expect("request"))
+                    .await
+                {
                     Ok(response) => {
                         let ok = response.status().is_success();
                         let _ = response.into_body().collect().await;
@@ -305,7 +370,12 @@ impl Client {
 
 /// Offers FIXED_RATE spans/s for `phase`, each request on its own task so a slow answer
 /// does not delay the schedule.
-async fn fixed_rate(target: &Target, bodies: &Arc<Bodies>, phase: Duration, max_requests: u64) -> Outcome {
+async fn fixed_rate(
+    target: &Target,
+    bodies: &Arc<Bodies>,
+    phase: Duration,
+    max_requests: u64,
+) -> Outcome {
     let interval = Duration::from_secs_f64(SPANS_PER_REQUEST as f64 / FIXED_RATE);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -326,7 +396,11 @@ async fn fixed_rate(target: &Target, bodies: &Arc<Bodies>, phase: Duration, max_
     let mut outcome = Outcome::default();
     while let Some(Ok((ms, ok))) = tasks.join_next().await {
         outcome.latencies_ms.push(ms);
-        if ok { outcome.accepted_spans += SPANS_PER_REQUEST as u64 } else { outcome.refused += 1 }
+        if ok {
+            outcome.accepted_spans += SPANS_PER_REQUEST as u64
+        } else {
+            outcome.refused += 1
+        }
     }
     outcome
 }
@@ -336,7 +410,8 @@ impl Client {
     /// so reuse one per target to measure requests, not connection set-up.
     async fn connect_cached(target: &Target) -> Self {
         use std::sync::OnceLock;
-        static GRPC: OnceLock<tokio::sync::Mutex<Vec<(SocketAddr, tonic::transport::Channel)>>> = OnceLock::new();
+        static GRPC: OnceLock<tokio::sync::Mutex<Vec<(SocketAddr, tonic::transport::Channel)>>> =
+            OnceLock::new();
         match target {
             Target::Grpc(addr) => {
                 let cache = GRPC.get_or_init(Default::default);
@@ -362,7 +437,12 @@ async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
 }
 
 /// SENDERS clients send back to back for `phase`.
-async fn saturate(target: &Target, bodies: &Arc<Bodies>, phase: Duration, max_requests: u64) -> Outcome {
+async fn saturate(
+    target: &Target,
+    bodies: &Arc<Bodies>,
+    phase: Duration,
+    max_requests: u64,
+) -> Outcome {
     let started = Instant::now();
     let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -378,7 +458,9 @@ async fn saturate(target: &Target, bodies: &Arc<Bodies>, phase: Duration, max_re
                 }
                 let begin = Instant::now();
                 let ok = client.send(&bodies, i as usize).await;
-                outcome.latencies_ms.push(begin.elapsed().as_secs_f64() * 1e3);
+                outcome
+                    .latencies_ms
+                    .push(begin.elapsed().as_secs_f64() * 1e3);
                 if ok {
                     outcome.accepted_spans += SPANS_PER_REQUEST as u64;
                 } else {
@@ -415,7 +497,9 @@ impl BlackholeSink {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                ),
         );
         Self { addr, spans }
     }
@@ -430,20 +514,29 @@ impl tonic::server::NamedService for CountingService {
 
 impl tonic::server::UnaryService<Bytes> for CountingService {
     type Response = ExportTraceServiceResponse;
-    type Future = std::future::Ready<Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
+    type Future =
+        std::future::Ready<Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        self.0.fetch_add(count_spans(request.into_inner()), Ordering::Relaxed);
-        std::future::ready(Ok(tonic::Response::new(ExportTraceServiceResponse::default())))
+        self.0
+            .fetch_add(count_spans(request.into_inner()), Ordering::Relaxed);
+        std::future::ready(Ok(tonic::Response::new(
+            ExportTraceServiceResponse::default(),
+        )))
     }
 }
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for CountingService {
     type Response = http::Response<tonic::body::Body>;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -480,8 +573,13 @@ impl tonic::codec::Encoder for RawCodec {
     type Item = ExportTraceServiceResponse;
     type Error = tonic::Status;
 
-    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst).map_err(|e| tonic::Status::internal(e.to_string()))
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
     }
 }
 
@@ -489,7 +587,10 @@ impl tonic::codec::Decoder for RawCodec {
     type Item = Bytes;
     type Error = tonic::Status;
 
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
@@ -499,7 +600,9 @@ impl tonic::codec::Decoder for RawCodec {
 fn count_spans(body: Bytes) -> u64 {
     fn fields(mut buf: &[u8], mut each: impl FnMut(u64, &[u8])) {
         while !buf.is_empty() {
-            let Ok(key) = prost::encoding::decode_varint(&mut buf) else { return };
+            let Ok(key) = prost::encoding::decode_varint(&mut buf) else {
+                return;
+            };
             let (field, wire_type) = (key >> 3, key & 7);
             match wire_type {
                 0 => {
@@ -510,7 +613,9 @@ fn count_spans(body: Bytes) -> u64 {
                 1 => buf = &buf[8.min(buf.len())..],
                 5 => buf = &buf[4.min(buf.len())..],
                 2 => {
-                    let Ok(len) = prost::encoding::decode_varint(&mut buf) else { return };
+                    let Ok(len) = prost::encoding::decode_varint(&mut buf) else {
+                        return;
+                    };
                     let len = (len as usize).min(buf.len());
                     each(field, &buf[..len]);
                     buf = &buf[len..];
@@ -575,30 +680,52 @@ impl AgentProcess {
         let addr = |what: &str| -> SocketAddr {
             let start = started.find(what).expect("listener") + what.len();
             let rest = &started[start..];
-            rest[..rest.find([',', ';', ' ']).unwrap_or(rest.len())].parse().expect("address")
+            rest[..rest.find([',', ';', ' ']).unwrap_or(rest.len())]
+                .parse()
+                .expect("address")
         };
-        Self { grpc: addr("OTLP/gRPC on "), http: addr("OTLP/HTTP on "), child, _dir: dir }
+        Self {
+            grpc: addr("OTLP/gRPC on "),
+            http: addr("OTLP/HTTP on "),
+            child,
+            _dir: dir,
+        }
     }
 
     /// user + system CPU seconds of the agent so far.
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
         // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
         let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
         ticks / clock_ticks_per_second()
     }
 
     /// A `kB` line of /proc/PID/status, in KiB.
     fn status_kib(&self, key: &str) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+        status
+            .lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

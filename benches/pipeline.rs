@@ -26,7 +26,9 @@ fn stages(c: &mut Criterion) {
     group.bench_function("decode_protobuf", |b| {
         b.iter(|| ExportTraceServiceRequest::decode(black_box(&encoded[..])).expect("decodes"))
     });
-    group.bench_function("decode_json", |b| b.iter(|| json::decode_request(black_box(&json_body)).expect("decodes")));
+    group.bench_function("decode_json", |b| {
+        b.iter(|| json::decode_request(black_box(&json_body)).expect("decodes"))
+    });
     group.bench_function("intake_validate_and_queue", |b| {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let intake = Intake::new(tx, Arc::default());
@@ -45,12 +47,18 @@ fn stages(c: &mut Criterion) {
             || SpanBatch::from_request(request.clone()),
             |batch| {
                 let full = batcher.push(batch);
-                if batcher.is_empty() { full.len() } else { batcher.flush().map_or(0, |b| b.span_count()) }
+                if batcher.is_empty() {
+                    full.len()
+                } else {
+                    batcher.flush().map_or(0, |b| b.span_count())
+                }
             },
             BatchSize::SmallInput,
         )
     });
-    group.bench_function("encode_protobuf", |b| b.iter(|| black_box(&request).encode_to_vec()));
+    group.bench_function("encode_protobuf", |b| {
+        b.iter(|| black_box(&request).encode_to_vec())
+    });
     for level in [1, 6] {
         group.bench_function(format!("gzip_level_{level}"), |b| {
             b.iter(|| {

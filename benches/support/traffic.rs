@@ -3,13 +3,18 @@
 #![allow(dead_code)] // each benchmark uses part of it
 
 use daena_trace_agent::otlp::{
-    Event, ExportTraceServiceRequest, InstrumentationScope, Resource, ResourceSpans, ScopeSpans, Span, Status, Value,
-    key_value,
+    Event, ExportTraceServiceRequest, InstrumentationScope, Resource, ResourceSpans, ScopeSpans,
+    Span, Status, Value, key_value,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const SERVICES: [&str; 4] = ["daena-backend", "daena-council", "daena-message-bus", "daena-nbmf"];
+const SERVICES: [&str; 4] = [
+    "daena-backend",
+    "daena-council",
+    "daena-message-bus",
+    "daena-nbmf",
+];
 const DEPARTMENTS: [&str; 5] = ["research", "engineering", "finance", "legal", "operations"];
 const MODELS: [&str; 3] = ["gpt-4o-mini", "claude-3-5-sonnet", "llama-3.1-70b"];
 
@@ -18,16 +23,29 @@ fn string(value: impl Into<String>) -> Value {
 }
 
 /// One span of a Daena trace: name and 8–15 attributes from the tracing guide.
-fn daena_span(rng: &mut StdRng, position: usize, round: u64) -> (String, Vec<daena_trace_agent::otlp::KeyValue>) {
+fn daena_span(
+    rng: &mut StdRng,
+    position: usize,
+    round: u64,
+) -> (String, Vec<daena_trace_agent::otlp::KeyValue>) {
     let phase = ["scout", "debate", "commit"][position % 3];
     let department = DEPARTMENTS[rng.random_range(0..DEPARTMENTS.len())];
     let mut attributes = vec![
         key_value("council.department", string(department)),
         key_value("council.round_id", string(format!("round-{round:08x}"))),
         key_value("thread.id", Value::IntValue(rng.random_range(1..64))),
-        key_value("code.function.name", string(format!("backend.services.step_{position}"))),
-        key_value("daena.request_id", string(format!("{:032x}", rng.random::<u128>()))),
-        key_value("daena.agent", string(format!("agent-{}-{}", department, rng.random_range(1..9)))),
+        key_value(
+            "code.function.name",
+            string(format!("backend.services.step_{position}")),
+        ),
+        key_value(
+            "daena.request_id",
+            string(format!("{:032x}", rng.random::<u128>())),
+        ),
+        key_value(
+            "daena.agent",
+            string(format!("agent-{}-{}", department, rng.random_range(1..9))),
+        ),
     ];
     let name = match position {
         0 => {
@@ -42,7 +60,10 @@ fn daena_span(rng: &mut StdRng, position: usize, round: u64) -> (String, Vec<dae
         }
         1 => {
             attributes.extend([
-                key_value("council.topic", string("memory tiering for long conversations")),
+                key_value(
+                    "council.topic",
+                    string("memory tiering for long conversations"),
+                ),
                 key_value("council.agents", Value::IntValue(5)),
             ]);
             "council.round"
@@ -56,29 +77,65 @@ fn daena_span(rng: &mut StdRng, position: usize, round: u64) -> (String, Vec<dae
         }
         5 | 6 => {
             attributes.extend([
-                key_value("message_bus.operation", string(if position == 5 { "publish" } else { "subscribe" })),
+                key_value(
+                    "message_bus.operation",
+                    string(if position == 5 {
+                        "publish"
+                    } else {
+                        "subscribe"
+                    }),
+                ),
                 key_value("message_bus.topic", string(format!("council.{phase}"))),
-                key_value("message_bus.message_id", string(format!("msg-{:016x}", rng.random::<u64>()))),
+                key_value(
+                    "message_bus.message_id",
+                    string(format!("msg-{:016x}", rng.random::<u64>())),
+                ),
                 key_value("message_bus.sender", string("agent-scout-3")),
             ]);
-            if position == 5 { "message_bus.publish" } else { "message_bus.subscribe" }
+            if position == 5 {
+                "message_bus.publish"
+            } else {
+                "message_bus.subscribe"
+            }
         }
         7 | 8 => {
             attributes.extend([
-                key_value("nbmf.operation", string(if position == 7 { "write" } else { "read" })),
-                key_value("nbmf.item_id", string(format!("item-{}", rng.random_range(0..100_000)))),
+                key_value(
+                    "nbmf.operation",
+                    string(if position == 7 { "write" } else { "read" }),
+                ),
+                key_value(
+                    "nbmf.item_id",
+                    string(format!("item-{}", rng.random_range(0..100_000))),
+                ),
                 key_value("nbmf.class", string("decision")),
-                key_value("nbmf.tier", string(["l1", "l2", "l3"][rng.random_range(0..3)])),
+                key_value(
+                    "nbmf.tier",
+                    string(["l1", "l2", "l3"][rng.random_range(0..3)]),
+                ),
             ]);
-            if position == 7 { "nbmf.write" } else { "nbmf.read" }
+            if position == 7 {
+                "nbmf.write"
+            } else {
+                "nbmf.read"
+            }
         }
         _ => {
             attributes.extend([
-                key_value("llm.model", string(MODELS[rng.random_range(0..MODELS.len())])),
+                key_value(
+                    "llm.model",
+                    string(MODELS[rng.random_range(0..MODELS.len())]),
+                ),
                 key_value("llm.cas_hit", Value::BoolValue(rng.random_bool(0.3))),
                 key_value("llm.near_dup", Value::BoolValue(rng.random_bool(0.1))),
-                key_value("llm.cost_usd", Value::DoubleValue(rng.random_range(0.0001..0.2))),
-                key_value("llm.tokens.input", Value::IntValue(rng.random_range(100..4000))),
+                key_value(
+                    "llm.cost_usd",
+                    Value::DoubleValue(rng.random_range(0.0001..0.2)),
+                ),
+                key_value(
+                    "llm.tokens.input",
+                    Value::IntValue(rng.random_range(100..4000)),
+                ),
             ]);
             "llm.exchange"
         }
@@ -117,8 +174,16 @@ pub fn request(spans: usize, seed: u64) -> ExportTraceServiceRequest {
         let error = rng.random_bool(0.05);
         out.push(Span {
             trace_id: trace_id.to_vec(),
-            span_id: if position == 0 { root.to_vec() } else { span_id.to_vec() },
-            parent_span_id: if position == 0 { Vec::new() } else { root.to_vec() },
+            span_id: if position == 0 {
+                root.to_vec()
+            } else {
+                span_id.to_vec()
+            },
+            parent_span_id: if position == 0 {
+                Vec::new()
+            } else {
+                root.to_vec()
+            },
             name,
             kind: if position == 0 { 2 } else { 1 },
             start_time_unix_nano: begin,

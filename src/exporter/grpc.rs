@@ -17,7 +17,9 @@ use tonic_types::StatusExt;
 
 use super::http::{MAX_MESSAGE_CHARS, MAX_RESPONSE_BYTES};
 use super::retry::classify_grpc;
-use super::transport::{HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials};
+use super::transport::{
+    HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials,
+};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
 use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
@@ -37,7 +39,10 @@ impl OtlpGrpcExporter {
     /// Builds the exporter `name`; it connects on first use, so a backend that is down at start-up is retried.
     pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
         let endpoint = config.export_url().unwrap_or_default();
-        let uri = export_uri(name, &format!("{}{TRACE_EXPORT_PATH}", endpoint.trim_end_matches('/')))?;
+        let uri = export_uri(
+            name,
+            &format!("{}{TRACE_EXPORT_PATH}", endpoint.trim_end_matches('/')),
+        )?;
         let mut headers = configured_headers(name, config)?;
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -74,13 +79,21 @@ impl OtlpGrpcExporter {
                 message: format!("cannot build the request: {e}"),
             })?;
         *request.headers_mut() = self.headers.clone();
-        let response = self.client.request(request).await.map_err(|e| ExportError::Retryable {
-            message: format!("request to {} failed: {e}", self.target),
-            retry_after: None,
-        })?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ExportError::Retryable {
+                message: format!("request to {} failed: {e}", self.target),
+                retry_after: None,
+            })?;
         if response.status() != StatusCode::OK {
             let code = code_for_http_status(response.status());
-            return Err(classify_grpc(code, None, format!("backend answered HTTP {} to a gRPC call", response.status())));
+            return Err(classify_grpc(
+                code,
+                None,
+                format!("backend answered HTTP {} to a gRPC call", response.status()),
+            ));
         }
         // A "trailers-only" answer carries the status in its headers.
         let early = tonic::Status::from_header_map(response.headers());
@@ -92,10 +105,16 @@ impl OtlpGrpcExporter {
                 retry_after: None,
             })?;
         let status = early
-            .or_else(|| collected.trailers().and_then(tonic::Status::from_header_map))
+            .or_else(|| {
+                collected
+                    .trailers()
+                    .and_then(tonic::Status::from_header_map)
+            })
             .unwrap_or_else(|| tonic::Status::unknown("the backend's answer has no grpc-status"));
         if status.code() != Code::Ok {
-            let retry_info = status.get_details_retry_info().and_then(|info| info.retry_delay);
+            let retry_info = status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay);
             let message: String = status.message().chars().take(MAX_MESSAGE_CHARS).collect();
             return Err(classify_grpc(
                 status.code(),
@@ -103,7 +122,9 @@ impl OtlpGrpcExporter {
                 format!("backend answered {:?}: {message}", status.code()),
             ));
         }
-        let partial = decode_response(&collected.to_bytes()).and_then(|r| r.partial_success).unwrap_or_default();
+        let partial = decode_response(&collected.to_bytes())
+            .and_then(|r| r.partial_success)
+            .unwrap_or_default();
         Ok(Delivered {
             rejected_spans: partial.rejected_spans.max(0) as u64,
             message: partial.error_message,
@@ -112,12 +133,19 @@ impl OtlpGrpcExporter {
 }
 
 impl Exporter for OtlpGrpcExporter {
+    fn prepare(&self, payload: &Payload) {
+        payload.grpc_frame(self.gzip);
+    }
+
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
         tokio::time::timeout(self.timeout, self.send(payload))
             .await
             .unwrap_or_else(|_| {
                 Err(ExportError::Retryable {
-                    message: format!("no answer from {} within the {:?} timeout", self.target, self.timeout),
+                    message: format!(
+                        "no answer from {} within the {:?} timeout",
+                        self.target, self.timeout
+                    ),
                     retry_after: None,
                 })
             })
@@ -176,15 +204,30 @@ mod tests {
         assert_eq!(decode_response(&frame(0, &message)), Some(response.clone()));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &message).expect("gzip");
-        assert_eq!(decode_response(&frame(1, &gz.finish().expect("gzip"))), Some(response));
+        assert_eq!(
+            decode_response(&frame(1, &gz.finish().expect("gzip"))),
+            Some(response)
+        );
         assert_eq!(decode_response(&[]), None);
     }
 
     #[test]
     fn http_errors_map_to_retryable_grpc_codes_where_the_spec_says() {
-        assert_eq!(code_for_http_status(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
-        assert_eq!(code_for_http_status(StatusCode::TOO_MANY_REQUESTS), Code::Unavailable);
-        assert_eq!(code_for_http_status(StatusCode::UNAUTHORIZED), Code::Unauthenticated);
-        assert_eq!(code_for_http_status(StatusCode::BAD_REQUEST), Code::Internal);
+        assert_eq!(
+            code_for_http_status(StatusCode::SERVICE_UNAVAILABLE),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code_for_http_status(StatusCode::TOO_MANY_REQUESTS),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code_for_http_status(StatusCode::UNAUTHORIZED),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            code_for_http_status(StatusCode::BAD_REQUEST),
+            Code::Internal
+        );
     }
 }

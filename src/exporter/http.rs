@@ -9,7 +9,9 @@ use http_body_util::{BodyExt, Full, Limited};
 use prost::Message;
 
 use super::retry::{classify_http, parse_retry_after};
-use super::transport::{HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials};
+use super::transport::{
+    HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials,
+};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
 use crate::otlp::{ExportTraceServiceResponse, RpcStatus};
@@ -35,7 +37,10 @@ impl OtlpHttpExporter {
     pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
         let uri = export_uri(name, &config.export_url().unwrap_or_default())?;
         let mut headers = configured_headers(name, config)?;
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
         headers.insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
@@ -63,10 +68,14 @@ impl OtlpHttpExporter {
                 message: format!("cannot build the request: {e}"),
             })?;
         *request.headers_mut() = self.headers.clone();
-        let response = self.client.request(request).await.map_err(|e| ExportError::Retryable {
-            message: format!("request to {} failed: {e}", self.target),
-            retry_after: None,
-        })?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ExportError::Retryable {
+                message: format!("request to {} failed: {e}", self.target),
+                retry_after: None,
+            })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -113,13 +122,28 @@ impl OtlpHttpExporter {
 }
 
 impl Exporter for OtlpHttpExporter {
+    fn prepare(&self, payload: &Payload) {
+        if self.gzip {
+            payload.gzipped();
+        } else {
+            payload.encoded();
+        }
+    }
+
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        let body = if self.gzip { payload.gzipped() } else { payload.encoded() };
+        let body = if self.gzip {
+            payload.gzipped()
+        } else {
+            payload.encoded()
+        };
         tokio::time::timeout(self.timeout, self.send(body))
             .await
             .unwrap_or_else(|_| {
                 Err(ExportError::Retryable {
-                    message: format!("no answer from {} within the {:?} timeout", self.target, self.timeout),
+                    message: format!(
+                        "no answer from {} within the {:?} timeout",
+                        self.target, self.timeout
+                    ),
                     retry_after: None,
                 })
             })

@@ -82,7 +82,8 @@ impl Payload {
                 if gzip {
                     let encoded = self.encoded();
                     frame.reserve(encoded.len() / 4);
-                    let mut encoder = flate2::write::GzEncoder::new(frame, flate2::Compression::fast());
+                    let mut encoder =
+                        flate2::write::GzEncoder::new(frame, flate2::Compression::fast());
                     // Writing into a Vec cannot fail.
                     let _ = encoder.write_all(&encoded);
                     frame = encoder.finish().unwrap_or_default();
@@ -130,6 +131,12 @@ pub enum ExportError {
 
 /// A destination for batches; the queue worker calls it, concurrently up to `queue.workers`.
 pub trait Exporter: Send + Sync + 'static {
+    /// Does the CPU-heavy part of sending (encoding, compressing) ahead of `export`; the
+    /// queue runs it on a blocking thread so the receivers never wait behind it.
+    fn prepare(&self, payload: &Payload) {
+        let _ = payload;
+    }
+
     /// Sends one batch once; retrying is the caller's business.
     fn export(
         &self,
@@ -223,7 +230,10 @@ mod tests {
         let payload = Payload::new(batch.clone());
         let request = batch.into_request();
         assert_eq!(payload.spans(), 100);
-        assert_eq!(ExportTraceServiceRequest::decode(payload.encoded()).ok(), Some(request.clone()));
+        assert_eq!(
+            ExportTraceServiceRequest::decode(payload.encoded()).ok(),
+            Some(request.clone())
+        );
 
         let mut plain = Vec::new();
         flate2::read::GzDecoder::new(&payload.gzipped()[..])

@@ -105,6 +105,12 @@ impl<E: Exporter> Worker<E> {
                 self.abandon.clone(),
             );
             in_flight.spawn(async move {
+                let prepared = {
+                    let (exporter, payload) = (Arc::clone(&exporter), Arc::clone(&payload));
+                    tokio::task::spawn_blocking(move || exporter.prepare(&payload))
+                };
+                // A panic while encoding would surface again in export; nothing to add here.
+                let _ = prepared.await;
                 deliver(&name, &*exporter, &payload, &policy, &metrics, &abandon).await;
                 drop(permit);
             });

@@ -23,7 +23,11 @@ use crate::config::{ExporterConfig, TlsConfig};
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled client for `config`'s endpoint; `versions` says what it may speak.
-pub fn client(name: &str, config: &ExporterConfig, versions: HttpVersions) -> Result<HttpClient, BuildError> {
+pub fn client(
+    name: &str,
+    config: &ExporterConfig,
+    versions: HttpVersions,
+) -> Result<HttpClient, BuildError> {
     let connector = connector(&config.tls, versions).map_err(|message| BuildError::Tls {
         exporter: name.to_owned(),
         message,
@@ -45,7 +49,8 @@ pub fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderM
             name: key.clone(),
             reason: reason.to_owned(),
         };
-        let parsed_key = HeaderName::from_bytes(key.as_bytes()).map_err(|_| header_error("not a valid header name"))?;
+        let parsed_key = HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| header_error("not a valid header name"))?;
         let mut parsed_value = HeaderValue::from_str(&value)
             .map_err(|_| header_error("the value holds characters a header cannot carry"))?;
         parsed_value.set_sensitive(true);
@@ -67,7 +72,8 @@ pub fn without_credentials(uri: &Uri) -> String {
     match uri.authority() {
         Some(authority) if authority.as_str().contains('@') => {
             let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-            uri.to_string().replacen(authority.as_str(), &format!("***@{host}"), 1)
+            uri.to_string()
+                .replacen(authority.as_str(), &format!("***@{host}"), 1)
         }
         _ => uri.to_string(),
     }
@@ -214,8 +220,13 @@ mod tests {
 
     #[test]
     fn credentials_in_the_url_are_not_shown() {
-        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces".parse().expect("uri");
-        assert_eq!(without_credentials(&uri), "https://***@otlp.example.net/otlp/v1/traces");
+        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces"
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            without_credentials(&uri),
+            "https://***@otlp.example.net/otlp/v1/traces"
+        );
         let plain: Uri = "http://tempo:4318/v1/traces".parse().expect("uri");
         assert_eq!(without_credentials(&plain), "http://tempo:4318/v1/traces");
     }

@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -70,6 +71,10 @@ impl HttpReceiver {
         listener: TcpListener,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
+        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold answers back.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
