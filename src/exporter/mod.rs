@@ -232,7 +232,7 @@ mod tests {
         assert_eq!(payload.spans(), 100);
         assert_eq!(
             ExportTraceServiceRequest::decode(payload.encoded()).ok(),
-            Some(request.clone())
+            Some(request)
         );
 
         let mut plain = Vec::new();
