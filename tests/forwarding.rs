@@ -160,7 +160,7 @@ async fn grpc_in_grpc_out_delivers_every_field_unchanged_with_gzip_and_headers()
     );
     assert_eq!(
         agent
-            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .wait_for_counter("daena_agent_spans_exported_total{exporter=\"tempo\"}", 1)
             .await,
         1
     );
@@ -305,7 +305,7 @@ async fn http_503_with_retry_after_is_retried_after_the_delay() {
     );
     assert_eq!(
         agent
-            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .wait_for_counter("daena_agent_spans_exported_total{exporter=\"tempo\"}", 2)
             .await,
         2
     );
@@ -344,15 +344,12 @@ async fn http_400_is_dropped_counted_and_never_retried() {
     .await;
     assert_eq!(post_protobuf(&agent, &council_request(3, 4)).await.0, 200);
     sink.wait_for_requests(1).await;
-    let started = std::time::Instant::now();
-    while agent
-        .counter("daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"rejected\"}")
-        .await
-        < 3
-    {
-        assert!(started.elapsed() < WAIT, "drop not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let dropped = "daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"rejected\"}";
+    assert_eq!(
+        agent.wait_for_counter(dropped, 3).await,
+        3,
+        "the drop is counted"
+    );
     // A retry would come after about a second of backoff; give it two.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sink.received().len(), 1, "a 400 must not be retried");
@@ -368,11 +365,9 @@ async fn partial_success_from_the_backend_is_counted() {
         .await
         .expect("accepted");
     sink.wait_for_requests(1).await;
-    let started = std::time::Instant::now();
-    while agent.counter("daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"partially_rejected\"}").await != 2 {
-        assert!(started.elapsed() < WAIT, "partial success not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let rejected =
+        "daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"partially_rejected\"}";
+    assert_eq!(agent.wait_for_counter(rejected, 2).await, 2);
     assert_eq!(
         agent
             .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")

@@ -121,7 +121,10 @@ async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
     assert_eq!(int, Some(&Value::IntValue(1 << 62)));
     assert_eq!(
         agent
-            .counter("daena_agent_spans_exported_total{exporter=\"tempo\"}")
+            .wait_for_counter(
+                "daena_agent_spans_exported_total{exporter=\"tempo\"}",
+                expected.len() as u64
+            )
             .await,
         expected.len() as u64
     );

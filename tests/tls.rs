@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 
 struct Backend {
@@ -62,18 +60,11 @@ async fn an_untrusted_certificate_is_refused_unless_verification_is_skipped() {
     ))
     .await;
     assert_eq!(post_protobuf(&agent, &council_request(2, 3)).await.0, 200);
-    let started = Instant::now();
-    while agent
-        .counter("daena_agent_export_failures_total{exporter=\"secure\",kind=\"retried\"}")
-        .await
-        < 2
-    {
-        assert!(
-            started.elapsed() < WAIT,
-            "TLS failures are retried and counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let retried = "daena_agent_export_failures_total{exporter=\"secure\",kind=\"retried\"}";
+    assert!(
+        agent.wait_for_counter(retried, 2).await >= 2,
+        "TLS failures are retried and counted"
+    );
     assert!(
         backend.sink.received().is_empty(),
         "nothing crosses an unverified connection"

@@ -6,52 +6,35 @@
 //! and shared by every exporter (see docs/performance.md).
 
 use std::io::Read;
-use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, TE, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::header::{CONTENT_TYPE, TE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
 use prost::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 use super::http::{MAX_MESSAGE_CHARS, MAX_RESPONSE_BYTES};
 use super::retry::classify_grpc;
-use super::transport::{
-    HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials,
-};
+use super::transport::{Destination, HttpVersions};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
 use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
 
 /// Exports to an OTLP/gRPC backend (Jaeger, Tempo, a Collector).
 pub struct OtlpGrpcExporter {
-    client: HttpClient,
-    uri: Uri,
-    /// The URL as logs may show it: without credentials.
-    target: String,
-    headers: HeaderMap,
+    destination: Destination,
     gzip: bool,
-    timeout: Duration,
 }
 
 impl OtlpGrpcExporter {
     /// Builds the exporter `name`; it connects on first use, so a backend that is down at start-up is retried.
     pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
-        let endpoint = config.export_url().unwrap_or_default();
-        let uri = export_uri(
-            name,
-            &format!("{}{TRACE_EXPORT_PATH}", endpoint.trim_end_matches('/')),
-        )?;
-        let mut headers = configured_headers(name, config)?;
+        let gzip = config.compression == Compression::Gzip;
+        let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
-        );
         headers.insert("grpc-accept-encoding", HeaderValue::from_static("gzip"));
-        let gzip = config.compression == Compression::Gzip;
         if gzip {
             headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
         }
@@ -60,33 +43,16 @@ impl OtlpGrpcExporter {
         if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
             headers.insert("grpc-timeout", value);
         }
+        let endpoint = config.export_url().unwrap_or_default();
+        let url = format!("{}{TRACE_EXPORT_PATH}", endpoint.trim_end_matches('/'));
         Ok(Self {
-            client: client(name, config, HttpVersions::Http2)?,
-            target: without_credentials(&uri),
-            uri,
-            headers,
+            destination: Destination::new(name, config, &url, HttpVersions::Http2, headers)?,
             gzip,
-            timeout: config.timeout,
         })
     }
 
     async fn send(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .body(Full::new(payload.grpc_frame(self.gzip)))
-            .map_err(|e| ExportError::Permanent {
-                message: format!("cannot build the request: {e}"),
-            })?;
-        *request.headers_mut() = self.headers.clone();
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ExportError::Retryable {
-                message: format!("request to {} failed: {e}", self.target),
-                retry_after: None,
-            })?;
+        let response = self.destination.post(payload.grpc_frame(self.gzip)).await?;
         if response.status() != StatusCode::OK {
             let code = code_for_http_status(response.status());
             return Err(classify_grpc(
@@ -101,7 +67,10 @@ impl OtlpGrpcExporter {
             .collect()
             .await
             .map_err(|e| ExportError::Retryable {
-                message: format!("the answer from {} broke off: {e}", self.target),
+                message: format!(
+                    "the answer from {} broke off: {e}",
+                    self.destination.shown()
+                ),
                 retry_after: None,
             })?;
         let status = early
@@ -138,17 +107,7 @@ impl Exporter for OtlpGrpcExporter {
     }
 
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        tokio::time::timeout(self.timeout, self.send(payload))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ExportError::Retryable {
-                    message: format!(
-                        "no answer from {} within the {:?} timeout",
-                        self.target, self.timeout
-                    ),
-                    retry_after: None,
-                })
-            })
+        self.destination.within_timeout(self.send(payload)).await
     }
 }
 

@@ -1,17 +1,13 @@
 //! OTLP/HTTP exporter: POSTs the encoded batch (`application/x-protobuf`, gzip by default).
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use http::{HeaderMap, HeaderValue, Method, Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue};
+use http_body_util::{BodyExt, Limited};
 use prost::Message;
 
 use super::retry::{classify_http, parse_retry_after};
-use super::transport::{
-    HttpClient, HttpVersions, client, configured_headers, export_uri, without_credentials,
-};
+use super::transport::{Destination, HttpVersions};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
 use crate::otlp::{ExportTraceServiceResponse, RpcStatus};
@@ -23,59 +19,31 @@ pub const MAX_MESSAGE_CHARS: usize = 512;
 
 /// Exports to an OTLP/HTTP backend (Grafana Cloud's OTLP gateway, Tempo, Jaeger).
 pub struct OtlpHttpExporter {
-    client: HttpClient,
-    uri: Uri,
-    /// The URL as logs may show it: without credentials.
-    target: String,
-    headers: HeaderMap,
+    destination: Destination,
     gzip: bool,
-    timeout: Duration,
 }
 
 impl OtlpHttpExporter {
     /// Builds the exporter `name` from its config.
     pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
-        let uri = export_uri(name, &config.export_url().unwrap_or_default())?;
-        let mut headers = configured_headers(name, config)?;
+        let gzip = config.compression == Compression::Gzip;
+        let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-protobuf"),
         );
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
-        );
-        let gzip = config.compression == Compression::Gzip;
         if gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
+        let url = config.export_url().unwrap_or_default();
         Ok(Self {
-            client: client(name, config, HttpVersions::Any)?,
-            target: without_credentials(&uri),
-            uri,
-            headers,
+            destination: Destination::new(name, config, &url, HttpVersions::Any, headers)?,
             gzip,
-            timeout: config.timeout,
         })
     }
 
     async fn send(&self, body: Bytes) -> Result<Delivered, ExportError> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone())
-            .body(Full::new(body))
-            .map_err(|e| ExportError::Permanent {
-                message: format!("cannot build the request: {e}"),
-            })?;
-        *request.headers_mut() = self.headers.clone();
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ExportError::Retryable {
-                message: format!("request to {} failed: {e}", self.target),
-                retry_after: None,
-            })?;
+        let response = self.destination.post(body).await?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -136,16 +104,6 @@ impl Exporter for OtlpHttpExporter {
         } else {
             payload.encoded()
         };
-        tokio::time::timeout(self.timeout, self.send(body))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ExportError::Retryable {
-                    message: format!(
-                        "no answer from {} within the {:?} timeout",
-                        self.target, self.timeout
-                    ),
-                    retry_after: None,
-                })
-            })
+        self.destination.within_timeout(self.send(body)).await
     }
 }

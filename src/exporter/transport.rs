@@ -10,20 +10,103 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use std::future::Future;
+use std::time::Duration;
+
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http::header::USER_AGENT;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::BuildError;
+use super::{BuildError, Delivered, ExportError};
 use crate::config::{ExporterConfig, TlsConfig};
 
 /// The client both exporters send with.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Where an exporter sends: a pooled client, the URL, the headers every request carries
+/// and the deadline of one attempt.
+pub struct Destination {
+    client: HttpClient,
+    uri: Uri,
+    /// The URL as logs may show it: without credentials.
+    shown: String,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+impl Destination {
+    /// A destination for exporter `name` at `url`, sending `headers` plus the configured ones.
+    pub fn new(
+        name: &str,
+        config: &ExporterConfig,
+        url: &str,
+        versions: HttpVersions,
+        headers: HeaderMap,
+    ) -> Result<Self, BuildError> {
+        let uri: Uri = url.parse().map_err(|e| BuildError::Endpoint {
+            exporter: name.to_owned(),
+            message: format!("{url:?} is not a valid URL: {e}"),
+        })?;
+        let mut all = configured_headers(name, config)?;
+        all.extend(headers);
+        all.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("daena-trace-agent/", env!("CARGO_PKG_VERSION"))),
+        );
+        Ok(Self {
+            client: client(name, config, versions)?,
+            shown: without_credentials(&uri),
+            uri,
+            headers: all,
+            timeout: config.timeout,
+        })
+    }
+
+    /// The URL without credentials, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// POSTs `body`; a connection failure is retryable.
+    pub async fn post(&self, body: Bytes) -> Result<Response<Incoming>, ExportError> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| ExportError::Retryable {
+                message: format!("request to {} failed: {e}", self.shown),
+                retry_after: None,
+            })
+    }
+
+    /// Runs one attempt within the exporter's timeout; running out of time is retryable.
+    pub async fn within_timeout(
+        &self,
+        attempt: impl Future<Output = Result<Delivered, ExportError>>,
+    ) -> Result<Delivered, ExportError> {
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExportError::Retryable {
+                    message: format!(
+                        "no answer from {} within the {:?} timeout",
+                        self.shown, self.timeout
+                    ),
+                    retry_after: None,
+                })
+            })
+    }
+}
 
 /// A pooled client for `config`'s endpoint; `versions` says what it may speak.
-pub fn client(
+fn client(
     name: &str,
     config: &ExporterConfig,
     versions: HttpVersions,
@@ -41,7 +124,7 @@ pub fn client(
 }
 
 /// The configured headers (and `auth.basic`), marked sensitive so they are never printed.
-pub fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderMap, BuildError> {
+fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderMap, BuildError> {
     let mut headers = HeaderMap::new();
     for (key, value) in config.request_headers() {
         let header_error = |reason: &str| BuildError::Header {
@@ -59,16 +142,8 @@ pub fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderM
     Ok(headers)
 }
 
-/// Parses the exporter's URL.
-pub fn export_uri(name: &str, url: &str) -> Result<Uri, BuildError> {
-    url.parse().map_err(|e| BuildError::Endpoint {
-        exporter: name.to_owned(),
-        message: format!("{url:?} is not a valid URL: {e}"),
-    })
-}
-
 /// The URL with any `user:password@` replaced, so it can be logged.
-pub fn without_credentials(uri: &Uri) -> String {
+fn without_credentials(uri: &Uri) -> String {
     match uri.authority() {
         Some(authority) if authority.as_str().contains('@') => {
             let host = authority.as_str().rsplit('@').next().unwrap_or_default();

@@ -107,6 +107,19 @@ impl TestAgent {
         counter_value(&self.metrics().await, series)
     }
 
+    /// Waits (bounded by [`WAIT`]) until a counter reaches `at_least`, then returns its
+    /// value: exporter counters move after the backend answers, not when it receives.
+    pub async fn wait_for_counter(&self, series: &str, at_least: u64) -> u64 {
+        let started = Instant::now();
+        loop {
+            let value = self.counter(series).await;
+            if value >= at_least || started.elapsed() > WAIT {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn http_url(&self) -> String {
         format!("http://{}/v1/traces", self.http.expect("http receiver"))
     }
