@@ -17,6 +17,7 @@ pub use opentelemetry_proto::tonic::trace::v1::{
 };
 
 pub mod grpc_codec;
+pub mod wire;
 
 /// The package and service path of the OTLP trace service, shared by the receiver and the exporter.
 pub const TRACE_SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
