@@ -16,7 +16,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use prost::Message;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +31,10 @@ use crate::telemetry::Metrics;
 /// One batch ready for the exporters, shared by all of them: encoded and compressed at
 /// most once, however many exporters send it.
 pub struct Payload {
-    request: ExportTraceServiceRequest,
+    batch: SpanBatch,
     spans: usize,
+    /// Decoded on demand, for exporters that read spans (the console).
+    request: OnceLock<ExportTraceServiceRequest>,
     /// The encoding and its gzip, each behind 5 spare bytes that hold the gRPC message
     /// prefix, so the gRPC exporter sends the same memory the HTTP exporter does.
     framed: [OnceLock<Bytes>; 2],
@@ -47,15 +48,17 @@ impl Payload {
     pub fn new(batch: SpanBatch) -> Self {
         let spans = batch.span_count();
         Self {
-            request: batch.into_request(),
+            batch,
             spans,
+            request: OnceLock::new(),
             framed: Default::default(),
         }
     }
 
-    /// The batch as an export request.
+    /// The batch as a decoded export request.
     pub fn request(&self) -> &ExportTraceServiceRequest {
-        &self.request
+        self.request
+            .get_or_init(|| self.batch.clone().into_request())
     }
 
     /// Number of spans in the batch.
@@ -88,9 +91,7 @@ impl Payload {
                     let _ = encoder.write_all(&encoded);
                     frame = encoder.finish().unwrap_or_default();
                 } else {
-                    frame.reserve(self.request.encoded_len());
-                    // A Vec grows as needed, so encoding cannot run out of space.
-                    let _ = self.request.encode(&mut frame);
+                    self.batch.encode_to(&mut frame);
                 }
                 let len = (frame.len() - GRPC_PREFIX) as u32;
                 frame[0] = u8::from(gzip);
@@ -207,26 +208,26 @@ pub fn start(
 mod tests {
     use std::io::Read;
 
+    use prost::Message;
+
     use super::*;
     use crate::otlp::{ResourceSpans, ScopeSpans, Span};
 
     #[test]
     fn every_form_of_a_payload_holds_the_same_request() {
-        let batch = SpanBatch {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: vec![
-                        Span {
-                            name: "nbmf.write".into(),
-                            ..Default::default()
-                        };
-                        100
-                    ],
-                    ..Default::default()
-                }],
+        let batch = SpanBatch::new(vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![
+                    Span {
+                        name: "nbmf.write".into(),
+                        ..Default::default()
+                    };
+                    100
+                ],
                 ..Default::default()
             }],
-        };
+            ..Default::default()
+        }]);
         let payload = Payload::new(batch.clone());
         let request = batch.into_request();
         assert_eq!(payload.spans(), 100);

@@ -301,14 +301,13 @@ mod tests {
     }
 
     fn payload() -> Payload {
-        let mut batch = SpanBatch::default();
-        batch.resource_spans.push(crate::otlp::ResourceSpans {
+        let batch = SpanBatch::new(vec![crate::otlp::ResourceSpans {
             scope_spans: vec![crate::otlp::ScopeSpans {
                 spans: vec![crate::otlp::Span::default(); 3],
                 ..Default::default()
             }],
             ..Default::default()
-        });
+        }]);
         Payload::new(batch)
     }
 

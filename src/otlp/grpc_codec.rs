@@ -1,10 +1,11 @@
-//! A tonic codec for OTLP that lets the receiver answer `INVALID_ARGUMENT` for an
-//! undecodable body (tonic's prost codec says `INTERNAL`, which clients treat as a
-//! server bug) and lets the exporter send a batch that is already encoded.
+//! A tonic codec for OTLP that moves bytes, not messages: the receiver takes request
+//! bodies as they came (validated later, so an undecodable one is `INVALID_ARGUMENT`
+//! with our message, where tonic's prost codec says `INTERNAL`), and a client can send
+//! a batch that is already encoded.
 
 use std::marker::PhantomData;
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -28,7 +29,29 @@ impl WireEncode for super::ExportTraceServiceResponse {
     }
 }
 
-/// Encodes `E` (a message or pre-encoded bytes) and decodes the protobuf message `D`.
+/// Something the codec can read from the wire.
+pub trait WireDecode: Sized + Send + 'static {
+    /// Reads one message from `buf`.
+    fn read_from(buf: &mut DecodeBuf<'_>) -> Result<Self, Status>;
+}
+
+impl WireDecode for Bytes {
+    fn read_from(buf: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        Ok(buf.copy_to_bytes(buf.remaining()))
+    }
+}
+
+impl WireDecode for super::ExportTraceServiceResponse {
+    fn read_from(buf: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        Self::decode(buf).map_err(|e| {
+            Status::internal(format!(
+                "the answer is not an ExportTraceServiceResponse: {e}"
+            ))
+        })
+    }
+}
+
+/// Encodes `E` and decodes `D`, each a message or raw bytes.
 pub struct OtlpCodec<E, D>(PhantomData<(E, D)>);
 
 impl<E, D> Default for OtlpCodec<E, D> {
@@ -37,18 +60,18 @@ impl<E, D> Default for OtlpCodec<E, D> {
     }
 }
 
-impl<E: WireEncode, D: Message + Default + Send + 'static> tonic::codec::Codec for OtlpCodec<E, D> {
+impl<E: WireEncode, D: WireDecode> tonic::codec::Codec for OtlpCodec<E, D> {
     type Encode = E;
     type Decode = D;
     type Encoder = WireEncoder<E>;
-    type Decoder = ProtoDecoder<D>;
+    type Decoder = WireDecoder<D>;
 
     fn encoder(&mut self) -> Self::Encoder {
         WireEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProtoDecoder(PhantomData)
+        WireDecoder(PhantomData)
     }
 }
 
@@ -65,18 +88,14 @@ impl<E: WireEncode> Encoder for WireEncoder<E> {
     }
 }
 
-/// The decoding half of [`OtlpCodec`]; a malformed message is `INVALID_ARGUMENT`.
-pub struct ProtoDecoder<D>(PhantomData<D>);
+/// The decoding half of [`OtlpCodec`].
+pub struct WireDecoder<D>(PhantomData<D>);
 
-impl<D: Message + Default> Decoder for ProtoDecoder<D> {
+impl<D: WireDecode> Decoder for WireDecoder<D> {
     type Item = D;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(buf).map(Some).map_err(|e| {
-            Status::invalid_argument(format!(
-                "body is not a valid OTLP protobuf message: {e}; send an ExportTraceServiceRequest"
-            ))
-        })
+        D::read_from(buf).map(Some)
     }
 }

@@ -5,6 +5,9 @@
 
 pub mod json;
 
+use bytes::Bytes;
+use prost::Message;
+
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -25,35 +28,104 @@ pub const TRACE_SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.Tra
 pub const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// The unit that flows through the pipeline: whole OTLP `ResourceSpans`, never re-modelled.
+///
+/// Spans a receiver took in protobuf stay encoded, exactly as they came, until a stage
+/// asks for them with [`resource_spans_mut`](Self::resource_spans_mut): forwarding then
+/// costs no decode and no encode, because an export request is nothing but its
+/// `resource_spans` fields and such requests concatenate.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct SpanBatch {
-    /// The spans, grouped by resource and scope exactly as OTLP groups them.
-    pub resource_spans: Vec<ResourceSpans>,
+    /// Encoded `resource_spans` fields (request bodies that passed [`wire::scan_request`]),
+    /// with their span counts.
+    encoded: Vec<(Bytes, usize)>,
+    /// Decoded resource spans.
+    decoded: Vec<ResourceSpans>,
 }
 
 impl SpanBatch {
-    /// Takes the resource spans out of a decoded export request.
-    pub fn from_request(request: ExportTraceServiceRequest) -> Self {
+    /// A batch of decoded resource spans.
+    pub fn new(resource_spans: Vec<ResourceSpans>) -> Self {
         Self {
-            resource_spans: request.resource_spans,
+            encoded: Vec::new(),
+            decoded: resource_spans,
         }
     }
 
-    /// Wraps the batch into an export request for an exporter.
-    pub fn into_request(self) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: self.resource_spans,
+    /// Takes the resource spans out of a decoded export request.
+    pub fn from_request(request: ExportTraceServiceRequest) -> Self {
+        Self::new(request.resource_spans)
+    }
+
+    /// A batch holding an encoded request body that [`wire::scan_request`] accepted with `spans` spans.
+    pub fn from_encoded(body: Bytes, spans: usize) -> Self {
+        Self {
+            encoded: vec![(body, spans)],
+            decoded: Vec::new(),
         }
+    }
+
+    /// The spans, decoded if they were still encoded; for stages that read or change them.
+    pub fn resource_spans_mut(&mut self) -> &mut Vec<ResourceSpans> {
+        for (body, _) in std::mem::take(&mut self.encoded) {
+            match ExportTraceServiceRequest::decode(body) {
+                Ok(request) => self.decoded.extend(request.resource_spans),
+                // The receiver scanned these bytes, and the scan accepts nothing prost refuses.
+                Err(e) => {
+                    tracing::error!(error = %e, "A scanned request failed to decode; its spans are lost")
+                }
+            }
+        }
+        &mut self.decoded
+    }
+
+    /// Wraps the batch into an export request, decoding what is still encoded.
+    pub fn into_request(mut self) -> ExportTraceServiceRequest {
+        self.resource_spans_mut();
+        ExportTraceServiceRequest {
+            resource_spans: self.decoded,
+        }
+    }
+
+    /// Splits the batch into its encoded parts (with span counts) and its decoded resource spans.
+    pub fn into_parts(self) -> (Vec<(Bytes, usize)>, Vec<ResourceSpans>) {
+        (self.encoded, self.decoded)
+    }
+
+    /// Adds an encoded part.
+    pub fn push_encoded(&mut self, body: Bytes, spans: usize) {
+        self.encoded.push((body, spans));
+    }
+
+    /// The decoded resource spans, to append to.
+    pub fn decoded_mut(&mut self) -> &mut Vec<ResourceSpans> {
+        &mut self.decoded
     }
 
     /// Number of spans in the batch.
     pub fn span_count(&self) -> usize {
-        span_count(&self.resource_spans)
+        self.encoded.iter().map(|(_, n)| n).sum::<usize>() + span_count(&self.decoded)
     }
 
     /// Whether the batch holds no span at all.
     pub fn is_empty(&self) -> bool {
         self.span_count() == 0
+    }
+
+    /// The batch encoded as an `ExportTraceServiceRequest`, appended to `out`.
+    pub fn encode_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        for (body, _) in &self.encoded {
+            out.extend_from_slice(body);
+        }
+        for rs in &self.decoded {
+            prost::encoding::message::encode(1, rs, out);
+        }
+    }
+
+    /// Length of [`encode_to`](Self::encode_to)'s output.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.iter().map(|(b, _)| b.len()).sum::<usize>()
+            + prost::encoding::message::encoded_len_repeated(1, &self.decoded)
     }
 }
 

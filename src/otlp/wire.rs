@@ -62,8 +62,14 @@ fn field(message: Msg, number: u64) -> Field {
         (M::ResourceSpans, 1) => Nested(M::Resource),
         (M::ResourceSpans, 2) => Nested(M::ScopeSpans),
         (M::ResourceSpans, 3) | (M::ScopeSpans, 3) => Str,
-        (M::Resource, 1) | (M::Scope, 3) | (M::Span, 9) | (M::Event, 3) | (M::Link, 4) => Nested(M::KeyValue),
-        (M::Resource, 2) | (M::Scope, 4) | (M::Span, 6 | 10 | 12 | 14) | (M::Event, 4) | (M::Link, 5) => Varint,
+        (M::Resource, 1) | (M::Scope, 3) | (M::Span, 9) | (M::Event, 3) | (M::Link, 4) => {
+            Nested(M::KeyValue)
+        }
+        (M::Resource, 2)
+        | (M::Scope, 4)
+        | (M::Span, 6 | 10 | 12 | 14)
+        | (M::Event, 4)
+        | (M::Link, 5) => Varint,
         (M::Resource, 3) => Nested(M::EntityRef),
         (M::EntityRef, 1..=4) => Str,
         (M::ScopeSpans, 1) => Nested(M::Scope),
@@ -114,7 +120,9 @@ fn walk(mut buf: &[u8], message: Msg, depth: usize, scan: &mut Scan) -> bool {
     // Span ids, checked once the span's fields are all read (prost keeps the last value).
     let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
     while !buf.is_empty() {
-        let Some(key) = varint(&mut buf) else { return false };
+        let Some(key) = varint(&mut buf) else {
+            return false;
+        };
         let (number, wire_type) = (key >> 3, key & 7);
         if number == 0 || number > u64::from(u32::MAX >> 3) {
             return false;
@@ -125,8 +133,13 @@ fn walk(mut buf: &[u8], message: Msg, depth: usize, scan: &mut Scan) -> bool {
             (1, Field::Fixed64 | Field::Unknown) => take(&mut buf, 8).is_some(),
             (5, Field::Fixed32 | Field::Unknown) => take(&mut buf, 4).is_some(),
             (2, Field::Nested(_) | Field::Str | Field::Bytes | Field::Unknown) => {
-                let Some(len) = varint(&mut buf) else { return false };
-                let Some(value) = usize::try_from(len).ok().and_then(|len| take(&mut buf, len)) else {
+                let Some(len) = varint(&mut buf) else {
+                    return false;
+                };
+                let Some(value) = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| take(&mut buf, len))
+                else {
                     return false;
                 };
                 match expected {
@@ -167,13 +180,13 @@ fn walk(mut buf: &[u8], message: Msg, depth: usize, scan: &mut Scan) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use prost::Message as _;
     use proptest::prelude::*;
+    use prost::Message as _;
 
     use super::*;
     use crate::otlp::{
-        ArrayValue, Event, ExportTraceServiceRequest, KeyValueList, Link, ResourceSpans, ScopeSpans, Span, Status,
-        Value, key_value,
+        ArrayValue, Event, ExportTraceServiceRequest, KeyValueList, Link, ResourceSpans,
+        ScopeSpans, Span, Status, Value, key_value,
     };
 
     fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
@@ -231,8 +244,20 @@ mod tests {
     #[test]
     fn a_valid_request_is_counted() {
         let body = request(vec![full_span("a"), full_span("b")]).encode_to_vec();
-        assert_eq!(scan_request(&body), Some(Scan { spans: 2, invalid_ids: 0 }));
-        assert_eq!(scan_request(&[]), Some(Scan { spans: 0, invalid_ids: 0 }));
+        assert_eq!(
+            scan_request(&body),
+            Some(Scan {
+                spans: 2,
+                invalid_ids: 0
+            })
+        );
+        assert_eq!(
+            scan_request(&[]),
+            Some(Scan {
+                spans: 0,
+                invalid_ids: 0
+            })
+        );
     }
 
     #[test]
@@ -242,17 +267,29 @@ mod tests {
         let mut zero = full_span("zero");
         zero.span_id = vec![0; 8];
         let body = request(vec![short, zero, full_span("ok")]).encode_to_vec();
-        assert_eq!(scan_request(&body), Some(Scan { spans: 3, invalid_ids: 2 }));
+        assert_eq!(
+            scan_request(&body),
+            Some(Scan {
+                spans: 3,
+                invalid_ids: 2
+            })
+        );
     }
 
     #[test]
     fn invalid_utf8_and_truncation_are_refused() {
         let body = request(vec![full_span("nbmf.write")]).encode_to_vec();
-        let at = body.windows(10).position(|w| w == b"nbmf.write").expect("name in body");
+        let at = body
+            .windows(10)
+            .position(|w| w == b"nbmf.write")
+            .expect("name in body");
         let mut bad = body.clone();
         bad[at] = 0xff;
         assert_eq!(scan_request(&bad), None);
-        assert!(ExportTraceServiceRequest::decode(&bad[..]).is_err(), "prost agrees");
+        assert!(
+            ExportTraceServiceRequest::decode(&bad[..]).is_err(),
+            "prost agrees"
+        );
         assert_eq!(scan_request(&body[..body.len() - 1]), None);
     }
 

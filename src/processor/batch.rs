@@ -2,6 +2,7 @@
 //!
 //! It is pure: the pipeline task decides when the timeout has passed and calls [`Batcher::flush`].
 
+use bytes::Bytes;
 use prost::Message;
 
 use crate::otlp::{ResourceSpans, ScopeSpans, SpanBatch};
@@ -36,10 +37,38 @@ impl Batcher {
     /// Adds `batch`; returns the batches that became full, in order.
     pub fn push(&mut self, batch: SpanBatch) -> Vec<SpanBatch> {
         let mut full = Vec::new();
-        for resource_spans in batch.resource_spans {
+        let (encoded, decoded) = batch.into_parts();
+        for (body, spans) in encoded {
+            self.push_encoded(body, spans, &mut full);
+        }
+        for resource_spans in decoded {
             self.push_resource_spans(resource_spans, &mut full);
         }
         full
+    }
+
+    /// Encoded requests join the batch as they are; only one too large for a batch on
+    /// its own is decoded, to be split.
+    fn push_encoded(&mut self, body: Bytes, spans: usize, full: &mut Vec<SpanBatch>) {
+        if spans == 0 {
+            return;
+        }
+        let bytes = body.len();
+        if !self.fits(spans, bytes) {
+            full.extend(self.flush());
+        }
+        if self.fits(spans, bytes) {
+            self.pending_spans += spans;
+            self.pending_bytes += bytes;
+            self.pending.push_encoded(body, spans);
+            return;
+        }
+        for rs in SpanBatch::from_encoded(body, spans)
+            .into_request()
+            .resource_spans
+        {
+            self.push_resource_spans(rs, full);
+        }
     }
 
     /// Takes whatever is waiting, if anything.
@@ -114,7 +143,8 @@ impl Batcher {
     fn append(&mut self, rs: ResourceSpans, spans: usize, bytes: usize) {
         self.pending_spans += spans;
         self.pending_bytes += bytes;
-        if let Some(last) = self.pending.resource_spans.last_mut() {
+        let decoded = self.pending.decoded_mut();
+        if let Some(last) = decoded.last_mut() {
             if last.resource == rs.resource && last.schema_url == rs.schema_url {
                 for ss in rs.scope_spans {
                     match last.scope_spans.last_mut() {
@@ -129,7 +159,7 @@ impl Batcher {
                 return;
             }
         }
-        self.pending.resource_spans.push(rs);
+        decoded.push(rs);
     }
 }
 
@@ -171,7 +201,7 @@ mod tests {
     fn flatten(batches: &[SpanBatch]) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for batch in batches {
-            for rs in &batch.resource_spans {
+            for rs in &batch.clone().into_request().resource_spans {
                 let service = format!("{:?}", rs.resource);
                 for ss in &rs.scope_spans {
                     assert!(ss.scope.is_some(), "a split piece lost its scope");
@@ -188,15 +218,13 @@ mod tests {
     fn a_large_request_is_split_at_max_spans_and_keeps_its_resource() {
         let names: Vec<String> = (0..25).map(|i| format!("span-{i}")).collect();
         let mut batcher = Batcher::new(10, usize::MAX);
-        let mut out = batcher.push(SpanBatch {
-            resource_spans: vec![resource_spans("council", &names)],
-        });
+        let mut out = batcher.push(SpanBatch::new(vec![resource_spans("council", &names)]));
         out.extend(batcher.flush());
         let sizes: Vec<usize> = out.iter().map(SpanBatch::span_count).collect();
         assert_eq!(sizes, vec![10, 10, 5]);
-        for batch in &out {
+        for batch in out {
             assert_eq!(
-                batch.resource_spans.len(),
+                batch.into_request().resource_spans.len(),
                 1,
                 "pieces of one resource merge back"
             );
@@ -208,9 +236,7 @@ mod tests {
         let mut batcher = Batcher::new(100, usize::MAX);
         assert!(
             batcher
-                .push(SpanBatch {
-                    resource_spans: vec![resource_spans("a", &["x".into()])],
-                })
+                .push(SpanBatch::new(vec![resource_spans("a", &["x".into()])]))
                 .is_empty()
         );
         assert!(!batcher.is_empty());
@@ -223,24 +249,35 @@ mod tests {
         #[test]
         fn batching_preserves_spans_and_respects_limits(
             requests in prop::collection::vec(
-                (0usize..3, prop::collection::vec("[a-z]{1,40}", 0..30)), 0..12),
+                (0usize..3, prop::collection::vec("[a-z]{1,40}", 0..30), any::<bool>()), 0..12),
             max_spans in 1usize..40,
             max_bytes in 64usize..4096,
         ) {
             let mut batcher = Batcher::new(max_spans, max_bytes);
             let mut input = Vec::new();
             let mut out = Vec::new();
-            for (service, names) in &requests {
-                let batch = SpanBatch { resource_spans: vec![resource_spans(&format!("svc{service}"), names)] };
+            for (service, names, encoded) in &requests {
+                let rs = resource_spans(&format!("svc{service}"), names);
+                // Requests arrive encoded (protobuf) or decoded (JSON); both kinds mix.
+                let batch = if *encoded {
+                    let body = SpanBatch::new(vec![rs]).into_request().encode_to_vec();
+                    SpanBatch::from_encoded(body.into(), names.len())
+                } else {
+                    SpanBatch::new(vec![rs])
+                };
                 input.extend(flatten(std::slice::from_ref(&batch)));
                 out.extend(batcher.push(batch));
             }
             out.extend(batcher.flush());
-            prop_assert_eq!(flatten(&out), input);
+            // The order of resource spans in a request means nothing; their spans must all be there once.
+            let (mut got, mut want) = (flatten(&out), input);
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want);
             for batch in &out {
                 let spans = batch.span_count();
                 prop_assert!(spans >= 1 && spans <= max_spans);
-                let bytes: usize = batch.resource_spans.iter().map(Message::encoded_len).sum();
+                let bytes = batch.encoded_len();
                 // A batch goes over max_bytes only when it is a single span.
                 prop_assert!(bytes <= max_bytes + 64 || spans == 1, "{} bytes in {} spans", bytes, spans);
             }

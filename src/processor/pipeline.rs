@@ -124,7 +124,7 @@ mod tests {
         }
 
         fn process(&mut self, batch: &mut SpanBatch) {
-            for rs in &mut batch.resource_spans {
+            for rs in batch.resource_spans_mut() {
                 for ss in &mut rs.scope_spans {
                     for span in &mut ss.spans {
                         span.name = span.name.to_uppercase();
@@ -135,21 +135,19 @@ mod tests {
     }
 
     fn batch(names: &[&str]) -> SpanBatch {
-        SpanBatch {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans: names
-                        .iter()
-                        .map(|n| Span {
-                            name: (*n).into(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
+        SpanBatch::new(vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: names
+                    .iter()
+                    .map(|n| Span {
+                        name: (*n).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
                 ..Default::default()
             }],
-        }
+            ..Default::default()
+        }])
     }
 
     #[tokio::test(start_paused = true)]

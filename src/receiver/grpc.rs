@@ -12,11 +12,11 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Intake, RETRY_AFTER, Refusal};
+use bytes::Bytes;
+
+use super::{Intake, IntakeError, RETRY_AFTER, Refusal};
 use crate::otlp::grpc_codec::OtlpCodec;
-use crate::otlp::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME,
-};
+use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME};
 use crate::telemetry::metrics::RefusalReason;
 
 const PROTOCOL: &str = "grpc";
@@ -59,21 +59,28 @@ impl NamedService for GrpcReceiver {
     const NAME: &'static str = TRACE_SERVICE_NAME;
 }
 
-impl UnaryService<ExportTraceServiceRequest> for Intake {
+impl UnaryService<Bytes> for Intake {
     type Response = ExportTraceServiceResponse;
     type Future = Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
 
-    fn call(&mut self, request: Request<ExportTraceServiceRequest>) -> Self::Future {
-        let answer = match self.accept(PROTOCOL, request.into_inner()) {
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let answer = match self.accept_encoded(PROTOCOL, request.into_inner()) {
             Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
                 partial_success,
             })),
-            Err(refusal @ Refusal::PipelineFull { .. }) => Err(Status::with_error_details(
-                Code::Unavailable,
-                refusal.to_string(),
-                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-            )),
-            Err(refusal @ Refusal::ShuttingDown { .. }) => {
+            Err(error @ IntakeError::Undecodable(_)) => {
+                self.metrics()
+                    .refused_request(PROTOCOL, RefusalReason::Undecodable);
+                Err(Status::invalid_argument(error.to_string()))
+            }
+            Err(IntakeError::Refused(refusal @ Refusal::PipelineFull { .. })) => {
+                Err(Status::with_error_details(
+                    Code::Unavailable,
+                    refusal.to_string(),
+                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+                ))
+            }
+            Err(IntakeError::Refused(refusal @ Refusal::ShuttingDown { .. })) => {
                 Err(Status::unavailable(refusal.to_string()))
             }
         };
@@ -103,12 +110,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcReceiver {
         let intake = self.intake.clone();
         let limit = self.max_request_size;
         Box::pin(async move {
-            let mut grpc = Grpc::new(OtlpCodec::<
-                ExportTraceServiceResponse,
-                ExportTraceServiceRequest,
-            >::default())
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(limit);
+            let mut grpc = Grpc::new(OtlpCodec::<ExportTraceServiceResponse, Bytes>::default())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit);
             let response = grpc.unary(intake.clone(), request).await;
             Ok(relabel_refusals(response, &intake, limit))
         })
@@ -137,7 +141,8 @@ fn relabel_refusals(
             ))
             .into_http()
         }
-        Code::InvalidArgument | Code::Internal => {
+        // tonic says INTERNAL for a body that does not gunzip: bad input, not a server fault.
+        Code::Internal => {
             intake
                 .metrics()
                 .refused_request(PROTOCOL, RefusalReason::Undecodable);

@@ -16,8 +16,8 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{Intake, RETRY_AFTER as RETRY_DELAY, Refusal};
-use crate::otlp::{ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus, json};
+use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal};
+use crate::otlp::{ExportTraceServiceResponse, RpcStatus, json};
 use crate::telemetry::metrics::RefusalReason;
 
 const PROTOCOL: &str = "http";
@@ -88,11 +88,12 @@ enum Format {
     Json,
 }
 
-/// A refused request: its HTTP status, why, and the counter reason.
+/// A refused request: its HTTP status, why, the counter reason, and when to retry.
 struct Rejection {
     status: StatusCode,
     message: String,
     reason: RefusalReason,
+    retry_after: Option<u64>,
 }
 
 impl Rejection {
@@ -101,6 +102,25 @@ impl Rejection {
             status,
             message: message.into(),
             reason,
+            retry_after: None,
+        }
+    }
+
+    /// The pipeline could not take the request: retry later.
+    fn refused(refusal: Refusal) -> Self {
+        let (status, reason) = match refusal {
+            Refusal::PipelineFull { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, RefusalReason::PipelineFull)
+            }
+            Refusal::ShuttingDown { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, RefusalReason::ShuttingDown)
+            }
+        };
+        Self {
+            status,
+            message: refusal.to_string(),
+            reason,
+            retry_after: Some(RETRY_DELAY.as_secs()),
         }
     }
 }
@@ -117,20 +137,34 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
             return plain(rejection.status, rejection.message);
         }
     };
-    let decoded = read_body(&parts.headers, body, receiver.max_request_size)
-        .await
-        .and_then(|bytes| decode(format, &bytes));
-    let request = match decoded {
-        Ok(request) => request,
-        Err(rejection) => {
-            receiver
+    let accepted = match read_body(&parts.headers, body, receiver.max_request_size).await {
+        Err(rejection) => Err(rejection),
+        Ok(bytes) => match format {
+            Format::Protobuf => receiver
                 .intake
-                .metrics()
-                .refused_request(PROTOCOL, rejection.reason);
-            return status_response(format, rejection.status, rejection.message, None);
-        }
+                .accept_encoded(PROTOCOL, bytes)
+                .map_err(|error| match error {
+                    IntakeError::Undecodable(_) => Rejection::new(
+                        StatusCode::BAD_REQUEST,
+                        RefusalReason::Undecodable,
+                        error.to_string(),
+                    ),
+                    IntakeError::Refused(refusal) => Rejection::refused(refusal),
+                }),
+            Format::Json => match json::decode_request(&bytes) {
+                Ok(request) => receiver
+                    .intake
+                    .accept(PROTOCOL, request)
+                    .map_err(Rejection::refused),
+                Err(e) => Err(Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    RefusalReason::Undecodable,
+                    format!("body is not a valid OTLP/JSON request: {e}"),
+                )),
+            },
+        },
     };
-    match receiver.intake.accept(PROTOCOL, request) {
+    match accepted {
         Ok(partial_success) => {
             let response = ExportTraceServiceResponse { partial_success };
             let body = match format {
@@ -139,16 +173,19 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
             };
             ([(CONTENT_TYPE, content_type(format))], body).into_response()
         }
-        Err(refusal) => {
-            let status = match refusal {
-                Refusal::PipelineFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-                Refusal::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            };
+        Err(rejection) => {
+            // Refusals were counted per span by the intake; the rest per request here.
+            if rejection.retry_after.is_none() {
+                receiver
+                    .intake
+                    .metrics()
+                    .refused_request(PROTOCOL, rejection.reason);
+            }
             status_response(
                 format,
-                status,
-                refusal.to_string(),
-                Some(RETRY_DELAY.as_secs()),
+                rejection.status,
+                rejection.message,
+                rejection.retry_after,
             )
         }
     }
@@ -239,21 +276,6 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
                 "Content-Encoding {encoding:?} is not supported; send gzip or an uncompressed body"
             ),
         ))
-    }
-}
-
-fn decode(format: Format, body: &[u8]) -> Result<ExportTraceServiceRequest, Rejection> {
-    let undecodable = |message: String| {
-        Rejection::new(StatusCode::BAD_REQUEST, RefusalReason::Undecodable, message)
-    };
-    match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(body).map_err(|e| {
-            undecodable(format!(
-                "body is not a valid OTLP protobuf ExportTraceServiceRequest: {e}"
-            ))
-        }),
-        Format::Json => json::decode_request(body)
-            .map_err(|e| undecodable(format!("body is not a valid OTLP/JSON request: {e}"))),
     }
 }
 

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch};
+use bytes::Bytes;
+use prost::Message;
+
+use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::RefusalReason;
 
@@ -71,14 +74,38 @@ impl Intake {
                 error_message: message,
             }
         });
+        self.queue(protocol, batch).map(|()| partial)
+    }
+
+    /// Validates and queues an encoded request, keeping its bytes when it is well formed
+    /// and every span valid (the common case), decoding it otherwise.
+    pub fn accept_encoded(
+        &self,
+        protocol: &'static str,
+        body: Bytes,
+    ) -> Result<Option<ExportTracePartialSuccess>, IntakeError> {
+        match wire::scan_request(&body) {
+            Some(scan) if scan.invalid_ids == 0 => Ok(self
+                .queue(protocol, SpanBatch::from_encoded(body, scan.spans))
+                .map(|()| None)?),
+            // Invalid spans to filter out, or a body prost must judge (and name the problem of).
+            _ => {
+                let request =
+                    ExportTraceServiceRequest::decode(body).map_err(IntakeError::Undecodable)?;
+                Ok(self.accept(protocol, request)?)
+            }
+        }
+    }
+
+    fn queue(&self, protocol: &'static str, batch: SpanBatch) -> Result<(), Refusal> {
         let spans = batch.span_count();
         if spans == 0 {
-            return Ok(partial);
+            return Ok(());
         }
         match self.tx.try_send(batch) {
             Ok(()) => {
                 self.metrics.received(protocol, spans as u64);
-                Ok(partial)
+                Ok(())
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics
@@ -94,16 +121,24 @@ impl Intake {
     }
 }
 
+/// Why an encoded request was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The body is not an OTLP protobuf request.
+    #[error("body is not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
+    Undecodable(prost::DecodeError),
+    /// The pipeline cannot take it now.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
 /// Removes spans no backend would accept (trace id not 16 bytes, span id not 8 bytes,
 /// or all zero) and returns how many went and why, for the partial-success answer.
 fn reject_invalid_spans(batch: &mut SpanBatch) -> Option<(usize, String)> {
     let mut rejected = 0;
     let mut first_reason = None;
-    for scope_spans in batch
-        .resource_spans
-        .iter_mut()
-        .flat_map(|rs| &mut rs.scope_spans)
-    {
+    let resource_spans = batch.resource_spans_mut();
+    for scope_spans in resource_spans.iter_mut().flat_map(|rs| &mut rs.scope_spans) {
         scope_spans.spans.retain(|span| {
             let problem = id_problem("trace_id", &span.trace_id, 16)
                 .or_else(|| id_problem("span_id", &span.span_id, 8));
@@ -118,10 +153,10 @@ fn reject_invalid_spans(batch: &mut SpanBatch) -> Option<(usize, String)> {
         });
     }
     // Forwarders should not create empty envelopes.
-    for rs in &mut batch.resource_spans {
+    for rs in resource_spans.iter_mut() {
         rs.scope_spans.retain(|ss| !ss.spans.is_empty());
     }
-    batch.resource_spans.retain(|rs| !rs.scope_spans.is_empty());
+    resource_spans.retain(|rs| !rs.scope_spans.is_empty());
     first_reason.map(|reason| {
         (
             rejected,
@@ -208,6 +243,46 @@ mod tests {
         assert!(intake.metrics().render().contains(
             "daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"pipeline_full\"} 1"
         ));
+    }
+
+    #[test]
+    fn encoded_requests_stay_encoded_unless_a_span_is_invalid() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let intake = Intake::new(tx, Arc::default());
+        let good = request(vec![
+            span("a", vec![1; 16], vec![2; 8]),
+            span("b", vec![1; 16], vec![3; 8]),
+        ]);
+        let body = Bytes::from(good.encode_to_vec());
+        assert_eq!(intake.accept_encoded("grpc", body.clone()).ok(), Some(None));
+        let queued = rx.try_recv().expect("queued");
+        assert_eq!(
+            queued,
+            SpanBatch::from_encoded(body, 2),
+            "forwarded as it came"
+        );
+
+        let mixed = request(vec![
+            span("a", vec![1; 16], vec![2; 8]),
+            span("bad", vec![1; 3], vec![2; 8]),
+        ]);
+        let partial = intake
+            .accept_encoded("grpc", Bytes::from(mixed.encode_to_vec()))
+            .expect("accepted")
+            .expect("partial success");
+        assert_eq!(partial.rejected_spans, 1);
+        assert_eq!(
+            rx.try_recv().expect("queued").into_request().resource_spans[0].scope_spans[0]
+                .spans
+                .len(),
+            1
+        );
+
+        let error = intake.accept_encoded("grpc", Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]));
+        assert!(
+            matches!(error, Err(IntakeError::Undecodable(_))),
+            "{error:?}"
+        );
     }
 
     #[test]
