@@ -26,6 +26,9 @@ fn stages(c: &mut Criterion) {
     group.bench_function("decode_protobuf", |b| {
         b.iter(|| ExportTraceServiceRequest::decode(black_box(&encoded[..])).expect("decodes"))
     });
+    group.bench_function("scan_protobuf (validate without decoding)", |b| {
+        b.iter(|| daena_trace_agent::otlp::wire::scan_request(black_box(&encoded)).expect("valid"))
+    });
     group.bench_function("decode_json", |b| {
         b.iter(|| json::decode_request(black_box(&json_body)).expect("decodes"))
     });

@@ -17,6 +17,7 @@ use crate::otlp::SpanBatch;
 pub trait Processor: Send + 'static {
     /// Stable name, used as the `processor` label in logs and metrics.
     fn name(&self) -> &'static str;
-    /// Mutates, filters or drops spans of `batch` in place.
+    /// Mutates, filters or drops spans of `batch` in place, through
+    /// [`SpanBatch::resource_spans_mut`], which decodes spans that are still encoded.
     fn process(&mut self, batch: &mut SpanBatch);
 }
