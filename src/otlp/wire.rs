@@ -100,8 +100,22 @@ fn field(message: Msg, number: u64) -> Field {
 /// prost refuses messages nested deeper than this.
 const MAX_DEPTH: usize = 100;
 
+/// Reads a varint as prost does (at most 10 bytes, the 10th at most 1), inlined for
+/// slices: the generic reader over `Buf` was a sixth of the agent's time.
+#[inline]
 fn varint(buf: &mut &[u8]) -> Option<u64> {
-    prost::encoding::decode_varint(buf).ok()
+    let mut value = 0u64;
+    for (i, &byte) in buf.iter().take(10).enumerate() {
+        if i == 9 && byte > 1 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            *buf = &buf[i + 1..];
+            return Some(value);
+        }
+    }
+    None
 }
 
 fn take<'a>(buf: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
@@ -258,6 +272,21 @@ mod tests {
                 invalid_ids: 0
             })
         );
+    }
+
+    #[test]
+    fn varints_read_as_prost_reads_them() {
+        for value in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut encoded = Vec::new();
+            prost::encoding::encode_varint(value, &mut encoded);
+            let mut slice = &encoded[..];
+            assert_eq!(varint(&mut slice), Some(value));
+            assert!(slice.is_empty());
+        }
+        let overflow = [0xff; 10];
+        assert_eq!(varint(&mut &overflow[..]), None);
+        assert!(prost::encoding::decode_varint(&mut &overflow[..]).is_err());
+        assert_eq!(varint(&mut &[0x80][..]), None, "truncated");
     }
 
     #[test]
