@@ -144,29 +144,19 @@ impl Agent {
         let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
         if let (Some(listener), Some(receiver)) = (grpc, &config.receivers.otlp.grpc) {
             let server = GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
-            let stop = stop_receivers.clone();
-            servers.spawn(async move {
-                (
-                    "OTLP/gRPC",
-                    server
-                        .serve(listener, stop)
-                        .await
-                        .map_err(|e| e.to_string()),
-                )
-            });
+            spawn_server(
+                &mut servers,
+                "OTLP/gRPC",
+                server.serve(listener, stop_receivers.clone()),
+            );
         }
         if let (Some(listener), Some(receiver)) = (http, &config.receivers.otlp.http) {
             let server = HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
-            let stop = stop_receivers.clone();
-            servers.spawn(async move {
-                (
-                    "OTLP/HTTP",
-                    server
-                        .serve(listener, stop)
-                        .await
-                        .map_err(|e| e.to_string()),
-                )
-            });
+            spawn_server(
+                &mut servers,
+                "OTLP/HTTP",
+                server.serve(listener, stop_receivers.clone()),
+            );
         }
         // Only the receivers may hold the pipeline's sender: when they stop, it closes.
         drop(intake);
@@ -237,6 +227,15 @@ async fn listen(key: &'static str, endpoint: &str) -> Result<TcpListener, AppErr
             endpoint: endpoint.to_owned(),
             source,
         })
+}
+
+/// Runs a receiver's server in `servers` under `name`, its error as text.
+fn spawn_server<E: std::fmt::Display>(
+    servers: &mut JoinSet<(&'static str, Result<(), String>)>,
+    name: &'static str,
+    serve: impl Future<Output = Result<(), E>> + Send + 'static,
+) {
+    servers.spawn(async move { (name, serve.await.map_err(|e| e.to_string())) });
 }
 
 /// Waits for the shutdown signal, or for a server to fail (which also means shutting down).

@@ -157,3 +157,17 @@ pub fn key_value(key: impl Into<String>, value: Value) -> KeyValue {
         ..Default::default()
     }
 }
+
+/// A request of one resource and one scope holding `spans`, for tests.
+#[cfg(test)]
+pub(crate) fn request_of(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

@@ -199,21 +199,11 @@ mod tests {
 
     use super::*;
     use crate::otlp::{
-        ArrayValue, Event, ExportTraceServiceRequest, KeyValueList, Link, ResourceSpans,
-        ScopeSpans, Span, Status, Value, key_value,
+        ArrayValue, Event, ExportTraceServiceRequest, KeyValueList, Link, Span, Status, Value,
+        key_value,
     };
 
-    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-    }
+    use crate::otlp::request_of as request;
 
     fn full_span(name: &str) -> Span {
         Span {

@@ -180,7 +180,7 @@ fn id_problem(field: &str, id: &[u8], len: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::{ResourceSpans, ScopeSpans, Span};
+    use crate::otlp::Span;
 
     fn span(name: &str, trace_id: Vec<u8>, span_id: Vec<u8>) -> Span {
         Span {
@@ -191,17 +191,7 @@ mod tests {
         }
     }
 
-    fn request(spans: Vec<Span>) -> ExportTraceServiceRequest {
-        ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        }
-    }
+    use crate::otlp::request_of as request;
 
     #[test]
     fn invalid_ids_are_reported_as_partial_success_and_the_rest_is_queued() {
