@@ -7,6 +7,7 @@ use std::sync::Arc;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
@@ -223,7 +224,7 @@ fn roots(tls: &TlsConfig) -> Result<RootCertStore, String> {
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
     if certs.is_empty() {
@@ -234,9 +235,8 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, St
 
 fn read_key(path: &std::path::Path) -> Result<PrivateKeyDer<'static>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    rustls_pemfile::private_key(&mut &pem[..])
-        .map_err(|e| format!("{} is not a PEM key file: {e}", path.display()))?
-        .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{} holds no usable PEM private key: {e}", path.display()))
 }
 
 /// `insecure_skip_verify: true`: accepts any server certificate but still checks the
