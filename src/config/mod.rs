@@ -506,13 +506,14 @@ impl Config {
                 ));
             }
         }
-        if let [(_, _, a, _), (_, _, b, _)] = listening[..] {
-            if a == b && a.port() != 0 {
-                errors.push(ConfigError::new(
-                    "receivers.otlp.http.endpoint",
-                    format!("{a} is also the gRPC receiver's address; give each its own port"),
-                ));
-            }
+        if let [(_, _, a, _), (_, _, b, _)] = listening[..]
+            && a == b
+            && a.port() != 0
+        {
+            errors.push(ConfigError::new(
+                "receivers.otlp.http.endpoint",
+                format!("{a} is also the gRPC receiver's address; give each its own port"),
+            ));
         }
         if self.batch.max_spans == 0 {
             errors.push(ConfigError::new(
@@ -548,10 +549,10 @@ impl Config {
                 ),
             ));
         }
-        if let Some(endpoint) = &self.telemetry.endpoint {
-            if let Err(message) = parse_listen_addr(endpoint) {
-                errors.push(ConfigError::new("telemetry.endpoint", message));
-            }
+        if let Some(endpoint) = &self.telemetry.endpoint
+            && let Err(message) = parse_listen_addr(endpoint)
+        {
+            errors.push(ConfigError::new("telemetry.endpoint", message));
         }
         for (name, exporter) in &self.exporters {
             validate_exporter(
@@ -694,13 +695,13 @@ fn validate_exporter(
         ("cert_file", &tls.cert_file),
         ("key_file", &tls.key_file),
     ] {
-        if let Some(file) = file {
-            if let Err(e) = std::fs::File::open(file) {
-                errors.push(ConfigError::new(
-                    format!("{key}.tls.{field}"),
-                    format!("cannot read {}: {e}", file.display()),
-                ));
-            }
+        if let Some(file) = file
+            && let Err(e) = std::fs::File::open(file)
+        {
+            errors.push(ConfigError::new(
+                format!("{key}.tls.{field}"),
+                format!("cannot read {}: {e}", file.display()),
+            ));
         }
     }
     if exporter.timeout.is_zero() {

@@ -51,7 +51,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let exact = UNITS[..3]
             .iter()
-            .find(|(_, m)| self.0 >= *m && self.0 % m == 0);
+            .find(|(_, m)| self.0 >= *m && self.0.is_multiple_of(*m));
         match exact {
             Some((name, m)) => write!(f, "{}{name}", self.0 / m),
             None => write!(f, "{}", self.0),
@@ -122,7 +122,7 @@ pub fn format_duration(d: Duration) -> String {
         ("ms", 1_000_000),
         ("us", 1_000),
     ] {
-        if nanos >= size && nanos % size == 0 {
+        if nanos >= size && nanos.is_multiple_of(size) {
             return format!("{}{unit}", nanos / size);
         }
     }

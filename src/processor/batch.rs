@@ -144,20 +144,21 @@ impl Batcher {
         self.pending_spans += spans;
         self.pending_bytes += bytes;
         let decoded = self.pending.decoded_mut();
-        if let Some(last) = decoded.last_mut() {
-            if last.resource == rs.resource && last.schema_url == rs.schema_url {
-                for ss in rs.scope_spans {
-                    match last.scope_spans.last_mut() {
-                        Some(last_ss)
-                            if last_ss.scope == ss.scope && last_ss.schema_url == ss.schema_url =>
-                        {
-                            last_ss.spans.extend(ss.spans);
-                        }
-                        _ => last.scope_spans.push(ss),
+        if let Some(last) = decoded.last_mut()
+            && last.resource == rs.resource
+            && last.schema_url == rs.schema_url
+        {
+            for ss in rs.scope_spans {
+                match last.scope_spans.last_mut() {
+                    Some(last_ss)
+                        if last_ss.scope == ss.scope && last_ss.schema_url == ss.schema_url =>
+                    {
+                        last_ss.spans.extend(ss.spans);
                     }
+                    _ => last.scope_spans.push(ss),
                 }
-                return;
             }
+            return;
         }
         decoded.push(rs);
     }
