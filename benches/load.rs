@@ -9,6 +9,7 @@
 //! CPU-seconds per million spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
 //! idle RSS, client latency p50/p99 at a fixed 20K spans/s and at saturation, and
 //! refusals. The `baseline` scenario sends straight to the sink: the harness's ceiling.
+//! The agent gets an empty environment except `MALLOC_*` variables, for allocator experiments.
 
 #[path = "support/traffic.rs"]
 mod traffic;
@@ -663,6 +664,7 @@ impl AgentProcess {
             .arg("--log-level")
             .arg("info")
             .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

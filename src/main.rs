@@ -7,5 +7,6 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    cli::limit_malloc_arenas();
     cli::Cli::parse().execute()
 }

@@ -316,7 +316,7 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            max_batches: 16,
+            max_batches: 8,
             workers: 4,
         }
     }
@@ -339,7 +339,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_spans: 8192,
-            max_bytes: ByteSize(4 << 20),
+            max_bytes: ByteSize(1 << 20),
             timeout: Duration::from_millis(200),
         }
     }

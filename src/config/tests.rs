@@ -37,7 +37,7 @@ fn an_empty_file_means_every_default_and_the_console() {
         config.batch,
         BatchConfig {
             max_spans: 8192,
-            max_bytes: ByteSize(4 << 20),
+            max_bytes: ByteSize(1 << 20),
             timeout: Duration::from_millis(200)
         }
     );
