@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, parse_listen_addr};
 use crate::exporter::{self, ExporterHandle};
-use crate::processor::{Batcher, Pipeline};
+use crate::processor::{self, Batcher, Pipeline};
 use crate::receiver::Intake;
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
@@ -135,8 +135,14 @@ impl Agent {
 
         let (tx, rx) = mpsc::channel(config.pipeline.max_pending_requests.max(1));
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
-        let pipeline =
-            tokio::spawn(Pipeline::new(Vec::new(), batcher, config.batch.timeout, handles).run(rx));
+        let processors = processor::build(
+            &config.processors,
+            |name| std::env::var(name).ok(),
+            &metrics,
+        );
+        let pipeline = tokio::spawn(
+            Pipeline::new(processors, batcher, config.batch.timeout, handles).run(rx),
+        );
 
         let intake = Intake::new(tx, Arc::clone(&metrics));
         let stop_receivers = CancellationToken::new();

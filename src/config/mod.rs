@@ -3,6 +3,7 @@
 
 mod env;
 mod interpolate;
+mod processors;
 pub mod units;
 mod yaml;
 
@@ -15,6 +16,9 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+pub use processors::{
+    DaenaConfig, LimitsConfig, MIN_VALUE_LENGTH, ProcessorsConfig, RedactConfig,
+};
 pub use units::ByteSize;
 
 /// The whole config file; every key is optional.
@@ -25,6 +29,8 @@ pub struct Config {
     pub receivers: ReceiversConfig,
     /// Where spans go, by name; filled from `OTEL_EXPORTER_OTLP_*` when empty.
     pub exporters: BTreeMap<String, ExporterConfig>,
+    /// The stages every span goes through: Daena schema, redaction, limits.
+    pub processors: ProcessorsConfig,
     /// How spans are grouped for export.
     pub batch: BatchConfig,
     /// The queue between the receivers and the pipeline task.
@@ -41,6 +47,7 @@ impl Default for Config {
         Self {
             receivers: ReceiversConfig::default(),
             exporters: BTreeMap::new(),
+            processors: ProcessorsConfig::default(),
             batch: BatchConfig::default(),
             pipeline: PipelineConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -554,6 +561,7 @@ impl Config {
         {
             errors.push(ConfigError::new("telemetry.endpoint", message));
         }
+        self.processors.validate(&mut errors);
         for (name, exporter) in &self.exporters {
             validate_exporter(
                 &format!("exporters.{name}"),

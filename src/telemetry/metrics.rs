@@ -42,6 +42,18 @@ struct DropLabels {
     reason: &'static str,
 }
 
+/// Labels of a counter keyed by a static name (schema key, redaction kind, limit).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key: &'static str,
+}
+
+/// Labels of a counter keyed by what was done.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 /// Why a receiver refused spans or a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusalReason {
@@ -105,6 +117,9 @@ pub struct Metrics {
     exported_spans: Family<ExporterLabels, Counter>,
     export_failures: Family<FailureLabels, Counter>,
     dropped_spans: Family<DropLabels, Counter>,
+    schema_errors: Family<KeyLabels, Counter>,
+    redactions: Family<KindLabels, Counter>,
+    limits_applied: Family<KindLabels, Counter>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
     dropped_totals: [AtomicU64; 4],
 }
@@ -118,6 +133,9 @@ impl Default for Metrics {
         let exported_spans = Family::default();
         let export_failures = Family::default();
         let dropped_spans = Family::default();
+        let schema_errors = Family::default();
+        let redactions = Family::default();
+        let limits_applied = Family::default();
         registry.register(
             "spans_received",
             "Spans a receiver accepted and handed to the pipeline",
@@ -148,6 +166,21 @@ impl Default for Metrics {
             "Spans a stage dropped after accepting them, by reason",
             dropped_spans.clone(),
         );
+        registry.register(
+            "schema_errors",
+            "Daena attribute values that could not be normalised (kept as sent), by canonical key",
+            schema_errors.clone(),
+        );
+        registry.register(
+            "redactions",
+            "Attribute values redacted, by kind (key, bearer_token, api_key, email)",
+            redactions.clone(),
+        );
+        registry.register(
+            "limits_applied",
+            "Things cut by processors.limits, by kind (attributes, events, links, values truncated)",
+            limits_applied.clone(),
+        );
         Self {
             registry,
             received_spans,
@@ -156,6 +189,9 @@ impl Default for Metrics {
             exported_spans,
             export_failures,
             dropped_spans,
+            schema_errors,
+            redactions,
+            limits_applied,
             dropped_totals: Default::default(),
         }
     }
@@ -219,6 +255,23 @@ impl Metrics {
     /// Spans dropped for `reason`, summed over every exporter.
     pub fn dropped_total(&self, reason: DropReason) -> u64 {
         self.dropped_totals[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts Daena attribute values of `key` that could not be normalised.
+    pub fn schema_errors(&self, key: &'static str, count: u64) {
+        self.schema_errors.get_or_create(&KeyLabels { key }).inc_by(count);
+    }
+
+    /// Counts redacted values of one kind.
+    pub fn redacted(&self, kind: &'static str, count: u64) {
+        self.redactions.get_or_create(&KindLabels { kind }).inc_by(count);
+    }
+
+    /// Counts attributes, events or links cut, or values truncated.
+    pub fn limited(&self, kind: &'static str, count: u64) {
+        self.limits_applied
+            .get_or_create(&KindLabels { kind })
+            .inc_by(count);
     }
 
     /// The counters in the Prometheus text exposition format.

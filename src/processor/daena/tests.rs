@@ -1,0 +1,340 @@
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::otlp::{Event, Link, ResourceSpans, ScopeSpans, Status};
+
+fn s(text: &str) -> Value {
+    Value::StringValue(text.into())
+}
+
+fn stage(config: &DaenaConfig) -> DaenaProcessor {
+    DaenaProcessor::new(config, |_| None, Arc::new(Metrics::default()))
+}
+
+fn span_with(name: &str, attributes: &[(&str, Value)]) -> Span {
+    Span {
+        name: name.into(),
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        attributes: attributes.iter().map(|(k, v)| key_value(*k, v.clone())).collect(),
+        ..Default::default()
+    }
+}
+
+/// The span's attributes as a map, so tables need not care about order.
+fn attributes(span: &Span) -> BTreeMap<String, Option<Value>> {
+    let map: BTreeMap<_, _> = span
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().and_then(|v| v.value)))
+        .collect();
+    assert_eq!(map.len(), span.attributes.len(), "duplicate keys in {:?}", span.attributes);
+    map
+}
+
+fn expect(pairs: &[(&str, Value)]) -> BTreeMap<String, Option<Value>> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), Some(v.clone()))).collect()
+}
+
+fn errors(keys: &[&str]) -> Value {
+    Value::ArrayValue(ArrayValue {
+        values: keys.iter().map(|k| AnyValue { value: Some(s(k)) }).collect(),
+    })
+}
+
+fn run(name: &str, input: &[(&str, Value)]) -> BTreeMap<String, Option<Value>> {
+    let mut span = span_with(name, input);
+    stage(&DaenaConfig { semconv_mirror: false, ..DaenaConfig::default() }).normalise_span(&mut span);
+    attributes(&span)
+}
+
+#[test]
+fn keys_are_normalised_and_the_canonical_key_wins() {
+    let table: &[(&[(&str, Value)], &[(&str, Value)])] = &[
+        (&[("Council_Phase", s("debate"))], &[("council.phase", s("debate"))]),
+        (&[("council-phase", s("debate"))], &[("council.phase", s("debate"))]),
+        (&[("council.Phase", s("debate"))], &[("council.phase", s("debate"))]),
+        (&[("LLM.Cost", Value::DoubleValue(0.5))], &[("llm.cost_usd", Value::DoubleValue(0.5))]),
+        (
+            &[("COUNCIL_PHASE", s("scout")), ("council.phase", s("commit")), ("council-phase", s("debate"))],
+            &[("council.phase", s("commit"))],
+        ),
+        (&[("Council_Phase", s("scout")), ("council-phase", s("debate"))], &[("council.phase", s("scout"))]),
+        (&[("council.topic", s("x"))], &[("council.topic", s("x"))]),
+    ];
+    for (input, output) in table {
+        let mut want = expect(output);
+        want.insert(COMPONENT.into(), Some(s("council")));
+        if output[0].0.starts_with("llm") {
+            want.insert(COMPONENT.into(), Some(s("llm")));
+        }
+        assert_eq!(run("op", input), want, "{input:?}");
+    }
+}
+
+#[test]
+fn values_are_normalised_per_key() {
+    let int = Value::IntValue;
+    let bool_ = Value::BoolValue;
+    let double = Value::DoubleValue;
+    let table: &[(&str, Value, Value)] = &[
+        ("council.phase", s("Scout"), s("scout")),
+        ("council.phase", s("scout "), s("scout")),
+        ("council.phase", s("SCOUT"), s("scout")),
+        ("message_bus.operation", s(" Publish"), s("publish")),
+        ("nbmf.operation", s("WRITE"), s("write")),
+        ("nbmf.tier", s("L1"), s("l1")),
+        ("nbmf.tier", s("l2"), s("l2")),
+        ("nbmf.tier", s("3"), s("l3")),
+        ("nbmf.tier", int(1), s("l1")),
+        ("nbmf.tier", s("tier1"), s("l1")),
+        ("nbmf.tier", s("Tier2"), s("l2")),
+        ("llm.cas_hit", s("True"), bool_(true)),
+        ("llm.cas_hit", s("FALSE"), bool_(false)),
+        ("llm.cas_hit", s("1"), bool_(true)),
+        ("llm.cas_hit", s("0"), bool_(false)),
+        ("llm.cas_hit", int(1), bool_(true)),
+        ("llm.cas_hit", int(0), bool_(false)),
+        ("llm.near_dup", s("yes"), bool_(true)),
+        ("llm.near_dup", s("No"), bool_(false)),
+        ("llm.near_dup", bool_(true), bool_(true)),
+        ("llm.cost_usd", s("0.0123"), double(0.0123)),
+        ("llm.cost_usd", s(" 2 "), double(2.0)),
+        ("llm.cost_usd", int(3), double(3.0)),
+        ("council.round_id", int(42), s("42")),
+        ("message_bus.message_id", int(-7), s("-7")),
+        ("nbmf.item_id", s("item-9"), s("item-9")),
+        ("council.department", s("  research "), s("research")),
+        ("nbmf.class", s("episodic\n"), s("episodic")),
+        ("message_bus.topic", s(" council.events"), s("council.events")),
+        ("llm.model", s("gpt-4o "), s("gpt-4o")),
+    ];
+    for (key, input, output) in table {
+        let got = run("op", &[(key, input.clone())]);
+        assert_eq!(got.get(*key), Some(&Some(output.clone())), "{key} = {input:?}");
+        assert!(!got.contains_key(SCHEMA_ERRORS), "{key} = {input:?}");
+    }
+}
+
+#[test]
+fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
+    let table: &[(&str, Value)] = &[
+        ("council.phase", s("planning")),
+        ("nbmf.tier", s("l4")),
+        ("nbmf.tier", Value::IntValue(4)),
+        ("llm.cas_hit", s("maybe")),
+        ("llm.cas_hit", Value::IntValue(2)),
+        ("llm.cost_usd", s("ten cents")),
+        ("llm.cost_usd", s("NaN")),
+        ("council.round_id", Value::DoubleValue(1.5)),
+        ("llm.model", Value::BoolValue(true)),
+    ];
+    let metrics = Arc::new(Metrics::default());
+    let mut stage = DaenaProcessor::new(&DaenaConfig::default(), |_| None, Arc::clone(&metrics));
+    for (key, input) in table {
+        let mut span = span_with("op", &[(key, input.clone())]);
+        stage.normalise_span(&mut span);
+        let got = attributes(&span);
+        assert_eq!(got.get(*key), Some(&Some(input.clone())), "{key} kept as sent");
+        assert_eq!(got.get(SCHEMA_ERRORS), Some(&Some(errors(&[key]))), "{key} = {input:?}");
+    }
+    let mut batch = SpanBatch::new(Vec::new());
+    stage.process(&mut batch);
+    let rendered = metrics.render();
+    assert!(rendered.contains(r#"daena_agent_schema_errors_total{key="nbmf.tier"} 2"#), "{rendered}");
+    assert!(rendered.contains(r#"daena_agent_schema_errors_total{key="council.phase"} 1"#), "{rendered}");
+}
+
+#[test]
+fn the_component_comes_from_the_families_then_the_span_name() {
+    let table: &[(&str, &[(&str, Value)], &str)] = &[
+        ("anything", &[("council.phase", s("scout"))], "council"),
+        ("anything", &[("council.round_id", s("r")), ("llm.model", s("m"))], "llm"),
+        ("anything", &[("Message-Bus.Sender", s("a"))], "message_bus"),
+        ("anything", &[("nbmf.tier", s("l1"))], "nbmf"),
+        ("anything", &[("http.route", s("/api"))], "http"),
+        ("POST /api/v1/chat", &[], "http"),
+        ("council.round", &[], "council"),
+        ("message_bus.publish", &[], "message_bus"),
+        ("nbmf.write", &[], "nbmf"),
+        ("llm.exchange", &[], "llm"),
+        ("checkpoint", &[("user_id", s("u1"))], "other"),
+        ("GETTER", &[], "other"),
+    ];
+    for (name, input, component) in table {
+        assert_eq!(run(name, input).get(COMPONENT), Some(&Some(s(component))), "{name} {input:?}");
+    }
+}
+
+#[test]
+fn mirrors_follow_the_semantic_conventions_and_never_replace() {
+    let mut span = span_with(
+        "message_bus.publish",
+        &[
+            ("message_bus.operation", s("Publish")),
+            ("message_bus.topic", s("council.events")),
+            ("message_bus.message_id", Value::IntValue(17)),
+            ("llm.model", s("gpt-4o")),
+        ],
+    );
+    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    let got = attributes(&span);
+    for (key, value) in [
+        ("gen_ai.request.model", "gpt-4o"),
+        ("messaging.system", "daena_bus"),
+        ("messaging.destination.name", "council.events"),
+        ("messaging.message.id", "17"),
+        ("messaging.operation.type", "send"),
+        ("messaging.operation.name", "publish"),
+    ] {
+        assert_eq!(got.get(key), Some(&Some(s(value))), "{key}");
+    }
+
+    let mut span = span_with(
+        "message_bus.subscribe",
+        &[("message_bus.operation", s("subscribe")), ("messaging.system", s("kafka"))],
+    );
+    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    let got = attributes(&span);
+    assert_eq!(got.get("messaging.operation.type"), Some(&Some(s("receive"))));
+    assert_eq!(got.get("messaging.system"), Some(&Some(s("kafka"))), "never replaced");
+
+    let got = run("llm.exchange", &[("llm.model", s("m"))]);
+    assert!(!got.contains_key("gen_ai.request.model"), "semconv_mirror: false adds none");
+}
+
+#[test]
+fn the_resource_is_enriched_without_replacing_unless_told() {
+    let config = DaenaConfig {
+        resource_attributes: [("deployment.environment.name".into(), "prod".into())].into(),
+        ..DaenaConfig::default()
+    };
+    let env = |name: &str| match name {
+        "K8S_POD_NAME" => Some("chat-7d9f".to_owned()),
+        "K8S_NAMESPACE_NAME" => Some("daena".to_owned()),
+        "HOSTNAME" => Some(" ".to_owned()),
+        _ => None,
+    };
+    let table: &[(&[(&str, &str)], bool, &[(&str, &str)])] = &[
+        (&[], false, &[("service.name", "daena"), ("k8s.pod.name", "chat-7d9f"), ("k8s.namespace.name", "daena"), ("deployment.environment.name", "prod")]),
+        (&[("service.name", "unknown_service:python")], false, &[("service.name", "daena")]),
+        (&[("service.name", "chat"), ("k8s.pod.name", "own")], false, &[("service.name", "chat"), ("k8s.pod.name", "own")]),
+        (&[("service.name", "chat"), ("k8s.pod.name", "own")], true, &[("service.name", "chat"), ("k8s.pod.name", "chat-7d9f")]),
+    ];
+    for (input, override_existing, output) in table {
+        let config = DaenaConfig { override_existing: *override_existing, ..config.clone() };
+        let stage = DaenaProcessor::new(&config, env, Arc::new(Metrics::default()));
+        let mut resource = Resource {
+            attributes: input.iter().map(|(k, v)| key_value(*k, s(v))).collect(),
+            ..Default::default()
+        };
+        stage.enrich_resource(&mut resource);
+        let got: BTreeMap<_, _> = resource.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+        for (key, value) in *output {
+            assert_eq!(got.get(key), Some(&Some(AnyValue { value: Some(s(value)) })), "{key} from {input:?}");
+        }
+        assert!(!got.contains_key("host.name"), "an empty variable adds nothing");
+    }
+    let named = DaenaProcessor::new(
+        &DaenaConfig { service_name: Some("council".into()), override_existing: true, ..DaenaConfig::default() },
+        |_| None,
+        Arc::new(Metrics::default()),
+    );
+    let mut resource = Resource { attributes: vec![key_value("service.name", s("chat"))], ..Default::default() };
+    named.enrich_resource(&mut resource);
+    assert_eq!(resource.attributes[0].value, Some(AnyValue { value: Some(s("council")) }));
+}
+
+// ------------------------------------------------------------------ properties
+
+fn any_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        "[ a-zA-Z0-9._-]{0,12}".prop_map(Value::StringValue),
+        prop::sample::select(vec!["Scout", " DEBATE", "l2", "Tier3", "true", "No", "0.25", "1"])
+            .prop_map(|v| Value::StringValue(v.into())),
+        any::<i64>().prop_map(Value::IntValue),
+        (0i64..4).prop_map(Value::IntValue),
+        any::<bool>().prop_map(Value::BoolValue),
+        (-1e6f64..1e6).prop_map(Value::DoubleValue),
+    ]
+}
+
+fn daena_key() -> impl Strategy<Value = String> {
+    let keys: Vec<String> = SCHEMA
+        .iter()
+        .flat_map(|f| [f.key.to_owned(), f.key.to_uppercase(), f.key.replace('.', "_"), f.key.replace(['.', '_'], "-")])
+        .chain(["llm.cost", "council.topic", "http.route", "user_id", "messaging.system"].map(String::from))
+        .collect();
+    prop::sample::select(keys)
+}
+
+fn arbitrary_span(key: impl Strategy<Value = String>) -> impl Strategy<Value = Span> {
+    (
+        prop::collection::vec((key, any_value()), 0..12),
+        "[a-zA-Z ./]{0,20}",
+        prop::collection::vec(any::<u8>(), 16),
+        any::<u64>(),
+        prop::collection::vec("[a-z]{1,8}", 0..3),
+    )
+        .prop_map(|(attributes, name, trace_id, start, events)| Span {
+            name,
+            trace_id,
+            span_id: start.to_be_bytes().to_vec(),
+            start_time_unix_nano: start,
+            end_time_unix_nano: start.saturating_add(1000),
+            attributes: attributes.into_iter().map(|(k, v)| key_value(k, v)).collect(),
+            events: events.into_iter().map(|name| Event { name, ..Default::default() }).collect(),
+            links: vec![Link { trace_id: vec![9; 16], span_id: vec![8; 8], ..Default::default() }],
+            status: Some(Status { message: "m".into(), code: 2 }),
+            ..Default::default()
+        })
+}
+
+fn batch_of(span: Span) -> SpanBatch {
+    SpanBatch::new(vec![ResourceSpans {
+        scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+        ..Default::default()
+    }])
+}
+
+fn only_span(batch: &mut SpanBatch) -> Span {
+    batch.resource_spans_mut()[0].scope_spans[0].spans[0].clone()
+}
+
+proptest! {
+    #[test]
+    fn normalising_twice_is_normalising_once(span in arbitrary_span(daena_key())) {
+        let mut stage = stage(&DaenaConfig::default());
+        let mut batch = batch_of(span);
+        stage.process(&mut batch);
+        let once = batch.clone();
+        stage.process(&mut batch);
+        prop_assert_eq!(batch, once);
+    }
+
+    #[test]
+    fn ids_times_events_links_and_status_are_never_changed(span in arbitrary_span(daena_key())) {
+        let mut batch = batch_of(span.clone());
+        stage(&DaenaConfig::default()).process(&mut batch);
+        let out = only_span(&mut batch);
+        prop_assert_eq!(
+            (&out.trace_id, &out.span_id, &out.parent_span_id, out.start_time_unix_nano, out.end_time_unix_nano),
+            (&span.trace_id, &span.span_id, &span.parent_span_id, span.start_time_unix_nano, span.end_time_unix_nano)
+        );
+        prop_assert_eq!((&out.name, &out.events, &out.links, &out.status), (&span.name, &span.events, &span.links, &span.status));
+    }
+
+    #[test]
+    fn a_span_without_daena_attributes_only_gains_its_component(
+        span in arbitrary_span(prop::sample::select(vec!["user_id", "rpc.method", "db.system", "Customer", "x-y"]).prop_map(String::from)),
+    ) {
+        prop_assume!(schema::family(&span.name).is_none() && !span.name.contains(' '));
+        let mut batch = batch_of(span.clone());
+        stage(&DaenaConfig::default()).process(&mut batch);
+        let mut expected = span;
+        expected.attributes.push(key_value(COMPONENT, s("other")));
+        prop_assert_eq!(only_span(&mut batch), expected);
+    }
+}
