@@ -140,9 +140,8 @@ impl Agent {
             |name| std::env::var(name).ok(),
             &metrics,
         );
-        let pipeline = tokio::spawn(
-            Pipeline::new(processors, batcher, config.batch.timeout, handles).run(rx),
-        );
+        let pipeline =
+            tokio::spawn(Pipeline::new(processors, batcher, config.batch.timeout, handles).run(rx));
 
         let intake = Intake::new(tx, Arc::clone(&metrics));
         let stop_receivers = CancellationToken::new();

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use daena_trace_agent::otlp::Value;
 
 const SECRET: &str = "glc_eyJrIjoiSECRETSECRET";
 
@@ -275,4 +276,89 @@ async fn sigterm_flushes_the_batch_and_exits_cleanly() {
         last.contains("Stopped") && last.contains("none abandoned"),
         "{last}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_values_reach_neither_the_backend_nor_the_console_nor_the_logs() {
+    let sink = Sink::grpc().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "{}exporters:\n  console: {{ protocol: console }}\n  tempo: {{ protocol: grpc, endpoint: \"http://{}\" }}\n",
+        receivers_on_ephemeral_ports(),
+        sink.addr
+    );
+    let path = write_config(dir.path(), &yaml);
+    let mut agent = AgentProcess::spawn(
+        &[
+            "--config",
+            path.to_str().expect("path"),
+            "--log-level",
+            "debug",
+        ],
+        &[],
+    );
+    let api_key = "sk-proj-Zq9XSECRETKEY1234567890";
+    let bearer = "eyJhbGciOiJSUzI1NiJ9.SECRETBEARER";
+    let mut request = council_request(2, 0x33);
+    let span = &mut request.resource_spans[0].scope_spans[0].spans[0];
+    span.attributes.extend([
+        kv(
+            "http.request.header.authorization",
+            Value::StringValue(format!("Basic {SECRET}")),
+        ),
+        kv(
+            "llm.prompt",
+            Value::StringValue(format!("use {api_key} and write to ana@example.com")),
+        ),
+        kv("upstream", Value::StringValue(format!("Bearer {bearer}"))),
+    ]);
+    let grpc = agent.addr("OTLP/gRPC");
+    grpc_export(format!("http://{grpc}"), request, false)
+        .await
+        .expect("accepted");
+    let spans = sink.wait_for_spans(2).await;
+    let started = Instant::now();
+    while agent.output().lines().count() < 2 {
+        assert!(
+            started.elapsed() < WAIT,
+            "console printed: {}",
+            agent.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let redacted = spans
+        .iter()
+        .find(|(_, s)| s.attributes.iter().any(|kv| kv.key == "upstream"))
+        .expect("the span with secrets");
+    let value = |key: &str| {
+        redacted
+            .1
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    let text = |s: &str| Some(Value::StringValue(s.into()));
+    assert_eq!(
+        value("http.request.header.authorization"),
+        text("[REDACTED]")
+    );
+    assert_eq!(
+        value("llm.prompt"),
+        text("use [REDACTED] and write to [REDACTED]")
+    );
+    assert_eq!(value("upstream"), text("Bearer [REDACTED]"));
+    assert_eq!(agent.terminate(), 0);
+    let everything = format!("{}{}", agent.output(), agent.logs());
+    assert!(
+        everything.contains("[REDACTED]"),
+        "the console shows the redacted span"
+    );
+    for secret in [SECRET, api_key, bearer, "ana@example.com"] {
+        assert!(
+            !everything.contains(secret),
+            "{secret} reached the output:\n{everything}"
+        );
+    }
 }

@@ -127,7 +127,7 @@ async fn grpc_in_grpc_out_delivers_every_field_unchanged_with_gzip_and_headers()
             &sink,
             "    headers: { x-scope-orgid: daena, authorization: \"Bearer tempo-token\" }\n",
         ),
-        "",
+        NO_PROCESSORS,
     ))
     .await;
     let original = every_field_request();
@@ -175,7 +175,7 @@ async fn http_in_http_out_with_basic_auth_and_grafana_cloud_path() {
         "  grafana:\n    protocol: http/protobuf\n    endpoint: http://{}/otlp\n    auth: {{ basic: {{ username: \"123456\", password: \"glc_secret\" }} }}\n",
         sink.addr
     );
-    let agent = TestAgent::start(&agent_yaml(&exporter, "")).await;
+    let agent = TestAgent::start(&agent_yaml(&exporter, NO_PROCESSORS)).await;
     let original = every_field_request();
     let (status, headers, body) = http_request(
         "POST",
@@ -211,7 +211,7 @@ async fn json_in_is_forwarded_as_the_same_spans() {
     let sink = Sink::grpc().await;
     let agent = TestAgent::start(&agent_yaml(
         &exporter_yaml("jaeger", "grpc", &sink, "    compression: none\n"),
-        "",
+        NO_PROCESSORS,
     ))
     .await;
     let original = every_field_request();

@@ -1,6 +1,7 @@
 //! Interop with the real OpenTelemetry Python SDK that Daena's services use: its OTLP
-//! exporters (gRPC, HTTP/protobuf, HTTP/JSON) send Daena-shaped spans through the agent,
-//! and the backend must receive exactly what the SDK encoded.
+//! exporters (gRPC, HTTP/protobuf, HTTP/JSON) send Daena-shaped spans through the agent.
+//! With the processors off the backend must receive exactly what the SDK encoded; with
+//! them on (the default), the canonical Daena form, the semconv mirrors and no secrets.
 //!
 //! The virtualenvs come from the README's test command (`scripts/test.sh`).
 
@@ -47,18 +48,13 @@ fn spans_with_context(
     all
 }
 
-/// Runs the SDK script against `endpoint` and checks the sink received the same spans.
-async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
-    let sink = Sink::grpc().await;
-    let exporters = format!(
-        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
-        sink.addr
-    );
-    let agent = TestAgent::start(&agent_yaml(&exporters, "")).await;
-    let endpoint = match protocol {
-        "grpc" => agent.grpc_url(),
-        _ => agent.http_url(),
-    };
+/// Runs the SDK script (`send_spans.py`) against `endpoint`; returns what the SDK encoded.
+async fn run_sdk(
+    venv: &str,
+    protocol: &str,
+    endpoint: String,
+    flags: &[&str],
+) -> ExportTraceServiceRequest {
     let out = tempfile::NamedTempFile::new().expect("temp file");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/send_spans.py");
     let python = python(venv);
@@ -68,13 +64,13 @@ async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
         endpoint,
         out.path().to_string_lossy().into_owned(),
     ];
-    if gzip {
-        args.push("--gzip".into());
-    }
+    args.extend(flags.iter().map(|f| (*f).to_owned()));
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .args(args)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
+            .env_remove("OTEL_RESOURCE_ATTRIBUTES")
             .output()
     })
     .await
@@ -86,8 +82,24 @@ async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let sent = ExportTraceServiceRequest::decode(&std::fs::read(out.path()).expect("read")[..])
-        .expect("SDK encoding");
+    ExportTraceServiceRequest::decode(&std::fs::read(out.path()).expect("read")[..])
+        .expect("SDK encoding")
+}
+
+/// Runs the SDK script against the agent and checks the sink received the same spans.
+async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
+    let sink = Sink::grpc().await;
+    let exporters = format!(
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
+        sink.addr
+    );
+    let agent = TestAgent::start(&agent_yaml(&exporters, NO_PROCESSORS)).await;
+    let endpoint = match protocol {
+        "grpc" => agent.grpc_url(),
+        _ => agent.http_url(),
+    };
+    let flags: &[&str] = if gzip { &["--gzip"] } else { &[] };
+    let sent = run_sdk(venv, protocol, endpoint, flags).await;
     let expected = spans_with_context(&[&sent]);
     assert!(expected.len() >= 10, "the script sends a whole Daena trace");
 
@@ -154,4 +166,133 @@ async fn python_sdk_over_http_protobuf_with_gzip() {
 #[tokio::test]
 async fn python_sdk_over_http_json_with_an_empty_list_attribute() {
     python_sdk_round_trip(".venv-interop-json", "json", false).await;
+}
+
+#[tokio::test]
+async fn python_sdk_spellings_arrive_canonical_mirrored_and_redacted() {
+    let sink = Sink::grpc().await;
+    let exporters = format!(
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
+        sink.addr
+    );
+    let processors = "processors:\n  daena:\n    service_name: council-api\n    resource_attributes: { deployment.environment.name: interop }\n";
+    let agent = TestAgent::start(&agent_yaml(&exporters, processors)).await;
+    let sent = run_sdk(".venv-interop", "grpc", agent.grpc_url(), &["--messy"]).await;
+    let expected = spans_with_context(&[&sent]).len();
+    let spans = sink.wait_for_spans(expected).await;
+    assert_eq!(spans.len(), expected);
+
+    let text = |s: &str| Some(Value::StringValue(s.into()));
+    let attribute = |name: &str, key: &str| -> Option<Value> {
+        let (_, span) = spans
+            .iter()
+            .find(|(_, s)| s.name == name)
+            .unwrap_or_else(|| panic!("span {name}"));
+        let matching: Vec<_> = span.attributes.iter().filter(|kv| kv.key == key).collect();
+        assert!(matching.len() <= 1, "{key} twice on {name}");
+        matching
+            .first()
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    let table: &[(&str, &str, Option<Value>)] = &[
+        ("council.round", "council.round_id", text("42")),
+        ("council.round", "council.department", text("research")),
+        ("council.round", "daena.component", text("council")),
+        ("phase.scout", "council.phase", text("scout")),
+        ("phase.debate", "council.phase", text("debate")),
+        ("phase.commit", "council.phase", text("commit")),
+        ("phase.commit", "council.Phase", None),
+        (
+            "message_bus.publish",
+            "message_bus.operation",
+            text("publish"),
+        ),
+        (
+            "message_bus.publish",
+            "message_bus.topic",
+            text("council.events"),
+        ),
+        ("message_bus.publish", "message_bus.message_id", text("7")),
+        ("message_bus.publish", "messaging.system", text("daena_bus")),
+        (
+            "message_bus.publish",
+            "messaging.destination.name",
+            text("council.events"),
+        ),
+        ("message_bus.publish", "messaging.message.id", text("7")),
+        (
+            "message_bus.publish",
+            "messaging.operation.type",
+            text("send"),
+        ),
+        (
+            "message_bus.publish",
+            "daena.component",
+            text("message_bus"),
+        ),
+        ("tier.int", "nbmf.tier", text("l1")),
+        ("tier.upper", "nbmf.tier", text("l2")),
+        ("tier.word", "nbmf.tier", text("l3")),
+        ("tier.word", "nbmf.operation", text("write")),
+        ("tier.word", "daena.component", text("nbmf")),
+        ("llm.exchange", "llm.model", text("gpt-4o")),
+        ("llm.exchange", "gen_ai.request.model", text("gpt-4o")),
+        ("llm.exchange", "llm.cas_hit", Some(Value::BoolValue(true))),
+        ("llm.exchange", "llm.near_dup", Some(Value::BoolValue(true))),
+        (
+            "llm.exchange",
+            "llm.cost_usd",
+            Some(Value::DoubleValue(0.0123)),
+        ),
+        ("llm.exchange", "llm.cost", None),
+        (
+            "llm.exchange",
+            "llm.prompt",
+            text("reply to [REDACTED] using [REDACTED]"),
+        ),
+        (
+            "llm.exchange",
+            "http.request.header.authorization",
+            text("[REDACTED]"),
+        ),
+        ("llm.exchange", "api_key", text("[REDACTED]")),
+        ("llm.exchange", "daena.component", text("llm")),
+        ("phase.unknown", "council.phase", text("planning")),
+    ];
+    for (name, key, value) in table {
+        assert_eq!(&attribute(name, key), value, "{key} on {name}");
+    }
+    let errors = attribute("phase.unknown", "daena.schema.errors");
+    assert!(
+        format!("{errors:?}").contains("council.phase"),
+        "{errors:?}"
+    );
+
+    let resource = spans[0].0.clone().expect("resource");
+    let resource_value = |key: &str| {
+        resource
+            .attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+            .and_then(|v| v.value)
+    };
+    assert_eq!(
+        resource_value("service.name"),
+        text("council-api"),
+        "unknown_service replaced"
+    );
+    assert_eq!(
+        resource_value("deployment.environment.name"),
+        text("interop")
+    );
+    assert_eq!(resource_value("db.password"), text("[REDACTED]"));
+    assert!(
+        agent
+            .wait_for_counter("daena_agent_schema_errors_total{key=\"council.phase\"}", 1)
+            .await
+            >= 1
+    );
+    agent.stop().await;
 }

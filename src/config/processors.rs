@@ -148,7 +148,9 @@ impl ProcessorsConfig {
             if key.trim().is_empty() {
                 errors.push(ConfigError::new(
                     "processors.daena",
-                    format!("a resource attribute has an empty key (value {value:?}); give it a name"),
+                    format!(
+                        "a resource attribute has an empty key (value {value:?}); give it a name"
+                    ),
                 ));
             }
         }
@@ -160,7 +162,11 @@ impl ProcessorsConfig {
                 ));
             }
         }
-        if daena.service_name.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        if daena
+            .service_name
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             errors.push(ConfigError::new(
                 "processors.daena.service_name",
                 "is empty; remove it (the default is daena) or give a name",

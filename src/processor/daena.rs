@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::Processor;
 use super::schema::{self, FIELDS, SCHEMA, ValueRule, row};
 use crate::config::DaenaConfig;
-use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, SpanBatch, Span, Value, key_value};
+use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, SpanBatch, Value, key_value};
 use crate::telemetry::Metrics;
 
 /// The span attribute naming the Daena component a span belongs to.
@@ -55,7 +55,10 @@ impl DaenaProcessor {
         resource.extend(config.resource_attributes.clone());
         Self {
             semconv_mirror: config.semconv_mirror,
-            service_name: config.service_name.clone().unwrap_or_else(|| "daena".into()),
+            service_name: config
+                .service_name
+                .clone()
+                .unwrap_or_else(|| "daena".into()),
             service_name_configured: config.service_name.is_some(),
             resource,
             override_existing: config.override_existing,
@@ -108,7 +111,9 @@ impl DaenaProcessor {
 
         let mut failed = [false; FIELDS];
         for (row, slot) in found.rows.iter().enumerate() {
-            let Some((i, canonical)) = *slot else { continue };
+            let Some((i, canonical)) = *slot else {
+                continue;
+            };
             let kv = &mut span.attributes[i];
             if !canonical {
                 kv.key = SCHEMA[row].key.to_owned();
@@ -123,14 +128,20 @@ impl DaenaProcessor {
         if self.semconv_mirror {
             mirror(span, &found, &failed);
         }
-        set_or_push(&mut span.attributes, found.component_at, COMPONENT, || {
-            Value::StringValue(component.to_owned())
-        }, |v| matches!(v, Value::StringValue(s) if s == component));
+        set_or_push(
+            &mut span.attributes,
+            found.component_at,
+            COMPONENT,
+            || Value::StringValue(component.to_owned()),
+            |v| matches!(v, Value::StringValue(s) if s == component),
+        );
         let errors: Vec<AnyValue> = failed
             .iter()
             .zip(SCHEMA)
             .filter(|(failed, _)| **failed)
-            .map(|(_, field)| AnyValue { value: Some(string(field.key)) })
+            .map(|(_, field)| AnyValue {
+                value: Some(string(field.key)),
+            })
             .collect();
         let mut remove = duplicates;
         if errors.is_empty() {
@@ -159,7 +170,11 @@ impl Processor for DaenaProcessor {
 
     fn process(&mut self, batch: &mut SpanBatch) {
         for resource_spans in batch.resource_spans_mut() {
-            self.enrich_resource(resource_spans.resource.get_or_insert_with(Resource::default));
+            self.enrich_resource(
+                resource_spans
+                    .resource
+                    .get_or_insert_with(Resource::default),
+            );
             for scope_spans in &mut resource_spans.scope_spans {
                 for span in &mut scope_spans.spans {
                     self.normalise_span(span);
@@ -168,7 +183,8 @@ impl Processor for DaenaProcessor {
         }
         for (row, count) in self.errors.iter_mut().enumerate() {
             if *count > 0 {
-                self.metrics.schema_errors(SCHEMA[row].key, std::mem::take(count));
+                self.metrics
+                    .schema_errors(SCHEMA[row].key, std::mem::take(count));
             }
         }
     }
@@ -259,7 +275,10 @@ fn mirror(span: &mut Span, found: &Found, failed: &[bool; FIELDS]) {
     if let Some(model) = value_of(row::LLM_MODEL).filter(|_| !found.mirrors[0]) {
         added.push(key_value(MIRRORS[0], Value::StringValue(model)));
     }
-    let bus = FAMILY_ORDER.iter().position(|f| *f == "message_bus").is_some_and(|i| found.families[i]);
+    let bus = FAMILY_ORDER
+        .iter()
+        .position(|f| *f == "message_bus")
+        .is_some_and(|i| found.families[i]);
     if bus {
         let operation = value_of(row::BUS_OPERATION);
         let operation_type = operation.as_deref().map(|op| match op {
@@ -288,13 +307,11 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
         return false;
     };
     let normalised = match (rule, &*value) {
-        (ValueRule::OneOf(choices), Value::StringValue(s)) => {
-            match one_of(choices, s.trim()) {
-                Some(canonical) if canonical == s => return true,
-                Some(canonical) => Value::StringValue(canonical.to_owned()),
-                None => return false,
-            }
-        }
+        (ValueRule::OneOf(choices), Value::StringValue(s)) => match one_of(choices, s.trim()) {
+            Some(canonical) if canonical == s => return true,
+            Some(canonical) => Value::StringValue(canonical.to_owned()),
+            None => return false,
+        },
         (ValueRule::OneOf(choices), Value::IntValue(i)) => match one_of(choices, &i.to_string()) {
             Some(canonical) => Value::StringValue(canonical.to_owned()),
             None => return false,
@@ -310,12 +327,10 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
         (ValueRule::Bool, Value::IntValue(i @ (0 | 1))) => Value::BoolValue(*i == 1),
         #[allow(clippy::cast_precision_loss)] // costs are far below 2^53
         (ValueRule::Double, Value::IntValue(i)) => Value::DoubleValue(*i as f64),
-        (ValueRule::Double, Value::StringValue(s)) => {
-            match s.trim().parse::<f64>() {
-                Ok(number) if number.is_finite() => Value::DoubleValue(number),
-                _ => return false,
-            }
-        }
+        (ValueRule::Double, Value::StringValue(s)) => match s.trim().parse::<f64>() {
+            Ok(number) if number.is_finite() => Value::DoubleValue(number),
+            _ => return false,
+        },
         (ValueRule::Id, Value::IntValue(i)) => Value::StringValue(i.to_string()),
         (ValueRule::Text, Value::StringValue(s)) => match s.trim() {
             trimmed if trimmed.len() == s.len() => return true,
@@ -330,8 +345,9 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
 /// The canonical value `text` spells, ignoring ASCII case.
 fn one_of(choices: &[(&'static str, &[&str])], text: &str) -> Option<&'static str> {
     choices.iter().find_map(|(canonical, spellings)| {
-        (canonical.eq_ignore_ascii_case(text) || spellings.iter().any(|s| s.eq_ignore_ascii_case(text)))
-            .then_some(*canonical)
+        (canonical.eq_ignore_ascii_case(text)
+            || spellings.iter().any(|s| s.eq_ignore_ascii_case(text)))
+        .then_some(*canonical)
     })
 }
 
@@ -346,8 +362,15 @@ fn set_or_push(
     match at {
         Some(i) => {
             let kv = &mut attributes[i];
-            if !kv.value.as_ref().and_then(|v| v.value.as_ref()).is_some_and(is_same) {
-                kv.value = Some(AnyValue { value: Some(value()) });
+            if !kv
+                .value
+                .as_ref()
+                .and_then(|v| v.value.as_ref())
+                .is_some_and(is_same)
+            {
+                kv.value = Some(AnyValue {
+                    value: Some(value()),
+                });
             }
         }
         None => attributes.push(key_value(key, value())),
@@ -366,7 +389,9 @@ fn string_of(kv: &KeyValue) -> Option<&str> {
 }
 
 fn set_string(kv: &mut KeyValue, text: &str) {
-    kv.value = Some(AnyValue { value: Some(string(text)) });
+    kv.value = Some(AnyValue {
+        value: Some(string(text)),
+    });
 }
 
 #[cfg(test)]

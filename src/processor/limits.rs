@@ -74,7 +74,8 @@ impl Processor for Limiter {
     fn process(&mut self, batch: &mut SpanBatch) {
         for resource_spans in batch.resource_spans_mut() {
             if let Some(resource) = &mut resource_spans.resource {
-                resource.dropped_attributes_count += self.limit_attributes(&mut resource.attributes);
+                resource.dropped_attributes_count +=
+                    self.limit_attributes(&mut resource.attributes);
             }
             for scope_spans in &mut resource_spans.scope_spans {
                 for span in &mut scope_spans.spans {
@@ -86,10 +87,12 @@ impl Processor for Limiter {
                     span.dropped_links_count += links;
                     self.counts[2] += u64::from(links);
                     for event in &mut span.events {
-                        event.dropped_attributes_count += self.limit_attributes(&mut event.attributes);
+                        event.dropped_attributes_count +=
+                            self.limit_attributes(&mut event.attributes);
                     }
                     for link in &mut span.links {
-                        link.dropped_attributes_count += self.limit_attributes(&mut link.attributes);
+                        link.dropped_attributes_count +=
+                            self.limit_attributes(&mut link.attributes);
                     }
                 }
             }
@@ -145,26 +148,50 @@ mod tests {
 
     #[test]
     fn attributes_events_and_links_over_the_limit_are_dropped_and_counted() {
-        let attributes = |n: usize| (0..n).map(|i| key_value(format!("k{i}"), Value::IntValue(0))).collect::<Vec<_>>();
+        let attributes = |n: usize| {
+            (0..n)
+                .map(|i| key_value(format!("k{i}"), Value::IntValue(0)))
+                .collect::<Vec<_>>()
+        };
         let span = Span {
             attributes: attributes(5),
             dropped_attributes_count: 1,
-            events: (0..4).map(|_| Event { attributes: attributes(3), ..Default::default() }).collect(),
+            events: (0..4)
+                .map(|_| Event {
+                    attributes: attributes(3),
+                    ..Default::default()
+                })
+                .collect(),
             links: (0..3).map(|_| Link::default()).collect(),
             ..Default::default()
         };
         let mut batch = SpanBatch::new(vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
             ..Default::default()
         }]);
         let metrics = Arc::new(Metrics::default());
-        let config = LimitsConfig { max_attributes: 2, max_events: 2, max_links: 1, ..LimitsConfig::default() };
+        let config = LimitsConfig {
+            max_attributes: 2,
+            max_events: 2,
+            max_links: 1,
+            ..LimitsConfig::default()
+        };
         Limiter::new(&config, Arc::clone(&metrics)).process(&mut batch);
         let span = &batch.resource_spans_mut()[0].scope_spans[0].spans[0];
-        assert_eq!((span.attributes.len(), span.dropped_attributes_count), (2, 4));
+        assert_eq!(
+            (span.attributes.len(), span.dropped_attributes_count),
+            (2, 4)
+        );
         assert_eq!((span.events.len(), span.dropped_events_count), (2, 2));
         assert_eq!((span.links.len(), span.dropped_links_count), (1, 2));
-        assert!(span.events.iter().all(|e| e.attributes.len() == 2 && e.dropped_attributes_count == 1));
+        assert!(
+            span.events
+                .iter()
+                .all(|e| e.attributes.len() == 2 && e.dropped_attributes_count == 1)
+        );
         let rendered = metrics.render();
         for line in [
             r#"daena_agent_limits_applied_total{kind="attributes"} 5"#,

@@ -30,7 +30,11 @@ pub fn build(
 ) -> Vec<Box<dyn Processor>> {
     let mut stages: Vec<Box<dyn Processor>> = Vec::new();
     if config.daena.enabled {
-        stages.push(Box::new(DaenaProcessor::new(&config.daena, env, Arc::clone(metrics))));
+        stages.push(Box::new(DaenaProcessor::new(
+            &config.daena,
+            env,
+            Arc::clone(metrics),
+        )));
     }
     if config.redact.enabled {
         stages.push(Box::new(Redactor::new(&config.redact, Arc::clone(metrics))));

@@ -74,7 +74,10 @@ impl Redactor {
         self.key_patterns.iter().any(|pattern| {
             !pattern.is_empty()
                 && key_words.windows(pattern.len()).any(|window| {
-                    window.iter().zip(pattern).all(|(w, p)| w.eq_ignore_ascii_case(p))
+                    window
+                        .iter()
+                        .zip(pattern)
+                        .all(|(w, p)| w.eq_ignore_ascii_case(p))
                 })
         })
     }
@@ -151,9 +154,17 @@ fn llm_text_key(key: &str) -> bool {
     let mut key_words = words(key);
     matches!(key_words.next(), Some(first) if first.eq_ignore_ascii_case("llm") || first.eq_ignore_ascii_case("gen"))
         && key_words.any(|w| {
-            ["prompt", "response", "completion", "messages", "content", "input", "output"]
-                .iter()
-                .any(|t| w.eq_ignore_ascii_case(t))
+            [
+                "prompt",
+                "response",
+                "completion",
+                "messages",
+                "content",
+                "input",
+                "output",
+            ]
+            .iter()
+            .any(|t| w.eq_ignore_ascii_case(t))
         })
 }
 
@@ -170,7 +181,11 @@ fn bearer_tokens(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
             return None;
         }
         let start = i + 6 + bytes[i + 6..].iter().take_while(|b| **b == b' ').count();
-        let end = start + bytes[start..].iter().take_while(|b| is_token_byte(**b)).count();
+        let end = start
+            + bytes[start..]
+                .iter()
+                .take_while(|b| is_token_byte(**b))
+                .count();
         (start > i + 6 && end - start >= 8).then_some((start, end))
     })
 }
@@ -195,7 +210,9 @@ fn emails_in(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
         let local = bytes[..at]
             .iter()
             .rev()
-            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-'))
+            .take_while(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+            })
             .count();
         let domain = bytes[at + 1..]
             .iter()
@@ -203,7 +220,8 @@ fn emails_in(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
             .count();
         let domain_text = text[at + 1..at + 1 + domain].trim_end_matches('.');
         let tld = domain_text.rsplit_once('.').map(|(_, tld)| tld);
-        let valid = local > 0 && tld.is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()));
+        let valid = local > 0
+            && tld.is_some_and(|t| t.len() >= 2 && t.bytes().all(|b| b.is_ascii_alphabetic()));
         valid.then_some((at - local, at + 1 + domain_text.len()))
     })
 }
@@ -245,27 +263,66 @@ mod tests {
         ] {
             assert_eq!(redacted(key, "hunter2"), REDACTED, "{key}");
         }
-        for key in ["gen_ai.usage.input_tokens", "tokenizer", "council.phase", "apikeys_count", "secretary"] {
+        for key in [
+            "gen_ai.usage.input_tokens",
+            "tokenizer",
+            "council.phase",
+            "apikeys_count",
+            "secretary",
+        ] {
             assert_eq!(redacted(key, "hunter2"), "hunter2", "{key}");
         }
         let mut attributes = vec![key_value("password", Value::IntValue(1234))];
         redactor().redact(&mut attributes);
-        assert_eq!(attributes[0].value, Some(AnyValue { value: Some(Value::StringValue(REDACTED.into())) }));
+        assert_eq!(
+            attributes[0].value,
+            Some(AnyValue {
+                value: Some(Value::StringValue(REDACTED.into()))
+            })
+        );
     }
 
     #[test]
     fn secrets_inside_values_are_masked() {
         let table = [
-            ("http.header", "Bearer eyJhbGciOi.J9.abc", "Bearer [REDACTED]"),
-            ("note", "sent with bearer abcdefgh1234 today", "sent with bearer [REDACTED] today"),
+            (
+                "http.header",
+                "Bearer eyJhbGciOi.J9.abc",
+                "Bearer [REDACTED]",
+            ),
+            (
+                "note",
+                "sent with bearer abcdefgh1234 today",
+                "sent with bearer [REDACTED] today",
+            ),
             ("note", "the bearer of news", "the bearer of news"),
-            ("llm.request", "key sk-proj-ABCDEFGHIJKLMNOP1234 used", "key [REDACTED] used"),
+            (
+                "llm.request",
+                "key sk-proj-ABCDEFGHIJKLMNOP1234 used",
+                "key [REDACTED] used",
+            ),
             ("note", "task-sk-short", "task-sk-short"),
-            ("llm.prompt", "mail ana.lopez+x@example.co.uk now", "mail [REDACTED] now"),
-            ("gen_ai.output.messages", "reply to bob@daena.ai.", "reply to [REDACTED]."),
-            ("llm.prompt", "me@localhost and @handle", "me@localhost and @handle"),
+            (
+                "llm.prompt",
+                "mail ana.lopez+x@example.co.uk now",
+                "mail [REDACTED] now",
+            ),
+            (
+                "gen_ai.output.messages",
+                "reply to bob@daena.ai.",
+                "reply to [REDACTED].",
+            ),
+            (
+                "llm.prompt",
+                "me@localhost and @handle",
+                "me@localhost and @handle",
+            ),
             ("user.email", "bob@daena.ai", "bob@daena.ai"),
-            ("llm.response", "Bearer abcdefghijk and sk-0123456789abcdefXYZ", "Bearer [REDACTED] and [REDACTED]"),
+            (
+                "llm.response",
+                "Bearer abcdefghijk and sk-0123456789abcdefXYZ",
+                "Bearer [REDACTED] and [REDACTED]",
+            ),
         ];
         for (key, input, output) in table {
             assert_eq!(redacted(key, input), output, "{key}: {input}");
@@ -277,28 +334,53 @@ mod tests {
         let secret = || vec![key_value("token", Value::StringValue("s3cr3t".into()))];
         let span = Span {
             attributes: secret(),
-            events: vec![crate::otlp::Event { attributes: secret(), ..Default::default() }],
-            links: vec![crate::otlp::Link { attributes: secret(), ..Default::default() }],
+            events: vec![crate::otlp::Event {
+                attributes: secret(),
+                ..Default::default()
+            }],
+            links: vec![crate::otlp::Link {
+                attributes: secret(),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let mut batch = SpanBatch::new(vec![ResourceSpans {
-            resource: Some(crate::otlp::Resource { attributes: secret(), ..Default::default() }),
-            scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+            resource: Some(crate::otlp::Resource {
+                attributes: secret(),
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
             ..Default::default()
         }]);
         let metrics = Arc::new(Metrics::default());
         Redactor::new(&RedactConfig::default(), Arc::clone(&metrics)).process(&mut batch);
         let request = batch.into_request();
         assert!(!format!("{request:?}").contains("s3cr3t"));
-        assert!(metrics.render().contains(r#"daena_agent_redactions_total{kind="key"} 4"#));
+        assert!(
+            metrics
+                .render()
+                .contains(r#"daena_agent_redactions_total{kind="key"} 4"#)
+        );
     }
 
     #[test]
     fn turned_off_patterns_leave_values_alone() {
-        let config = RedactConfig { keys: Vec::new(), bearer_tokens: false, api_keys: false, emails_in_llm_text: false, ..RedactConfig::default() };
+        let config = RedactConfig {
+            keys: Vec::new(),
+            bearer_tokens: false,
+            api_keys: false,
+            emails_in_llm_text: false,
+            ..RedactConfig::default()
+        };
         let mut attributes = vec![
             key_value("password", Value::StringValue("p".into())),
-            key_value("llm.prompt", Value::StringValue("Bearer abcdefghij sk-0123456789abcdefXYZ a@b.io".into())),
+            key_value(
+                "llm.prompt",
+                Value::StringValue("Bearer abcdefghij sk-0123456789abcdefXYZ a@b.io".into()),
+            ),
         ];
         let before = attributes.clone();
         Redactor::new(&config, Arc::new(Metrics::default())).redact(&mut attributes);

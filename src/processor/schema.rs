@@ -80,7 +80,10 @@ pub mod row {
 /// The schema row `key` names, and whether `key` is exactly the canonical key.
 pub fn lookup(key: &str) -> Option<(usize, bool)> {
     // Every schema key starts with c, m, n or l: most keys are rejected on one byte.
-    if !matches!(key.as_bytes().first()?.to_ascii_lowercase(), b'c' | b'm' | b'n' | b'l') {
+    if !matches!(
+        key.as_bytes().first()?.to_ascii_lowercase(),
+        b'c' | b'm' | b'n' | b'l'
+    ) {
         return None;
     }
     SCHEMA.iter().enumerate().find_map(|(i, field)| {
@@ -128,15 +131,41 @@ mod tests {
 
     #[test]
     fn keys_match_ignoring_case_and_separators() {
-        for key in ["council.phase", "Council_Phase", "council-phase", "council.Phase", "COUNCIL.PHASE"] {
-            assert_eq!(lookup(key).map(|(i, _)| SCHEMA[i].key), Some("council.phase"), "{key}");
+        for key in [
+            "council.phase",
+            "Council_Phase",
+            "council-phase",
+            "council.Phase",
+            "COUNCIL.PHASE",
+        ] {
+            assert_eq!(
+                lookup(key).map(|(i, _)| SCHEMA[i].key),
+                Some("council.phase"),
+                "{key}"
+            );
         }
         assert_eq!(lookup("council.phase"), Some((0, true)));
         assert_eq!(lookup("Council_Phase"), Some((0, false)));
-        assert_eq!(lookup("message.bus.topic").map(|(i, _)| SCHEMA[i].key), Some("message_bus.topic"));
-        assert_eq!(lookup("llm.cost").map(|(i, _)| SCHEMA[i].key), Some("llm.cost_usd"));
-        assert_eq!(lookup("LLM-Cost").map(|(i, _)| SCHEMA[i].key), Some("llm.cost_usd"));
-        for key in ["council.phases", "council", "http.route", "", "llm.model.name", "nbmf.tie"] {
+        assert_eq!(
+            lookup("message.bus.topic").map(|(i, _)| SCHEMA[i].key),
+            Some("message_bus.topic")
+        );
+        assert_eq!(
+            lookup("llm.cost").map(|(i, _)| SCHEMA[i].key),
+            Some("llm.cost_usd")
+        );
+        assert_eq!(
+            lookup("LLM-Cost").map(|(i, _)| SCHEMA[i].key),
+            Some("llm.cost_usd")
+        );
+        for key in [
+            "council.phases",
+            "council",
+            "http.route",
+            "",
+            "llm.model.name",
+            "nbmf.tie",
+        ] {
             assert_eq!(lookup(key), None, "{key}");
         }
     }

@@ -259,12 +259,16 @@ impl Metrics {
 
     /// Counts Daena attribute values of `key` that could not be normalised.
     pub fn schema_errors(&self, key: &'static str, count: u64) {
-        self.schema_errors.get_or_create(&KeyLabels { key }).inc_by(count);
+        self.schema_errors
+            .get_or_create(&KeyLabels { key })
+            .inc_by(count);
     }
 
     /// Counts redacted values of one kind.
     pub fn redacted(&self, kind: &'static str, count: u64) {
-        self.redactions.get_or_create(&KindLabels { kind }).inc_by(count);
+        self.redactions
+            .get_or_create(&KindLabels { kind })
+            .inc_by(count);
     }
 
     /// Counts attributes, events or links cut, or values truncated.

@@ -54,6 +54,9 @@ pub fn load_config(yaml: &str) -> (Config, tempfile::TempDir) {
 }
 
 /// The YAML of an agent with both receivers on ephemeral ports and `exporters` as given.
+/// The processors off: the agent as a pure forwarder (for tests of the transport).
+pub const NO_PROCESSORS: &str = "processors: { daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n";
+
 pub fn agent_yaml(exporters: &str, extra: &str) -> String {
     format!(
         "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: 127.0.0.1:0 }}\nbatch: {{ timeout: 50ms }}\nexporters:\n{exporters}\n{extra}"

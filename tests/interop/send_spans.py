@@ -1,12 +1,15 @@
 """Sends Daena-shaped spans to the agent with the real OpenTelemetry Python SDK.
 
-Usage: send_spans.py {grpc,http,json} ENDPOINT OUT_FILE [--gzip]
+Usage: send_spans.py {grpc,http,json} ENDPOINT OUT_FILE [--gzip] [--messy]
 
 Builds one trace the way Daena's services do (a FastAPI request, a council round with
 scout/debate/commit phases, message-bus traffic, NBMF memory and an LLM exchange, plus a
 span carrying every attribute type), exports it through the chosen OTLP exporter, and
 writes the protobuf ExportTraceServiceRequest the SDK's own encoder makes of those spans
 to OUT_FILE, so the Rust test can compare what the backend received bit for bit.
+With --messy it sends instead a trace whose Daena attributes are spelled the ways
+different services and versions spell them, with secrets in some values, and no
+service.name, for the agent to normalise, mirror and redact.
 Exits 1 if the exporter did not report success.
 """
 
@@ -118,16 +121,55 @@ def daena_trace(tracer, protocol):
             pass
 
 
+def messy_trace(tracer):
+    with tracer.start_as_current_span(
+        "council.round", attributes={"Council_Round_Id": 42, "council-department": " research "}
+    ):
+        for name, phase in (("scout", "Scout"), ("debate", "debate "), ("commit", "COMMIT")):
+            with tracer.start_as_current_span(f"phase.{name}", attributes={"council.Phase": phase}):
+                pass
+        with tracer.start_as_current_span(
+            "message_bus.publish",
+            attributes={"message_bus.operation": "Publish", "Message_Bus.Topic": "council.events",
+                        "message_bus.message_id": 7},
+        ):
+            pass
+        for name, tier in (("tier.int", 1), ("tier.upper", "L2"), ("tier.word", "tier3")):
+            with tracer.start_as_current_span(
+                name, attributes={"nbmf.tier": tier, "NBMF.Operation": "Write"}
+            ):
+                pass
+        with tracer.start_as_current_span(
+            "llm.exchange",
+            attributes={"llm.model": "gpt-4o ", "llm.cas_hit": "True", "llm.near_dup": 1,
+                        "llm.cost": "0.0123",
+                        "llm.prompt": "reply to ana@example.com using sk-proj-ABCDEFGHIJKLMNOP1234",
+                        "http.request.header.authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.payload",
+                        "api_key": "hunter2hunter2"},
+        ):
+            pass
+        with tracer.start_as_current_span("phase.unknown", attributes={"council.phase": "planning"}):
+            pass
+
+
 def main():
     protocol, endpoint, out = sys.argv[1], sys.argv[2], sys.argv[3]
     gzip = "--gzip" in sys.argv[4:]
+    messy = "--messy" in sys.argv[4:]
     tee = Tee(exporter(protocol, endpoint, gzip))
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": "daena-backend", "service.version": "2.0.0",
-                                  "deployment.environment.name": "interop"})
-    )
+    if messy:
+        # No service.name: the SDK sends "unknown_service", which the agent replaces.
+        resource = Resource.create({"db.password": "resource-secret-1"})
+    else:
+        resource = Resource.create({"service.name": "daena-backend", "service.version": "2.0.0",
+                                    "deployment.environment.name": "interop"})
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(SimpleSpanProcessor(tee))
-    daena_trace(provider.get_tracer("backend.utils.tracing", "2.0.0"), protocol)
+    tracer = provider.get_tracer("backend.utils.tracing", "2.0.0")
+    if messy:
+        messy_trace(tracer)
+    else:
+        daena_trace(tracer, protocol)
     provider.shutdown()
     with open(out, "wb") as f:
         f.write(encode_spans(tee.spans).SerializeToString())

@@ -18,7 +18,10 @@ fn span_with(name: &str, attributes: &[(&str, Value)]) -> Span {
         name: name.into(),
         trace_id: vec![1; 16],
         span_id: vec![2; 8],
-        attributes: attributes.iter().map(|(k, v)| key_value(*k, v.clone())).collect(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| key_value(*k, v.clone()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -30,38 +33,75 @@ fn attributes(span: &Span) -> BTreeMap<String, Option<Value>> {
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.clone().and_then(|v| v.value)))
         .collect();
-    assert_eq!(map.len(), span.attributes.len(), "duplicate keys in {:?}", span.attributes);
+    assert_eq!(
+        map.len(),
+        span.attributes.len(),
+        "duplicate keys in {:?}",
+        span.attributes
+    );
     map
 }
 
 fn expect(pairs: &[(&str, Value)]) -> BTreeMap<String, Option<Value>> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), Some(v.clone()))).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Some(v.clone())))
+        .collect()
 }
 
 fn errors(keys: &[&str]) -> Value {
     Value::ArrayValue(ArrayValue {
-        values: keys.iter().map(|k| AnyValue { value: Some(s(k)) }).collect(),
+        values: keys
+            .iter()
+            .map(|k| AnyValue { value: Some(s(k)) })
+            .collect(),
     })
 }
 
 fn run(name: &str, input: &[(&str, Value)]) -> BTreeMap<String, Option<Value>> {
     let mut span = span_with(name, input);
-    stage(&DaenaConfig { semconv_mirror: false, ..DaenaConfig::default() }).normalise_span(&mut span);
+    stage(&DaenaConfig {
+        semconv_mirror: false,
+        ..DaenaConfig::default()
+    })
+    .normalise_span(&mut span);
     attributes(&span)
 }
 
 #[test]
 fn keys_are_normalised_and_the_canonical_key_wins() {
     let table: &[(&[(&str, Value)], &[(&str, Value)])] = &[
-        (&[("Council_Phase", s("debate"))], &[("council.phase", s("debate"))]),
-        (&[("council-phase", s("debate"))], &[("council.phase", s("debate"))]),
-        (&[("council.Phase", s("debate"))], &[("council.phase", s("debate"))]),
-        (&[("LLM.Cost", Value::DoubleValue(0.5))], &[("llm.cost_usd", Value::DoubleValue(0.5))]),
         (
-            &[("COUNCIL_PHASE", s("scout")), ("council.phase", s("commit")), ("council-phase", s("debate"))],
+            &[("Council_Phase", s("debate"))],
+            &[("council.phase", s("debate"))],
+        ),
+        (
+            &[("council-phase", s("debate"))],
+            &[("council.phase", s("debate"))],
+        ),
+        (
+            &[("council.Phase", s("debate"))],
+            &[("council.phase", s("debate"))],
+        ),
+        (
+            &[("LLM.Cost", Value::DoubleValue(0.5))],
+            &[("llm.cost_usd", Value::DoubleValue(0.5))],
+        ),
+        (
+            &[
+                ("COUNCIL_PHASE", s("scout")),
+                ("council.phase", s("commit")),
+                ("council-phase", s("debate")),
+            ],
             &[("council.phase", s("commit"))],
         ),
-        (&[("Council_Phase", s("scout")), ("council-phase", s("debate"))], &[("council.phase", s("scout"))]),
+        (
+            &[
+                ("Council_Phase", s("scout")),
+                ("council-phase", s("debate")),
+            ],
+            &[("council.phase", s("scout"))],
+        ),
         (&[("council.topic", s("x"))], &[("council.topic", s("x"))]),
     ];
     for (input, output) in table {
@@ -108,12 +148,20 @@ fn values_are_normalised_per_key() {
         ("nbmf.item_id", s("item-9"), s("item-9")),
         ("council.department", s("  research "), s("research")),
         ("nbmf.class", s("episodic\n"), s("episodic")),
-        ("message_bus.topic", s(" council.events"), s("council.events")),
+        (
+            "message_bus.topic",
+            s(" council.events"),
+            s("council.events"),
+        ),
         ("llm.model", s("gpt-4o "), s("gpt-4o")),
     ];
     for (key, input, output) in table {
         let got = run("op", &[(key, input.clone())]);
-        assert_eq!(got.get(*key), Some(&Some(output.clone())), "{key} = {input:?}");
+        assert_eq!(
+            got.get(*key),
+            Some(&Some(output.clone())),
+            "{key} = {input:?}"
+        );
         assert!(!got.contains_key(SCHEMA_ERRORS), "{key} = {input:?}");
     }
 }
@@ -137,21 +185,39 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
         let mut span = span_with("op", &[(key, input.clone())]);
         stage.normalise_span(&mut span);
         let got = attributes(&span);
-        assert_eq!(got.get(*key), Some(&Some(input.clone())), "{key} kept as sent");
-        assert_eq!(got.get(SCHEMA_ERRORS), Some(&Some(errors(&[key]))), "{key} = {input:?}");
+        assert_eq!(
+            got.get(*key),
+            Some(&Some(input.clone())),
+            "{key} kept as sent"
+        );
+        assert_eq!(
+            got.get(SCHEMA_ERRORS),
+            Some(&Some(errors(&[key]))),
+            "{key} = {input:?}"
+        );
     }
     let mut batch = SpanBatch::new(Vec::new());
     stage.process(&mut batch);
     let rendered = metrics.render();
-    assert!(rendered.contains(r#"daena_agent_schema_errors_total{key="nbmf.tier"} 2"#), "{rendered}");
-    assert!(rendered.contains(r#"daena_agent_schema_errors_total{key="council.phase"} 1"#), "{rendered}");
+    assert!(
+        rendered.contains(r#"daena_agent_schema_errors_total{key="nbmf.tier"} 2"#),
+        "{rendered}"
+    );
+    assert!(
+        rendered.contains(r#"daena_agent_schema_errors_total{key="council.phase"} 1"#),
+        "{rendered}"
+    );
 }
 
 #[test]
 fn the_component_comes_from_the_families_then_the_span_name() {
     let table: &[(&str, &[(&str, Value)], &str)] = &[
         ("anything", &[("council.phase", s("scout"))], "council"),
-        ("anything", &[("council.round_id", s("r")), ("llm.model", s("m"))], "llm"),
+        (
+            "anything",
+            &[("council.round_id", s("r")), ("llm.model", s("m"))],
+            "llm",
+        ),
         ("anything", &[("Message-Bus.Sender", s("a"))], "message_bus"),
         ("anything", &[("nbmf.tier", s("l1"))], "nbmf"),
         ("anything", &[("http.route", s("/api"))], "http"),
@@ -164,7 +230,11 @@ fn the_component_comes_from_the_families_then_the_span_name() {
         ("GETTER", &[], "other"),
     ];
     for (name, input, component) in table {
-        assert_eq!(run(name, input).get(COMPONENT), Some(&Some(s(component))), "{name} {input:?}");
+        assert_eq!(
+            run(name, input).get(COMPONENT),
+            Some(&Some(s(component))),
+            "{name} {input:?}"
+        );
     }
 }
 
@@ -194,15 +264,28 @@ fn mirrors_follow_the_semantic_conventions_and_never_replace() {
 
     let mut span = span_with(
         "message_bus.subscribe",
-        &[("message_bus.operation", s("subscribe")), ("messaging.system", s("kafka"))],
+        &[
+            ("message_bus.operation", s("subscribe")),
+            ("messaging.system", s("kafka")),
+        ],
     );
     stage(&DaenaConfig::default()).normalise_span(&mut span);
     let got = attributes(&span);
-    assert_eq!(got.get("messaging.operation.type"), Some(&Some(s("receive"))));
-    assert_eq!(got.get("messaging.system"), Some(&Some(s("kafka"))), "never replaced");
+    assert_eq!(
+        got.get("messaging.operation.type"),
+        Some(&Some(s("receive")))
+    );
+    assert_eq!(
+        got.get("messaging.system"),
+        Some(&Some(s("kafka"))),
+        "never replaced"
+    );
 
     let got = run("llm.exchange", &[("llm.model", s("m"))]);
-    assert!(!got.contains_key("gen_ai.request.model"), "semconv_mirror: false adds none");
+    assert!(
+        !got.contains_key("gen_ai.request.model"),
+        "semconv_mirror: false adds none"
+    );
 }
 
 #[test]
@@ -218,33 +301,82 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
         _ => None,
     };
     let table: &[(&[(&str, &str)], bool, &[(&str, &str)])] = &[
-        (&[], false, &[("service.name", "daena"), ("k8s.pod.name", "chat-7d9f"), ("k8s.namespace.name", "daena"), ("deployment.environment.name", "prod")]),
-        (&[("service.name", "unknown_service:python")], false, &[("service.name", "daena")]),
-        (&[("service.name", "chat"), ("k8s.pod.name", "own")], false, &[("service.name", "chat"), ("k8s.pod.name", "own")]),
-        (&[("service.name", "chat"), ("k8s.pod.name", "own")], true, &[("service.name", "chat"), ("k8s.pod.name", "chat-7d9f")]),
+        (
+            &[],
+            false,
+            &[
+                ("service.name", "daena"),
+                ("k8s.pod.name", "chat-7d9f"),
+                ("k8s.namespace.name", "daena"),
+                ("deployment.environment.name", "prod"),
+            ],
+        ),
+        (
+            &[("service.name", "unknown_service:python")],
+            false,
+            &[("service.name", "daena")],
+        ),
+        (
+            &[("service.name", "chat"), ("k8s.pod.name", "own")],
+            false,
+            &[("service.name", "chat"), ("k8s.pod.name", "own")],
+        ),
+        (
+            &[("service.name", "chat"), ("k8s.pod.name", "own")],
+            true,
+            &[("service.name", "chat"), ("k8s.pod.name", "chat-7d9f")],
+        ),
     ];
     for (input, override_existing, output) in table {
-        let config = DaenaConfig { override_existing: *override_existing, ..config.clone() };
+        let config = DaenaConfig {
+            override_existing: *override_existing,
+            ..config.clone()
+        };
         let stage = DaenaProcessor::new(&config, env, Arc::new(Metrics::default()));
         let mut resource = Resource {
             attributes: input.iter().map(|(k, v)| key_value(*k, s(v))).collect(),
             ..Default::default()
         };
         stage.enrich_resource(&mut resource);
-        let got: BTreeMap<_, _> = resource.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.clone())).collect();
+        let got: BTreeMap<_, _> = resource
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.clone()))
+            .collect();
         for (key, value) in *output {
-            assert_eq!(got.get(key), Some(&Some(AnyValue { value: Some(s(value)) })), "{key} from {input:?}");
+            assert_eq!(
+                got.get(key),
+                Some(&Some(AnyValue {
+                    value: Some(s(value))
+                })),
+                "{key} from {input:?}"
+            );
         }
-        assert!(!got.contains_key("host.name"), "an empty variable adds nothing");
+        assert!(
+            !got.contains_key("host.name"),
+            "an empty variable adds nothing"
+        );
     }
     let named = DaenaProcessor::new(
-        &DaenaConfig { service_name: Some("council".into()), override_existing: true, ..DaenaConfig::default() },
+        &DaenaConfig {
+            service_name: Some("council".into()),
+            override_existing: true,
+            ..DaenaConfig::default()
+        },
         |_| None,
         Arc::new(Metrics::default()),
     );
-    let mut resource = Resource { attributes: vec![key_value("service.name", s("chat"))], ..Default::default() };
+    let mut resource = Resource {
+        attributes: vec![key_value("service.name", s("chat"))],
+        ..Default::default()
+    };
     named.enrich_resource(&mut resource);
-    assert_eq!(resource.attributes[0].value, Some(AnyValue { value: Some(s("council")) }));
+    assert_eq!(
+        resource.attributes[0].value,
+        Some(AnyValue {
+            value: Some(s("council"))
+        })
+    );
 }
 
 // ------------------------------------------------------------------ properties
@@ -252,8 +384,10 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
 fn any_value() -> impl Strategy<Value = Value> {
     prop_oneof![
         "[ a-zA-Z0-9._-]{0,12}".prop_map(Value::StringValue),
-        prop::sample::select(vec!["Scout", " DEBATE", "l2", "Tier3", "true", "No", "0.25", "1"])
-            .prop_map(|v| Value::StringValue(v.into())),
+        prop::sample::select(vec![
+            "Scout", " DEBATE", "l2", "Tier3", "true", "No", "0.25", "1"
+        ])
+        .prop_map(|v| Value::StringValue(v.into())),
         any::<i64>().prop_map(Value::IntValue),
         (0i64..4).prop_map(Value::IntValue),
         any::<bool>().prop_map(Value::BoolValue),
@@ -264,8 +398,24 @@ fn any_value() -> impl Strategy<Value = Value> {
 fn daena_key() -> impl Strategy<Value = String> {
     let keys: Vec<String> = SCHEMA
         .iter()
-        .flat_map(|f| [f.key.to_owned(), f.key.to_uppercase(), f.key.replace('.', "_"), f.key.replace(['.', '_'], "-")])
-        .chain(["llm.cost", "council.topic", "http.route", "user_id", "messaging.system"].map(String::from))
+        .flat_map(|f| {
+            [
+                f.key.to_owned(),
+                f.key.to_uppercase(),
+                f.key.replace('.', "_"),
+                f.key.replace(['.', '_'], "-"),
+            ]
+        })
+        .chain(
+            [
+                "llm.cost",
+                "council.topic",
+                "http.route",
+                "user_id",
+                "messaging.system",
+            ]
+            .map(String::from),
+        )
         .collect();
     prop::sample::select(keys)
 }
@@ -284,17 +434,36 @@ fn arbitrary_span(key: impl Strategy<Value = String>) -> impl Strategy<Value = S
             span_id: start.to_be_bytes().to_vec(),
             start_time_unix_nano: start,
             end_time_unix_nano: start.saturating_add(1000),
-            attributes: attributes.into_iter().map(|(k, v)| key_value(k, v)).collect(),
-            events: events.into_iter().map(|name| Event { name, ..Default::default() }).collect(),
-            links: vec![Link { trace_id: vec![9; 16], span_id: vec![8; 8], ..Default::default() }],
-            status: Some(Status { message: "m".into(), code: 2 }),
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| key_value(k, v))
+                .collect(),
+            events: events
+                .into_iter()
+                .map(|name| Event {
+                    name,
+                    ..Default::default()
+                })
+                .collect(),
+            links: vec![Link {
+                trace_id: vec![9; 16],
+                span_id: vec![8; 8],
+                ..Default::default()
+            }],
+            status: Some(Status {
+                message: "m".into(),
+                code: 2,
+            }),
             ..Default::default()
         })
 }
 
 fn batch_of(span: Span) -> SpanBatch {
     SpanBatch::new(vec![ResourceSpans {
-        scope_spans: vec![ScopeSpans { spans: vec![span], ..Default::default() }],
+        scope_spans: vec![ScopeSpans {
+            spans: vec![span],
+            ..Default::default()
+        }],
         ..Default::default()
     }])
 }
