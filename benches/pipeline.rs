@@ -1,5 +1,5 @@
-//! Per-stage microbenchmarks in time per Daena-shaped span: decode, intake, batching,
-//! encode and compression. Run: `cargo bench --bench pipeline`.
+//! Per-stage microbenchmarks in time per Daena-shaped span: decode, intake, the processor
+//! stages, batching, encode and compression. Run: `cargo bench --bench pipeline`.
 
 #[path = "support/traffic.rs"]
 mod traffic;
@@ -9,8 +9,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use daena_trace_agent::config::ProcessorsConfig;
 use daena_trace_agent::otlp::{ExportTraceServiceRequest, SpanBatch, json};
-use daena_trace_agent::processor::Batcher;
+use daena_trace_agent::processor::{self, Batcher};
 use daena_trace_agent::receiver::Intake;
 use prost::Message;
 
@@ -59,6 +60,47 @@ fn stages(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The processors' budget is a share of what decoding and re-encoding costs (README).
+    group.bench_function("decode_then_encode", |b| {
+        b.iter(|| {
+            ExportTraceServiceRequest::decode(black_box(&encoded[..]))
+                .expect("decodes")
+                .encode_to_vec()
+        })
+    });
+    let only = |daena: bool, redact: bool, limits: bool| {
+        let mut config = ProcessorsConfig::default();
+        config.daena.enabled = daena;
+        config.redact.enabled = redact;
+        config.limits.enabled = limits;
+        config
+    };
+    let configs = [
+        ("processors_daena_redact_limits", only(true, true, true)),
+        ("processor_daena", only(true, false, false)),
+        ("processor_redact", only(false, true, false)),
+        ("processor_limits", only(false, false, true)),
+    ];
+    for (label, config) in configs {
+        let mut processors = processor::build(&config, |_| None, &Arc::default());
+        group.bench_function(label, |b| {
+            b.iter_batched(
+                // Decoded as the pipeline decodes it (a clone would size every Vec exactly).
+                || {
+                    SpanBatch::from_request(
+                        ExportTraceServiceRequest::decode(&encoded[..]).expect("decodes"),
+                    )
+                },
+                |mut batch| {
+                    for processor in &mut processors {
+                        processor.process(&mut batch);
+                    }
+                    batch
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.bench_function("encode_protobuf", |b| {
         b.iter(|| black_box(&request).encode_to_vec())
     });

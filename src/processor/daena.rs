@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
-use super::Processor;
-use super::schema::{self, FIELDS, SCHEMA, ValueRule, row};
+use super::SpanStage;
+use super::key_cache::KeyCache;
+use super::schema::{self, FAMILIES, FIELDS, SCHEMA, ValueRule, row};
 use crate::config::DaenaConfig;
-use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, SpanBatch, Value, key_value};
+use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, Value, key_value};
 use crate::telemetry::Metrics;
 
 /// The span attribute naming the Daena component a span belongs to.
@@ -21,7 +22,7 @@ pub const SCHEMA_ERRORS: &str = "daena.schema.errors";
 pub const BUS_SYSTEM: &str = "daena_bus";
 
 /// Normalises Daena spans and enriches their resources, in place.
-pub struct DaenaProcessor {
+pub struct DaenaNormaliser {
     semconv_mirror: bool,
     /// `service.name` for resources without one.
     service_name: String,
@@ -33,9 +34,10 @@ pub struct DaenaProcessor {
     metrics: Arc<Metrics>,
     /// Schema errors of the current batch, per schema row; flushed to the metrics per batch.
     errors: [u64; FIELDS],
+    keys: KeyCache<KeyClass>,
 }
 
-impl DaenaProcessor {
+impl DaenaNormaliser {
     /// Builds the stage; `env` reads the variables `resource_from_env` names.
     pub fn new(
         config: &DaenaConfig,
@@ -64,6 +66,7 @@ impl DaenaProcessor {
             override_existing: config.override_existing,
             metrics,
             errors: [0; FIELDS],
+            keys: KeyCache::new(),
         }
     }
 
@@ -93,19 +96,29 @@ impl DaenaProcessor {
         let mut found = Found::default();
         let mut duplicates: Vec<usize> = Vec::new();
         for (i, kv) in span.attributes.iter().enumerate() {
-            if let Some((row, canonical)) = schema::lookup(&kv.key) {
-                match found.rows[row] {
-                    None => found.rows[row] = Some((i, canonical)),
-                    // The canonical key wins over a variant; otherwise the first one seen.
-                    Some((previous, false)) if canonical => {
-                        duplicates.push(previous);
-                        found.rows[row] = Some((i, true));
+            match self.keys.get(&kv.key, KeyClass::of) {
+                KeyClass::Schema {
+                    row,
+                    canonical,
+                    family,
+                } => {
+                    match found.rows[row] {
+                        None => found.rows[row] = Some((i, canonical)),
+                        // The canonical key wins over a variant; otherwise the first one seen.
+                        Some((previous, false)) if canonical => {
+                            duplicates.push(previous);
+                            found.rows[row] = Some((i, true));
+                        }
+                        Some(_) => duplicates.push(i),
                     }
-                    Some(_) => duplicates.push(i),
+                    found.families[family] = true;
                 }
-                found.family(schema::family(SCHEMA[row].key));
-            } else {
-                found.other_key(&kv.key, i);
+                KeyClass::Family(f) => found.families[f] = true,
+                KeyClass::Component => found.component_at = Some(i),
+                KeyClass::SchemaErrors => found.schema_errors_at = Some(i),
+                KeyClass::Mirror(m) => found.mirrors[m] = true,
+                KeyClass::Http => found.http = true,
+                KeyClass::Other => {}
             }
         }
 
@@ -163,24 +176,20 @@ impl DaenaProcessor {
     }
 }
 
-impl Processor for DaenaProcessor {
+impl SpanStage for DaenaNormaliser {
     fn name(&self) -> &'static str {
         "daena"
     }
 
-    fn process(&mut self, batch: &mut SpanBatch) {
-        for resource_spans in batch.resource_spans_mut() {
-            self.enrich_resource(
-                resource_spans
-                    .resource
-                    .get_or_insert_with(Resource::default),
-            );
-            for scope_spans in &mut resource_spans.scope_spans {
-                for span in &mut scope_spans.spans {
-                    self.normalise_span(span);
-                }
-            }
-        }
+    fn resource(&mut self, resource: &mut Resource) {
+        self.enrich_resource(resource);
+    }
+
+    fn span(&mut self, span: &mut Span) {
+        self.normalise_span(span);
+    }
+
+    fn finish_batch(&mut self) {
         for (row, count) in self.errors.iter_mut().enumerate() {
             if *count > 0 {
                 self.metrics
@@ -195,7 +204,7 @@ impl Processor for DaenaProcessor {
 struct Found {
     /// Per schema row: the attribute's index and whether its key was already canonical.
     rows: [Option<(usize, bool)>; FIELDS],
-    /// Daena families present, in the order of [`FAMILY_ORDER`].
+    /// Daena families present, in the order of [`FAMILIES`].
     families: [bool; 4],
     http: bool,
     component_at: Option<usize>,
@@ -203,9 +212,6 @@ struct Found {
     /// Which mirror keys the span already has, in the order of [`MIRRORS`].
     mirrors: [bool; MIRRORS.len()],
 }
-
-/// Which component wins when a span carries several families: the most specific one.
-const FAMILY_ORDER: [&str; 4] = ["llm", "nbmf", "message_bus", "council"];
 
 /// The semantic-convention keys the stage may add.
 const MIRRORS: [&str; 6] = [
@@ -217,40 +223,67 @@ const MIRRORS: [&str; 6] = [
     "messaging.operation.name",
 ];
 
+/// What an attribute key is to this stage; cached per key.
+#[derive(Clone, Copy)]
+enum KeyClass {
+    /// A schema row, whether the key is already canonical, and the row's family.
+    Schema {
+        row: usize,
+        canonical: bool,
+        family: usize,
+    },
+    /// Another key of a Daena family (index into [`FAMILIES`]).
+    Family(usize),
+    /// `daena.component`.
+    Component,
+    /// `daena.schema.errors`.
+    SchemaErrors,
+    /// A semconv key the stage may add (index into [`MIRRORS`]).
+    Mirror(usize),
+    /// An `http.*` key.
+    Http,
+    /// Anything else.
+    Other,
+}
+
+impl KeyClass {
+    fn of(key: &str) -> Self {
+        if let Some((row, canonical)) = schema::lookup(key) {
+            // Every schema key starts with its family's name.
+            let family = schema::family(SCHEMA[row].key).unwrap_or_default();
+            return Self::Schema {
+                row,
+                canonical,
+                family,
+            };
+        }
+        if key == COMPONENT {
+            return Self::Component;
+        }
+        if key == SCHEMA_ERRORS {
+            return Self::SchemaErrors;
+        }
+        if let Some(m) = MIRRORS.iter().position(|m| *m == key) {
+            return Self::Mirror(m);
+        }
+        if key.starts_with("http.") {
+            return Self::Http;
+        }
+        schema::family(key).map_or(Self::Other, Self::Family)
+    }
+}
+
 impl Found {
-    fn family(&mut self, family: Option<&str>) {
-        if let Some(i) = family.and_then(|f| FAMILY_ORDER.iter().position(|o| *o == f)) {
-            self.families[i] = true;
-        }
-    }
-
-    /// Notes a key outside the schema: its family, the agent's own keys, mirrors, HTTP.
-    fn other_key(&mut self, key: &str, i: usize) {
-        match key.as_bytes().first() {
-            Some(b'd') if key == COMPONENT => self.component_at = Some(i),
-            Some(b'd') if key == SCHEMA_ERRORS => self.schema_errors_at = Some(i),
-            Some(b'g' | b'm') => {
-                if let Some(m) = MIRRORS.iter().position(|m| *m == key) {
-                    self.mirrors[m] = true;
-                } else {
-                    self.family(schema::family(key));
-                }
-            }
-            Some(b'h') if key.starts_with("http.") => self.http = true,
-            _ => self.family(schema::family(key)),
-        }
-    }
-
     /// `daena.component`: the most specific family present, else HTTP, else the span name.
     fn component(&self, span_name: &str) -> &'static str {
         if let Some(i) = self.families.iter().position(|present| *present) {
-            return FAMILY_ORDER[i];
+            return FAMILIES[i];
         }
         if self.http {
             return "http";
         }
         if let Some(family) = schema::family(span_name) {
-            return family;
+            return FAMILIES[family];
         }
         let method = span_name.split(' ').next().unwrap_or_default();
         let methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
@@ -275,7 +308,7 @@ fn mirror(span: &mut Span, found: &Found, failed: &[bool; FIELDS]) {
     if let Some(model) = value_of(row::LLM_MODEL).filter(|_| !found.mirrors[0]) {
         added.push(key_value(MIRRORS[0], Value::StringValue(model)));
     }
-    let bus = FAMILY_ORDER
+    let bus = FAMILIES
         .iter()
         .position(|f| *f == "message_bus")
         .is_some_and(|i| found.families[i]);

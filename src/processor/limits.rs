@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use super::Processor;
+use super::SpanStage;
 use crate::config::LimitsConfig;
-use crate::otlp::{KeyValue, SpanBatch, Value};
+use crate::otlp::{KeyValue, Resource, Span, Value};
 use crate::telemetry::Metrics;
 
 /// What a truncated string value ends with.
@@ -66,37 +66,32 @@ impl Limiter {
     }
 }
 
-impl Processor for Limiter {
+impl SpanStage for Limiter {
     fn name(&self) -> &'static str {
         "limits"
     }
 
-    fn process(&mut self, batch: &mut SpanBatch) {
-        for resource_spans in batch.resource_spans_mut() {
-            if let Some(resource) = &mut resource_spans.resource {
-                resource.dropped_attributes_count +=
-                    self.limit_attributes(&mut resource.attributes);
-            }
-            for scope_spans in &mut resource_spans.scope_spans {
-                for span in &mut scope_spans.spans {
-                    span.dropped_attributes_count += self.limit_attributes(&mut span.attributes);
-                    let events = cut(&mut span.events, self.max_events);
-                    span.dropped_events_count += events;
-                    self.counts[1] += u64::from(events);
-                    let links = cut(&mut span.links, self.max_links);
-                    span.dropped_links_count += links;
-                    self.counts[2] += u64::from(links);
-                    for event in &mut span.events {
-                        event.dropped_attributes_count +=
-                            self.limit_attributes(&mut event.attributes);
-                    }
-                    for link in &mut span.links {
-                        link.dropped_attributes_count +=
-                            self.limit_attributes(&mut link.attributes);
-                    }
-                }
-            }
+    fn resource(&mut self, resource: &mut Resource) {
+        resource.dropped_attributes_count += self.limit_attributes(&mut resource.attributes);
+    }
+
+    fn span(&mut self, span: &mut Span) {
+        span.dropped_attributes_count += self.limit_attributes(&mut span.attributes);
+        let events = cut(&mut span.events, self.max_events);
+        span.dropped_events_count += events;
+        self.counts[1] += u64::from(events);
+        let links = cut(&mut span.links, self.max_links);
+        span.dropped_links_count += links;
+        self.counts[2] += u64::from(links);
+        for event in &mut span.events {
+            event.dropped_attributes_count += self.limit_attributes(&mut event.attributes);
         }
+        for link in &mut span.links {
+            link.dropped_attributes_count += self.limit_attributes(&mut link.attributes);
+        }
+    }
+
+    fn finish_batch(&mut self) {
         for (kind, count) in self.counts.iter_mut().enumerate() {
             if *count > 0 {
                 self.metrics.limited(KINDS[kind], std::mem::take(count));
@@ -132,7 +127,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::otlp::SpanBatch;
     use crate::otlp::{Event, Link, ResourceSpans, ScopeSpans, Span, key_value};
+    use crate::processor::{Processor, SpanPass};
 
     #[test]
     fn long_values_are_cut_at_a_character_boundary_and_marked() {
@@ -179,7 +176,8 @@ mod tests {
             max_links: 1,
             ..LimitsConfig::default()
         };
-        Limiter::new(&config, Arc::clone(&metrics)).process(&mut batch);
+        SpanPass::new(vec![Box::new(Limiter::new(&config, Arc::clone(&metrics)))])
+            .process(&mut batch);
         let span = &batch.resource_spans_mut()[0].scope_spans[0].spans[0];
         assert_eq!(
             (span.attributes.len(), span.dropped_attributes_count),

@@ -3,13 +3,14 @@
 
 pub mod batch;
 pub mod daena;
+mod key_cache;
 pub mod limits;
 pub mod pipeline;
 pub mod redact;
 pub mod schema;
 
 pub use batch::Batcher;
-pub use daena::DaenaProcessor;
+pub use daena::DaenaNormaliser;
 pub use limits::Limiter;
 pub use pipeline::Pipeline;
 pub use redact::Redactor;
@@ -17,20 +18,20 @@ pub use redact::Redactor;
 use std::sync::Arc;
 
 use crate::config::ProcessorsConfig;
-use crate::otlp::SpanBatch;
+use crate::otlp::{Resource, Span, SpanBatch};
 use crate::telemetry::Metrics;
 
-/// The enabled stages in their fixed order: daena (so the others see canonical keys),
-/// redact (before limits, so a cut can never leave half a secret behind), limits.
-/// `env` reads the variables `processors.daena.resource_from_env` names.
+/// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
+/// others see canonical keys), redact (before limits, so a cut can never leave half a
+/// secret behind), limits. `env` reads the variables `processors.daena.resource_from_env` names.
 pub fn build(
     config: &ProcessorsConfig,
     env: impl Fn(&str) -> Option<String>,
     metrics: &Arc<Metrics>,
 ) -> Vec<Box<dyn Processor>> {
-    let mut stages: Vec<Box<dyn Processor>> = Vec::new();
+    let mut stages: Vec<Box<dyn SpanStage>> = Vec::new();
     if config.daena.enabled {
-        stages.push(Box::new(DaenaProcessor::new(
+        stages.push(Box::new(DaenaNormaliser::new(
             &config.daena,
             env,
             Arc::clone(metrics),
@@ -42,7 +43,11 @@ pub fn build(
     if config.limits.enabled {
         stages.push(Box::new(Limiter::new(&config.limits, Arc::clone(metrics))));
     }
-    stages
+    let mut processors: Vec<Box<dyn Processor>> = Vec::new();
+    if !stages.is_empty() {
+        processors.push(Box::new(SpanPass::new(stages)));
+    }
+    processors
 }
 
 /// One pipeline stage: works on a batch in place, synchronously, and never fails it.
@@ -56,4 +61,56 @@ pub trait Processor: Send + 'static {
     /// Mutates, filters or drops spans of `batch` in place, through
     /// [`SpanBatch::resource_spans_mut`], which decodes spans that are still encoded.
     fn process(&mut self, batch: &mut SpanBatch);
+}
+
+/// A stage that works on one resource or span at a time; [`SpanPass`] runs several of
+/// them over each span while it is in cache.
+pub trait SpanStage: Send + 'static {
+    /// Stable name, used in logs.
+    fn name(&self) -> &'static str;
+    /// Works on a resource before its spans.
+    fn resource(&mut self, resource: &mut Resource);
+    /// Works on one span in place.
+    fn span(&mut self, span: &mut Span);
+    /// Called after each batch: the place to hand per-batch counts to the metrics.
+    fn finish_batch(&mut self);
+}
+
+/// Runs span stages in order over each resource and span of a batch, in one pass.
+pub struct SpanPass {
+    stages: Vec<Box<dyn SpanStage>>,
+}
+
+impl SpanPass {
+    /// A pass running `stages` in order.
+    pub fn new(stages: Vec<Box<dyn SpanStage>>) -> Self {
+        Self { stages }
+    }
+}
+
+impl Processor for SpanPass {
+    fn name(&self) -> &'static str {
+        "span_stages"
+    }
+
+    fn process(&mut self, batch: &mut SpanBatch) {
+        for resource_spans in batch.resource_spans_mut() {
+            let resource = resource_spans
+                .resource
+                .get_or_insert_with(Resource::default);
+            for stage in &mut self.stages {
+                stage.resource(resource);
+            }
+            for scope_spans in &mut resource_spans.scope_spans {
+                for span in &mut scope_spans.spans {
+                    for stage in &mut self.stages {
+                        stage.span(span);
+                    }
+                }
+            }
+        }
+        for stage in &mut self.stages {
+            stage.finish_batch();
+        }
+    }
 }

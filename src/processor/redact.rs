@@ -3,9 +3,10 @@
 
 use std::sync::Arc;
 
-use super::Processor;
+use super::SpanStage;
+use super::key_cache::KeyCache;
 use crate::config::RedactConfig;
-use crate::otlp::{KeyValue, SpanBatch, Value};
+use crate::otlp::{KeyValue, Resource, Span, Value};
 use crate::telemetry::Metrics;
 
 /// What a redacted value (or the secret part of one) is replaced with.
@@ -21,6 +22,10 @@ pub struct Redactor {
     bearer_tokens: bool,
     api_keys: bool,
     emails_in_llm_text: bool,
+    /// Per key: (names a secret, holds LLM prompt/response text).
+    keys: KeyCache<(bool, bool)>,
+    /// Finds `sk-` fast in long values.
+    api_key_prefix: memchr::memmem::Finder<'static>,
     metrics: Arc<Metrics>,
     /// Redactions of the current batch, by [`KINDS`] index.
     counts: [u64; KINDS.len()],
@@ -34,10 +39,13 @@ impl Redactor {
                 .keys
                 .iter()
                 .map(|k| words(k).map(str::to_ascii_lowercase).collect())
+                .filter(|words: &Vec<String>| !words.is_empty())
                 .collect(),
             bearer_tokens: config.bearer_tokens,
             api_keys: config.api_keys,
             emails_in_llm_text: config.emails_in_llm_text,
+            keys: KeyCache::new(),
+            api_key_prefix: memchr::memmem::Finder::new(b"sk-").into_owned(),
             metrics,
             counts: [0; KINDS.len()],
         }
@@ -48,13 +56,17 @@ impl Redactor {
             let Some(value) = kv.value.as_mut().and_then(|v| v.value.as_mut()) else {
                 continue;
             };
-            if self.secret_key(&kv.key) {
+            let patterns = &self.key_patterns;
+            let (secret, llm_text) = self.keys.get(&kv.key, |key| {
+                (secret_key(patterns, key), llm_text_key(key))
+            });
+            if secret {
                 if !matches!(value, Value::StringValue(s) if s == REDACTED) {
                     *value = Value::StringValue(REDACTED.to_owned());
                     self.counts[0] += 1;
                 }
             } else if let Value::StringValue(text) = value {
-                let emails = self.emails_in_llm_text && llm_text_key(&kv.key);
+                let emails = self.emails_in_llm_text && llm_text;
                 if let Some(masked) = self.mask(text, emails) {
                     *text = masked;
                 }
@@ -62,36 +74,18 @@ impl Redactor {
         }
     }
 
-    /// Whether some pattern's words appear, in order and whole, among the key's words.
-    fn secret_key(&self, key: &str) -> bool {
-        let mut key_words = [""; 16];
-        let mut n = 0;
-        for word in words(key).take(key_words.len()) {
-            key_words[n] = word;
-            n += 1;
-        }
-        let key_words = &key_words[..n];
-        self.key_patterns.iter().any(|pattern| {
-            !pattern.is_empty()
-                && key_words.windows(pattern.len()).any(|window| {
-                    window
-                        .iter()
-                        .zip(pattern)
-                        .all(|(w, p)| w.eq_ignore_ascii_case(p))
-                })
-        })
-    }
-
     /// `text` with its secrets masked, or `None` when it has none.
     fn mask(&mut self, text: &str, emails: bool) -> Option<String> {
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
-        if self.bearer_tokens {
+        // Most values are shorter than the shortest secret, or lack the byte it needs.
+        let bytes = text.as_bytes();
+        if self.bearer_tokens && text.len() >= 14 && memchr::memchr(b' ', bytes).is_some() {
             found.extend(bearer_tokens(text).map(|(start, end)| (start, end, 1)));
         }
-        if self.api_keys {
+        if self.api_keys && text.len() >= 19 && self.api_key_prefix.find(bytes).is_some() {
             found.extend(api_keys(text).map(|(start, end)| (start, end, 2)));
         }
-        if emails {
+        if emails && memchr::memchr(b'@', bytes).is_some() {
             found.extend(emails_in(text).map(|(start, end)| (start, end, 3)));
         }
         if found.is_empty() {
@@ -114,28 +108,26 @@ impl Redactor {
     }
 }
 
-impl Processor for Redactor {
+impl SpanStage for Redactor {
     fn name(&self) -> &'static str {
         "redact"
     }
 
-    fn process(&mut self, batch: &mut SpanBatch) {
-        for resource_spans in batch.resource_spans_mut() {
-            if let Some(resource) = &mut resource_spans.resource {
-                self.redact(&mut resource.attributes);
-            }
-            for scope_spans in &mut resource_spans.scope_spans {
-                for span in &mut scope_spans.spans {
-                    self.redact(&mut span.attributes);
-                    for event in &mut span.events {
-                        self.redact(&mut event.attributes);
-                    }
-                    for link in &mut span.links {
-                        self.redact(&mut link.attributes);
-                    }
-                }
-            }
+    fn resource(&mut self, resource: &mut Resource) {
+        self.redact(&mut resource.attributes);
+    }
+
+    fn span(&mut self, span: &mut Span) {
+        self.redact(&mut span.attributes);
+        for event in &mut span.events {
+            self.redact(&mut event.attributes);
         }
+        for link in &mut span.links {
+            self.redact(&mut link.attributes);
+        }
+    }
+
+    fn finish_batch(&mut self) {
         for (kind, count) in self.counts.iter_mut().enumerate() {
             if *count > 0 {
                 self.metrics.redacted(KINDS[kind], std::mem::take(count));
@@ -144,9 +136,38 @@ impl Processor for Redactor {
     }
 }
 
+/// Whether some pattern's words appear, in order and whole, among the key's words.
+fn secret_key(patterns: &[Vec<String>], key: &str) -> bool {
+    let key_words: Vec<&str> = words(key).collect();
+    patterns.iter().any(|pattern| {
+        key_words.windows(pattern.len()).any(|window| {
+            window
+                .iter()
+                .zip(pattern)
+                .all(|(w, p)| w.eq_ignore_ascii_case(p))
+        })
+    })
+}
+
 /// The words of a key: split at `.`, `_` and `-`.
 fn words(key: &str) -> impl Iterator<Item = &str> {
-    key.split(['.', '_', '-']).filter(|w| !w.is_empty())
+    // Splits at ASCII bytes, which are always character boundaries.
+    let bytes = key.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        while start < bytes.len() {
+            let end = bytes[start..]
+                .iter()
+                .position(|b| matches!(b, b'.' | b'_' | b'-'))
+                .map_or(bytes.len(), |p| start + p);
+            let word = &key[start..end];
+            start = end + 1;
+            if !word.is_empty() {
+                return Some(word);
+            }
+        }
+        None
+    })
 }
 
 /// Prompt and response text of LLM calls: `llm.*` or `gen_ai.*` keys with such a word.
@@ -176,6 +197,9 @@ fn is_token_byte(b: u8) -> bool {
 fn bearer_tokens(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     let bytes = text.as_bytes();
     (0..bytes.len().saturating_sub(6)).filter_map(move |i| {
+        if bytes[i] | 0x20 != b'b' {
+            return None;
+        }
         let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
         if !word_start || !bytes[i..i + 6].eq_ignore_ascii_case(b"bearer") {
             return None;
@@ -193,7 +217,10 @@ fn bearer_tokens(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
 /// `sk-…` keys: `sk-` at a word start followed by at least 16 key characters.
 fn api_keys(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     let bytes = text.as_bytes();
-    text.match_indices("sk-").filter_map(move |(i, _)| {
+    (0..bytes.len().saturating_sub(3)).filter_map(move |i| {
+        if bytes[i] != b's' || bytes[i + 1] != b'k' || bytes[i + 2] != b'-' {
+            return None;
+        }
         let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
         let rest = bytes[i + 3..]
             .iter()
@@ -231,7 +258,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::otlp::SpanBatch;
     use crate::otlp::{AnyValue, ResourceSpans, ScopeSpans, Span, key_value};
+    use crate::processor::{Processor, SpanPass};
 
     fn redactor() -> Redactor {
         Redactor::new(&RedactConfig::default(), Arc::new(Metrics::default()))
@@ -356,7 +385,11 @@ mod tests {
             ..Default::default()
         }]);
         let metrics = Arc::new(Metrics::default());
-        Redactor::new(&RedactConfig::default(), Arc::clone(&metrics)).process(&mut batch);
+        SpanPass::new(vec![Box::new(Redactor::new(
+            &RedactConfig::default(),
+            Arc::clone(&metrics),
+        ))])
+        .process(&mut batch);
         let request = batch.into_request();
         assert!(!format!("{request:?}").contains("s3cr3t"));
         assert!(

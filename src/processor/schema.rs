@@ -106,15 +106,17 @@ pub fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
-/// The Daena attribute family a key belongs to (`council`, `message_bus`, `nbmf`, `llm`), if any.
-pub fn family(key: &str) -> Option<&'static str> {
-    ["council", "message_bus", "nbmf", "llm"]
-        .into_iter()
-        .find(|family| {
-            key.len() > family.len()
-                && matches!(key.as_bytes()[family.len()], b'.' | b'_' | b'-')
-                && same_key(family, &key[..family.len()])
-        })
+/// The Daena attribute families, most specific first: a span carrying several belongs to
+/// the first (an LLM call made during a council round is an `llm` span).
+pub const FAMILIES: [&str; 4] = ["llm", "nbmf", "message_bus", "council"];
+
+/// The index in [`FAMILIES`] of the family a key (or span name) belongs to, if any.
+pub fn family(key: &str) -> Option<usize> {
+    FAMILIES.iter().position(|family| {
+        key.len() > family.len()
+            && matches!(key.as_bytes()[family.len()], b'.' | b'_' | b'-')
+            && same_key(family, &key[..family.len()])
+    })
 }
 
 #[cfg(test)]
@@ -172,10 +174,11 @@ mod tests {
 
     #[test]
     fn families_are_found_by_their_first_word() {
-        assert_eq!(family("council.topic"), Some("council"));
-        assert_eq!(family("Message-Bus.sender"), Some("message_bus"));
-        assert_eq!(family("LLM_prompt"), Some("llm"));
-        assert_eq!(family("nbmf.tier"), Some("nbmf"));
+        let name = |key| family(key).map(|f| FAMILIES[f]);
+        assert_eq!(name("council.topic"), Some("council"));
+        assert_eq!(name("Message-Bus.sender"), Some("message_bus"));
+        assert_eq!(name("LLM_prompt"), Some("llm"));
+        assert_eq!(name("nbmf.tier"), Some("nbmf"));
         assert_eq!(family("councilor"), None);
         assert_eq!(family("llm"), None);
         assert_eq!(family("http.route"), None);

@@ -3,14 +3,25 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::otlp::{Event, Link, ResourceSpans, ScopeSpans, Status};
+use crate::otlp::{Event, Link, ResourceSpans, ScopeSpans, SpanBatch, Status};
+use crate::processor::{Processor, SpanPass};
+
+/// Attributes written as `(key, value)` pairs in the tables.
+type Pairs<'a> = &'a [(&'a str, Value)];
+/// String attributes written as `(key, value)` pairs in the tables.
+type TextPairs<'a> = &'a [(&'a str, &'a str)];
 
 fn s(text: &str) -> Value {
     Value::StringValue(text.into())
 }
 
-fn stage(config: &DaenaConfig) -> DaenaProcessor {
-    DaenaProcessor::new(config, |_| None, Arc::new(Metrics::default()))
+fn stage(config: &DaenaConfig) -> DaenaNormaliser {
+    DaenaNormaliser::new(config, |_| None, Arc::new(Metrics::default()))
+}
+
+/// The stage as the pipeline runs it.
+fn pass() -> SpanPass {
+    SpanPass::new(vec![Box::new(stage(&DaenaConfig::default()))])
 }
 
 fn span_with(name: &str, attributes: &[(&str, Value)]) -> Span {
@@ -70,7 +81,7 @@ fn run(name: &str, input: &[(&str, Value)]) -> BTreeMap<String, Option<Value>> {
 
 #[test]
 fn keys_are_normalised_and_the_canonical_key_wins() {
-    let table: &[(&[(&str, Value)], &[(&str, Value)])] = &[
+    let table: &[(Pairs<'_>, Pairs<'_>)] = &[
         (
             &[("Council_Phase", s("debate"))],
             &[("council.phase", s("debate"))],
@@ -180,7 +191,7 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
         ("llm.model", Value::BoolValue(true)),
     ];
     let metrics = Arc::new(Metrics::default());
-    let mut stage = DaenaProcessor::new(&DaenaConfig::default(), |_| None, Arc::clone(&metrics));
+    let mut stage = DaenaNormaliser::new(&DaenaConfig::default(), |_| None, Arc::clone(&metrics));
     for (key, input) in table {
         let mut span = span_with("op", &[(key, input.clone())]);
         stage.normalise_span(&mut span);
@@ -196,8 +207,7 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
             "{key} = {input:?}"
         );
     }
-    let mut batch = SpanBatch::new(Vec::new());
-    stage.process(&mut batch);
+    stage.finish_batch();
     let rendered = metrics.render();
     assert!(
         rendered.contains(r#"daena_agent_schema_errors_total{key="nbmf.tier"} 2"#),
@@ -211,7 +221,7 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
 
 #[test]
 fn the_component_comes_from_the_families_then_the_span_name() {
-    let table: &[(&str, &[(&str, Value)], &str)] = &[
+    let table: &[(&str, Pairs<'_>, &str)] = &[
         ("anything", &[("council.phase", s("scout"))], "council"),
         (
             "anything",
@@ -300,7 +310,7 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
         "HOSTNAME" => Some(" ".to_owned()),
         _ => None,
     };
-    let table: &[(&[(&str, &str)], bool, &[(&str, &str)])] = &[
+    let table: &[(TextPairs<'_>, bool, TextPairs<'_>)] = &[
         (
             &[],
             false,
@@ -332,7 +342,7 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
             override_existing: *override_existing,
             ..config.clone()
         };
-        let stage = DaenaProcessor::new(&config, env, Arc::new(Metrics::default()));
+        let stage = DaenaNormaliser::new(&config, env, Arc::new(Metrics::default()));
         let mut resource = Resource {
             attributes: input.iter().map(|(k, v)| key_value(*k, s(v))).collect(),
             ..Default::default()
@@ -357,7 +367,7 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
             "an empty variable adds nothing"
         );
     }
-    let named = DaenaProcessor::new(
+    let named = DaenaNormaliser::new(
         &DaenaConfig {
             service_name: Some("council".into()),
             override_existing: true,
@@ -475,18 +485,18 @@ fn only_span(batch: &mut SpanBatch) -> Span {
 proptest! {
     #[test]
     fn normalising_twice_is_normalising_once(span in arbitrary_span(daena_key())) {
-        let mut stage = stage(&DaenaConfig::default());
+        let mut pass = pass();
         let mut batch = batch_of(span);
-        stage.process(&mut batch);
+        pass.process(&mut batch);
         let once = batch.clone();
-        stage.process(&mut batch);
+        pass.process(&mut batch);
         prop_assert_eq!(batch, once);
     }
 
     #[test]
     fn ids_times_events_links_and_status_are_never_changed(span in arbitrary_span(daena_key())) {
         let mut batch = batch_of(span.clone());
-        stage(&DaenaConfig::default()).process(&mut batch);
+        pass().process(&mut batch);
         let out = only_span(&mut batch);
         prop_assert_eq!(
             (&out.trace_id, &out.span_id, &out.parent_span_id, out.start_time_unix_nano, out.end_time_unix_nano),
@@ -501,7 +511,7 @@ proptest! {
     ) {
         prop_assume!(schema::family(&span.name).is_none() && !span.name.contains(' '));
         let mut batch = batch_of(span.clone());
-        stage(&DaenaConfig::default()).process(&mut batch);
+        pass().process(&mut batch);
         let mut expected = span;
         expected.attributes.push(key_value(COMPONENT, s("other")));
         prop_assert_eq!(only_span(&mut batch), expected);

@@ -1,0 +1,78 @@
+//! A small direct-mapped cache from attribute keys to what a stage decided about them.
+//!
+//! Spans repeat the same few dozen keys; classifying a key (schema lookup, secret-word
+//! match) costs tens of nanoseconds, a cache hit a hash and one comparison. Bounded: a
+//! colliding key replaces the entry, so memory never grows with the keys seen.
+
+/// Entries; a power of two.
+const SLOTS: usize = 512;
+
+/// Remembers `T` for recently seen keys.
+pub struct KeyCache<T> {
+    slots: Vec<Option<(Box<str>, T)>>,
+}
+
+impl<T: Copy> KeyCache<T> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    /// What `classify` says about `key`, computed at most once while the key stays cached.
+    pub fn get(&mut self, key: &str, classify: impl FnOnce(&str) -> T) -> T {
+        let slot = &mut self.slots[hash(key.as_bytes()) & (SLOTS - 1)];
+        match slot {
+            Some((cached, value)) if **cached == *key => *value,
+            _ => {
+                let value = classify(key);
+                *slot = Some((key.into(), value));
+                value
+            }
+        }
+    }
+}
+
+/// A fast hash of a key's length and its first and last eight bytes (keys that share
+/// all three only collide, which costs a recomputation, never a wrong answer).
+fn hash(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    let (head, tail) = match (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+        _ => {
+            let mut word = [0u8; 8];
+            word[..n].copy_from_slice(bytes);
+            (u64::from_le_bytes(word), 0)
+        }
+    };
+    let h = (head.wrapping_mul(0x517c_c1b7_2722_0a95) ^ tail.rotate_left(29) ^ n as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 40) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_key_is_classified_once_and_colliding_keys_stay_correct() {
+        let mut cache = KeyCache::new();
+        let mut calls = 0;
+        for _ in 0..3 {
+            assert_eq!(
+                cache.get("council.phase", |k| {
+                    calls += 1;
+                    k.len()
+                }),
+                13
+            );
+        }
+        assert_eq!(calls, 1);
+        // More distinct keys than slots: every answer is still the classifier's.
+        for i in 0..(SLOTS * 3) {
+            let key = format!("key.{i}");
+            assert_eq!(cache.get(&key, str::len), key.len());
+        }
+    }
+}
