@@ -47,6 +47,16 @@ struct Scenario {
     agent: Option<&'static str>,
 }
 
+/// Appended to the pass-through scenarios: the processors (on by default) off.
+macro_rules! passthrough {
+    ($exporter:literal) => {
+        concat!(
+            $exporter,
+            "processors: { daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n"
+        )
+    };
+}
+
 fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -57,22 +67,27 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "grpc-passthrough-gzip",
             input: Input::Grpc,
-            agent: Some("    compression: gzip\n"),
+            agent: Some(passthrough!("    compression: gzip\n")),
         },
         Scenario {
             name: "grpc-passthrough-none",
             input: Input::Grpc,
-            agent: Some("    compression: none\n"),
+            agent: Some(passthrough!("    compression: none\n")),
+        },
+        Scenario {
+            name: "grpc-daena-redact-limits-gzip (the default processors)",
+            input: Input::Grpc,
+            agent: Some("    compression: gzip\n"),
         },
         Scenario {
             name: "http-protobuf-in",
             input: Input::Http { gzip: false },
-            agent: Some("    compression: gzip\n"),
+            agent: Some(passthrough!("    compression: gzip\n")),
         },
         Scenario {
             name: "http-protobuf-gzip-in",
             input: Input::Http { gzip: true },
-            agent: Some("    compression: gzip\n"),
+            agent: Some(passthrough!("    compression: gzip\n")),
         },
     ]
 }

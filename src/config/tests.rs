@@ -217,3 +217,37 @@ fn the_sidecar_config_in_deploy_is_valid_and_listens_on_all_interfaces() {
     );
     assert_eq!(config.exporters["otlp"].protocol, ExporterProtocol::Grpc);
 }
+
+#[test]
+fn processor_settings_are_validated_together() {
+    let text = errors_of(
+        "processors:\n  daena:\n    service_name: \" \"\n    resource_from_env: { k8s.pod.name: \"\" }\n  redact:\n    keys: [token, \"._\"]\n  limits:\n    max_attribute_value_length: 8\n    max_attributes: 0\n",
+    );
+    for expected in [
+        "processors.daena.service_name: is empty",
+        "processors.daena.resource_from_env.k8s.pod.name: names no environment variable",
+        "processors.redact.keys[1]: \"._\" has no word to match",
+        "processors.limits.max_attribute_value_length: must be at least 32 bytes (got 8)",
+        "processors.limits.max_attributes: must be at least 1",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("5 config errors"), "{text}");
+    let unknown = errors_of("processors:\n  daena:\n    semconv_mirrors: false\n");
+    assert!(unknown.contains("semconv_mirrors"), "{unknown}");
+}
+
+#[test]
+fn the_processors_are_on_by_default_and_can_be_turned_off() {
+    let config = load_text("", &no_env).expect("valid");
+    let processors = &config.processors;
+    assert!(processors.daena.enabled && processors.redact.enabled && processors.limits.enabled);
+    assert!(processors.daena.semconv_mirror);
+    assert_eq!(processors.limits.max_attribute_value_length, 4096);
+    let off = load_text(
+        "processors: { daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n",
+        &no_env,
+    )
+    .expect("valid");
+    assert!(!off.processors.daena.enabled && !off.processors.redact.enabled);
+}

@@ -91,6 +91,24 @@ impl SpanBatch {
         (self.encoded, self.decoded)
     }
 
+    /// Encodes the decoded spans into one encoded part. After the stages have run, a batch
+    /// waits in the queues in its compact wire form (a fraction of the decoded size) and is
+    /// never encoded again.
+    pub fn encode_decoded(&mut self) {
+        if self.decoded.is_empty() {
+            return;
+        }
+        let spans = span_count(&self.decoded);
+        let mut out = Vec::with_capacity(prost::encoding::message::encoded_len_repeated(
+            1,
+            &self.decoded,
+        ));
+        for rs in std::mem::take(&mut self.decoded) {
+            prost::encoding::message::encode(1, &rs, &mut out);
+        }
+        self.encoded.push((Bytes::from(out), spans));
+    }
+
     /// Adds an encoded part.
     pub fn push_encoded(&mut self, body: Bytes, spans: usize) {
         self.encoded.push((body, spans));

@@ -45,8 +45,11 @@ impl Pipeline {
             tokio::select! {
                 received = rx.recv() => {
                     let Some(mut batch) = received else { break };
-                    for processor in &mut self.processors {
-                        processor.process(&mut batch);
+                    if !self.processors.is_empty() {
+                        for processor in &mut self.processors {
+                            processor.process(&mut batch);
+                        }
+                        batch.encode_decoded();
                     }
                     for full in self.batcher.push(batch) {
                         dispatch(&self.exporters, full).await;
