@@ -16,7 +16,10 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use processors::{DaenaConfig, LimitsConfig, MIN_VALUE_LENGTH, ProcessorsConfig, RedactConfig};
+pub use processors::{
+    DaenaConfig, LimitsConfig, MIN_VALUE_LENGTH, PolicyConfig, PolicyKind, ProcessorsConfig,
+    RedactConfig, SamplingConfig, SamplingMode,
+};
 pub use units::ByteSize;
 
 /// The whole config file; every key is optional.

@@ -1,10 +1,11 @@
 //! The `processors` section: the Daena schema stage, redaction and limits.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, units};
 
 /// The processor stages; they always run in the order daena → redact → limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -17,6 +18,9 @@ pub struct ProcessorsConfig {
     pub redact: RedactConfig,
     /// Caps attribute value length and the number of attributes, events and links.
     pub limits: LimitsConfig,
+    /// Keeps a consistent share of traces (head) or whole traces by policy (tail); off
+    /// unless configured. Runs after the other stages, so policies see canonical attributes.
+    pub sampling: Option<SamplingConfig>,
 }
 
 /// `processors.daena`.
@@ -133,6 +137,101 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `processors.sampling`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// `head`: decide each span by its trace id at once; `tail`: hold whole traces and
+    /// decide by `policies`.
+    pub mode: SamplingMode,
+    /// Head mode: the share of traces kept, in (0, 1].
+    pub ratio: Option<f64>,
+    /// Tail mode: how long after a trace's last span arrived it is decided.
+    #[serde(with = "units::duration")]
+    pub decision_wait: Duration,
+    /// Tail mode: traces held at once; beyond it the oldest are decided early.
+    pub max_traces: usize,
+    /// Tail mode: spans held at once; beyond it the oldest traces are decided early.
+    pub max_buffered_spans: usize,
+    /// Tail mode: recent decisions remembered for spans that arrive late.
+    pub decision_cache: usize,
+    /// Tail mode: an attribute whose value ties traces together (`council.round_id`):
+    /// every trace with the same value gets the same decision.
+    pub coherent_by: Option<String>,
+    /// Tail mode: in order; a trace is kept when one keeps it.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            mode: SamplingMode::Head,
+            ratio: None,
+            decision_wait: Duration::from_secs(5),
+            max_traces: 50_000,
+            max_buffered_spans: 500_000,
+            decision_cache: 100_000,
+            coherent_by: None,
+            policies: Vec::new(),
+        }
+    }
+}
+
+/// Head or tail sampling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplingMode {
+    /// Per span, by trace id, at once.
+    Head,
+    /// Per whole trace, by policy, after `decision_wait`.
+    Tail,
+}
+
+/// One tail-sampling policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Names the policy in metrics and logs.
+    pub name: String,
+    /// What the policy looks at.
+    #[serde(rename = "type")]
+    pub kind: PolicyKind,
+    /// `latency`: the duration a span (the root, when the trace has one) must reach.
+    #[serde(default, with = "units::duration")]
+    pub threshold: Duration,
+    /// `attribute`: the span attribute to look at.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// `attribute`: keep when the value equals one of these.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// `attribute`: keep when the (numeric) value is at least this.
+    #[serde(default)]
+    pub at_least: Option<f64>,
+    /// `ratio`: the share of traces kept, by the consistent probability rule.
+    #[serde(default)]
+    pub ratio: Option<f64>,
+    /// `rate_limit`: traces kept per second at most.
+    #[serde(default)]
+    pub traces_per_second: Option<f64>,
+}
+
+/// The kinds of tail policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// Any span with status ERROR.
+    Errors,
+    /// A span (the root, if present) at least `threshold` long.
+    Latency,
+    /// A span attribute equal to one of `values`, or a number at least `at_least`.
+    Attribute,
+    /// The consistent probability rule with `ratio`.
+    Ratio,
+    /// At most `traces_per_second` of what earlier policies did not keep.
+    RateLimit,
+}
+
 /// The shortest `max_attribute_value_length` accepted: room for the marker and some text.
 pub const MIN_VALUE_LENGTH: usize = 32;
 
@@ -195,6 +294,91 @@ impl ProcessorsConfig {
                 "processors.limits.max_attributes",
                 "must be at least 1",
             ));
+        }
+        if let Some(sampling) = &self.sampling {
+            sampling.validate(errors);
+        }
+    }
+}
+
+/// A ratio is valid in (0, 1] (the consistent-sampling spec's smallest is 2^-56).
+fn valid_ratio(ratio: f64) -> bool {
+    ratio > 0.0 && ratio <= 1.0
+}
+
+impl SamplingConfig {
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let key = "processors.sampling";
+        match (self.mode, self.ratio) {
+            (SamplingMode::Head, None) => errors.push(ConfigError::new(
+                format!("{key}.ratio"),
+                "head sampling needs a ratio, e.g. ratio: 0.1 (or mode: tail with policies)",
+            )),
+            (SamplingMode::Head, Some(_)) if !self.policies.is_empty() => errors.push(
+                ConfigError::new(format!("{key}.policies"), "policies need mode: tail"),
+            ),
+            (SamplingMode::Tail, Some(_)) => errors.push(ConfigError::new(
+                format!("{key}.ratio"),
+                "in tail mode, give the ratio as a policy: { name: baseline, type: ratio, ratio: 0.05 }",
+            )),
+            (SamplingMode::Tail, None) if self.policies.is_empty() => errors.push(
+                ConfigError::new(format!("{key}.policies"), "tail sampling needs at least one policy"),
+            ),
+            _ => {}
+        }
+        if let Some(ratio) = self.ratio.filter(|r| !valid_ratio(*r)) {
+            errors.push(ConfigError::new(
+                format!("{key}.ratio"),
+                format!("must be above 0 and at most 1 (got {ratio})"),
+            ));
+        }
+        for (field, value) in [
+            ("max_traces", self.max_traces),
+            ("max_buffered_spans", self.max_buffered_spans),
+            ("decision_cache", self.decision_cache),
+        ] {
+            if value == 0 {
+                errors.push(ConfigError::new(
+                    format!("{key}.{field}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.decision_wait.is_zero() {
+            errors.push(ConfigError::new(
+                format!("{key}.decision_wait"),
+                "must be above 0",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, policy) in self.policies.iter().enumerate() {
+            let at = format!("{key}.policies[{i}]");
+            if policy.name.trim().is_empty() || !names.insert(policy.name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} must be a non-empty name no other policy has",
+                        policy.name
+                    ),
+                ));
+            }
+            let missing = match policy.kind {
+                PolicyKind::Errors => None,
+                PolicyKind::Latency => policy.threshold.is_zero().then_some("threshold: 2s"),
+                PolicyKind::Attribute => (policy.key.is_none()
+                    || (policy.values.is_empty() == policy.at_least.is_none()))
+                .then_some("key and either values: [commit] or at_least: 0.10"),
+                PolicyKind::Ratio => (!policy.ratio.is_some_and(valid_ratio))
+                    .then_some("ratio above 0 and at most 1, e.g. ratio: 0.05"),
+                PolicyKind::RateLimit => (!policy.traces_per_second.is_some_and(|r| r > 0.0))
+                    .then_some("traces_per_second above 0, e.g. traces_per_second: 50"),
+            };
+            if let Some(example) = missing {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("a {:?} policy needs {example}", policy.kind),
+                ));
+            }
         }
     }
 }

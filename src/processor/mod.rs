@@ -7,23 +7,27 @@ mod key_cache;
 pub mod limits;
 pub mod pipeline;
 pub mod redact;
+pub mod sampling;
 pub mod schema;
+pub mod tail;
 
 pub use batch::Batcher;
 pub use daena::DaenaNormaliser;
 pub use limits::Limiter;
 pub use pipeline::Pipeline;
 pub use redact::Redactor;
+pub use sampling::HeadSampler;
+pub use tail::TailSampler;
 
 use std::sync::Arc;
 
-use crate::config::ProcessorsConfig;
+use crate::config::{ProcessorsConfig, SamplingMode};
 use crate::otlp::{Resource, Span, SpanBatch};
 use crate::telemetry::Metrics;
 
 /// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
 /// others see canonical keys), redact (before limits, so a cut can never leave half a
-/// secret behind), limits. `env` reads the variables `processors.daena.resource_from_env` names.
+/// secret behind), limits; sampling runs last, on canonical attributes. `env` reads the variables `processors.daena.resource_from_env` names.
 pub fn build(
     config: &ProcessorsConfig,
     env: impl Fn(&str) -> Option<String>,
@@ -47,6 +51,16 @@ pub fn build(
     if !stages.is_empty() {
         processors.push(Box::new(SpanPass::new(stages)));
     }
+    match &config.sampling {
+        Some(sampling) if sampling.mode == SamplingMode::Tail => {
+            processors.push(Box::new(TailSampler::new(sampling, Arc::clone(metrics))));
+        }
+        Some(sampling) => processors.push(Box::new(HeadSampler::new(
+            sampling.ratio.unwrap_or(1.0),
+            Arc::clone(metrics),
+        ))),
+        None => {}
+    }
     processors
 }
 
@@ -61,6 +75,10 @@ pub trait Processor: Send + 'static {
     /// Mutates, filters or drops spans of `batch` in place, through
     /// [`SpanBatch::resource_spans_mut`], which decodes spans that are still encoded.
     fn process(&mut self, batch: &mut SpanBatch);
+    /// Called about every 100 ms: spans the stage held back that are now due go into `out`.
+    fn release_due(&mut self, _out: &mut SpanBatch) {}
+    /// Called once when the pipeline stops: everything the stage still holds, decided now.
+    fn release_all(&mut self, _out: &mut SpanBatch) {}
 }
 
 /// A stage that works on one resource or span at a time; [`SpanPass`] runs several of

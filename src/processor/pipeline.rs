@@ -40,25 +40,19 @@ impl Pipeline {
     pub async fn run(mut self, mut rx: mpsc::Receiver<SpanBatch>) {
         // When the oldest span waiting in the batcher must leave, at the latest.
         let mut deadline: Option<Instant> = None;
+        let mut release = tokio::time::interval(RELEASE_INTERVAL);
+        release.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let holds = !self.processors.is_empty();
         loop {
             let flush_at = deadline;
             tokio::select! {
                 received = rx.recv() => {
                     let Some(mut batch) = received else { break };
-                    if !self.processors.is_empty() {
-                        for processor in &mut self.processors {
-                            processor.process(&mut batch);
-                        }
-                        batch.encode_decoded();
-                    }
-                    for full in self.batcher.push(batch) {
-                        dispatch(&self.exporters, full).await;
-                    }
-                    deadline = match deadline {
-                        _ if self.batcher.is_empty() => None,
-                        None => Some(Instant::now() + self.timeout),
-                        kept => kept,
-                    };
+                    self.process(0, &mut batch);
+                    self.admit(batch, &mut deadline).await;
+                }
+                _ = release.tick(), if holds => {
+                    self.release(&mut deadline, |p, out| p.release_due(out)).await;
                 }
                 () = sleep_until(flush_at), if flush_at.is_some() => {
                     if let Some(batch) = self.batcher.flush() {
@@ -68,11 +62,55 @@ impl Pipeline {
                 }
             }
         }
+        self.release(&mut deadline, |p, out| p.release_all(out))
+            .await;
         if let Some(batch) = self.batcher.flush() {
             dispatch(&self.exporters, batch).await;
         }
     }
+
+    /// Runs the processors from index `from` on `batch`, then encodes what they decoded.
+    fn process(&mut self, from: usize, batch: &mut SpanBatch) {
+        if self.processors.is_empty() {
+            return;
+        }
+        for processor in &mut self.processors[from..] {
+            processor.process(batch);
+        }
+        batch.encode_decoded();
+    }
+
+    /// What each processor releases (held spans now due) goes through the ones after it.
+    async fn release(
+        &mut self,
+        deadline: &mut Option<Instant>,
+        take: impl Fn(&mut dyn Processor, &mut SpanBatch),
+    ) {
+        for i in 0..self.processors.len() {
+            let mut released = SpanBatch::default();
+            take(self.processors[i].as_mut(), &mut released);
+            if !released.is_empty() {
+                self.process(i + 1, &mut released);
+                self.admit(released, deadline).await;
+            }
+        }
+    }
+
+    /// Adds a batch to the batcher and sends what is full.
+    async fn admit(&mut self, batch: SpanBatch, deadline: &mut Option<Instant>) {
+        for full in self.batcher.push(batch) {
+            dispatch(&self.exporters, full).await;
+        }
+        *deadline = match *deadline {
+            _ if self.batcher.is_empty() => None,
+            None => Some(Instant::now() + self.timeout),
+            kept => kept,
+        };
+    }
 }
+
+/// How often stages that hold spans (tail sampling) are asked for what is due.
+const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Gives the batch to every exporter, encoded at most once between them.
 async fn dispatch(exporters: &[ExporterHandle], batch: SpanBatch) {

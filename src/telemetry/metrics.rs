@@ -54,6 +54,13 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Labels of a tail-sampling decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    policy: String,
+    outcome: &'static str,
+}
+
 /// Why a receiver refused spans or a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefusalReason {
@@ -120,6 +127,10 @@ pub struct Metrics {
     schema_errors: Family<KeyLabels, Counter>,
     redactions: Family<KindLabels, Counter>,
     limits_applied: Family<KindLabels, Counter>,
+    sampled_spans: Family<KindLabels, Counter>,
+    sampling_decisions: Family<DecisionLabels, Counter>,
+    late_spans: Family<KindLabels, Counter>,
+    decided_early: Counter,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
     dropped_totals: [AtomicU64; 4],
 }
@@ -136,6 +147,10 @@ impl Default for Metrics {
         let schema_errors = Family::default();
         let redactions = Family::default();
         let limits_applied = Family::default();
+        let sampled_spans = Family::default();
+        let sampling_decisions = Family::default();
+        let late_spans = Family::default();
+        let decided_early = Counter::default();
         registry.register(
             "spans_received",
             "Spans a receiver accepted and handed to the pipeline",
@@ -181,6 +196,26 @@ impl Default for Metrics {
             "Things cut by processors.limits, by kind (attributes, events, links, values truncated)",
             limits_applied.clone(),
         );
+        registry.register(
+            "sampling_spans",
+            "Spans the sampler kept or dropped, by outcome (kept, dropped)",
+            sampled_spans.clone(),
+        );
+        registry.register(
+            "sampling_traces",
+            "Tail-sampling decisions, by the policy that kept the trace (none when dropped) and outcome",
+            sampling_decisions.clone(),
+        );
+        registry.register(
+            "sampling_late_spans",
+            "Spans that arrived for a trace already decided, by the decision they followed",
+            late_spans.clone(),
+        );
+        registry.register(
+            "sampling_decided_early",
+            "Traces decided before their decision wait because the buffer was full",
+            decided_early.clone(),
+        );
         Self {
             registry,
             received_spans,
@@ -192,6 +227,10 @@ impl Default for Metrics {
             schema_errors,
             redactions,
             limits_applied,
+            sampled_spans,
+            sampling_decisions,
+            late_spans,
+            decided_early,
             dropped_totals: Default::default(),
         }
     }
@@ -276,6 +315,39 @@ impl Metrics {
         self.limits_applied
             .get_or_create(&KindLabels { kind })
             .inc_by(count);
+    }
+
+    /// Counts spans the sampler kept and dropped.
+    pub fn sampled_spans(&self, kept: u64, dropped: u64) {
+        for (outcome, count) in [("kept", kept), ("dropped", dropped)] {
+            if count > 0 {
+                self.sampled_spans
+                    .get_or_create(&KindLabels { kind: outcome })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Counts one tail-sampling decision; `policy` is the one that kept it, or `none`.
+    pub fn sampling_decision(&self, policy: &str, kept: bool) {
+        let labels = DecisionLabels {
+            policy: policy.to_owned(),
+            outcome: if kept { "kept" } else { "dropped" },
+        };
+        self.sampling_decisions.get_or_create(&labels).inc();
+    }
+
+    /// Counts spans that arrived after their trace was decided.
+    pub fn late_spans(&self, kept: bool, count: u64) {
+        let kind = if kept { "kept" } else { "dropped" };
+        self.late_spans
+            .get_or_create(&KindLabels { kind })
+            .inc_by(count);
+    }
+
+    /// Counts traces decided early because the buffer was full.
+    pub fn decided_early(&self, count: u64) {
+        self.decided_early.inc_by(count);
     }
 
     /// The counters in the Prometheus text exposition format.

@@ -1,0 +1,450 @@
+//! Tail sampling: spans are held per trace until `decision_wait` after the trace's last
+//! span, then the whole trace is kept when a policy keeps it, else dropped whole.
+//!
+//! Memory is bounded by `max_traces` and `max_buffered_spans`: past them the least
+//! recently active traces are decided early (by the same policies, on what has arrived),
+//! never dropped undecided. Recent decisions are remembered so late spans follow them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Processor;
+use super::sampling::{ConsistentSampler, trace_id_randomness, with_threshold};
+use crate::config::{PolicyConfig, PolicyKind, SamplingConfig};
+use crate::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode, Value};
+use crate::telemetry::Metrics;
+
+/// A trace id as a map key.
+type TraceId = [u8; 16];
+
+/// Holds traces and decides them whole.
+pub struct TailSampler {
+    wait: Duration,
+    max_traces: usize,
+    max_spans: usize,
+    policies: Vec<Policy>,
+    coherent_by: Option<String>,
+    pending: HashMap<TraceId, Pending>,
+    /// (deadline, trace, generation) in deadline order; stale entries are skipped.
+    deadlines: VecDeque<(Instant, TraceId, u64)>,
+    buffered_spans: usize,
+    decided: DecisionCache,
+    /// Council rounds (hashes of `coherent_by` values) kept, until when.
+    kept_rounds: HashMap<u64, Instant>,
+    /// Kept spans waiting to leave.
+    ready: Vec<ResourceSpans>,
+    metrics: Arc<Metrics>,
+    generation: u64,
+}
+
+/// One trace waiting for its decision.
+struct Pending {
+    fragments: Vec<ResourceSpans>,
+    spans: usize,
+    generation: u64,
+}
+
+/// A policy built from its config.
+struct Policy {
+    name: String,
+    rule: Rule,
+}
+
+enum Rule {
+    Errors,
+    Latency(Duration),
+    Attribute {
+        key: String,
+        values: Vec<String>,
+        at_least: Option<f64>,
+    },
+    Ratio(ConsistentSampler),
+    RateLimit(TokenBucket),
+}
+
+impl TailSampler {
+    /// Builds the sampler from a (validated) tail config.
+    pub fn new(config: &SamplingConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
+            wait: config.decision_wait,
+            max_traces: config.max_traces.max(1),
+            max_spans: config.max_buffered_spans.max(1),
+            policies: config.policies.iter().map(Policy::new).collect(),
+            coherent_by: config.coherent_by.clone(),
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            buffered_spans: 0,
+            decided: DecisionCache::new(config.decision_cache.max(1)),
+            kept_rounds: HashMap::new(),
+            ready: Vec::new(),
+            metrics,
+            generation: 0,
+        }
+    }
+
+    /// Takes the batch's spans in; kept spans of already decided traces stay in the batch.
+    pub fn accept(&mut self, batch: &mut SpanBatch, now: Instant) {
+        let (mut late_kept, mut late_dropped) = (0, 0);
+        for resource_spans in std::mem::take(batch.resource_spans_mut()) {
+            let ResourceSpans {
+                resource,
+                scope_spans,
+                schema_url,
+            } = resource_spans;
+            for scope in scope_spans {
+                // This scope's spans, per trace, as fragments that keep resource and scope.
+                let mut fragments: HashMap<TraceId, ResourceSpans> = HashMap::new();
+                for span in scope.spans {
+                    let fragment =
+                        fragments
+                            .entry(trace_id(&span))
+                            .or_insert_with(|| ResourceSpans {
+                                resource: resource.clone(),
+                                scope_spans: vec![ScopeSpans {
+                                    scope: scope.scope.clone(),
+                                    spans: Vec::new(),
+                                    schema_url: scope.schema_url.clone(),
+                                }],
+                                schema_url: schema_url.clone(),
+                            });
+                    fragment.scope_spans[0].spans.push(span);
+                }
+                for (id, fragment) in fragments {
+                    let spans = fragment.scope_spans[0].spans.len();
+                    match self.decided.get(&id) {
+                        Some(true) => {
+                            late_kept += spans as u64;
+                            self.ready.push(fragment);
+                        }
+                        Some(false) => late_dropped += spans as u64,
+                        None => self.hold(id, fragment, spans, now),
+                    }
+                }
+            }
+        }
+        if late_kept > 0 {
+            self.metrics.late_spans(true, late_kept);
+        }
+        if late_dropped > 0 {
+            self.metrics.late_spans(false, late_dropped);
+            self.metrics.sampled_spans(0, late_dropped);
+        }
+        let mut early = 0;
+        while self.pending.len() > self.max_traces || self.buffered_spans > self.max_spans {
+            let Some((_, id, generation)) = self.deadlines.pop_front() else {
+                break;
+            };
+            if self
+                .pending
+                .get(&id)
+                .is_some_and(|p| p.generation == generation)
+            {
+                self.decide(id, now);
+                early += 1;
+            }
+        }
+        if early > 0 {
+            self.metrics.decided_early(early);
+        }
+        self.release(batch);
+    }
+
+    /// Decides every trace whose wait is over; their kept spans go into `out`.
+    pub fn expire(&mut self, now: Instant, out: &mut SpanBatch) {
+        while let Some(&(deadline, id, generation)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self
+                .pending
+                .get(&id)
+                .is_some_and(|p| p.generation == generation)
+            {
+                self.decide(id, now);
+            }
+        }
+        self.kept_rounds.retain(|_, until| *until > now);
+        self.release(out);
+    }
+
+    /// Decides every trace now (at shutdown).
+    pub fn decide_all(&mut self, now: Instant, out: &mut SpanBatch) {
+        let ids: Vec<TraceId> = self.pending.keys().copied().collect();
+        for id in ids {
+            self.decide(id, now);
+        }
+        self.deadlines.clear();
+        self.release(out);
+    }
+
+    /// Traces held now.
+    pub fn held_traces(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn hold(&mut self, id: TraceId, fragment: ResourceSpans, spans: usize, now: Instant) {
+        self.generation += 1;
+        let generation = self.generation;
+        let pending = self.pending.entry(id).or_insert_with(|| Pending {
+            fragments: Vec::new(),
+            spans: 0,
+            generation,
+        });
+        pending.fragments.push(fragment);
+        pending.spans += spans;
+        pending.generation = generation;
+        self.buffered_spans += spans;
+        self.deadlines.push_back((now + self.wait, id, generation));
+    }
+
+    fn release(&mut self, out: &mut SpanBatch) {
+        out.decoded_mut().append(&mut self.ready);
+    }
+
+    /// Decides one held trace by the policies, in order.
+    fn decide(&mut self, id: TraceId, now: Instant) {
+        let Some(mut pending) = self.pending.remove(&id) else {
+            return;
+        };
+        self.buffered_spans -= pending.spans;
+        let spans: Vec<&Span> = pending
+            .fragments
+            .iter()
+            .flat_map(|f| &f.scope_spans)
+            .flat_map(|s| &s.spans)
+            .collect();
+        let round = self
+            .coherent_by
+            .as_deref()
+            .and_then(|key| spans.iter().find_map(|s| string_attribute(s, key)))
+            .map(round_hash);
+        let randomness = round.unwrap_or_else(|| trace_id_randomness(&id));
+        let mut keeper: Option<(usize, bool)> = None;
+        if round.is_some_and(|r| self.kept_rounds.contains_key(&r)) {
+            keeper = Some((usize::MAX, false));
+        } else {
+            for (i, policy) in self.policies.iter_mut().enumerate() {
+                if let Some(by_ratio) = policy.keeps(&spans, randomness, now) {
+                    keeper = Some((i, by_ratio));
+                    break;
+                }
+            }
+        }
+        let kept = keeper.is_some();
+        let name = match keeper {
+            Some((usize::MAX, _)) => "coherent_by",
+            Some((i, _)) => self.policies[i].name.as_str(),
+            None => "none",
+        };
+        self.metrics.sampling_decision(name, kept);
+        let count = pending.spans as u64;
+        self.metrics
+            .sampled_spans(if kept { count } else { 0 }, if kept { 0 } else { count });
+        self.decided.insert(id, kept);
+        if let (Some(round), Some((i, false))) = (round, keeper)
+            && i != usize::MAX
+            && !matches!(self.policies[i].rule, Rule::RateLimit(_))
+        {
+            // A round kept for what one of its traces holds is kept whole for the wait.
+            self.kept_rounds.insert(round, now + self.wait);
+        }
+        if kept {
+            if let Some((i, true)) = keeper
+                && let Rule::Ratio(sampler) = &self.policies[i].rule
+            {
+                for span in pending
+                    .fragments
+                    .iter_mut()
+                    .flat_map(|f| &mut f.scope_spans)
+                    .flat_map(|s| &mut s.spans)
+                {
+                    span.trace_state = with_threshold(&span.trace_state, sampler.threshold_value());
+                }
+            }
+            self.ready.append(&mut pending.fragments);
+        }
+    }
+}
+
+impl Processor for TailSampler {
+    fn name(&self) -> &'static str {
+        "sampling"
+    }
+
+    fn process(&mut self, batch: &mut SpanBatch) {
+        self.accept(batch, Instant::now());
+    }
+
+    fn release_due(&mut self, out: &mut SpanBatch) {
+        self.expire(Instant::now(), out);
+    }
+
+    fn release_all(&mut self, out: &mut SpanBatch) {
+        self.decide_all(Instant::now(), out);
+    }
+}
+
+impl Policy {
+    fn new(config: &PolicyConfig) -> Self {
+        let rule = match config.kind {
+            PolicyKind::Errors => Rule::Errors,
+            PolicyKind::Latency => Rule::Latency(config.threshold),
+            PolicyKind::Attribute => Rule::Attribute {
+                key: config.key.clone().unwrap_or_default(),
+                values: config.values.clone(),
+                at_least: config.at_least,
+            },
+            PolicyKind::Ratio => Rule::Ratio(ConsistentSampler::new(config.ratio.unwrap_or(1.0))),
+            PolicyKind::RateLimit => {
+                Rule::RateLimit(TokenBucket::new(config.traces_per_second.unwrap_or(1.0)))
+            }
+        };
+        Self {
+            name: config.name.clone(),
+            rule,
+        }
+    }
+
+    /// `Some(by_ratio)` when the policy keeps the trace.
+    fn keeps(&mut self, spans: &[&Span], randomness: u64, now: Instant) -> Option<bool> {
+        let keep = match &mut self.rule {
+            Rule::Errors => spans.iter().any(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.code == StatusCode::Error as i32)
+            }),
+            Rule::Latency(threshold) => {
+                let threshold = u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX);
+                let duration =
+                    |s: &&Span| s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
+                match spans.iter().find(|s| s.parent_span_id.is_empty()) {
+                    Some(root) => duration(root) >= threshold,
+                    None => spans.iter().map(duration).max().unwrap_or(0) >= threshold,
+                }
+            }
+            Rule::Attribute {
+                key,
+                values,
+                at_least,
+            } => spans.iter().any(|s| {
+                s.attributes.iter().filter(|kv| kv.key == *key).any(|kv| {
+                    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(text)) => {
+                            values.iter().any(|v| v == text)
+                                || at_least
+                                    .zip(text.trim().parse::<f64>().ok())
+                                    .is_some_and(|(min, n)| n >= min)
+                        }
+                        #[allow(clippy::cast_precision_loss)]
+                        Some(Value::IntValue(n)) => {
+                            at_least.is_some_and(|min| *n as f64 >= min)
+                                || values.iter().any(|v| *v == n.to_string())
+                        }
+                        Some(Value::DoubleValue(n)) => at_least.is_some_and(|min| *n >= min),
+                        Some(Value::BoolValue(b)) => values.iter().any(|v| *v == b.to_string()),
+                        _ => false,
+                    }
+                })
+            }),
+            Rule::Ratio(sampler) => return sampler.keeps(randomness).then_some(true),
+            Rule::RateLimit(bucket) => bucket.take(now),
+        };
+        keep.then_some(false)
+    }
+}
+
+/// At most `rate` tokens per second, a burst of one second's worth.
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            tokens: rate.max(1.0),
+            at: None,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if let Some(at) = self.at {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.rate.max(1.0));
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Recent decisions, oldest forgotten first.
+struct DecisionCache {
+    capacity: usize,
+    decisions: HashMap<TraceId, bool>,
+    order: VecDeque<TraceId>,
+}
+
+impl DecisionCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            decisions: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &TraceId) -> Option<bool> {
+        self.decisions.get(id).copied()
+    }
+
+    fn insert(&mut self, id: TraceId, kept: bool) {
+        if self.decisions.insert(id, kept).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.decisions.remove(&old);
+            }
+        }
+    }
+}
+
+fn trace_id(span: &Span) -> TraceId {
+    let mut id = [0u8; 16];
+    let n = span.trace_id.len().min(16);
+    id[..n].copy_from_slice(&span.trace_id[..n]);
+    id
+}
+
+fn string_attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+/// The 56-bit randomness of a council round: FNV-1a 64 of its id, the same in every
+/// agent and process (no seed).
+pub fn round_hash(round_id: &str) -> u64 {
+    let hash = round_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash & ((1 << 56) - 1)
+}
+
+#[cfg(test)]
+mod tests;
