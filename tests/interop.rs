@@ -296,3 +296,36 @@ async fn python_sdk_spellings_arrive_canonical_mirrored_and_redacted() {
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn python_sdk_traces_are_tail_sampled_whole_by_policy() {
+    let sink = Sink::grpc().await;
+    let exporters = format!(
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
+        sink.addr
+    );
+    let sampling = "processors:\n  sampling:\n    mode: tail\n    decision_wait: 300ms\n    policies:\n      - { name: errors, type: errors }\n      - { name: slow, type: latency, threshold: 2s }\n      - { name: commits, type: attribute, key: council.phase, values: [commit] }\n      - { name: pricey-llm, type: attribute, key: llm.cost_usd, at_least: 0.10 }\n";
+    let agent = TestAgent::start(&agent_yaml(&exporters, sampling)).await;
+    let sent = run_sdk(
+        ".venv-interop",
+        "grpc",
+        agent.grpc_url(),
+        &["--sampling-mix"],
+    )
+    .await;
+    assert_eq!(
+        spans_with_context(&[&sent]).len(),
+        20,
+        "ten two-span traces"
+    );
+    sink.wait_for_spans(8).await;
+    // Stopping decides whatever is still held, so nothing else can arrive after this.
+    agent.stop().await;
+    let mut names: Vec<String> = sink.spans().into_iter().map(|(_, s)| s.name).collect();
+    names.sort();
+    let expected: Vec<String> = ["commit", "error", "pricey", "slow"]
+        .iter()
+        .flat_map(|k| [format!("mix.{k}"), format!("mix.{k}.child")])
+        .collect();
+    assert_eq!(names, expected);
+}

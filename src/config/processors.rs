@@ -232,6 +232,19 @@ pub enum PolicyKind {
     RateLimit,
 }
 
+impl PolicyKind {
+    /// The name used in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Errors => "errors",
+            Self::Latency => "latency",
+            Self::Attribute => "attribute",
+            Self::Ratio => "ratio",
+            Self::RateLimit => "rate_limit",
+        }
+    }
+}
+
 /// The shortest `max_attribute_value_length` accepted: room for the marker and some text.
 pub const MIN_VALUE_LENGTH: usize = 32;
 
@@ -376,7 +389,7 @@ impl SamplingConfig {
             if let Some(example) = missing {
                 errors.push(ConfigError::new(
                     at,
-                    format!("a {:?} policy needs {example}", policy.kind),
+                    format!("type {} needs {example}", policy.kind.name()),
                 ));
             }
         }

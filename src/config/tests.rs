@@ -251,3 +251,33 @@ fn the_processors_are_on_by_default_and_can_be_turned_off() {
     .expect("valid");
     assert!(!off.processors.daena.enabled && !off.processors.redact.enabled);
 }
+
+#[test]
+fn sampling_settings_are_validated_with_examples() {
+    let text = errors_of(
+        "processors:\n  sampling:\n    mode: tail\n    ratio: 0.5\n    max_traces: 0\n    policies:\n      - { name: slow, type: latency }\n      - { name: slow, type: attribute, key: council.phase }\n      - { name: r, type: ratio, ratio: 1.5 }\n      - { name: cap, type: rate_limit }\n",
+    );
+    for expected in [
+        "processors.sampling.ratio: in tail mode, give the ratio as a policy",
+        "processors.sampling.max_traces: must be at least 1",
+        "processors.sampling.policies[0]: type latency needs threshold: 2s",
+        "processors.sampling.policies[1].name: \"slow\" must be a non-empty name no other policy has",
+        "processors.sampling.policies[1]: type attribute needs key and either values",
+        "processors.sampling.policies[2]: type ratio needs ratio above 0 and at most 1",
+        "processors.sampling.policies[3]: type rate_limit needs traces_per_second above 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let head = errors_of("processors:\n  sampling: { ratio: 0 }\n");
+    assert!(
+        head.contains("processors.sampling.ratio: must be above 0 and at most 1 (got 0)"),
+        "{head}"
+    );
+    let none = errors_of("processors:\n  sampling: {}\n");
+    assert!(none.contains("head sampling needs a ratio"), "{none}");
+    let config = load_text("processors:\n  sampling: { ratio: 0.1 }\n", &no_env).expect("valid");
+    assert_eq!(
+        config.processors.sampling.map(|s| s.mode),
+        Some(SamplingMode::Head)
+    );
+}

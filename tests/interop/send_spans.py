@@ -1,6 +1,6 @@
 """Sends Daena-shaped spans to the agent with the real OpenTelemetry Python SDK.
 
-Usage: send_spans.py {grpc,http,json} ENDPOINT OUT_FILE [--gzip] [--messy]
+Usage: send_spans.py {grpc,http,json} ENDPOINT OUT_FILE [--gzip] [--messy | --sampling-mix]
 
 Builds one trace the way Daena's services do (a FastAPI request, a council round with
 scout/debate/commit phases, message-bus traffic, NBMF memory and an LLM exchange, plus a
@@ -9,7 +9,9 @@ writes the protobuf ExportTraceServiceRequest the SDK's own encoder makes of tho
 to OUT_FILE, so the Rust test can compare what the backend received bit for bit.
 With --messy it sends instead a trace whose Daena attributes are spelled the ways
 different services and versions spell them, with secrets in some values, and no
-service.name, for the agent to normalise, mirror and redact.
+service.name, for the agent to normalise, mirror and redact. With --sampling-mix it sends
+two-span traces named mix.<kind>: an error, a slow one, a council commit, an expensive LLM
+call and six ordinary ones, for tail sampling to choose from.
 Exits 1 if the exporter did not report success.
 """
 
@@ -19,6 +21,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 
@@ -152,10 +155,27 @@ def messy_trace(tracer):
             pass
 
 
+def sampling_mix(tracer):
+    start = 1_700_000_000_000_000_000
+    kinds = [("error", {}), ("slow", {}), ("commit", {"council.phase": "commit"}),
+             ("pricey", {"llm.cost_usd": 0.25})] + [(f"ordinary{i}", {}) for i in range(6)]
+    for kind, attributes in kinds:
+        duration = 3_000_000_000 if kind == "slow" else 50_000_000
+        root = tracer.start_span(f"mix.{kind}", start_time=start)
+        with trace.use_span(root, end_on_exit=False):
+            child = tracer.start_span(f"mix.{kind}.child", attributes=attributes,
+                                      start_time=start + 1_000_000)
+            if kind == "error":
+                child.set_status(Status(StatusCode.ERROR, "failed"))
+            child.end(end_time=start + 2_000_000)
+        root.end(end_time=start + duration)
+
+
 def main():
     protocol, endpoint, out = sys.argv[1], sys.argv[2], sys.argv[3]
     gzip = "--gzip" in sys.argv[4:]
     messy = "--messy" in sys.argv[4:]
+    mix = "--sampling-mix" in sys.argv[4:]
     tee = Tee(exporter(protocol, endpoint, gzip))
     if messy:
         # No service.name: the SDK sends "unknown_service", which the agent replaces.
@@ -168,6 +188,8 @@ def main():
     tracer = provider.get_tracer("backend.utils.tracing", "2.0.0")
     if messy:
         messy_trace(tracer)
+    elif mix:
+        sampling_mix(tracer)
     else:
         daena_trace(tracer, protocol)
     provider.shutdown()
