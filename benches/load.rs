@@ -5,7 +5,7 @@
 //! Under `cargo test` (no `--bench` argument) it makes one tiny run of every scenario,
 //! so the test command checks that it builds and works.
 //!
-//! Per scenario it reports, for the agent process: delivered spans/s at saturation,
+//! Per scenario it reports, for the agent process: received spans/s at saturation (all of them delivered, or what sampling keeps),
 //! CPU-seconds per million spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
 //! idle RSS, client latency p50/p99 at a fixed 20K spans/s and at saturation, and
 //! refusals. The `baseline` scenario sends straight to the sink: the harness's ceiling.
@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
-use daena_trace_agent::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
+use daena_trace_agent::otlp::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH,
+};
+use daena_trace_agent::processor::sampling::ConsistentSampler;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -45,6 +48,8 @@ struct Scenario {
     input: Input,
     /// The agent's exporter settings and extra config; `None` sends straight to the sink.
     agent: Option<&'static str>,
+    /// The head-sampling ratio the config sets, so the harness knows what must arrive.
+    head_sampling: Option<f64>,
 }
 
 /// Appended to the pass-through scenarios: the processors (on by default) off.
@@ -63,31 +68,43 @@ fn scenarios() -> Vec<Scenario> {
             name: "baseline (no agent, gRPC into the sink)",
             input: Input::Grpc,
             agent: None,
+            head_sampling: None,
         },
         Scenario {
             name: "grpc-passthrough-gzip",
             input: Input::Grpc,
             agent: Some(passthrough!("    compression: gzip\n")),
+            head_sampling: None,
         },
         Scenario {
             name: "grpc-passthrough-none",
             input: Input::Grpc,
             agent: Some(passthrough!("    compression: none\n")),
+            head_sampling: None,
         },
         Scenario {
             name: "grpc-daena-redact-limits-gzip (the default processors)",
             input: Input::Grpc,
             agent: Some("    compression: gzip\n"),
+            head_sampling: None,
+        },
+        Scenario {
+            name: "grpc-daena-redact-limits-head10-gzip (default processors, 10% head sampling)",
+            input: Input::Grpc,
+            agent: Some("    compression: gzip\nprocessors: { sampling: { ratio: 0.1 } }\n"),
+            head_sampling: Some(0.1),
         },
         Scenario {
             name: "http-protobuf-in",
             input: Input::Http { gzip: false },
             agent: Some(passthrough!("    compression: gzip\n")),
+            head_sampling: None,
         },
         Scenario {
             name: "http-protobuf-gzip-in",
             input: Input::Http { gzip: true },
             agent: Some(passthrough!("    compression: gzip\n")),
+            head_sampling: None,
         },
     ]
 }
@@ -155,7 +172,7 @@ fn main() {
         args.runs
     );
     println!(
-        "| scenario | delivered spans/s | CPU-s per M spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |"
+        "| scenario | received spans/s | CPU-s per M received spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for scenario in scenarios() {
@@ -205,9 +222,12 @@ fn print_row(name: &str, runs: &[Figures]) {
 }
 
 /// Pre-encoded request bodies, so the generator is not the bottleneck.
+#[derive(Clone)]
 struct Bodies {
     protobuf: Vec<Bytes>,
     gzipped: Vec<Bytes>,
+    /// Spans of each body that reach the sink (all of them unless the scenario samples).
+    delivered: Vec<u64>,
 }
 
 impl Bodies {
@@ -224,11 +244,44 @@ impl Bodies {
                 Bytes::from(encoder.finish().expect("gzip"))
             })
             .collect();
-        Self { protobuf, gzipped }
+        let delivered = vec![SPANS_PER_REQUEST as u64; protobuf.len()];
+        Self {
+            protobuf,
+            gzipped,
+            delivered,
+        }
+    }
+
+    /// The same bodies, counting only the spans head sampling at `ratio` keeps: the rule
+    /// is a function of the trace id, so the harness knows exactly what must arrive.
+    fn sampled(&self, ratio: Option<f64>) -> Self {
+        let Some(ratio) = ratio else {
+            return self.clone();
+        };
+        let sampler = ConsistentSampler::new(ratio);
+        let delivered = self
+            .protobuf
+            .iter()
+            .map(|body| {
+                let request = ExportTraceServiceRequest::decode(&body[..]).expect("decodes");
+                request
+                    .resource_spans
+                    .into_iter()
+                    .flat_map(|rs| rs.scope_spans)
+                    .flat_map(|ss| ss.spans)
+                    .filter(|span| sampler.sample(&mut span.clone()))
+                    .count() as u64
+            })
+            .collect();
+        Self {
+            delivered,
+            ..self.clone()
+        }
     }
 }
 
 async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
+    let bodies = Arc::new(bodies.sampled(scenario.head_sampling));
     let sink = BlackholeSink::start().await;
     let mut agent = scenario
         .agent
@@ -251,24 +304,25 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     figures.fixed_p50_ms = fixed.percentile(0.50);
     figures.fixed_p99_ms = fixed.percentile(0.99);
     figures.fixed_refused = fixed.refused;
-    wait_for(&sink, fixed.accepted_spans).await;
+    wait_for(&sink, fixed.delivered_spans).await;
 
     // Saturation: senders as fast as answers come.
     let cpu_before = agent.as_ref().map(AgentProcess::cpu_seconds);
     let delivered_before = sink.spans.load(Ordering::Relaxed);
     let started = Instant::now();
     let saturated = saturate(&target, &bodies, phase, max_requests).await;
-    let expected = delivered_before + saturated.accepted_spans;
+    let expected = delivered_before + saturated.delivered_spans;
     wait_for(&sink, expected).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let delivered = sink.spans.load(Ordering::Relaxed) - delivered_before;
-    figures.spans_per_second = delivered as f64 / elapsed;
+    // Per received span: with sampling, fewer arrive at the sink by design.
+    let received = saturated.accepted_spans;
+    figures.spans_per_second = received as f64 / elapsed;
     figures.saturated_p50_ms = saturated.percentile(0.50);
     figures.saturated_p99_ms = saturated.percentile(0.99);
     figures.saturated_refused = saturated.refused;
     if let (Some(agent), Some(before)) = (&agent, cpu_before) {
         let cpu = agent.cpu_seconds() - before;
-        figures.cpu_seconds_per_million = Some(cpu / (delivered.max(1) as f64 / 1e6));
+        figures.cpu_seconds_per_million = Some(cpu / (received.max(1) as f64 / 1e6));
         figures.peak_rss_mib = agent.status_kib("VmHWM:").map(|k| k / 1024.0);
     }
     if let Some(agent) = agent.as_mut() {
@@ -297,6 +351,8 @@ enum Target {
 struct Outcome {
     latencies_ms: Vec<f64>,
     accepted_spans: u64,
+    /// Of the accepted spans, those that should reach the sink.
+    delivered_spans: u64,
     refused: u64,
 }
 
@@ -313,6 +369,7 @@ impl Outcome {
     fn merge(&mut self, other: Outcome) {
         self.latencies_ms.extend(other.latencies_ms);
         self.accepted_spans += other.accepted_spans;
+        self.delivered_spans += other.delivered_spans;
         self.refused += other.refused;
     }
 }
@@ -405,15 +462,17 @@ async fn fixed_rate(
             let mut client = Client::connect_cached(&target).await;
             let begin = Instant::now();
             let ok = client.send(&bodies, sent as usize).await;
-            (begin.elapsed().as_secs_f64() * 1e3, ok)
+            let delivered = bodies.delivered[sent as usize % bodies.delivered.len()];
+            (begin.elapsed().as_secs_f64() * 1e3, ok, delivered)
         });
         sent += 1;
     }
     let mut outcome = Outcome::default();
-    while let Some(Ok((ms, ok))) = tasks.join_next().await {
+    while let Some(Ok((ms, ok, delivered))) = tasks.join_next().await {
         outcome.latencies_ms.push(ms);
         if ok {
-            outcome.accepted_spans += SPANS_PER_REQUEST as u64
+            outcome.accepted_spans += SPANS_PER_REQUEST as u64;
+            outcome.delivered_spans += delivered;
         } else {
             outcome.refused += 1
         }
@@ -479,6 +538,8 @@ async fn saturate(
                     .push(begin.elapsed().as_secs_f64() * 1e3);
                 if ok {
                     outcome.accepted_spans += SPANS_PER_REQUEST as u64;
+                    outcome.delivered_spans +=
+                        bodies.delivered[i as usize % bodies.delivered.len()];
                 } else {
                     outcome.refused += 1;
                     // A refusal asks for a retry later; back off a little as an SDK would.

@@ -18,8 +18,8 @@ pub struct ProcessorsConfig {
     pub redact: RedactConfig,
     /// Caps attribute value length and the number of attributes, events and links.
     pub limits: LimitsConfig,
-    /// Keeps a consistent share of traces (head) or whole traces by policy (tail); off
-    /// unless configured. Runs after the other stages, so policies see canonical attributes.
+    /// Keeps a consistent share of traces (head, before the other stages) or whole traces
+    /// by policy (tail, after them, so policies see canonical attributes); off unless set.
     pub sampling: Option<SamplingConfig>,
 }
 

@@ -27,7 +27,7 @@ use crate::telemetry::Metrics;
 
 /// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
 /// others see canonical keys), redact (before limits, so a cut can never leave half a
-/// secret behind), limits; sampling runs last, on canonical attributes. `env` reads the variables `processors.daena.resource_from_env` names.
+/// secret behind), limits. Head sampling runs before them, tail sampling after. `env` reads the variables `processors.daena.resource_from_env` names.
 pub fn build(
     config: &ProcessorsConfig,
     env: impl Fn(&str) -> Option<String>,
@@ -48,18 +48,20 @@ pub fn build(
         stages.push(Box::new(Limiter::new(&config.limits, Arc::clone(metrics))));
     }
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
+    // Head sampling reads only trace ids, so it goes first and the stages never see the
+    // spans it drops; tail policies read attributes, so the tail sampler goes last.
+    let sampling = config.sampling.as_ref();
+    if let Some(head) = sampling.filter(|s| s.mode == SamplingMode::Head) {
+        processors.push(Box::new(HeadSampler::new(
+            head.ratio.unwrap_or(1.0),
+            Arc::clone(metrics),
+        )));
+    }
     if !stages.is_empty() {
         processors.push(Box::new(SpanPass::new(stages)));
     }
-    match &config.sampling {
-        Some(sampling) if sampling.mode == SamplingMode::Tail => {
-            processors.push(Box::new(TailSampler::new(sampling, Arc::clone(metrics))));
-        }
-        Some(sampling) => processors.push(Box::new(HeadSampler::new(
-            sampling.ratio.unwrap_or(1.0),
-            Arc::clone(metrics),
-        ))),
-        None => {}
+    if let Some(tail) = sampling.filter(|s| s.mode == SamplingMode::Tail) {
+        processors.push(Box::new(TailSampler::new(tail, Arc::clone(metrics))));
     }
     processors
 }
