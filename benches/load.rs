@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use daena_trace_agent::otlp::Span;
 use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
 use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH,
 };
-use daena_trace_agent::processor::sampling::ConsistentSampler;
+use daena_trace_agent::processor::sampling::{ConsistentSampler, trace_id_randomness};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -48,8 +49,18 @@ struct Scenario {
     input: Input,
     /// The agent's exporter settings and extra config; `None` sends straight to the sink.
     agent: Option<&'static str>,
-    /// The head-sampling ratio the config sets, so the harness knows what must arrive.
-    head_sampling: Option<f64>,
+    /// The sampling the config sets, so the harness knows what must arrive.
+    sampling: Sampling,
+}
+
+/// Sampling in a scenario's config, mirrored by the harness to count what must arrive.
+#[derive(Clone, Copy)]
+enum Sampling {
+    None,
+    /// `processors.sampling.ratio`.
+    Head(f64),
+    /// Tail mode with an `errors` policy, then a `ratio` policy of this ratio.
+    TailErrorsAndRatio(f64),
 }
 
 /// Appended to the pass-through scenarios: the processors (on by default) off.
@@ -68,43 +79,53 @@ fn scenarios() -> Vec<Scenario> {
             name: "baseline (no agent, gRPC into the sink)",
             input: Input::Grpc,
             agent: None,
-            head_sampling: None,
+            sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-passthrough-gzip",
             input: Input::Grpc,
             agent: Some(passthrough!("    compression: gzip\n")),
-            head_sampling: None,
+            sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-passthrough-none",
             input: Input::Grpc,
             agent: Some(passthrough!("    compression: none\n")),
-            head_sampling: None,
+            sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-daena-redact-limits-gzip (the default processors)",
             input: Input::Grpc,
             agent: Some("    compression: gzip\n"),
-            head_sampling: None,
+            sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-daena-redact-limits-head10-gzip (default processors, 10% head sampling)",
             input: Input::Grpc,
             agent: Some("    compression: gzip\nprocessors: { sampling: { ratio: 0.1 } }\n"),
-            head_sampling: Some(0.1),
+            sampling: Sampling::Head(0.1),
+        },
+        Scenario {
+            name: "grpc-daena-redact-limits-tail-gzip (default processors, tail: errors + 10%)",
+            input: Input::Grpc,
+            agent: Some(concat!(
+                "    compression: gzip\n",
+                "processors:\n  sampling:\n    mode: tail\n    decision_wait: 1s\n",
+                "    policies: [ { name: errors, type: errors }, { name: baseline, type: ratio, ratio: 0.1 } ]\n"
+            )),
+            sampling: Sampling::TailErrorsAndRatio(0.1),
         },
         Scenario {
             name: "http-protobuf-in",
             input: Input::Http { gzip: false },
             agent: Some(passthrough!("    compression: gzip\n")),
-            head_sampling: None,
+            sampling: Sampling::None,
         },
         Scenario {
             name: "http-protobuf-gzip-in",
             input: Input::Http { gzip: true },
             agent: Some(passthrough!("    compression: gzip\n")),
-            head_sampling: None,
+            sampling: Sampling::None,
         },
     ]
 }
@@ -252,25 +273,35 @@ impl Bodies {
         }
     }
 
-    /// The same bodies, counting only the spans head sampling at `ratio` keeps: the rule
-    /// is a function of the trace id, so the harness knows exactly what must arrive.
-    fn sampled(&self, ratio: Option<f64>) -> Self {
-        let Some(ratio) = ratio else {
-            return self.clone();
-        };
-        let sampler = ConsistentSampler::new(ratio);
+    /// The same bodies, counting only the spans `sampling` keeps: the rules are functions
+    /// of the trace id and the spans' status, and a trace never spans two bodies, so the
+    /// harness knows exactly what must arrive.
+    fn sampled(&self, sampling: Sampling) -> Self {
         let delivered = self
             .protobuf
             .iter()
             .map(|body| {
                 let request = ExportTraceServiceRequest::decode(&body[..]).expect("decodes");
-                request
+                let spans: Vec<Span> = request
                     .resource_spans
                     .into_iter()
                     .flat_map(|rs| rs.scope_spans)
                     .flat_map(|ss| ss.spans)
-                    .filter(|span| sampler.sample(&mut span.clone()))
-                    .count() as u64
+                    .collect();
+                let kept = |span: &Span| match sampling {
+                    Sampling::None => true,
+                    Sampling::Head(ratio) => {
+                        ConsistentSampler::new(ratio).sample(&mut span.clone())
+                    }
+                    Sampling::TailErrorsAndRatio(ratio) => {
+                        let trace = spans.iter().filter(|s| s.trace_id == span.trace_id);
+                        let error = |s: &Span| s.status.as_ref().is_some_and(|st| st.code == 2);
+                        trace.clone().any(error)
+                            || ConsistentSampler::new(ratio)
+                                .keeps(trace_id_randomness(&span.trace_id))
+                    }
+                };
+                spans.iter().filter(|span| kept(span)).count() as u64
             })
             .collect();
         Self {
@@ -281,7 +312,7 @@ impl Bodies {
 }
 
 async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
-    let bodies = Arc::new(bodies.sampled(scenario.head_sampling));
+    let bodies = Arc::new(bodies.sampled(scenario.sampling));
     let sink = BlackholeSink::start().await;
     let mut agent = scenario
         .agent
