@@ -84,16 +84,7 @@ async fn a_million_traces_through_a_bounded_tail_sampler_stay_in_bounded_memory(
         mode: SamplingMode::Tail,
         max_traces: 10_000,
         decision_wait: Duration::from_secs(5),
-        policies: vec![PolicyConfig {
-            name: "errors".into(),
-            kind: PolicyKind::Errors,
-            threshold: Duration::ZERO,
-            key: None,
-            values: Vec::new(),
-            at_least: None,
-            ratio: None,
-            traces_per_second: None,
-        }],
+        policies: vec![PolicyConfig::new("errors", PolicyKind::Errors)],
         ..SamplingConfig::default()
     };
     let metrics = std::sync::Arc::new(Metrics::default());

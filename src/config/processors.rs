@@ -232,6 +232,22 @@ pub enum PolicyKind {
     RateLimit,
 }
 
+impl PolicyConfig {
+    /// A policy of `kind` with no parameters set yet.
+    pub fn new(name: impl Into<String>, kind: PolicyKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            threshold: Duration::ZERO,
+            key: None,
+            values: Vec::new(),
+            at_least: None,
+            ratio: None,
+            traces_per_second: None,
+        }
+    }
+}
+
 impl PolicyKind {
     /// The name used in the config.
     pub fn name(self) -> &'static str {

@@ -3,19 +3,6 @@ use crate::otlp::{Status, key_value};
 
 const WAIT: Duration = Duration::from_secs(5);
 
-fn policy(name: &str, kind: PolicyKind) -> PolicyConfig {
-    PolicyConfig {
-        name: name.into(),
-        kind,
-        threshold: Duration::ZERO,
-        key: None,
-        values: Vec::new(),
-        at_least: None,
-        ratio: None,
-        traces_per_second: None,
-    }
-}
-
 fn sampler(policies: Vec<PolicyConfig>, coherent_by: Option<&str>) -> (TailSampler, Arc<Metrics>) {
     let config = SamplingConfig {
         mode: crate::config::SamplingMode::Tail,
@@ -95,7 +82,8 @@ fn expire(sampler: &mut TailSampler, at: Instant) -> Vec<(u8, u8)> {
 
 #[test]
 fn a_trace_is_held_until_its_wait_is_over_then_kept_whole() {
-    let (mut sampler, metrics) = sampler(vec![policy("errors", PolicyKind::Errors)], None);
+    let (mut sampler, metrics) =
+        sampler(vec![PolicyConfig::new("errors", PolicyKind::Errors)], None);
     let t0 = Instant::now();
     assert!(
         feed(
@@ -144,7 +132,8 @@ fn a_trace_is_held_until_its_wait_is_over_then_kept_whole() {
 
 #[test]
 fn late_spans_follow_the_decision() {
-    let (mut sampler, metrics) = sampler(vec![policy("errors", PolicyKind::Errors)], None);
+    let (mut sampler, metrics) =
+        sampler(vec![PolicyConfig::new("errors", PolicyKind::Errors)], None);
     let t0 = Instant::now();
     feed(
         &mut sampler,
@@ -177,20 +166,25 @@ fn late_spans_follow_the_decision() {
 fn each_policy_keeps_what_it_should_and_only_that() {
     let slow = PolicyConfig {
         threshold: Duration::from_millis(500),
-        ..policy("slow", PolicyKind::Latency)
+        ..PolicyConfig::new("slow", PolicyKind::Latency)
     };
     let commit = PolicyConfig {
         key: Some("council.phase".into()),
         values: vec!["commit".into()],
-        ..policy("commit", PolicyKind::Attribute)
+        ..PolicyConfig::new("commit", PolicyKind::Attribute)
     };
     let pricey = PolicyConfig {
         key: Some("llm.cost_usd".into()),
         at_least: Some(0.10),
-        ..policy("pricey", PolicyKind::Attribute)
+        ..PolicyConfig::new("pricey", PolicyKind::Attribute)
     };
     let (mut sampler, metrics) = sampler(
-        vec![policy("errors", PolicyKind::Errors), slow, commit, pricey],
+        vec![
+            PolicyConfig::new("errors", PolicyKind::Errors),
+            slow,
+            commit,
+            pricey,
+        ],
         None,
     );
     let t0 = Instant::now();
@@ -239,7 +233,7 @@ fn each_policy_keeps_what_it_should_and_only_that() {
 fn the_ratio_policy_is_the_consistent_rule_and_records_its_threshold() {
     let half = PolicyConfig {
         ratio: Some(0.5),
-        ..policy("half", PolicyKind::Ratio)
+        ..PolicyConfig::new("half", PolicyKind::Ratio)
     };
     let (mut sampler, _) = sampler(vec![half], None);
     let t0 = Instant::now();
@@ -267,9 +261,12 @@ fn the_ratio_policy_is_the_consistent_rule_and_records_its_threshold() {
 fn the_rate_limit_keeps_at_most_its_rate_of_what_others_left() {
     let limit = PolicyConfig {
         traces_per_second: Some(2.0),
-        ..policy("cap", PolicyKind::RateLimit)
+        ..PolicyConfig::new("cap", PolicyKind::RateLimit)
     };
-    let (mut sampler, _) = sampler(vec![policy("errors", PolicyKind::Errors), limit], None);
+    let (mut sampler, _) = sampler(
+        vec![PolicyConfig::new("errors", PolicyKind::Errors), limit],
+        None,
+    );
     let t0 = Instant::now();
     feed(
         &mut sampler,
@@ -299,10 +296,10 @@ fn every_trace_of_a_council_round_gets_the_same_decision() {
     let round = |id: &str| ("council.round_id", Value::StringValue(id.into()));
     let half = PolicyConfig {
         ratio: Some(0.5),
-        ..policy("half", PolicyKind::Ratio)
+        ..PolicyConfig::new("half", PolicyKind::Ratio)
     };
     let (mut sampler, _) = sampler(
-        vec![policy("errors", PolicyKind::Errors), half],
+        vec![PolicyConfig::new("errors", PolicyKind::Errors), half],
         Some("council.round_id"),
     );
     let t0 = Instant::now();
@@ -364,7 +361,7 @@ fn a_full_buffer_decides_the_oldest_traces_early_and_none_undecided() {
         mode: crate::config::SamplingMode::Tail,
         max_traces: 10,
         max_buffered_spans: 1_000,
-        policies: vec![policy("errors", PolicyKind::Errors)],
+        policies: vec![PolicyConfig::new("errors", PolicyKind::Errors)],
         ..SamplingConfig::default()
     };
     let metrics = Arc::new(Metrics::default());
