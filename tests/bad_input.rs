@@ -378,3 +378,38 @@ async fn a_full_pipeline_refuses_with_retryable_answers_and_counts() {
     let report = agent.stop().await;
     assert!(report.abandoned_spans >= 2, "{report:?}");
 }
+
+#[tokio::test]
+async fn above_the_soft_memory_limit_clients_are_told_to_retry() {
+    // A soft limit below any process's resident set: the limiter trips at start-up.
+    let (agent, sink) = agent_with_grpc_sink("memory_limit: { soft: 1MiB, hard: 2MiB }\n").await;
+    let (status, headers, body) = post_protobuf(&agent, &council_request(2, 1)).await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["retry-after"], "1");
+    assert!(
+        status_message(&body).contains("above its memory limit"),
+        "{}",
+        status_message(&body)
+    );
+
+    let status = grpc_export(agent.grpc_url(), council_request(3, 2), false)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    use tonic_types::StatusExt;
+    assert_eq!(
+        status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay),
+        Some(Duration::from_secs(1)),
+        "RESOURCE_EXHAUSTED carries RetryInfo, which makes it retryable for the SDK"
+    );
+    for (protocol, spans) in [("http", 2), ("grpc", 3)] {
+        let series = format!(
+            "daena_agent_spans_refused_total{{protocol=\"{protocol}\",reason=\"memory_limit\"}}"
+        );
+        assert_eq!(agent.counter(&series).await, spans, "{series}");
+    }
+    assert!(sink.received().is_empty());
+    agent.stop().await;
+}

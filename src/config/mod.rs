@@ -38,6 +38,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// The agent's own logs and metrics.
     pub telemetry: TelemetryConfig,
+    /// Above `soft` resident memory the receivers refuse new spans (retryably).
+    pub memory_limit: MemoryLimitConfig,
     /// How long a stop may take to deliver what is in flight.
     #[serde(with = "units::duration")]
     pub shutdown_timeout: Duration,
@@ -52,6 +54,7 @@ impl Default for Config {
             batch: BatchConfig::default(),
             pipeline: PipelineConfig::default(),
             telemetry: TelemetryConfig::default(),
+            memory_limit: MemoryLimitConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
         }
     }
@@ -369,6 +372,25 @@ impl Default for PipelineConfig {
     }
 }
 
+/// `memory_limit`: resident memory at which the receivers refuse, and where it logs an error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryLimitConfig {
+    /// Above this the receivers refuse new spans until usage falls below 90% of it.
+    pub soft: ByteSize,
+    /// Above this the agent logs an error; the soft limit is what keeps it from getting here.
+    pub hard: ByteSize,
+}
+
+impl Default for MemoryLimitConfig {
+    fn default() -> Self {
+        Self {
+            soft: ByteSize(256 << 20),
+            hard: ByteSize(320 << 20),
+        }
+    }
+}
+
 /// The agent's own logs and metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -563,6 +585,16 @@ impl Config {
             errors.push(ConfigError::new("telemetry.endpoint", message));
         }
         self.processors.validate(&mut errors);
+        let memory = &self.memory_limit;
+        if memory.soft.0 >= memory.hard.0 {
+            errors.push(ConfigError::new(
+                "memory_limit",
+                format!(
+                    "soft ({}) must be below hard ({}), e.g. soft: 256MiB, hard: 320MiB",
+                    memory.soft, memory.hard
+                ),
+            ));
+        }
         for (name, exporter) in &self.exporters {
             validate_exporter(
                 &format!("exporters.{name}"),

@@ -281,3 +281,17 @@ fn sampling_settings_are_validated_with_examples() {
         Some(SamplingMode::Head)
     );
 }
+
+#[test]
+fn the_memory_limit_defaults_to_256_and_320_mib_and_soft_must_be_below_hard() {
+    let config = load_text("", &no_env).expect("valid");
+    assert_eq!(
+        (config.memory_limit.soft, config.memory_limit.hard),
+        (ByteSize(256 << 20), ByteSize(320 << 20))
+    );
+    let text = errors_of("memory_limit: { soft: 512MiB, hard: 320MiB }\n");
+    assert!(
+        text.contains("memory_limit: soft (512MiB) must be below hard (320MiB)"),
+        "{text}"
+    );
+}

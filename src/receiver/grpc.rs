@@ -83,6 +83,13 @@ impl UnaryService<Bytes> for Intake {
             Err(IntakeError::Refused(refusal @ Refusal::ShuttingDown { .. })) => {
                 Err(Status::unavailable(refusal.to_string()))
             }
+            Err(IntakeError::Refused(refusal @ Refusal::OverMemoryLimit { .. })) => {
+                Err(Status::with_error_details(
+                    Code::ResourceExhausted,
+                    refusal.to_string(),
+                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+                ))
+            }
         };
         ready(answer)
     }
@@ -131,7 +138,9 @@ fn relabel_refusals(
         return response;
     };
     match status.code() {
-        Code::OutOfRange | Code::ResourceExhausted if status.message().contains("limit") => {
+        Code::OutOfRange | Code::ResourceExhausted
+            if status.message().contains("length too large") =>
+        {
             intake
                 .metrics()
                 .refused_request(PROTOCOL, RefusalReason::TooLarge);

@@ -115,6 +115,9 @@ impl Rejection {
             Refusal::ShuttingDown { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, RefusalReason::ShuttingDown)
             }
+            Refusal::OverMemoryLimit { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, RefusalReason::MemoryLimit)
+            }
         };
         Self {
             status,

@@ -16,6 +16,7 @@ use prost::Message;
 
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
 use crate::telemetry::Metrics;
+use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::RefusalReason;
 
 /// How long a refused client is asked to wait before retrying.
@@ -39,6 +40,15 @@ pub enum Refusal {
         /// Spans in the refused request.
         spans: usize,
     },
+    /// The agent is above its soft memory limit.
+    #[error(
+        "the agent is above its memory limit ({spans} spans refused): its exporters are behind; retry after {}s",
+        RETRY_AFTER.as_secs()
+    )]
+    OverMemoryLimit {
+        /// Spans in the refused request.
+        spans: usize,
+    },
 }
 
 /// The receivers' shared entrance to the pipeline.
@@ -46,12 +56,23 @@ pub enum Refusal {
 pub struct Intake {
     tx: mpsc::Sender<SpanBatch>,
     metrics: Arc<Metrics>,
+    memory: Option<Arc<MemoryLimiter>>,
 }
 
 impl Intake {
     /// An intake feeding `tx`, counting into `metrics`.
     pub fn new(tx: mpsc::Sender<SpanBatch>, metrics: Arc<Metrics>) -> Self {
-        Self { tx, metrics }
+        Self {
+            tx,
+            metrics,
+            memory: None,
+        }
+    }
+
+    /// Refuses new spans while `limiter` says the agent is above its soft memory limit.
+    pub fn with_memory_limit(mut self, limiter: Arc<MemoryLimiter>) -> Self {
+        self.memory = Some(limiter);
+        self
     }
 
     /// The agent's counters, for refusals a receiver counts itself.
@@ -101,6 +122,11 @@ impl Intake {
         let spans = batch.span_count();
         if spans == 0 {
             return Ok(());
+        }
+        if self.memory.as_ref().is_some_and(|m| m.over_limit()) {
+            self.metrics
+                .refused_spans(protocol, RefusalReason::MemoryLimit, spans as u64);
+            return Err(Refusal::OverMemoryLimit { spans });
         }
         match self.tx.try_send(batch) {
             Ok(()) => {

@@ -68,6 +68,8 @@ pub enum RefusalReason {
     PipelineFull,
     /// The agent was shutting down; the client was told to retry.
     ShuttingDown,
+    /// The agent was above its soft memory limit; the client was told to retry.
+    MemoryLimit,
     /// A span had an invalid trace or span id (reported as partial success).
     InvalidSpan,
     /// The body could not be decoded.
@@ -83,6 +85,7 @@ impl RefusalReason {
         match self {
             Self::PipelineFull => "pipeline_full",
             Self::ShuttingDown => "shutting_down",
+            Self::MemoryLimit => "memory_limit",
             Self::InvalidSpan => "invalid_span",
             Self::Undecodable => "undecodable",
             Self::TooLarge => "too_large",

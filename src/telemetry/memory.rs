@@ -1,0 +1,133 @@
+//! The memory limiter: above the soft limit the receivers refuse new data (retryably), so
+//! the client keeps it and the agent's queues drain before it takes more.
+//!
+//! It watches the process's resident set (`VmRSS`) rather than counting allocations: that
+//! is what a container's memory limit kills on. On systems without `/proc` it never trips.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// How often the resident set is read.
+const INTERVAL: Duration = Duration::from_millis(100);
+
+/// Shared between the watcher and the receivers.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    soft: u64,
+    hard: u64,
+    over: AtomicBool,
+}
+
+impl MemoryLimiter {
+    /// A limiter refusing above `soft` bytes; `hard` is where it logs an error.
+    pub fn new(soft: u64, hard: u64) -> Self {
+        Self {
+            soft,
+            hard,
+            over: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the receivers should refuse now.
+    pub fn over_limit(&self) -> bool {
+        self.over.load(Ordering::Relaxed)
+    }
+
+    /// The soft limit in bytes.
+    pub fn soft(&self) -> u64 {
+        self.soft
+    }
+
+    /// Takes a reading of the resident set. Refusing starts at `soft` and stops below 90%
+    /// of it, so the receivers do not flap at the line.
+    pub fn update(&self, rss: u64) {
+        let was_over = self.over.load(Ordering::Relaxed);
+        let over = if was_over {
+            rss >= self.soft / 10 * 9
+        } else {
+            rss >= self.soft
+        };
+        if over != was_over {
+            self.over.store(over, Ordering::Relaxed);
+            if over {
+                tracing::warn!(
+                    rss_mib = rss >> 20,
+                    soft_mib = self.soft >> 20,
+                    "Above the soft memory limit: refusing new spans until the queues drain"
+                );
+            } else {
+                tracing::info!(
+                    rss_mib = rss >> 20,
+                    "Back under the soft memory limit: accepting spans again"
+                );
+            }
+        }
+        if rss >= self.hard {
+            tracing::error!(
+                rss_mib = rss >> 20,
+                hard_mib = self.hard >> 20,
+                "Above the hard memory limit"
+            );
+        }
+    }
+
+    /// Reads the resident set now, then every 100 ms until `stop`.
+    pub async fn watch(self: std::sync::Arc<Self>, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Some(rss) = resident_bytes() {
+                        self.update(rss);
+                    }
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// This process's resident set in bytes, from `/proc/self/status`.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusing_starts_at_soft_and_stops_below_ninety_percent_of_it() {
+        let limiter = MemoryLimiter::new(100 << 20, 120 << 20);
+        let readings = [
+            (50, false),
+            (99, false),
+            (100, true),
+            (95, true),
+            (90, true),
+            (89, false),
+            (130, true),
+        ];
+        for (mib, over) in readings {
+            limiter.update(mib << 20);
+            assert_eq!(limiter.over_limit(), over, "at {mib} MiB");
+        }
+    }
+
+    #[test]
+    fn the_resident_set_is_readable_here() {
+        let rss = resident_bytes().expect("Linux /proc");
+        assert!(rss > 1 << 20, "{rss}");
+    }
+}
