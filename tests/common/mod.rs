@@ -172,6 +172,8 @@ pub struct Sink {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
+    /// While set, the gRPC sink answers UNAVAILABLE and records nothing (a backend outage).
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink {
@@ -258,7 +260,13 @@ impl Sink {
             addr,
             received: Arc::default(),
             script: Arc::default(),
+            down: Arc::default(),
         }
+    }
+
+    /// Takes the backend down (UNAVAILABLE, nothing recorded) or brings it back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Queues answers for the next requests (then it accepts everything).
@@ -329,6 +337,9 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(tonic::Status::unavailable("backend down"));
+        }
         let headers = request.metadata().clone().into_headers();
         let answer = self.next_answer();
         self.record(headers, request.into_inner());
