@@ -223,51 +223,66 @@ impl TailSampler {
             .and_then(|key| spans.iter().find_map(|s| string_attribute(s, key)))
             .map(round_hash);
         let randomness = round.unwrap_or_else(|| trace_id_randomness(&id));
-        let mut keeper: Option<(usize, bool)> = None;
-        if round.is_some_and(|r| self.kept_rounds.contains_key(&r)) {
-            keeper = Some((usize::MAX, false));
+        let keeper = if round.is_some_and(|r| self.kept_rounds.contains_key(&r)) {
+            Some(Keeper::Round)
         } else {
-            for (i, policy) in self.policies.iter_mut().enumerate() {
-                if let Some(by_ratio) = policy.keeps(&spans, randomness, now) {
-                    keeper = Some((i, by_ratio));
-                    break;
-                }
-            }
-        }
-        let kept = keeper.is_some();
+            self.policies
+                .iter_mut()
+                .enumerate()
+                .find_map(|(index, policy)| {
+                    let by_ratio = policy.keeps(&spans, randomness, now)?;
+                    Some(Keeper::Policy { index, by_ratio })
+                })
+        };
         let name = match keeper {
-            Some((usize::MAX, _)) => "coherent_by",
-            Some((i, _)) => self.policies[i].name.as_str(),
+            Some(Keeper::Round) => "coherent_by",
+            Some(Keeper::Policy { index, .. }) => self.policies[index].name.as_str(),
             None => "none",
         };
+        let kept = keeper.is_some();
         self.metrics.sampling_decision(name, kept);
         let count = pending.spans as u64;
         self.metrics
             .sampled_spans(if kept { count } else { 0 }, if kept { 0 } else { count });
         self.decided.insert(id, kept);
-        if let (Some(round), Some((i, false))) = (round, keeper)
-            && i != usize::MAX
-            && !matches!(self.policies[i].rule, Rule::RateLimit(_))
-        {
-            // A round kept for what one of its traces holds is kept whole for the wait.
-            self.kept_rounds.insert(round, now + self.wait);
-        }
-        if kept {
-            if let Some((i, true)) = keeper
-                && let Rule::Ratio(sampler) = &self.policies[i].rule
-            {
-                for span in pending
-                    .fragments
-                    .iter_mut()
-                    .flat_map(|f| &mut f.scope_spans)
-                    .flat_map(|s| &mut s.spans)
+        match keeper {
+            None => {}
+            Some(Keeper::Round) => self.ready.append(&mut pending.fragments),
+            Some(Keeper::Policy { index, by_ratio }) => {
+                let rule = &self.policies[index].rule;
+                if let Some(round) = round
+                    && !by_ratio
+                    && !matches!(rule, Rule::RateLimit(_))
                 {
-                    span.trace_state = with_threshold(&span.trace_state, sampler.threshold_value());
+                    // A round kept for what one of its traces holds is kept whole for the wait.
+                    self.kept_rounds.insert(round, now + self.wait);
                 }
+                // The ratio rule records its threshold, when the trace id was its randomness
+                // (a round's hash is not what a backend would check `th` against).
+                if let (Rule::Ratio(sampler), None) = (rule, round) {
+                    let threshold = sampler.threshold_value();
+                    for span in pending
+                        .fragments
+                        .iter_mut()
+                        .flat_map(|f| &mut f.scope_spans)
+                        .flat_map(|s| &mut s.spans)
+                    {
+                        span.trace_state = with_threshold(&span.trace_state, threshold);
+                    }
+                }
+                self.ready.append(&mut pending.fragments);
             }
-            self.ready.append(&mut pending.fragments);
         }
     }
+}
+
+/// Why a trace was kept.
+#[derive(Clone, Copy)]
+enum Keeper {
+    /// Its council round was kept by another of the round's traces.
+    Round,
+    /// A policy kept it; `by_ratio` when that was the consistent probability rule.
+    Policy { index: usize, by_ratio: bool },
 }
 
 impl Processor for TailSampler {
