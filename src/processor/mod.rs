@@ -48,21 +48,25 @@ pub fn build(
         stages.push(Box::new(Limiter::new(&config.limits, Arc::clone(metrics))));
     }
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
+    let mut order: Vec<&'static str> = Vec::new();
     // Head sampling reads only trace ids, so it goes first and the stages never see the
     // spans it drops; tail policies read attributes, so the tail sampler goes last.
     let sampling = config.sampling.as_ref();
     if let Some(head) = sampling.filter(|s| s.mode == SamplingMode::Head) {
-        processors.push(Box::new(HeadSampler::new(
-            head.ratio.unwrap_or(1.0),
-            Arc::clone(metrics),
-        )));
+        let sampler = HeadSampler::new(head.ratio.unwrap_or(1.0), Arc::clone(metrics));
+        order.push(sampler.name());
+        processors.push(Box::new(sampler));
     }
     if !stages.is_empty() {
+        order.extend(stages.iter().map(|stage| stage.name()));
         processors.push(Box::new(SpanPass::new(stages)));
     }
     if let Some(tail) = sampling.filter(|s| s.mode == SamplingMode::Tail) {
-        processors.push(Box::new(TailSampler::new(tail, Arc::clone(metrics))));
+        let sampler = TailSampler::new(tail, Arc::clone(metrics));
+        order.push(sampler.name());
+        processors.push(Box::new(sampler));
     }
+    tracing::info!(stages = ?order, "Processor stages, in order");
     processors
 }
 
@@ -110,7 +114,7 @@ impl SpanPass {
 
 impl Processor for SpanPass {
     fn name(&self) -> &'static str {
-        "span_stages"
+        "span stages"
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {

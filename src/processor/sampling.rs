@@ -185,7 +185,7 @@ impl HeadSampler {
 
 impl Processor for HeadSampler {
     fn name(&self) -> &'static str {
-        "sampling"
+        "head sampling"
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {

@@ -287,7 +287,7 @@ enum Keeper {
 
 impl Processor for TailSampler {
     fn name(&self) -> &'static str {
-        "sampling"
+        "tail sampling"
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {
