@@ -321,7 +321,7 @@ async fn a_full_pipeline_refuses_with_retryable_answers_and_counts() {
     sink.script(std::iter::repeat_n(Answer::Hang, 10));
     // One batch in flight, one queued, one pending request: the fourth request has nowhere to go.
     let exporters = format!(
-        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    timeout: 1h\n    queue: {{ max_batches: 1, workers: 1 }}\n",
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    timeout: 1h\n    queue: {{ max_spans: 1, workers: 1 }}\n",
         sink.addr
     );
     let yaml = agent_yaml(

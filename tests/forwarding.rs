@@ -400,3 +400,36 @@ async fn stopping_flushes_what_is_batched() {
         "shutdown must deliver the batched spans"
     );
 }
+
+#[tokio::test]
+async fn with_drop_oldest_a_hung_backend_never_holds_back_the_others() {
+    let hung = Sink::grpc().await;
+    hung.script(std::iter::repeat_n(Answer::Hang, 20));
+    let healthy = Sink::grpc().await;
+    let exporters = format!(
+        "{}    timeout: 1h\n    queue: {{ max_spans: 1, workers: 1, on_full: drop_oldest }}\n{}",
+        exporter_yaml("hung", "grpc", &hung, ""),
+        exporter_yaml("healthy", "grpc", &healthy, "")
+    );
+    let yaml = agent_yaml(&exporters, "shutdown_timeout: 1s\n").replace(
+        "batch: { timeout: 50ms }",
+        "batch: { timeout: 1ms, max_spans: 1 }",
+    );
+    let agent = TestAgent::start(&yaml).await;
+    for seed in 1..=10u8 {
+        grpc_export(agent.grpc_url(), council_request(1, seed), false)
+            .await
+            .expect("accepted");
+    }
+    assert_eq!(healthy.wait_for_spans(10).await.len(), 10);
+    // One batch hangs in flight, one waits for the busy worker, one waits in the queue;
+    // the other seven made room for newer ones.
+    let dropped = agent
+        .wait_for_counter(
+            "daena_agent_spans_dropped_total{stage=\"exporter/hung\",reason=\"queue_full\"}",
+            7,
+        )
+        .await;
+    assert_eq!(dropped, 7);
+    agent.stop().await;
+}

@@ -318,8 +318,12 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Batches waiting for export; when full, the pipeline waits and the receivers refuse.
-    pub max_batches: usize,
+    /// Spans waiting for export, at most (a single larger batch still fits an empty queue).
+    pub max_spans: usize,
+    /// Encoded bytes waiting for export, at most.
+    pub max_bytes: ByteSize,
+    /// What a full queue does with a new batch.
+    pub on_full: OnFull,
     /// Export requests in flight at once.
     pub workers: usize,
 }
@@ -327,10 +331,24 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            max_batches: 8,
+            max_spans: 65_536,
+            max_bytes: ByteSize(8 << 20),
+            on_full: OnFull::Block,
             workers: 4,
         }
     }
+}
+
+/// What a full exporter queue does with a new batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// The pipeline waits, its queue fills, and the receivers refuse (retryably): the
+    /// clients keep the data. With several exporters, a full one holds back all of them.
+    Block,
+    /// The oldest queued batches are dropped (counted as `queue_full`) to make room, so a
+    /// dead backend never holds back the others.
+    DropOldest,
 }
 
 /// Batching: a batch leaves when it has `max_spans` spans or `max_bytes`, or after `timeout`.
@@ -770,10 +788,10 @@ fn validate_exporter(
             format!("must be at least 1 (got {})", retry.multiplier),
         ));
     }
-    if exporter.queue.max_batches == 0 {
+    if exporter.queue.max_spans == 0 || exporter.queue.max_bytes.0 == 0 {
         errors.push(ConfigError::new(
-            format!("{key}.queue.max_batches"),
-            "must be at least 1 (got 0)",
+            format!("{key}.queue"),
+            "max_spans and max_bytes must be at least 1",
         ));
     }
     if exporter.queue.workers == 0 {

@@ -33,6 +33,7 @@ use crate::telemetry::Metrics;
 pub struct Payload {
     batch: SpanBatch,
     spans: usize,
+    bytes: usize,
     /// Decoded on demand, for exporters that read spans (the console).
     request: OnceLock<ExportTraceServiceRequest>,
     /// The encoding and its gzip, each behind 5 spare bytes that hold the gRPC message
@@ -47,9 +48,11 @@ impl Payload {
     /// Wraps a batch from the batcher.
     pub fn new(batch: SpanBatch) -> Self {
         let spans = batch.span_count();
+        let bytes = batch.encoded_len();
         Self {
             batch,
             spans,
+            bytes,
             request: OnceLock::new(),
             framed: Default::default(),
         }
@@ -64,6 +67,11 @@ impl Payload {
     /// Number of spans in the batch.
     pub fn spans(&self) -> usize {
         self.spans
+    }
+
+    /// Size of the batch's protobuf encoding.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The protobuf encoding, computed by the first exporter that needs it.

@@ -105,6 +105,8 @@ pub enum DropReason {
     RetriesExhausted,
     /// The agent stopped before the spans could be delivered (`shutdown_timeout`).
     Shutdown,
+    /// The exporter's queue was full and `on_full: drop_oldest` made room.
+    QueueFull,
 }
 
 impl DropReason {
@@ -114,6 +116,7 @@ impl DropReason {
             Self::PartiallyRejected => "partially_rejected",
             Self::RetriesExhausted => "retries_exhausted",
             Self::Shutdown => "shutdown",
+            Self::QueueFull => "queue_full",
         }
     }
 }
@@ -135,7 +138,7 @@ pub struct Metrics {
     late_spans: Family<KindLabels, Counter>,
     decided_early: Counter,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
-    dropped_totals: [AtomicU64; 4],
+    dropped_totals: [AtomicU64; 5],
 }
 
 impl Default for Metrics {
