@@ -350,18 +350,7 @@ async fn a_full_pipeline_refuses_with_retryable_answers_and_counts() {
     assert_eq!(headers["retry-after"], "1");
     assert!(status_message(&body).contains("pipeline is full"));
 
-    let status = grpc_export(agent.grpc_url(), council_request(1, 99), false)
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::Unavailable);
-    use tonic_types::StatusExt;
-    assert_eq!(
-        status
-            .get_details_retry_info()
-            .and_then(|info| info.retry_delay),
-        Some(Duration::from_secs(1)),
-        "UNAVAILABLE carries RetryInfo so the SDK waits and retries"
-    );
+    assert_refused_with_retry_info(&agent, council_request(1, 99), tonic::Code::Unavailable).await;
     assert_eq!(
         agent
             .counter("daena_agent_spans_refused_total{protocol=\"http\",reason=\"pipeline_full\"}")
@@ -392,18 +381,12 @@ async fn above_the_soft_memory_limit_clients_are_told_to_retry() {
         status_message(&body)
     );
 
-    let status = grpc_export(agent.grpc_url(), council_request(3, 2), false)
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-    use tonic_types::StatusExt;
-    assert_eq!(
-        status
-            .get_details_retry_info()
-            .and_then(|info| info.retry_delay),
-        Some(Duration::from_secs(1)),
-        "RESOURCE_EXHAUSTED carries RetryInfo, which makes it retryable for the SDK"
-    );
+    assert_refused_with_retry_info(
+        &agent,
+        council_request(3, 2),
+        tonic::Code::ResourceExhausted,
+    )
+    .await;
     for (protocol, spans) in [("http", 2), ("grpc", 3)] {
         let series = format!(
             "daena_agent_spans_refused_total{{protocol=\"{protocol}\",reason=\"memory_limit\"}}"
@@ -412,4 +395,25 @@ async fn above_the_soft_memory_limit_clients_are_told_to_retry() {
     }
     assert!(sink.received().is_empty());
     agent.stop().await;
+}
+
+/// Sends `request` over gRPC and checks the refusal: `code` with a 1 s `RetryInfo`, which
+/// is what makes the SDK wait and send it again.
+async fn assert_refused_with_retry_info(
+    agent: &TestAgent,
+    request: daena_trace_agent::otlp::ExportTraceServiceRequest,
+    code: tonic::Code,
+) {
+    use tonic_types::StatusExt;
+    let status = grpc_export(agent.grpc_url(), request, false)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(
+        status
+            .get_details_retry_info()
+            .and_then(|info| info.retry_delay),
+        Some(Duration::from_secs(1)),
+        "{code:?} carries RetryInfo"
+    );
 }
