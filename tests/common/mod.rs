@@ -174,6 +174,8 @@ pub struct Sink {
     script: Arc<Mutex<VecDeque<Answer>>>,
     /// While set, the gRPC sink answers UNAVAILABLE and records nothing (a backend outage).
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds the gRPC sink takes over each request (a slow backend).
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Sink {
@@ -261,12 +263,19 @@ impl Sink {
             received: Arc::default(),
             script: Arc::default(),
             down: Arc::default(),
+            delay_ms: Arc::default(),
         }
     }
 
     /// Takes the backend down (UNAVAILABLE, nothing recorded) or brings it back.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes the gRPC sink take `delay` over each request.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Queues answers for the next requests (then it accepts everything).
@@ -340,6 +349,8 @@ impl TraceService for Sink {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(tonic::Status::unavailable("backend down"));
         }
+        let delay = self.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         let headers = request.metadata().clone().into_headers();
         let answer = self.next_answer();
         self.record(headers, request.into_inner());
