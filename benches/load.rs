@@ -28,6 +28,7 @@ use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH,
 };
 use daena_trace_agent::processor::sampling::{ConsistentSampler, trace_id_randomness};
+use daena_trace_agent::telemetry::memory;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
 use tokio::net::TcpListener;
@@ -325,7 +326,7 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     let mut figures = Figures::default();
     if let Some(agent) = &agent {
         tokio::time::sleep(Duration::from_secs(if args.quick { 0 } else { 2 })).await;
-        figures.idle_rss_mib = agent.status_kib("VmRSS:").map(|k| k / 1024.0);
+        figures.idle_rss_mib = agent.status_kib("VmRSS").map(|k| k / 1024.0);
     }
     let phase = Duration::from_secs_f64(args.seconds);
     let max_requests = if args.quick { 8 } else { u64::MAX };
@@ -354,7 +355,7 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     if let (Some(agent), Some(before)) = (&agent, cpu_before) {
         let cpu = agent.cpu_seconds() - before;
         figures.cpu_seconds_per_million = Some(cpu / (received.max(1) as f64 / 1e6));
-        figures.peak_rss_mib = agent.status_kib("VmHWM:").map(|k| k / 1024.0);
+        figures.peak_rss_mib = agent.status_kib("VmHWM").map(|k| k / 1024.0);
     }
     if let Some(agent) = agent.as_mut() {
         agent.stop();
@@ -820,15 +821,8 @@ impl AgentProcess {
     }
 
     /// A `kB` line of /proc/PID/status, in KiB.
-    fn status_kib(&self, key: &str) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with(key))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+    fn status_kib(&self, field: &str) -> Option<f64> {
+        memory::proc_status_kib(&self.child.id().to_string(), field).map(|kib| kib as f64)
     }
 
     fn stop(&mut self) {

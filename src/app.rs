@@ -17,7 +17,7 @@ use crate::processor::{self, Batcher, Pipeline};
 use crate::receiver::Intake;
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
-use crate::telemetry::memory::{self, MemoryLimiter};
+use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -145,14 +145,11 @@ impl Agent {
             tokio::spawn(Pipeline::new(processors, batcher, config.batch.timeout, handles).run(rx));
 
         let stop_receivers = CancellationToken::new();
-        let limiter = Arc::new(MemoryLimiter::new(
+        let limiter = MemoryLimiter::start(
             config.memory_limit.soft.0,
             config.memory_limit.hard.0,
-        ));
-        if let Some(rss) = memory::resident_bytes() {
-            limiter.update(rss);
-        }
-        tokio::spawn(Arc::clone(&limiter).watch(stop_receivers.clone()));
+            stop_receivers.clone(),
+        );
         let intake = Intake::new(tx, Arc::clone(&metrics)).with_memory_limit(limiter);
         let mut servers = JoinSet::new();
         let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use daena_trace_agent::otlp::ExportTraceServiceRequest;
+use daena_trace_agent::telemetry::memory;
 
 /// Request number `n`: `spans` spans whose ids say (n, i), so every span id is unique.
 fn numbered_request(n: u32, spans: u32) -> ExportTraceServiceRequest {
@@ -175,12 +176,7 @@ async fn a_slow_backend_under_load_gets_refusals_upstream_and_loses_nothing() {
     assert_eq!(agent.terminate(), 0);
 }
 
-/// Peak resident set of process `pid` (or `self`), from /proc.
+/// Peak resident set of process `pid` (or `self`).
 fn peak_rss_mib(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    memory::proc_status_kib(pid, "VmHWM").map_or(0.0, |kib| kib as f64 / 1024.0)
 }

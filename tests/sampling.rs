@@ -11,6 +11,7 @@ use daena_trace_agent::config::{PolicyConfig, PolicyKind, SamplingConfig, Sampli
 use daena_trace_agent::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch};
 use daena_trace_agent::processor::TailSampler;
 use daena_trace_agent::telemetry::Metrics;
+use daena_trace_agent::telemetry::memory;
 
 /// 200 single-span traces with spread-out trace ids.
 fn traces(n: u32) -> daena_trace_agent::otlp::ExportTraceServiceRequest {
@@ -67,15 +68,9 @@ async fn two_agent_processes_keep_exactly_the_same_traces() {
     assert!((30..=90).contains(&n), "about 30% of 200 kept, got {n}");
 }
 
-/// Resident memory of this process, from /proc.
+/// Resident memory of this process.
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
+    memory::proc_status_kib("self", "VmRSS").expect("VmRSS") as f64 / 1024.0
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ pub struct Config {
     pub receivers: ReceiversConfig,
     /// Where spans go, by name; filled from `OTEL_EXPORTER_OTLP_*` when empty.
     pub exporters: BTreeMap<String, ExporterConfig>,
-    /// The stages every span goes through: Daena schema, redaction, limits.
+    /// The stages every span goes through: Daena schema, redaction, limits, sampling.
     pub processors: ProcessorsConfig,
     /// How spans are grouped for export.
     pub batch: BatchConfig,

@@ -27,7 +27,8 @@ use crate::telemetry::Metrics;
 
 /// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
 /// others see canonical keys), redact (before limits, so a cut can never leave half a
-/// secret behind), limits. Head sampling runs before them, tail sampling after. `env` reads the variables `processors.daena.resource_from_env` names.
+/// secret behind), limits. Head sampling runs before them, tail sampling after.
+/// `env` reads the variables `processors.daena.resource_from_env` names.
 pub fn build(
     config: &ProcessorsConfig,
     env: impl Fn(&str) -> Option<String>,
@@ -81,6 +82,10 @@ pub trait Processor: Send + 'static {
     /// Mutates, filters or drops spans of `batch` in place, through
     /// [`SpanBatch::resource_spans_mut`], which decodes spans that are still encoded.
     fn process(&mut self, batch: &mut SpanBatch);
+    /// Whether the stage holds spans back to release later; only then is it asked for them.
+    fn holds_spans(&self) -> bool {
+        false
+    }
     /// Called about every 100 ms: spans the stage held back that are now due go into `out`.
     fn release_due(&mut self, _out: &mut SpanBatch) {}
     /// Called once when the pipeline stops: everything the stage still holds, decided now.

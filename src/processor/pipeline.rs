@@ -42,7 +42,7 @@ impl Pipeline {
         let mut deadline: Option<Instant> = None;
         let mut release = tokio::time::interval(RELEASE_INTERVAL);
         release.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let holds = !self.processors.is_empty();
+        let holds = self.processors.iter().any(|p| p.holds_spans());
         loop {
             let flush_at = deadline;
             tokio::select! {

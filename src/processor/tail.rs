@@ -37,6 +37,8 @@ pub struct TailSampler {
     /// Kept spans waiting to leave.
     ready: Vec<ResourceSpans>,
     metrics: Arc<Metrics>,
+    /// Decisions not yet handed to the metrics (counted per call, not per trace).
+    counts: DecisionCounts,
     generation: u64,
 }
 
@@ -81,6 +83,7 @@ impl TailSampler {
             kept_rounds: HashMap::new(),
             ready: Vec::new(),
             metrics,
+            counts: DecisionCounts::new(config.policies.len()),
             generation: 0,
         }
     }
@@ -201,8 +204,10 @@ impl TailSampler {
         self.deadlines.push_back((now + self.wait, id, generation));
     }
 
+    /// Hands over the kept spans and the counts of the decisions since the last call.
     fn release(&mut self, out: &mut SpanBatch) {
         out.decoded_mut().append(&mut self.ready);
+        self.counts.flush(&self.policies, &self.metrics);
     }
 
     /// Decides one held trace by the policies, in order.
@@ -234,16 +239,8 @@ impl TailSampler {
                     Some(Keeper::Policy { index, by_ratio })
                 })
         };
-        let name = match keeper {
-            Some(Keeper::Round) => "coherent_by",
-            Some(Keeper::Policy { index, .. }) => self.policies[index].name.as_str(),
-            None => "none",
-        };
         let kept = keeper.is_some();
-        self.metrics.sampling_decision(name, kept);
-        let count = pending.spans as u64;
-        self.metrics
-            .sampled_spans(if kept { count } else { 0 }, if kept { 0 } else { count });
+        self.counts.decide(keeper, pending.spans as u64);
         self.decided.insert(id, kept);
         match keeper {
             None => {}
@@ -276,6 +273,53 @@ impl TailSampler {
     }
 }
 
+/// Decisions and spans per outcome since the last flush.
+struct DecisionCounts {
+    /// Traces kept per policy, in config order.
+    kept_by_policy: Vec<u64>,
+    kept_by_round: u64,
+    dropped: u64,
+    kept_spans: u64,
+    dropped_spans: u64,
+}
+
+impl DecisionCounts {
+    fn new(policies: usize) -> Self {
+        Self {
+            kept_by_policy: vec![0; policies],
+            kept_by_round: 0,
+            dropped: 0,
+            kept_spans: 0,
+            dropped_spans: 0,
+        }
+    }
+
+    fn decide(&mut self, keeper: Option<Keeper>, spans: u64) {
+        match keeper {
+            Some(Keeper::Round) => self.kept_by_round += 1,
+            Some(Keeper::Policy { index, .. }) => self.kept_by_policy[index] += 1,
+            None => self.dropped += 1,
+        }
+        if keeper.is_some() {
+            self.kept_spans += spans;
+        } else {
+            self.dropped_spans += spans;
+        }
+    }
+
+    fn flush(&mut self, policies: &[Policy], metrics: &Metrics) {
+        for (policy, count) in policies.iter().zip(&mut self.kept_by_policy) {
+            metrics.sampling_decisions(&policy.name, true, std::mem::take(count));
+        }
+        metrics.sampling_decisions("coherent_by", true, std::mem::take(&mut self.kept_by_round));
+        metrics.sampling_decisions("none", false, std::mem::take(&mut self.dropped));
+        metrics.sampled_spans(
+            std::mem::take(&mut self.kept_spans),
+            std::mem::take(&mut self.dropped_spans),
+        );
+    }
+}
+
 /// Why a trace was kept.
 #[derive(Clone, Copy)]
 enum Keeper {
@@ -292,6 +336,10 @@ impl Processor for TailSampler {
 
     fn process(&mut self, batch: &mut SpanBatch) {
         self.accept(batch, Instant::now());
+    }
+
+    fn holds_spans(&self) -> bool {
+        true
     }
 
     fn release_due(&mut self, out: &mut SpanBatch) {

@@ -73,26 +73,25 @@ impl UnaryService<Bytes> for Intake {
                     .refused_request(PROTOCOL, RefusalReason::Undecodable);
                 Err(Status::invalid_argument(error.to_string()))
             }
-            Err(IntakeError::Refused(refusal @ Refusal::PipelineFull { .. })) => {
-                Err(Status::with_error_details(
-                    Code::Unavailable,
-                    refusal.to_string(),
-                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-                ))
-            }
-            Err(IntakeError::Refused(refusal @ Refusal::ShuttingDown { .. })) => {
-                Err(Status::unavailable(refusal.to_string()))
-            }
-            Err(IntakeError::Refused(refusal @ Refusal::OverMemoryLimit { .. })) => {
-                Err(Status::with_error_details(
-                    Code::ResourceExhausted,
-                    refusal.to_string(),
-                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-                ))
-            }
+            Err(IntakeError::Refused(refusal)) => Err(refusal_status(&refusal)),
         };
         ready(answer)
     }
+}
+
+/// The gRPC answer to a refusal. "Retry later" carries RetryInfo, which is also what
+/// makes `RESOURCE_EXHAUSTED` retryable for OTLP clients.
+fn refusal_status(refusal: &Refusal) -> Status {
+    let code = match refusal {
+        Refusal::ShuttingDown { .. } => return Status::unavailable(refusal.to_string()),
+        Refusal::PipelineFull { .. } => Code::Unavailable,
+        Refusal::OverMemoryLimit { .. } => Code::ResourceExhausted,
+    };
+    Status::with_error_details(
+        code,
+        refusal.to_string(),
+        ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+    )
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

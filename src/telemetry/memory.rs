@@ -4,6 +4,7 @@
 //! It watches the process's resident set (`VmRSS`) rather than counting allocations: that
 //! is what a container's memory limit kills on. On systems without `/proc` it never trips.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -73,34 +74,47 @@ impl MemoryLimiter {
         }
     }
 
-    /// Reads the resident set now, then every 100 ms until `stop`.
-    pub async fn watch(self: std::sync::Arc<Self>, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(INTERVAL);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    if let Some(rss) = resident_bytes() {
-                        self.update(rss);
-                    }
-                }
-                () = stop.cancelled() => return,
-            }
+    /// A limiter that has read the resident set once (so the first request already sees
+    /// it) and keeps reading it every 100 ms on a task until `stop`.
+    pub fn start(soft: u64, hard: u64, stop: CancellationToken) -> Arc<Self> {
+        let limiter = Arc::new(Self::new(soft, hard));
+        if let Some(rss) = resident_bytes() {
+            limiter.update(rss);
         }
+        let watched = Arc::clone(&limiter);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        if let Some(rss) = resident_bytes() {
+                            watched.update(rss);
+                        }
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+        limiter
     }
 }
 
-/// This process's resident set in bytes, from `/proc/self/status`.
+/// This process's resident set in bytes.
 pub fn resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
+    proc_status_kib("self", "VmRSS").map(|kib| kib * 1024)
+}
+
+/// A `kB` field (`VmRSS`, `VmHWM`, …) of `/proc/<pid>/status`; `pid` may be `self`.
+pub fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(kib * 1024)
+        .ok()
 }
 
 #[cfg(test)]

@@ -334,13 +334,18 @@ impl Metrics {
         }
     }
 
-    /// Counts one tail-sampling decision; `policy` is the one that kept it, or `none`.
-    pub fn sampling_decision(&self, policy: &str, kept: bool) {
+    /// Counts tail-sampling decisions; `policy` is the one that kept the traces, or `none`.
+    pub fn sampling_decisions(&self, policy: &str, kept: bool, traces: u64) {
+        if traces == 0 {
+            return;
+        }
         let labels = DecisionLabels {
             policy: policy.to_owned(),
             outcome: if kept { "kept" } else { "dropped" },
         };
-        self.sampling_decisions.get_or_create(&labels).inc();
+        self.sampling_decisions
+            .get_or_create(&labels)
+            .inc_by(traces);
     }
 
     /// Counts spans that arrived after their trace was decided.
