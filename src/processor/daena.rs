@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use super::SpanStage;
 use super::key_cache::KeyCache;
 use super::schema::{self, FAMILIES, FIELDS, SCHEMA, ValueRule, row};
+use super::{SpanStage, flush_counts};
 use crate::config::DaenaConfig;
 use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, Value, key_value};
 use crate::telemetry::Metrics;
@@ -190,12 +190,10 @@ impl SpanStage for DaenaNormaliser {
     }
 
     fn finish_batch(&mut self) {
-        for (row, count) in self.errors.iter_mut().enumerate() {
-            if *count > 0 {
-                self.metrics
-                    .schema_errors(SCHEMA[row].key, std::mem::take(count));
-            }
-        }
+        let metrics = &self.metrics;
+        flush_counts(&mut self.errors, SCHEMA.iter().map(|f| f.key), |key, n| {
+            metrics.schema_errors(key, n);
+        });
     }
 }
 

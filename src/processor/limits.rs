@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::SpanStage;
+use super::{SpanStage, flush_counts};
 use crate::config::LimitsConfig;
 use crate::otlp::{KeyValue, Resource, Span, Value};
 use crate::telemetry::Metrics;
@@ -92,11 +92,8 @@ impl SpanStage for Limiter {
     }
 
     fn finish_batch(&mut self) {
-        for (kind, count) in self.counts.iter_mut().enumerate() {
-            if *count > 0 {
-                self.metrics.limited(KINDS[kind], std::mem::take(count));
-            }
-        }
+        let metrics = &self.metrics;
+        flush_counts(&mut self.counts, KINDS, |kind, n| metrics.limited(kind, n));
     }
 }
 

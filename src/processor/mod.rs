@@ -143,3 +143,17 @@ impl Processor for SpanPass {
         }
     }
 }
+
+/// Hands a stage's per-batch counts to the metrics: `record(label, count)` for each count
+/// that is not zero, which it then resets. `labels` name the counts in order.
+fn flush_counts(
+    counts: &mut [u64],
+    labels: impl IntoIterator<Item = &'static str>,
+    mut record: impl FnMut(&'static str, u64),
+) {
+    for (count, label) in counts.iter_mut().zip(labels) {
+        if *count > 0 {
+            record(label, std::mem::take(count));
+        }
+    }
+}

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::SpanStage;
 use super::key_cache::KeyCache;
+use super::{SpanStage, flush_counts};
 use crate::config::RedactConfig;
 use crate::otlp::{KeyValue, Resource, Span, Value};
 use crate::telemetry::Metrics;
@@ -128,11 +128,8 @@ impl SpanStage for Redactor {
     }
 
     fn finish_batch(&mut self) {
-        for (kind, count) in self.counts.iter_mut().enumerate() {
-            if *count > 0 {
-                self.metrics.redacted(KINDS[kind], std::mem::take(count));
-            }
-        }
+        let metrics = &self.metrics;
+        flush_counts(&mut self.counts, KINDS, |kind, n| metrics.redacted(kind, n));
     }
 }
 
