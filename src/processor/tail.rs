@@ -133,21 +133,16 @@ impl TailSampler {
         }
         if late_dropped > 0 {
             self.metrics.late_spans(false, late_dropped);
-            self.metrics.sampled_spans(0, late_dropped);
         }
+        self.counts.kept_spans += late_kept;
+        self.counts.dropped_spans += late_dropped;
         let mut early = 0;
         while self.pending.len() > self.max_traces || self.buffered_spans > self.max_spans {
-            let Some((_, id, generation)) = self.deadlines.pop_front() else {
+            let Some(id) = self.pop_oldest(None) else {
                 break;
             };
-            if self
-                .pending
-                .get(&id)
-                .is_some_and(|p| p.generation == generation)
-            {
-                self.decide(id, now);
-                early += 1;
-            }
+            self.decide(id, now);
+            early += 1;
         }
         if early > 0 {
             self.metrics.decided_early(early);
@@ -157,18 +152,8 @@ impl TailSampler {
 
     /// Decides every trace whose wait is over; their kept spans go into `out`.
     pub fn expire(&mut self, now: Instant, out: &mut SpanBatch) {
-        while let Some(&(deadline, id, generation)) = self.deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop_front();
-            if self
-                .pending
-                .get(&id)
-                .is_some_and(|p| p.generation == generation)
-            {
-                self.decide(id, now);
-            }
+        while let Some(id) = self.pop_oldest(Some(now)) {
+            self.decide(id, now);
         }
         self.kept_rounds.retain(|_, until| *until > now);
         self.release(out);
@@ -187,6 +172,25 @@ impl TailSampler {
     /// Traces held now.
     pub fn held_traces(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The held trace whose deadline comes first (due by `now`, when given), skipping
+    /// entries a later span of the same trace has superseded.
+    fn pop_oldest(&mut self, now: Option<Instant>) -> Option<TraceId> {
+        while let Some(&(deadline, id, generation)) = self.deadlines.front() {
+            if now.is_some_and(|now| deadline > now) {
+                return None;
+            }
+            self.deadlines.pop_front();
+            if self
+                .pending
+                .get(&id)
+                .is_some_and(|p| p.generation == generation)
+            {
+                return Some(id);
+            }
+        }
+        None
     }
 
     fn hold(&mut self, id: TraceId, fragment: ResourceSpans, spans: usize, now: Instant) {
