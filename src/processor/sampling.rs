@@ -128,22 +128,30 @@ pub fn with_threshold(tracestate: &str, threshold: u64) -> String {
 }
 
 /// A downstream consistent probability sampler (the spec's "equalizing" one).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConsistentSampler {
     threshold: u64,
+    /// The `tracestate` of a kept span that had none: the common case, built once.
+    alone: String,
 }
 
 impl ConsistentSampler {
     /// Keeps `ratio` of traces.
     pub fn new(ratio: f64) -> Self {
+        let threshold = threshold(ratio);
         Self {
-            threshold: threshold(ratio),
+            threshold,
+            alone: with_threshold("", threshold),
         }
     }
 
-    /// The rejection threshold.
-    pub fn threshold_value(&self) -> u64 {
-        self.threshold
+    /// Records this sampler's threshold in a kept span's `tracestate`.
+    pub fn record(&self, tracestate: &mut String) {
+        if tracestate.is_empty() {
+            tracestate.clone_from(&self.alone);
+        } else {
+            *tracestate = with_threshold(tracestate, self.threshold);
+        }
     }
 
     /// Whether randomness `r` is kept.
@@ -162,7 +170,7 @@ impl ConsistentSampler {
         if !self.keeps(randomness(&span.trace_id, &span.trace_state)) {
             return false;
         }
-        span.trace_state = with_threshold(&span.trace_state, self.threshold);
+        self.record(&mut span.trace_state);
         true
     }
 }

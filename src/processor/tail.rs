@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Processor;
-use super::sampling::{ConsistentSampler, trace_id_randomness, with_threshold};
+use super::sampling::{ConsistentSampler, trace_id_randomness};
 use crate::config::{PolicyConfig, PolicyKind, SamplingConfig};
 use crate::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode, Value};
 use crate::telemetry::Metrics;
@@ -261,14 +261,13 @@ impl TailSampler {
                 // The ratio rule records its threshold, when the trace id was its randomness
                 // (a round's hash is not what a backend would check `th` against).
                 if let (Rule::Ratio(sampler), None) = (rule, round) {
-                    let threshold = sampler.threshold_value();
                     for span in pending
                         .fragments
                         .iter_mut()
                         .flat_map(|f| &mut f.scope_spans)
                         .flat_map(|s| &mut s.spans)
                     {
-                        span.trace_state = with_threshold(&span.trace_state, threshold);
+                        sampler.record(&mut span.trace_state);
                     }
                 }
                 self.ready.append(&mut pending.fragments);
