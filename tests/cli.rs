@@ -281,22 +281,12 @@ async fn sigterm_flushes_the_batch_and_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redacted_values_reach_neither_the_backend_nor_the_console_nor_the_logs() {
     let sink = Sink::grpc().await;
-    let dir = tempfile::tempdir().expect("tempdir");
     let yaml = format!(
         "{}exporters:\n  console: {{ protocol: console }}\n  tempo: {{ protocol: grpc, endpoint: \"http://{}\" }}\n",
         receivers_on_ephemeral_ports(),
         sink.addr
     );
-    let path = write_config(dir.path(), &yaml);
-    let mut agent = AgentProcess::spawn(
-        &[
-            "--config",
-            path.to_str().expect("path"),
-            "--log-level",
-            "debug",
-        ],
-        &[],
-    );
+    let mut agent = AgentProcess::with_config(&yaml, "debug", &[]);
     let api_key = "sk-proj-Zq9XSECRETKEY1234567890";
     let bearer = "eyJhbGciOiJSUzI1NiJ9.SECRETBEARER";
     let mut request = council_request(2, 0x33);

@@ -145,13 +145,11 @@ async fn a_slow_backend_under_load_gets_refusals_upstream_and_loses_nothing() {
     let sink = Sink::grpc().await;
     sink.set_delay(Duration::from_secs(1));
     // Four requests of at most 250 spans a second drain 1,000 spans/s: half the load.
-    let dir = tempfile::tempdir().expect("tempdir");
     let yaml = format!(
         "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null }}\nbatch: {{ max_spans: 250, timeout: 50ms }}\nmemory_limit: {{ soft: 64MiB, hard: 96MiB }}\nexporters:\n  tempo: {{ protocol: grpc, endpoint: \"http://{}\", queue: {{ workers: 4, max_spans: 1000 }} }}\n",
         sink.addr
     );
-    let path = write_config(dir.path(), &yaml);
-    let mut agent = AgentProcess::spawn(&["--config", path.to_str().expect("path")], &[]);
+    let mut agent = AgentProcess::with_config(&yaml, "info", &[]);
     let url = format!("http://{}", agent.addr("OTLP/gRPC"));
     let offered = offer_load(&url, Duration::from_secs(8), |_| {}).await;
     let (unique, total) = delivered(&sink, &offered.span_ids).await;

@@ -36,13 +36,11 @@ async fn two_agent_processes_keep_exactly_the_same_traces() {
     let mut kept = Vec::new();
     for _ in 0..2 {
         let sink = Sink::grpc().await;
-        let dir = tempfile::tempdir().expect("tempdir");
         let yaml = format!(
             "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: 127.0.0.1:0 }}\nbatch: {{ timeout: 20ms }}\nprocessors:\n  sampling: {{ ratio: 0.3 }}\nexporters:\n  tempo: {{ protocol: grpc, endpoint: \"http://{}\" }}\n",
             sink.addr
         );
-        let path = write_config(dir.path(), &yaml);
-        let mut agent = AgentProcess::spawn(&["--config", path.to_str().expect("path")], &[]);
+        let mut agent = AgentProcess::with_config(&yaml, "info", &[]);
         let grpc = agent.addr("OTLP/gRPC");
         grpc_export(format!("http://{grpc}"), request.clone(), false)
             .await

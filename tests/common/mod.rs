@@ -609,9 +609,28 @@ pub struct AgentProcess {
     pub child: Child,
     pub stdout: Arc<Mutex<String>>,
     pub stderr: Arc<Mutex<String>>,
+    /// The config file's directory, when the process was started from YAML.
+    config_dir: Option<tempfile::TempDir>,
 }
 
 impl AgentProcess {
+    /// Writes `yaml` to a config file and starts the binary on it at `log_level`.
+    pub fn with_config(yaml: &str, log_level: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), yaml);
+        let mut process = Self::spawn(
+            &[
+                "--config",
+                path.to_str().expect("path"),
+                "--log-level",
+                log_level,
+            ],
+            env,
+        );
+        process.config_dir = Some(dir);
+        process
+    }
+
     /// Starts the binary; waits (bounded) until its start-up line names the listeners.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = binary_command(args, env)
@@ -625,6 +644,7 @@ impl AgentProcess {
             child,
             stdout,
             stderr,
+            config_dir: None,
         };
         let started = Instant::now();
         while !process.logs().contains("daena-trace-agent started") {
