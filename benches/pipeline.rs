@@ -36,10 +36,16 @@ fn stages(c: &mut Criterion) {
     group.bench_function("intake_validate_and_queue", |b| {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
         let intake = Intake::new(tx, Arc::default());
+        // Without persistent queues `accept` never waits; the runtime only polls it once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         b.iter_batched(
             || request.clone(),
             |r| {
-                intake.accept("grpc", r).expect("accepted");
+                runtime
+                    .block_on(intake.accept("grpc", r))
+                    .expect("accepted");
                 rx.try_recv().expect("queued")
             },
             BatchSize::SmallInput,

@@ -68,6 +68,8 @@ pub struct Agent {
 pub struct ShutdownReport {
     /// Spans dropped because `shutdown_timeout` passed before they were exported.
     pub abandoned_spans: u64,
+    /// Spans left in persistent queues, delivered when the agent starts again.
+    pub spans_left_on_disk: u64,
 }
 
 impl Agent {
@@ -150,7 +152,10 @@ impl Agent {
             config.memory_limit.hard.0,
             stop_receivers.clone(),
         );
-        let intake = Intake::new(tx, Arc::clone(&metrics)).with_memory_limit(limiter);
+        let mut intake = Intake::new(tx, Arc::clone(&metrics)).with_memory_limit(limiter);
+        if config.exporters.values().any(|e| e.queue.persistent) {
+            intake = intake.durable();
+        }
         let mut servers = JoinSet::new();
         let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
         if let (Some(listener), Some(receiver)) = (grpc, &config.receivers.otlp.grpc) {
@@ -197,29 +202,50 @@ impl Agent {
         while let Ok(Some(_)) = tokio::time::timeout_at(deadline, servers.join_next()).await {}
         servers.abort_all();
         let _ = tokio::time::timeout_at(deadline, pipeline).await;
-        for task in exporter_tasks {
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                break;
+        let mut spans_left_on_disk = 0;
+        let mut unfinished = Vec::new();
+        for mut task in exporter_tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(left) => spans_left_on_disk += left.unwrap_or(0),
+                Err(_) => unfinished.push(task),
             }
         }
-        // Whatever is still queued or retrying now is abandoned and counted.
+        // Whatever is still queued or retrying now is abandoned: counted when it was in
+        // memory, left for the next start when it is on disk.
         abandon.cancel();
+        for task in unfinished {
+            spans_left_on_disk += task.await.unwrap_or(0);
+        }
         stop_telemetry.cancel();
         if let Some(task) = telemetry_task {
             let _ = task.await;
         }
         let report = ShutdownReport {
             abandoned_spans: metrics.dropped_total(crate::telemetry::metrics::DropReason::Shutdown),
+            spans_left_on_disk,
         };
-        if report.abandoned_spans == 0 {
-            tracing::info!(
+        match report {
+            ShutdownReport {
+                abandoned_spans: 0,
+                spans_left_on_disk: 0,
+            } => tracing::info!(
                 "Stopped: every accepted span was handed to the exporters' backends or dropped as counted in /metrics; none abandoned"
-            );
-        } else {
-            tracing::warn!(
-                abandoned_spans = report.abandoned_spans,
-                "Stopped after shutdown_timeout with spans still undelivered; they are lost"
-            );
+            ),
+            ShutdownReport {
+                abandoned_spans: 0,
+                spans_left_on_disk,
+            } => tracing::info!(
+                spans_left_on_disk,
+                "Stopped after shutdown_timeout; the undelivered spans stay in the persistent queues and are sent when the agent starts again"
+            ),
+            ShutdownReport {
+                abandoned_spans,
+                spans_left_on_disk,
+            } => tracing::warn!(
+                abandoned_spans,
+                spans_left_on_disk,
+                "Stopped after shutdown_timeout with spans still undelivered in memory; they are lost"
+            ),
         }
         match failure {
             Some(error) => Err(error),

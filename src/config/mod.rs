@@ -314,29 +314,76 @@ impl Default for RetryConfig {
     }
 }
 
-/// An exporter's bounded queue.
+/// An exporter's bounded queue: in memory, or on disk with `persistent: true`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Spans waiting for export, at most (a single larger batch still fits an empty queue).
-    pub max_spans: usize,
-    /// Encoded bytes waiting for export, at most.
-    pub max_bytes: ByteSize,
+    /// Spans waiting for export, at most (a single larger batch still fits an empty queue);
+    /// unset: 65,536 in memory, no span bound on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_spans: Option<usize>,
+    /// Encoded bytes waiting for export, at most; unset: 8 MiB in memory, 1 GiB on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
     /// What a full queue does with a new batch.
     pub on_full: OnFull,
     /// Export requests in flight at once.
     pub workers: usize,
+    /// Keep the queue in segment files under `dir`, so accepted spans survive a crash.
+    pub persistent: bool,
+    /// Where a persistent queue keeps its files (one subdirectory per exporter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// When a persistent queue forces its writes to the disk.
+    pub fsync: Fsync,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            max_spans: 65_536,
-            max_bytes: ByteSize(8 << 20),
+            max_spans: None,
+            max_bytes: None,
             on_full: OnFull::Block,
             workers: 4,
+            persistent: false,
+            dir: None,
+            fsync: Fsync::Batch,
         }
     }
+}
+
+impl QueueConfig {
+    /// The span bound in effect.
+    pub fn span_limit(&self) -> usize {
+        match (self.max_spans, self.persistent) {
+            (Some(spans), _) => spans,
+            (None, false) => 65_536,
+            (None, true) => usize::MAX,
+        }
+    }
+
+    /// The byte bound in effect.
+    pub fn byte_limit(&self) -> u64 {
+        match (self.max_bytes, self.persistent) {
+            (Some(bytes), _) => bytes.0,
+            (None, false) => 8 << 20,
+            (None, true) => 1 << 30,
+        }
+    }
+}
+
+/// When a persistent queue calls `fdatasync` (every accepted batch is written before the
+/// client is answered, so a killed process loses nothing whatever the policy; the policy
+/// is about losing power or the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Once per group of batches written together, before their clients are answered.
+    Batch,
+    /// After every batch.
+    Always,
+    /// Never; the kernel writes the pages back in its own time.
+    Never,
 }
 
 /// What a full exporter queue does with a new batch.
@@ -345,6 +392,7 @@ impl Default for QueueConfig {
 pub enum OnFull {
     /// The pipeline waits, its queue fills, and the receivers refuse (retryably): the
     /// clients keep the data. With several exporters, a full one holds back all of them.
+    /// A full persistent queue refuses the new batch at once: its clients are told to retry.
     Block,
     /// The oldest queued batches are dropped (counted as `queue_full`) to make room, so a
     /// dead backend never holds back the others.
@@ -788,13 +836,29 @@ fn validate_exporter(
             format!("must be at least 1 (got {})", retry.multiplier),
         ));
     }
-    if exporter.queue.max_spans == 0 || exporter.queue.max_bytes.0 == 0 {
+    let queue = &exporter.queue;
+    if queue.span_limit() == 0 || queue.byte_limit() == 0 {
         errors.push(ConfigError::new(
             format!("{key}.queue"),
             "max_spans and max_bytes must be at least 1",
         ));
     }
-    if exporter.queue.workers == 0 {
+    match (&queue.dir, queue.persistent) {
+        (None, true) => errors.push(ConfigError::new(
+            format!("{key}.queue.dir"),
+            "is required with persistent: true; set it to a directory on a volume that outlives the agent's container",
+        )),
+        (Some(_), false) => errors.push(ConfigError::new(
+            format!("{key}.queue.dir"),
+            "only applies to a persistent queue; add persistent: true or remove dir",
+        )),
+        (Some(dir), true) if dir.exists() && !dir.is_dir() => errors.push(ConfigError::new(
+            format!("{key}.queue.dir"),
+            format!("{} is not a directory", dir.display()),
+        )),
+        _ => {}
+    }
+    if queue.workers == 0 {
         errors.push(ConfigError::new(
             format!("{key}.queue.workers"),
             "must be at least 1 (got 0)",

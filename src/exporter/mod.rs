@@ -3,9 +3,11 @@
 //! Each exporter runs behind its own bounded queue and task ([`queue`]), with retries
 //! ([`retry`]), so a slow backend never stalls another until its own queue is full.
 
+pub mod ack;
 pub mod console;
 pub mod grpc;
 pub mod http;
+pub mod persistent;
 pub mod queue;
 pub mod retry;
 mod transport;
@@ -182,16 +184,25 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// The persistent queue could not be opened.
+    #[error("exporters.{exporter}.queue: {source}")]
+    Queue {
+        /// The exporter's name.
+        exporter: String,
+        /// What failed.
+        source: persistent::OpenError,
+    },
 }
 
-/// Builds the exporter `name` from its config and starts its queue task.
+/// Builds the exporter `name` from its config and starts its queue task, which returns
+/// the spans it left in its persistent queue when it stops.
 pub fn start(
     name: &str,
     config: &ExporterConfig,
     metrics: Arc<Metrics>,
     abandon: CancellationToken,
-) -> Result<(ExporterHandle, JoinHandle<()>), BuildError> {
-    Ok(match config.protocol {
+) -> Result<(ExporterHandle, JoinHandle<u64>), BuildError> {
+    let started = match config.protocol {
         ExporterProtocol::Grpc => queue::spawn(
             name,
             OtlpGrpcExporter::new(name, config)?,
@@ -209,6 +220,10 @@ pub fn start(
         ExporterProtocol::Console => {
             queue::spawn(name, ConsoleExporter::stdout(), config, metrics, abandon)
         }
+    };
+    started.map_err(|source| BuildError::Queue {
+        exporter: name.to_owned(),
+        source,
     })
 }
 

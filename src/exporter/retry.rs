@@ -50,8 +50,22 @@ impl RetryPolicy {
     }
 }
 
+/// How a batch's delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The backend has it; `retried` says whether it took more than one attempt.
+    Sent {
+        /// Whether an attempt failed first.
+        retried: bool,
+    },
+    /// Refused for good or out of retries: dropped and counted.
+    Dropped,
+    /// The agent stopped first; the caller counts or keeps the batch.
+    Abandoned,
+}
+
 /// Exports `payload` until it is delivered, refused, out of retries or abandoned,
-/// counting the outcome; never returns an error because every outcome is counted here.
+/// counting every outcome but abandonment, which the caller handles.
 pub async fn deliver<E: Exporter>(
     name: &str,
     exporter: &E,
@@ -59,17 +73,14 @@ pub async fn deliver<E: Exporter>(
     policy: &RetryPolicy,
     metrics: &Metrics,
     abandon: &CancellationToken,
-) {
+) -> Delivery {
     let spans = payload.spans() as u64;
     let started = Instant::now();
     let mut attempt = 0;
     loop {
         let result = tokio::select! {
             biased;
-            () = abandon.cancelled() => {
-                metrics.dropped(name, DropReason::Shutdown, spans);
-                return;
-            }
+            () = abandon.cancelled() => return Delivery::Abandoned,
             result = exporter.export(payload) => result,
         };
         let (message, retry_after) = match result {
@@ -80,13 +91,15 @@ pub async fn deliver<E: Exporter>(
                     metrics.dropped(name, DropReason::PartiallyRejected, rejected);
                     tracing::warn!(exporter = name, rejected_spans = rejected, backend_message = %delivered.message, "Backend accepted the batch but rejected some spans");
                 }
-                return;
+                return Delivery::Sent {
+                    retried: attempt > 0,
+                };
             }
             Err(ExportError::Permanent { message }) => {
                 metrics.export_failed(name, false);
                 metrics.dropped(name, DropReason::Rejected, spans);
                 tracing::error!(exporter = name, spans, error = %message, "Backend refused the batch; dropped without retry");
-                return;
+                return Delivery::Dropped;
             }
             Err(ExportError::Retryable {
                 message,
@@ -98,16 +111,13 @@ pub async fn deliver<E: Exporter>(
             metrics.export_failed(name, false);
             metrics.dropped(name, DropReason::RetriesExhausted, spans);
             tracing::error!(exporter = name, spans, error = %message, attempts = attempt + 1, "Export failed and retries are exhausted; batch dropped");
-            return;
+            return Delivery::Dropped;
         }
         metrics.export_failed(name, true);
         tracing::warn!(exporter = name, error = %message, retry_in = ?delay, "Export failed; will retry");
         tokio::select! {
             biased;
-            () = abandon.cancelled() => {
-                metrics.dropped(name, DropReason::Shutdown, spans);
-                return;
-            }
+            () = abandon.cancelled() => return Delivery::Abandoned,
             () = tokio::time::sleep(delay) => {}
         }
         attempt += 1;
@@ -321,7 +331,7 @@ mod tests {
             Ok(Delivered::default()),
         ]);
         let metrics = Metrics::default();
-        deliver(
+        let delivery = deliver(
             "t",
             &exporter,
             &payload(),
@@ -330,6 +340,7 @@ mod tests {
             &CancellationToken::new(),
         )
         .await;
+        assert_eq!(delivery, Delivery::Sent { retried: true });
         let calls = exporter.calls.lock().expect("lock").clone();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
@@ -350,7 +361,7 @@ mod tests {
             message: "bad".into(),
         })]);
         let metrics = Metrics::default();
-        deliver(
+        let delivery = deliver(
             "t",
             &exporter,
             &payload(),
@@ -359,6 +370,7 @@ mod tests {
             &CancellationToken::new(),
         )
         .await;
+        assert_eq!(delivery, Delivery::Dropped);
         assert_eq!(exporter.calls.lock().expect("lock").len(), 1);
         assert!(metrics.render().contains(
             "daena_agent_spans_dropped_total{stage=\"exporter/t\",reason=\"rejected\"} 3"
@@ -376,7 +388,7 @@ mod tests {
         let exporter = scripted((0..50).map(|_| unavailable()).collect());
         let metrics = Metrics::default();
         let started = Instant::now();
-        deliver(
+        let delivery = deliver(
             "t",
             &exporter,
             &payload(),
@@ -385,6 +397,7 @@ mod tests {
             &CancellationToken::new(),
         )
         .await;
+        assert_eq!(delivery, Delivery::Dropped);
         assert!(started.elapsed() <= Duration::from_secs(20));
         assert!(exporter.calls.lock().expect("lock").len() >= 3);
         assert!(metrics.render().contains(

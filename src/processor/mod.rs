@@ -14,7 +14,7 @@ pub mod tail;
 pub use batch::Batcher;
 pub use daena::DaenaNormaliser;
 pub use limits::Limiter;
-pub use pipeline::Pipeline;
+pub use pipeline::{Accepted, Pipeline};
 pub use redact::Redactor;
 pub use sampling::HeadSampler;
 pub use tail::TailSampler;

@@ -8,8 +8,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{Batcher, Processor};
+use crate::exporter::ack::Ack;
 use crate::exporter::{ExporterHandle, Payload};
 use crate::otlp::SpanBatch;
+
+/// A request a receiver accepted; with persistent queues, the share of its client's
+/// answer that the pipeline hands on with every batch its spans go into.
+pub struct Accepted {
+    /// The request's spans.
+    pub batch: SpanBatch,
+    /// Confirmed once the spans are in every persistent queue.
+    pub ack: Option<Ack>,
+}
 
 /// The pipeline between the receivers and the exporters.
 pub struct Pipeline {
@@ -17,6 +27,8 @@ pub struct Pipeline {
     batcher: Batcher,
     timeout: Duration,
     exporters: Vec<ExporterHandle>,
+    /// Answers of requests whose spans are (partly) still in the batcher.
+    waiting: Vec<Ack>,
 }
 
 impl Pipeline {
@@ -32,12 +44,13 @@ impl Pipeline {
             batcher,
             timeout,
             exporters,
+            waiting: Vec::new(),
         }
     }
 
     /// Runs until every receiver has dropped its sender, then flushes what is batched;
     /// returning drops the exporter handles, which lets the exporter queues drain and end.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<SpanBatch>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Accepted>) {
         // When the oldest span waiting in the batcher must leave, at the latest.
         let mut deadline: Option<Instant> = None;
         let mut release = tokio::time::interval(RELEASE_INTERVAL);
@@ -47,26 +60,30 @@ impl Pipeline {
             let flush_at = deadline;
             tokio::select! {
                 received = rx.recv() => {
-                    let Some(mut batch) = received else { break };
+                    let Some(Accepted { mut batch, ack }) = received else { break };
                     self.process(0, &mut batch);
-                    self.admit(batch, &mut deadline).await;
+                    self.admit(batch, ack, &mut deadline).await;
                 }
                 _ = release.tick(), if holds => {
                     self.release(&mut deadline, |p, out| p.release_due(out)).await;
                 }
                 () = sleep_until(flush_at), if flush_at.is_some() => {
-                    if let Some(batch) = self.batcher.flush() {
-                        dispatch(&self.exporters, batch).await;
-                    }
+                    self.flush().await;
                     deadline = None;
                 }
             }
         }
         self.release(&mut deadline, |p, out| p.release_all(out))
             .await;
+        self.flush().await;
+    }
+
+    /// Sends what the batcher holds; every waiting request's spans leave with it.
+    async fn flush(&mut self) {
         if let Some(batch) = self.batcher.flush() {
-            dispatch(&self.exporters, batch).await;
+            dispatch(&self.exporters, batch, &self.waiting).await;
         }
+        self.waiting.drain(..).for_each(Ack::confirm);
     }
 
     /// Runs the processors from index `from` on `batch`, then encodes what they decoded.
@@ -91,15 +108,35 @@ impl Pipeline {
             take(self.processors[i].as_mut(), &mut released);
             if !released.is_empty() {
                 self.process(i + 1, &mut released);
-                self.admit(released, deadline).await;
+                // Held spans were answered for when the stage took them.
+                self.admit(released, None, deadline).await;
             }
         }
     }
 
-    /// Adds a batch to the batcher and sends what is full.
-    async fn admit(&mut self, batch: SpanBatch, deadline: &mut Option<Instant>) {
-        for full in self.batcher.push(batch) {
-            dispatch(&self.exporters, full).await;
+    /// Adds a batch to the batcher and sends what is full, each full batch with the answers
+    /// of the requests that may have spans in it.
+    async fn admit(&mut self, batch: SpanBatch, ack: Option<Ack>, deadline: &mut Option<Instant>) {
+        if batch.is_empty() {
+            // Sampled out or held by a stage: nothing of it is left to write.
+            ack.into_iter().for_each(Ack::confirm);
+            return;
+        }
+        let has_ack = ack.is_some();
+        self.waiting.extend(ack);
+        let full = self.batcher.push(batch);
+        let sent = !full.is_empty();
+        for batch in full {
+            dispatch(&self.exporters, batch, &self.waiting).await;
+        }
+        if sent {
+            // A full batch takes everything that was waiting, so only this request's spans
+            // can still be in the batcher.
+            let current = (has_ack && !self.batcher.is_empty())
+                .then(|| self.waiting.pop())
+                .flatten();
+            self.waiting.drain(..).for_each(Ack::confirm);
+            self.waiting.extend(current);
         }
         *deadline = match *deadline {
             _ if self.batcher.is_empty() => None,
@@ -112,11 +149,12 @@ impl Pipeline {
 /// How often stages that hold spans (tail sampling) are asked for what is due.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Gives the batch to every exporter, encoded at most once between them.
-async fn dispatch(exporters: &[ExporterHandle], batch: SpanBatch) {
+/// Gives the batch to every exporter, encoded at most once between them, each with a
+/// share of the answers waiting for it.
+async fn dispatch(exporters: &[ExporterHandle], batch: SpanBatch, acks: &[Ack]) {
     let payload = Arc::new(Payload::new(batch));
     for exporter in exporters {
-        exporter.send(Arc::clone(&payload)).await;
+        exporter.send(Arc::clone(&payload), acks.to_vec()).await;
     }
 }
 
@@ -175,8 +213,8 @@ mod tests {
         }
     }
 
-    fn batch(names: &[&str]) -> SpanBatch {
-        SpanBatch::new(vec![ResourceSpans {
+    fn batch(names: &[&str]) -> Accepted {
+        let batch = SpanBatch::new(vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {
                 spans: names
                     .iter()
@@ -188,7 +226,8 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        }])
+        }]);
+        Accepted { batch, ack: None }
     }
 
     #[tokio::test(start_paused = true)]
@@ -201,7 +240,8 @@ mod tests {
             &config,
             Arc::default(),
             CancellationToken::new(),
-        );
+        )
+        .expect("memory queue");
         let (tx, rx) = mpsc::channel(8);
         let pipeline = Pipeline::new(
             vec![Box::new(Shout)],
@@ -230,5 +270,111 @@ mod tests {
             .expect("pipeline ends when the receivers are gone");
         worker.await.expect("exporter queue drains and ends");
         assert_eq!(recorder.0.lock().expect("lock")[1], vec!["LATE"]);
+    }
+
+    /// Never answers: what it is given stays in flight.
+    struct Hung;
+
+    impl Exporter for Hung {
+        async fn export(&self, _: &Payload) -> Result<Delivered, ExportError> {
+            std::future::pending().await
+        }
+    }
+
+    fn persistent(dir: &std::path::Path, max_bytes: u64) -> ExporterConfig {
+        let mut config = ExporterConfig::new(ExporterProtocol::Console, None);
+        config.queue = crate::config::QueueConfig {
+            persistent: true,
+            dir: Some(dir.to_owned()),
+            max_bytes: Some(crate::config::ByteSize(max_bytes)),
+            ..Default::default()
+        };
+        config
+    }
+
+    fn with_ack(names: &[&str]) -> (Accepted, crate::exporter::ack::AckWait) {
+        let (ack, wait) = Ack::new();
+        let mut accepted = batch(names);
+        accepted.ack = Some(ack);
+        (accepted, wait)
+    }
+
+    #[tokio::test]
+    async fn with_a_persistent_queue_clients_are_answered_once_their_batch_is_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recorder = Recorder::default();
+        let (handle, _worker) = queue::spawn(
+            "disk",
+            recorder.clone(),
+            &persistent(dir.path(), 1 << 20),
+            Arc::default(),
+            CancellationToken::new(),
+        )
+        .expect("persistent queue");
+        let (tx, rx) = mpsc::channel(8);
+        let pipeline = Pipeline::new(
+            Vec::new(),
+            Batcher::new(3, 1 << 20),
+            Duration::from_secs(3600),
+            vec![handle],
+        );
+        tokio::spawn(pipeline.run(rx));
+
+        let (first, mut first_answer) = with_ack(&["a", "b"]);
+        tx.send(first).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            first_answer.try_recv().is_err(),
+            "still in the batcher: not answered"
+        );
+        // Two more spans fill the batch (3) and leave one behind in the next.
+        let (second, mut second_answer) = with_ack(&["c", "d"]);
+        tx.send(second).await.expect("send");
+        assert_eq!((&mut first_answer).await, Ok(Ok(())));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            second_answer.try_recv().is_err(),
+            "d is still in the batcher"
+        );
+        drop(tx);
+        assert_eq!(second_answer.await, Ok(Ok(())), "flushed at the end");
+        let segment_bytes: u64 = std::fs::read_dir(dir.path().join("disk"))
+            .expect("queue dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum();
+        assert!(segment_bytes > 0, "written to a segment");
+    }
+
+    #[tokio::test]
+    async fn a_full_persistent_queue_refuses_the_clients_instead_of_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (handle, _worker) = queue::spawn(
+            "disk",
+            Hung,
+            &persistent(dir.path(), 64),
+            Arc::default(),
+            CancellationToken::new(),
+        )
+        .expect("persistent queue");
+        let (tx, rx) = mpsc::channel(8);
+        let pipeline = Pipeline::new(
+            Vec::new(),
+            Batcher::new(1, 1 << 20),
+            Duration::from_secs(3600),
+            vec![handle],
+        );
+        tokio::spawn(pipeline.run(rx));
+        let (first, first_answer) = with_ack(&["taken, alone in an empty queue"]);
+        let (second, second_answer) = with_ack(&["no room"]);
+        tx.send(first).await.expect("send");
+        tx.send(second).await.expect("send");
+        drop(tx);
+        assert_eq!(first_answer.await, Ok(Ok(())));
+        assert_eq!(
+            second_answer.await,
+            Ok(Err(crate::exporter::ack::NotQueued::Full))
+        );
     }
 }

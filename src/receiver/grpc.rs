@@ -1,7 +1,7 @@
 //! OTLP/gRPC receiver: `TraceService/Export`, gzip accepted, size-limited.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::{Future, ready};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -61,21 +61,24 @@ impl NamedService for GrpcReceiver {
 
 impl UnaryService<Bytes> for Intake {
     type Response = ExportTraceServiceResponse;
-    type Future = Ready<Result<Response<ExportTraceServiceResponse>, Status>>;
+    type Future = BoxFuture<Result<Response<ExportTraceServiceResponse>, Status>>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let answer = match self.accept_encoded(PROTOCOL, request.into_inner()) {
-            Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
-                partial_success,
-            })),
-            Err(error @ IntakeError::Undecodable(_)) => {
-                self.metrics()
-                    .refused_request(PROTOCOL, RefusalReason::Undecodable);
-                Err(Status::invalid_argument(error.to_string()))
+        let intake = self.clone();
+        Box::pin(async move {
+            match intake.accept_encoded(PROTOCOL, request.into_inner()).await {
+                Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
+                    partial_success,
+                })),
+                Err(error @ IntakeError::Undecodable(_)) => {
+                    intake
+                        .metrics()
+                        .refused_request(PROTOCOL, RefusalReason::Undecodable);
+                    Err(Status::invalid_argument(error.to_string()))
+                }
+                Err(IntakeError::Refused(refusal)) => Err(refusal_status(&refusal)),
             }
-            Err(IntakeError::Refused(refusal)) => Err(refusal_status(&refusal)),
-        };
-        ready(answer)
+        })
     }
 }
 
@@ -85,7 +88,7 @@ fn refusal_status(refusal: &Refusal) -> Status {
     let code = match refusal {
         Refusal::ShuttingDown { .. } => return Status::unavailable(refusal.to_string()),
         Refusal::PipelineFull { .. } => Code::Unavailable,
-        Refusal::OverMemoryLimit { .. } => Code::ResourceExhausted,
+        Refusal::OverMemoryLimit { .. } | Refusal::QueueFull { .. } => Code::ResourceExhausted,
     };
     Status::with_error_details(
         code,

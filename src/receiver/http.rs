@@ -108,17 +108,13 @@ impl Rejection {
 
     /// The pipeline could not take the request: retry later.
     fn refused(refusal: Refusal) -> Self {
-        let (status, reason) = match refusal {
-            Refusal::PipelineFull { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, RefusalReason::PipelineFull)
-            }
-            Refusal::ShuttingDown { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, RefusalReason::ShuttingDown)
-            }
-            Refusal::OverMemoryLimit { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, RefusalReason::MemoryLimit)
-            }
+        let status = match refusal {
+            Refusal::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::PipelineFull { .. }
+            | Refusal::OverMemoryLimit { .. }
+            | Refusal::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
+        let reason = refusal.reason();
         Self {
             status,
             message: refusal.to_string(),
@@ -146,6 +142,7 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
             Format::Protobuf => receiver
                 .intake
                 .accept_encoded(PROTOCOL, bytes)
+                .await
                 .map_err(|error| match error {
                     IntakeError::Undecodable(_) => Rejection::new(
                         StatusCode::BAD_REQUEST,
@@ -158,6 +155,7 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
                 Ok(request) => receiver
                     .intake
                     .accept(PROTOCOL, request)
+                    .await
                     .map_err(Rejection::refused),
                 Err(e) => Err(Rejection::new(
                     StatusCode::BAD_REQUEST,

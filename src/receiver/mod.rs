@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use bytes::Bytes;
 use prost::Message;
 
+use crate::exporter::ack::{Ack, NotQueued};
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
+use crate::processor::Accepted;
 use crate::telemetry::Metrics;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::RefusalReason;
@@ -49,24 +51,59 @@ pub enum Refusal {
         /// Spans in the refused request.
         spans: usize,
     },
+    /// A persistent queue is full or could not be written.
+    #[error(
+        "{reason} ({spans} spans refused); retry after {}s",
+        RETRY_AFTER.as_secs()
+    )]
+    QueueFull {
+        /// Spans in the refused request.
+        spans: usize,
+        /// Full, or the write failed.
+        reason: NotQueued,
+    },
+}
+
+impl Refusal {
+    /// The refusal counter's reason.
+    pub fn reason(&self) -> RefusalReason {
+        match self {
+            Self::PipelineFull { .. } => RefusalReason::PipelineFull,
+            Self::ShuttingDown { .. } => RefusalReason::ShuttingDown,
+            Self::OverMemoryLimit { .. } => RefusalReason::MemoryLimit,
+            Self::QueueFull {
+                reason: NotQueued::WriteFailed,
+                ..
+            } => RefusalReason::QueueWriteFailed,
+            Self::QueueFull { .. } => RefusalReason::QueueFull,
+        }
+    }
 }
 
 /// The receivers' shared entrance to the pipeline.
 #[derive(Clone)]
 pub struct Intake {
-    tx: mpsc::Sender<SpanBatch>,
+    tx: mpsc::Sender<Accepted>,
     metrics: Arc<Metrics>,
     memory: Option<Arc<MemoryLimiter>>,
+    durable: bool,
 }
 
 impl Intake {
     /// An intake feeding `tx`, counting into `metrics`.
-    pub fn new(tx: mpsc::Sender<SpanBatch>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(tx: mpsc::Sender<Accepted>, metrics: Arc<Metrics>) -> Self {
         Self {
             tx,
             metrics,
             memory: None,
+            durable: false,
         }
+    }
+
+    /// Answers a request only once its spans are in every persistent queue.
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
     }
 
     /// Refuses new spans while `limiter` says the agent is above its soft memory limit.
@@ -81,7 +118,7 @@ impl Intake {
     }
 
     /// Validates and queues a decoded request; `Ok` carries the partial success to report, if any.
-    pub fn accept(
+    pub async fn accept(
         &self,
         protocol: &'static str,
         request: ExportTraceServiceRequest,
@@ -95,12 +132,12 @@ impl Intake {
                 error_message: message,
             }
         });
-        self.queue(protocol, batch).map(|()| partial)
+        self.queue(protocol, batch).await.map(|()| partial)
     }
 
     /// Validates and queues an encoded request, keeping its bytes when it is well formed
     /// and every span valid (the common case), decoding it otherwise.
-    pub fn accept_encoded(
+    pub async fn accept_encoded(
         &self,
         protocol: &'static str,
         body: Bytes,
@@ -108,41 +145,56 @@ impl Intake {
         match wire::scan_request(&body) {
             Some(scan) if scan.invalid_ids == 0 => Ok(self
                 .queue(protocol, SpanBatch::from_encoded(body, scan.spans))
+                .await
                 .map(|()| None)?),
             // Invalid spans to filter out, or a body prost must judge (and name the problem of).
             _ => {
                 let request =
                     ExportTraceServiceRequest::decode(body).map_err(IntakeError::Undecodable)?;
-                Ok(self.accept(protocol, request)?)
+                Ok(self.accept(protocol, request).await?)
             }
         }
     }
 
-    fn queue(&self, protocol: &'static str, batch: SpanBatch) -> Result<(), Refusal> {
+    /// Hands the batch to the pipeline, and with persistent queues waits until it is
+    /// written; counts it as received or refused.
+    async fn queue(&self, protocol: &'static str, batch: SpanBatch) -> Result<(), Refusal> {
         let spans = batch.span_count();
         if spans == 0 {
             return Ok(());
         }
+        let outcome = self.hand_over(batch, spans).await;
+        match &outcome {
+            Ok(()) => self.metrics.received(protocol, spans as u64),
+            Err(refusal) => self
+                .metrics
+                .refused_spans(protocol, refusal.reason(), spans as u64),
+        }
+        outcome
+    }
+
+    async fn hand_over(&self, batch: SpanBatch, spans: usize) -> Result<(), Refusal> {
         if self.memory.as_ref().is_some_and(|m| m.over_limit()) {
-            self.metrics
-                .refused_spans(protocol, RefusalReason::MemoryLimit, spans as u64);
             return Err(Refusal::OverMemoryLimit { spans });
         }
-        match self.tx.try_send(batch) {
-            Ok(()) => {
-                self.metrics.received(protocol, spans as u64);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics
-                    .refused_spans(protocol, RefusalReason::PipelineFull, spans as u64);
-                Err(Refusal::PipelineFull { spans })
-            }
+        let (ack, answer) = if self.durable {
+            let (ack, answer) = Ack::new();
+            (Some(ack), Some(answer))
+        } else {
+            (None, None)
+        };
+        match self.tx.try_send(Accepted { batch, ack }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(Refusal::PipelineFull { spans }),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.metrics
-                    .refused_spans(protocol, RefusalReason::ShuttingDown, spans as u64);
-                Err(Refusal::ShuttingDown { spans })
+                return Err(Refusal::ShuttingDown { spans });
             }
+        }
+        let Some(answer) = answer else { return Ok(()) };
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(NotQueued::Stopped)) | Err(_) => Err(Refusal::ShuttingDown { spans }),
+            Ok(Err(reason)) => Err(Refusal::QueueFull { spans, reason }),
         }
     }
 }
@@ -219,8 +271,8 @@ mod tests {
 
     use crate::otlp::request_of as request;
 
-    #[test]
-    fn invalid_ids_are_reported_as_partial_success_and_the_rest_is_queued() {
+    #[tokio::test]
+    async fn invalid_ids_are_reported_as_partial_success_and_the_rest_is_queued() {
         let (tx, mut rx) = mpsc::channel(4);
         let intake = Intake::new(tx, Arc::default());
         let partial = intake
@@ -232,6 +284,7 @@ mod tests {
                     span("zero", vec![1; 16], vec![0; 8]),
                 ]),
             )
+            .await
             .expect("accepted")
             .expect("partial success");
         assert_eq!(partial.rejected_spans, 2);
@@ -243,17 +296,17 @@ mod tests {
             partial.error_message
         );
         let queued = rx.try_recv().expect("queued");
-        assert_eq!(queued.span_count(), 1);
+        assert_eq!(queued.batch.span_count(), 1);
     }
 
-    #[test]
-    fn a_full_pipeline_refuses_and_counts_the_spans() {
+    #[tokio::test]
+    async fn a_full_pipeline_refuses_and_counts_the_spans() {
         let (tx, _rx) = mpsc::channel(1);
         let intake = Intake::new(tx, Arc::default());
         let ok = request(vec![span("a", vec![1; 16], vec![2; 8])]);
-        assert_eq!(intake.accept("grpc", ok.clone()), Ok(None));
+        assert_eq!(intake.accept("grpc", ok.clone()).await, Ok(None));
         assert_eq!(
-            intake.accept("grpc", ok),
+            intake.accept("grpc", ok).await,
             Err(Refusal::PipelineFull { spans: 1 })
         );
         assert!(intake.metrics().render().contains(
@@ -261,8 +314,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn encoded_requests_stay_encoded_unless_a_span_is_invalid() {
+    #[tokio::test]
+    async fn encoded_requests_stay_encoded_unless_a_span_is_invalid() {
         let (tx, mut rx) = mpsc::channel(4);
         let intake = Intake::new(tx, Arc::default());
         let good = request(vec![
@@ -270,8 +323,11 @@ mod tests {
             span("b", vec![1; 16], vec![3; 8]),
         ]);
         let body = Bytes::from(good.encode_to_vec());
-        assert_eq!(intake.accept_encoded("grpc", body.clone()).ok(), Some(None));
-        let queued = rx.try_recv().expect("queued");
+        assert_eq!(
+            intake.accept_encoded("grpc", body.clone()).await.ok(),
+            Some(None)
+        );
+        let queued = rx.try_recv().expect("queued").batch;
         assert_eq!(
             queued,
             SpanBatch::from_encoded(body, 2),
@@ -284,29 +340,39 @@ mod tests {
         ]);
         let partial = intake
             .accept_encoded("grpc", Bytes::from(mixed.encode_to_vec()))
+            .await
             .expect("accepted")
             .expect("partial success");
         assert_eq!(partial.rejected_spans, 1);
         assert_eq!(
-            rx.try_recv().expect("queued").into_request().resource_spans[0].scope_spans[0]
+            rx.try_recv()
+                .expect("queued")
+                .batch
+                .into_request()
+                .resource_spans[0]
+                .scope_spans[0]
                 .spans
                 .len(),
             1
         );
 
-        let error = intake.accept_encoded("grpc", Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]));
+        let error = intake
+            .accept_encoded("grpc", Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]))
+            .await;
         assert!(
             matches!(error, Err(IntakeError::Undecodable(_))),
             "{error:?}"
         );
     }
 
-    #[test]
-    fn an_empty_request_succeeds_without_queueing() {
+    #[tokio::test]
+    async fn an_empty_request_succeeds_without_queueing() {
         let (tx, mut rx) = mpsc::channel(1);
         let intake = Intake::new(tx, Arc::default());
         assert_eq!(
-            intake.accept("grpc", ExportTraceServiceRequest::default()),
+            intake
+                .accept("grpc", ExportTraceServiceRequest::default())
+                .await,
             Ok(None)
         );
         assert!(rx.try_recv().is_err());

@@ -70,6 +70,10 @@ pub enum RefusalReason {
     ShuttingDown,
     /// The agent was above its soft memory limit; the client was told to retry.
     MemoryLimit,
+    /// A persistent queue was full; the client was told to retry.
+    QueueFull,
+    /// A persistent queue could not be written (disk full, I/O error); the client was told to retry.
+    QueueWriteFailed,
     /// A span had an invalid trace or span id (reported as partial success).
     InvalidSpan,
     /// The body could not be decoded.
@@ -86,6 +90,8 @@ impl RefusalReason {
             Self::PipelineFull => "pipeline_full",
             Self::ShuttingDown => "shutting_down",
             Self::MemoryLimit => "memory_limit",
+            Self::QueueFull => "queue_full",
+            Self::QueueWriteFailed => "queue_write_failed",
             Self::InvalidSpan => "invalid_span",
             Self::Undecodable => "undecodable",
             Self::TooLarge => "too_large",
@@ -107,6 +113,8 @@ pub enum DropReason {
     Shutdown,
     /// The exporter's queue was full and `on_full: drop_oldest` made room.
     QueueFull,
+    /// A persistent queue's record no longer matched its checksum when read back.
+    Damaged,
 }
 
 impl DropReason {
@@ -117,6 +125,7 @@ impl DropReason {
             Self::RetriesExhausted => "retries_exhausted",
             Self::Shutdown => "shutdown",
             Self::QueueFull => "queue_full",
+            Self::Damaged => "damaged",
         }
     }
 }
@@ -137,8 +146,10 @@ pub struct Metrics {
     sampling_decisions: Family<DecisionLabels, Counter>,
     late_spans: Family<KindLabels, Counter>,
     decided_early: Counter,
+    queue_replayed: Family<ExporterLabels, Counter>,
+    queue_damaged: Family<ExporterLabels, Counter>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
-    dropped_totals: [AtomicU64; 5],
+    dropped_totals: [AtomicU64; 6],
 }
 
 impl Default for Metrics {
@@ -157,6 +168,8 @@ impl Default for Metrics {
         let sampling_decisions = Family::default();
         let late_spans = Family::default();
         let decided_early = Counter::default();
+        let queue_replayed = Family::default();
+        let queue_damaged = Family::default();
         registry.register(
             "spans_received",
             "Spans a receiver accepted and handed to the pipeline",
@@ -222,6 +235,16 @@ impl Default for Metrics {
             "Traces decided before their decision wait because the buffer was full",
             decided_early.clone(),
         );
+        registry.register(
+            "queue_replayed_spans",
+            "Spans a persistent queue found on disk at start-up, left by the previous run",
+            queue_replayed.clone(),
+        );
+        registry.register(
+            "queue_damaged_records",
+            "Torn or corrupted records a persistent queue skipped",
+            queue_damaged.clone(),
+        );
         Self {
             registry,
             received_spans,
@@ -237,6 +260,8 @@ impl Default for Metrics {
             sampling_decisions,
             late_spans,
             decided_early,
+            queue_replayed,
+            queue_damaged,
             dropped_totals: Default::default(),
         }
     }
@@ -295,6 +320,15 @@ impl Metrics {
         };
         self.dropped_spans.get_or_create(&labels).inc_by(spans);
         self.dropped_totals[reason as usize].fetch_add(spans, Ordering::Relaxed);
+    }
+
+    /// Counts what a persistent queue found at start-up: spans to replay, damaged records.
+    pub fn queue_recovered(&self, exporter: &str, spans: u64, damaged: u64) {
+        let labels = ExporterLabels {
+            exporter: exporter.to_owned(),
+        };
+        self.queue_replayed.get_or_create(&labels).inc_by(spans);
+        self.queue_damaged.get_or_create(&labels).inc_by(damaged);
     }
 
     /// Spans dropped for `reason`, summed over every exporter.

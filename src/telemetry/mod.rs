@@ -16,6 +16,8 @@ pub fn init_logging(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never into a container's log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // A second init (tests running several agents in one process) keeps the first subscriber.
     let _ = match format {

@@ -543,14 +543,16 @@ pub async fn post_protobuf(
     .await
 }
 
-/// Sends an export request over OTLP/gRPC.
+/// Sends an export request over OTLP/gRPC; an agent that cannot be reached is `UNAVAILABLE`.
 pub async fn grpc_export(
     url: String,
     request: ExportTraceServiceRequest,
     gzip: bool,
 ) -> Result<ExportTraceServiceResponse, tonic::Status> {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-    let mut client = TraceServiceClient::connect(url).await.expect("connect");
+    let mut client = TraceServiceClient::connect(url)
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
     if gzip {
         client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
     }

@@ -1,0 +1,245 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::otlp::{Span, request_of};
+
+fn options(max_bytes: u64) -> LogOptions {
+    LogOptions {
+        max_bytes,
+        max_spans: usize::MAX,
+        fsync: Fsync::Batch,
+        drop_oldest: false,
+    }
+}
+
+/// A batch of `spans` spans named `tag`, so replayed batches can be told apart.
+fn payload(tag: &str, spans: usize) -> Arc<Payload> {
+    let spans = (0..spans)
+        .map(|i| Span {
+            name: format!("{tag}/{i}"),
+            ..Default::default()
+        })
+        .collect();
+    Arc::new(Payload::new(SpanBatch::from_request(request_of(spans))))
+}
+
+/// The first span name of every batch the log hands out, read back from disk.
+fn drain(log: &mut SegmentLog) -> Vec<String> {
+    let mut names = Vec::new();
+    while let Some(record) = log.take_next() {
+        let (path, offset, len) = log.locate(&record);
+        let (spans, body) = read_record(&path, offset, len).expect("record reads back");
+        assert_eq!(spans, record.spans);
+        let request = SpanBatch::from_encoded(body, spans).into_request();
+        names.push(
+            request.resource_spans[0].scope_spans[0].spans[0]
+                .name
+                .clone(),
+        );
+    }
+    names
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    segment_numbers(dir)
+        .expect("list")
+        .into_iter()
+        .map(|seq| segment_path(dir, seq))
+        .collect()
+}
+
+#[test]
+fn what_was_appended_and_not_delivered_is_replayed_in_order_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+        assert_eq!(recovery, Recovery::default());
+        for tag in ["a", "b", "c"] {
+            assert_eq!(log.append(&payload(tag, 3)), Ok(0));
+        }
+        log.sync().expect("sync");
+        let first = log.take_next().expect("a");
+        log.done(&first);
+        let _in_flight = log.take_next().expect("b");
+        // Dropped without `done`: the process dies with b on its way to the backend.
+    }
+    let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+    assert_eq!(
+        recovery,
+        Recovery {
+            records: 2,
+            spans: 6,
+            damaged: 0
+        }
+    );
+    assert_eq!(drain(&mut log), ["b/0", "c/0"], "a was acknowledged");
+}
+
+#[test]
+fn delivered_segments_are_deleted_and_the_disk_bound_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 512 KiB: 64 KiB segments, each holding a few of these ~20 KiB batches.
+    let (mut log, _) = SegmentLog::open(dir.path(), options(512 << 10)).expect("open");
+    let batch = payload("x", 1000);
+    let mut appended = 0;
+    while log.append(&batch).is_ok() {
+        appended += 1;
+        assert!(appended < 1000, "the bound is never reached");
+    }
+    assert_eq!(log.append(&batch), Err(NotQueued::Full));
+    assert!(log.disk_bytes() <= 512 << 10, "{}", log.disk_bytes());
+    let on_disk: u64 = segments(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("stat").len())
+        .sum();
+    assert_eq!(
+        on_disk,
+        log.disk_bytes(),
+        "the accounting matches the files"
+    );
+    assert!(segments(dir.path()).len() > 2);
+    while let Some(record) = log.take_next() {
+        log.done(&record);
+    }
+    assert_eq!(log.spans(), 0);
+    assert_eq!(
+        segments(dir.path()).len(),
+        1,
+        "only the segment being written is left"
+    );
+    assert_eq!(log.append(&batch), Ok(0), "room again");
+}
+
+#[test]
+fn drop_oldest_sheds_unsent_batches_to_make_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(u64::MAX);
+    opts.max_spans = 10;
+    opts.drop_oldest = true;
+    let (mut log, _) = SegmentLog::open(dir.path(), opts).expect("open");
+    assert_eq!(log.append(&payload("a", 4)), Ok(0));
+    assert_eq!(log.append(&payload("b", 4)), Ok(0));
+    assert_eq!(
+        log.append(&payload("c", 4)),
+        Ok(4),
+        "12 spans do not fit in 10"
+    );
+    assert_eq!(drain(&mut log), ["b/0", "c/0"], "a made room for c");
+}
+
+#[test]
+fn a_torn_tail_is_counted_and_everything_before_it_is_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+        for tag in ["a", "b", "c"] {
+            log.append(&payload(tag, 5)).expect("append");
+        }
+        log.sync().expect("sync");
+    }
+    let last = segments(dir.path()).pop().expect("a segment");
+    let len = std::fs::metadata(&last).expect("stat").len();
+    let file = OpenOptions::new().write(true).open(&last).expect("open");
+    file.set_len(len - 7).expect("truncate mid-record");
+    drop(file);
+
+    let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+    assert_eq!(recovery.damaged, 1);
+    assert_eq!(recovery.records, 2);
+    assert_eq!(drain(&mut log), ["a/0", "b/0"]);
+}
+
+#[test]
+fn a_flipped_byte_is_caught_by_the_checksum_and_new_writes_go_to_a_new_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+        for tag in ["a", "b"] {
+            log.append(&payload(tag, 5)).expect("append");
+        }
+    }
+    let last = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&last).expect("read");
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&last, bytes).expect("write");
+    {
+        let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+        assert_eq!((recovery.records, recovery.damaged), (1, 1));
+        log.append(&payload("c", 1)).expect("append after damage");
+    }
+    let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+    assert_eq!(
+        recovery.damaged, 1,
+        "the damage is still there, still skipped"
+    );
+    assert_eq!(drain(&mut log), ["a/0", "c/0"]);
+}
+
+#[test]
+fn a_second_agent_on_the_same_queue_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = SegmentLog::open(dir.path(), options(1 << 20)).expect("open");
+    let second = SegmentLog::open(dir.path(), options(1 << 20));
+    let Err(error) = second else {
+        panic!("two agents on one queue")
+    };
+    assert!(
+        error
+            .to_string()
+            .contains("in use by another agent process"),
+        "{error}"
+    );
+}
+
+#[test]
+fn new_records_sort_after_the_cursor_even_when_every_segment_was_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..3 {
+        let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+        log.append(&payload(&format!("r{round}"), 1))
+            .expect("append");
+        let record = log.take_next().expect("record");
+        log.done(&record);
+    }
+    {
+        let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+        assert_eq!(recovery.records, 0, "all three were delivered");
+        log.append(&payload("kept", 1)).expect("append");
+    }
+    let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+    assert_eq!(drain(&mut log), ["kept/0"]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Whatever point a crash cuts the last segment at, every record that ends before
+    /// the cut is replayed, in order, and nothing after it.
+    #[test]
+    fn a_cut_anywhere_keeps_exactly_the_whole_records_before_it(
+        sizes in prop::collection::vec(1usize..40, 1..12),
+        cut_fraction in 0.0f64..1.0,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ends = Vec::new();
+        {
+            let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+            for (i, spans) in sizes.iter().enumerate() {
+                log.append(&payload(&format!("r{i}"), *spans)).expect("append");
+                ends.push(log.segments[&log.writer_seq].len);
+            }
+        }
+        let last = segments(dir.path()).pop().expect("a segment");
+        let len = std::fs::metadata(&last).expect("stat").len();
+        let cut = MAGIC.len() as u64 + ((len - MAGIC.len() as u64) as f64 * cut_fraction) as u64;
+        OpenOptions::new().write(true).open(&last).expect("open").set_len(cut).expect("cut");
+
+        let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+        let whole = ends.iter().filter(|end| **end <= cut).count();
+        let expected: Vec<String> = (0..whole).map(|i| format!("r{i}/0")).collect();
+        prop_assert_eq!(drain(&mut log), expected);
+        let at_a_boundary = cut == MAGIC.len() as u64 || ends.contains(&cut);
+        prop_assert_eq!(recovery.damaged, usize::from(!at_a_boundary));
+    }
+}
