@@ -95,6 +95,14 @@ fn scenarios() -> Vec<Scenario> {
             sampling: Sampling::None,
         },
         Scenario {
+            name: "grpc-passthrough-gzip-persistent (disk queue, fsync: batch)",
+            input: Input::Grpc,
+            agent: Some(passthrough!(
+                "    compression: gzip\n    queue: { persistent: true, dir: \"@queue_dir@\" }\n"
+            )),
+            sampling: Sampling::None,
+        },
+        Scenario {
             name: "grpc-daena-redact-limits-gzip (the default processors)",
             input: Input::Grpc,
             agent: Some("    compression: gzip\n"),
@@ -762,7 +770,8 @@ impl AgentProcess {
         std::fs::write(
             &config,
             format!(
-                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null, log_level: warn }}\nexporters:\n  sink:\n    protocol: grpc\n    endpoint: http://{sink}\n{exporter}"
+                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null, log_level: warn }}\nexporters:\n  sink:\n    protocol: grpc\n    endpoint: http://{sink}\n{}",
+                exporter.replace("@queue_dir@", &dir.path().join("queue").display().to_string())
             ),
         )
         .expect("config");

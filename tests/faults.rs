@@ -106,39 +106,53 @@ async fn delivered(sink: &Sink, expected: &HashSet<Vec<u8>>) -> (HashSet<Vec<u8>
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backend_down_for_thirty_seconds_under_load_loses_nothing() {
+/// A backend down for 30 s while the client sends 2,000 spans/s, then back: with `queue`
+/// as the exporter's queue settings, nothing is lost.
+async fn outage(kind: &str, queue: &str) {
     const OUTAGE: Duration = Duration::from_secs(30);
     let sink = Sink::grpc().await;
     sink.set_down(true);
-    let exporters = format!(
-        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    retry: {{ initial_interval: 200ms, max_interval: 2s }}\n",
+    let yaml = format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null }}\nbatch: {{ timeout: 50ms }}\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    retry: {{ initial_interval: 200ms, max_interval: 2s }}\n    queue: {{ {queue} }}\n",
         sink.addr
     );
-    let agent = TestAgent::start(&agent_yaml(&exporters, "")).await;
-    let offered = offer_load(
-        &agent.grpc_url(),
-        OUTAGE + Duration::from_secs(2),
-        |elapsed| {
-            if elapsed >= OUTAGE {
-                sink.set_down(false);
-            }
-        },
-    )
+    let mut agent = AgentProcess::with_config(&yaml, "info", &[]);
+    let url = format!("http://{}", agent.addr("OTLP/gRPC"));
+    let offered = offer_load(&url, OUTAGE + Duration::from_secs(2), |elapsed| {
+        if elapsed >= OUTAGE {
+            sink.set_down(false);
+        }
+    })
     .await;
     let (unique, total) = delivered(&sink, &offered.span_ids).await;
     let lost = offered.span_ids.difference(&unique).count();
+    let peak = peak_rss_mib(&agent.child.id().to_string());
     eprintln!(
-        "outage {OUTAGE:?} at 2000 spans/s: sent {} spans in {} requests, {} retryable refusals, delivered {} unique ({} duplicates), lost {lost}, peak RSS of the test process (agent in-process) {:.0} MiB",
+        "outage {OUTAGE:?} at 2000 spans/s, {kind} queue: sent {} spans in {} requests, {} retryable refusals, delivered {} unique ({} duplicates), lost {lost}, agent peak RSS {peak:.0} MiB",
         offered.span_ids.len(),
         offered.requests,
         offered.refusals,
         unique.len(),
         total - unique.len(),
-        peak_rss_mib("self")
     );
     assert_eq!(lost, 0, "spans lost");
-    agent.stop().await;
+    assert_eq!(tokio::task::block_in_place(|| agent.terminate()), 0);
+    assert!(agent.logs().contains("none abandoned"), "{}", agent.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_for_thirty_seconds_under_load_loses_nothing_from_memory() {
+    outage("memory", "max_bytes: 8MiB").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_for_thirty_seconds_under_load_loses_nothing_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    outage(
+        "persistent",
+        &format!("persistent: true, dir: \"{}\"", dir.path().display()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

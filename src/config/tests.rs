@@ -295,3 +295,29 @@ fn the_memory_limit_defaults_to_256_and_320_mib_and_soft_must_be_below_hard() {
         "{text}"
     );
 }
+
+#[test]
+fn a_persistent_queue_needs_a_dir_and_gets_disk_sized_defaults() {
+    let text = errors_of(
+        "exporters:\n  a:\n    protocol: console\n    queue: { persistent: true }\n  b:\n    protocol: console\n    queue: { dir: /tmp/q }\n  c:\n    protocol: console\n    queue: { persistent: true, dir: /etc/hostname }\n",
+    );
+    for expected in [
+        "exporters.a.queue.dir: is required with persistent: true",
+        "exporters.b.queue.dir: only applies to a persistent queue",
+        "exporters.c.queue.dir: /etc/hostname is not a directory",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let config = load_text(
+        "exporters:\n  disk:\n    protocol: console\n    queue: { persistent: true, dir: /var/lib/daena, fsync: always }\n  memory:\n    protocol: console\n",
+        &no_env,
+    )
+    .expect("valid");
+    let disk = &config.exporters["disk"].queue;
+    assert_eq!(
+        (disk.byte_limit(), disk.span_limit(), disk.fsync),
+        (1 << 30, usize::MAX, Fsync::Always)
+    );
+    let memory = &config.exporters["memory"].queue;
+    assert_eq!((memory.byte_limit(), memory.span_limit()), (8 << 20, 65_536));
+}
