@@ -86,11 +86,12 @@ async fn run_sdk(
         .expect("SDK encoding")
 }
 
-/// Runs the SDK script against the agent and checks the sink received the same spans.
-async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
+/// Runs the SDK script against the agent and checks the sink received the same spans;
+/// `queue` is the exporter's queue settings.
+async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool, queue: &str) {
     let sink = Sink::grpc().await;
     let exporters = format!(
-        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
+        "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    queue: {{ {queue} }}\n",
         sink.addr
     );
     let agent = TestAgent::start(&agent_yaml(&exporters, NO_PROCESSORS)).await;
@@ -145,27 +146,38 @@ async fn python_sdk_round_trip(venv: &str, protocol: &str, gzip: bool) {
 
 #[tokio::test]
 async fn python_sdk_over_grpc() {
-    python_sdk_round_trip(".venv-interop", "grpc", false).await;
+    python_sdk_round_trip(".venv-interop", "grpc", false, "").await;
 }
 
 #[tokio::test]
 async fn python_sdk_over_grpc_with_gzip() {
-    python_sdk_round_trip(".venv-interop", "grpc", true).await;
+    python_sdk_round_trip(".venv-interop", "grpc", true, "").await;
 }
 
 #[tokio::test]
 async fn python_sdk_over_http_protobuf() {
-    python_sdk_round_trip(".venv-interop", "http", false).await;
+    python_sdk_round_trip(".venv-interop", "http", false, "").await;
 }
 
 #[tokio::test]
 async fn python_sdk_over_http_protobuf_with_gzip() {
-    python_sdk_round_trip(".venv-interop", "http", true).await;
+    python_sdk_round_trip(".venv-interop", "http", true, "").await;
 }
 
 #[tokio::test]
 async fn python_sdk_over_http_json_with_an_empty_list_attribute() {
-    python_sdk_round_trip(".venv-interop-json", "json", false).await;
+    python_sdk_round_trip(".venv-interop-json", "json", false, "").await;
+}
+
+/// With a persistent queue the agent answers only after the write (up to `batch.timeout`
+/// later): the real SDK must see every export succeed, and every span must arrive.
+#[tokio::test]
+async fn python_sdk_with_a_persistent_queue_over_grpc_and_http() {
+    for protocol in ["grpc", "http"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = format!("persistent: true, dir: \"{}\"", dir.path().display());
+        python_sdk_round_trip(".venv-interop", protocol, false, &queue).await;
+    }
 }
 
 #[tokio::test]

@@ -319,5 +319,8 @@ fn a_persistent_queue_needs_a_dir_and_gets_disk_sized_defaults() {
         (1 << 30, usize::MAX, Fsync::Always)
     );
     let memory = &config.exporters["memory"].queue;
-    assert_eq!((memory.byte_limit(), memory.span_limit()), (8 << 20, 65_536));
+    assert_eq!(
+        (memory.byte_limit(), memory.span_limit()),
+        (8 << 20, 65_536)
+    );
 }

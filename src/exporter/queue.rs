@@ -64,25 +64,27 @@ impl ExporterHandle {
                     acks.into_iter().for_each(Ack::confirm);
                 }
                 // The worker stopped because shutdown_timeout passed.
-                Err(()) => self.refuse(acks, NotQueued::Stopped, spans),
+                Err(()) => refuse(&self.name, &self.metrics, acks, NotQueued::Stopped, spans),
             },
             Inlet::Disk(writer) => {
                 if let Err(mpsc::error::SendError(appending)) =
                     writer.send(Appending { payload, acks }).await
                 {
-                    self.refuse(appending.acks, NotQueued::Stopped, spans);
+                    refuse(
+                        &self.name,
+                        &self.metrics,
+                        appending.acks,
+                        NotQueued::Stopped,
+                        spans,
+                    );
                 }
             }
         }
     }
-
-    /// Fails the waiting clients (they retry), or counts the spans as dropped when no
-    /// client waits for them.
-    fn refuse(&self, acks: Vec<Ack>, reason: NotQueued, spans: u64) {
-        refuse(&self.name, &self.metrics, acks, reason, spans);
-    }
 }
 
+/// Fails the waiting clients (they retry), or counts the spans as dropped when no client
+/// waits for them.
 fn refuse(name: &str, metrics: &Metrics, acks: Vec<Ack>, reason: NotQueued, spans: u64) {
     if acks.is_empty() {
         let drop_reason = match reason {

@@ -63,6 +63,12 @@ impl Pipeline {
                     let Some(Accepted { mut batch, ack }) = received else { break };
                     self.process(0, &mut batch);
                     self.admit(batch, ack, &mut deadline).await;
+                    // Clients waiting for the durable write are not kept waiting for the
+                    // batch to fill: it leaves once no other request is there to join it.
+                    if !self.waiting.is_empty() && rx.is_empty() {
+                        self.flush().await;
+                        deadline = None;
+                    }
                 }
                 _ = release.tick(), if holds => {
                     self.release(&mut deadline, |p, out| p.release_due(out)).await;
@@ -312,39 +318,41 @@ mod tests {
         )
         .expect("persistent queue");
         let (tx, rx) = mpsc::channel(8);
+        // Both requests wait in the channel before the pipeline starts: they share a batch,
+        // which leaves as soon as nothing else is waiting, long before the timeout.
+        let (first, first_answer) = with_ack(&["a", "b"]);
+        let (second, second_answer) = with_ack(&["c"]);
+        tx.send(first).await.expect("send");
+        tx.send(second).await.expect("send");
         let pipeline = Pipeline::new(
             Vec::new(),
-            Batcher::new(3, 1 << 20),
+            Batcher::new(100, 1 << 20),
             Duration::from_secs(3600),
             vec![handle],
         );
         tokio::spawn(pipeline.run(rx));
-
-        let (first, mut first_answer) = with_ack(&["a", "b"]);
-        tx.send(first).await.expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            first_answer.try_recv().is_err(),
-            "still in the batcher: not answered"
-        );
-        // Two more spans fill the batch (3) and leave one behind in the next.
-        let (second, mut second_answer) = with_ack(&["c", "d"]);
-        tx.send(second).await.expect("send");
-        assert_eq!((&mut first_answer).await, Ok(Ok(())));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(
-            second_answer.try_recv().is_err(),
-            "d is still in the batcher"
-        );
-        drop(tx);
-        assert_eq!(second_answer.await, Ok(Ok(())), "flushed at the end");
-        let segment_bytes: u64 = std::fs::read_dir(dir.path().join("disk"))
+        assert_eq!(first_answer.await, Ok(Ok(())));
+        let segment = std::fs::read_dir(dir.path().join("disk"))
             .expect("queue dir")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
-            .sum();
-        assert!(segment_bytes > 0, "written to a segment");
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .expect("a segment");
+        let written = std::fs::read(segment.path()).expect("read");
+        assert!(
+            written.len() > crate::exporter::persistent::MAGIC.len() + 12,
+            "the record is in the segment when the client is answered"
+        );
+        assert_eq!(second_answer.await, Ok(Ok(())));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while recorder.0.lock().expect("lock").is_empty() && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *recorder.0.lock().expect("lock"),
+            vec![vec!["a", "b", "c"]],
+            "one batch for both"
+        );
     }
 
     #[tokio::test]
