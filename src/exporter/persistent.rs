@@ -639,21 +639,14 @@ impl PersistentQueue {
 
     /// The oldest record not handed out yet, waiting for one; `None` once closed and empty.
     pub async fn next(&self) -> Option<Record> {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if let Some(record) = state.log.take_next() {
-                    return Some(record);
-                }
-                if state.closed {
-                    return None;
-                }
+        super::queue::wait_for(&self.changed, || {
+            let mut state = self.lock();
+            match state.log.take_next() {
+                Some(record) => Some(Some(record)),
+                None => state.closed.then_some(None),
             }
-            changed.await;
-        }
+        })
+        .await
     }
 
     /// The record's batch: from memory when it is still there, else read from its segment

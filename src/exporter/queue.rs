@@ -143,65 +143,54 @@ impl BoundedQueue {
 
     /// Adds a batch; returns the spans dropped to make room, or `Err` once closed.
     async fn push(&self, payload: Arc<Payload>) -> Result<u64, ()> {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.closed {
-                    return Err(());
-                }
-                let fits = |state: &QueueState| {
-                    state.batches.is_empty()
-                        || (state.spans + payload.spans() <= self.max_spans
-                            && state.bytes + payload.bytes() <= self.max_bytes)
-                };
-                let mut dropped = 0;
-                if !fits(&state) && self.on_full == OnFull::DropOldest {
-                    while !fits(&state) {
-                        let Some(old) = state.batches.pop_front() else {
-                            break;
-                        };
-                        state.spans -= old.spans();
-                        state.bytes -= old.bytes();
-                        dropped += old.spans() as u64;
-                    }
-                }
-                if fits(&state) {
-                    state.spans += payload.spans();
-                    state.bytes += payload.bytes();
-                    state.batches.push_back(payload);
-                    drop(state);
-                    self.changed.notify_waiters();
-                    return Ok(dropped);
+        wait_for(&self.changed, || {
+            let mut state = self.lock();
+            if state.closed {
+                return Some(Err(()));
+            }
+            let fits = |state: &QueueState| {
+                state.batches.is_empty()
+                    || (state.spans + payload.spans() <= self.max_spans
+                        && state.bytes + payload.bytes() <= self.max_bytes)
+            };
+            let mut dropped = 0;
+            if !fits(&state) && self.on_full == OnFull::DropOldest {
+                while !fits(&state) {
+                    let Some(old) = state.batches.pop_front() else {
+                        break;
+                    };
+                    state.spans -= old.spans();
+                    state.bytes -= old.bytes();
+                    dropped += old.spans() as u64;
                 }
             }
-            changed.await;
-        }
+            if !fits(&state) {
+                return None;
+            }
+            state.spans += payload.spans();
+            state.bytes += payload.bytes();
+            state.batches.push_back(Arc::clone(&payload));
+            drop(state);
+            self.changed.notify_waiters();
+            Some(Ok(dropped))
+        })
+        .await
     }
 
     /// The oldest batch, waiting for one; `None` once closed and empty.
     async fn pop(&self) -> Option<Arc<Payload>> {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if let Some(payload) = state.batches.pop_front() {
-                    state.spans -= payload.spans();
-                    state.bytes -= payload.bytes();
-                    drop(state);
-                    self.changed.notify_waiters();
-                    return Some(payload);
-                }
-                if state.closed {
-                    return None;
-                }
+        wait_for(&self.changed, || {
+            let mut state = self.lock();
+            if let Some(payload) = state.batches.pop_front() {
+                state.spans -= payload.spans();
+                state.bytes -= payload.bytes();
+                drop(state);
+                self.changed.notify_waiters();
+                return Some(Some(payload));
             }
-            changed.await;
-        }
+            state.closed.then_some(None)
+        })
+        .await
     }
 
     /// Refuses further pushes; what is queued can still be popped.
@@ -220,6 +209,20 @@ impl BoundedQueue {
         drop(state);
         self.changed.notify_waiters();
         spans
+    }
+}
+
+/// Calls `ready` until it gives an answer, sleeping on `changed` in between without
+/// missing a wake-up that comes while `ready` runs.
+pub(super) async fn wait_for<T>(changed: &Notify, mut ready: impl FnMut() -> Option<T>) -> T {
+    loop {
+        let notified = changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(answer) = ready() {
+            return answer;
+        }
+        notified.await;
     }
 }
 
