@@ -373,7 +373,7 @@ async fn a_full_disk_queue_refuses_with_a_retryable_answer_and_recovers() {
         "{ max_spans: 100, timeout: 10ms }",
         ", max_bytes: 256KiB",
         // In this process the limiter would read the sinks of the other tests too.
-        "memory_limit: { soft: 16GiB, hard: 16GiB }\n",
+        "memory_limit: { soft: 15GiB, hard: 16GiB }\n",
     )
     .replace(
         "telemetry: { endpoint: null }",
