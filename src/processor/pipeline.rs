@@ -24,11 +24,9 @@ pub struct Accepted {
 /// The pipeline between the receivers and the exporters.
 pub struct Pipeline {
     processors: Vec<Box<dyn Processor>>,
-    batcher: Batcher,
+    batching: Batching,
     timeout: Duration,
     exporters: Vec<ExporterHandle>,
-    /// Answers of requests whose spans are (partly) still in the batcher.
-    waiting: Vec<Ack>,
 }
 
 impl Pipeline {
@@ -41,10 +39,12 @@ impl Pipeline {
     ) -> Self {
         Self {
             processors,
-            batcher,
+            batching: Batching {
+                batcher,
+                waiting: Vec::new(),
+            },
             timeout,
             exporters,
-            waiting: Vec::new(),
         }
     }
 
@@ -65,7 +65,7 @@ impl Pipeline {
                     self.admit(batch, ack, &mut deadline).await;
                     // Clients waiting for the durable write are not kept waiting for the
                     // batch to fill: it leaves once no other request is there to join it.
-                    if !self.waiting.is_empty() && rx.is_empty() {
+                    if !self.batching.waiting.is_empty() && rx.is_empty() {
                         self.flush().await;
                         deadline = None;
                     }
@@ -84,12 +84,11 @@ impl Pipeline {
         self.flush().await;
     }
 
-    /// Sends what the batcher holds; every waiting request's spans leave with it.
+    /// Sends what the batcher holds.
     async fn flush(&mut self) {
-        if let Some(batch) = self.batcher.flush() {
-            dispatch(&self.exporters, batch, &self.waiting).await;
+        if let Some((batch, acks)) = self.batching.flush() {
+            dispatch(&self.exporters, batch, acks).await;
         }
-        self.waiting.drain(..).for_each(Ack::confirm);
     }
 
     /// Runs the processors from index `from` on `batch`, then encodes what they decoded.
@@ -128,24 +127,11 @@ impl Pipeline {
             ack.into_iter().for_each(Ack::confirm);
             return;
         }
-        let has_ack = ack.is_some();
-        self.waiting.extend(ack);
-        let full = self.batcher.push(batch);
-        let sent = !full.is_empty();
-        for batch in full {
-            dispatch(&self.exporters, batch, &self.waiting).await;
-        }
-        if sent {
-            // A full batch takes everything that was waiting, so only this request's spans
-            // can still be in the batcher.
-            let current = (has_ack && !self.batcher.is_empty())
-                .then(|| self.waiting.pop())
-                .flatten();
-            self.waiting.drain(..).for_each(Ack::confirm);
-            self.waiting.extend(current);
+        for (batch, acks) in self.batching.push(batch, ack) {
+            dispatch(&self.exporters, batch, acks).await;
         }
         *deadline = match *deadline {
-            _ if self.batcher.is_empty() => None,
+            _ if self.batching.batcher.is_empty() => None,
             None => Some(Instant::now() + self.timeout),
             kept => kept,
         };
@@ -155,13 +141,60 @@ impl Pipeline {
 /// How often stages that hold spans (tail sampling) are asked for what is due.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Gives the batch to every exporter, encoded at most once between them, each with a
-/// share of the answers waiting for it.
-async fn dispatch(exporters: &[ExporterHandle], batch: SpanBatch, acks: &[Ack]) {
+/// The batcher, and the answers of the requests whose spans are in it: every batch that
+/// leaves carries a share of each answer it may hold spans of.
+struct Batching {
+    batcher: Batcher,
+    waiting: Vec<Ack>,
+}
+
+/// A batch leaving the batcher, with its shares of the clients' answers.
+type Leaving = (SpanBatch, Vec<Ack>);
+
+impl Batching {
+    /// Adds a request's spans; returns the batches that became full.
+    fn push(&mut self, batch: SpanBatch, ack: Option<Ack>) -> Vec<Leaving> {
+        let has_ack = ack.is_some();
+        self.waiting.extend(ack);
+        let full = self.batcher.push(batch);
+        if full.is_empty() {
+            return Vec::new();
+        }
+        let leaving = full
+            .into_iter()
+            .map(|batch| (batch, self.waiting.clone()))
+            .collect();
+        // A full batch takes everything that was waiting, so only this request's spans
+        // can still be in the batcher.
+        let current = (has_ack && !self.batcher.is_empty())
+            .then(|| self.waiting.pop())
+            .flatten();
+        self.waiting.drain(..).for_each(Ack::confirm);
+        self.waiting.extend(current);
+        leaving
+    }
+
+    /// Takes what is waiting, with every waiting answer.
+    fn flush(&mut self) -> Option<Leaving> {
+        let acks = std::mem::take(&mut self.waiting);
+        match self.batcher.flush() {
+            Some(batch) => Some((batch, acks)),
+            None => {
+                acks.into_iter().for_each(Ack::confirm);
+                None
+            }
+        }
+    }
+}
+
+/// Gives the batch to every exporter, encoded at most once between them, each with its
+/// own share of the answers waiting for it.
+async fn dispatch(exporters: &[ExporterHandle], batch: SpanBatch, acks: Vec<Ack>) {
     let payload = Arc::new(Payload::new(batch));
     for exporter in exporters {
-        exporter.send(Arc::clone(&payload), acks.to_vec()).await;
+        exporter.send(Arc::clone(&payload), acks.clone()).await;
     }
+    acks.into_iter().for_each(Ack::confirm);
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -384,5 +417,67 @@ mod tests {
             second_answer.await,
             Ok(Err(crate::exporter::ack::NotQueued::Full))
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        /// Whatever the request sizes, batch limit and timeouts, a client is answered only
+        /// once every batch holding any of its spans is written, and then always.
+        #[test]
+        fn a_client_is_answered_exactly_when_all_its_batches_are_written(
+            requests in proptest::collection::vec((1usize..30, proptest::bool::ANY), 1..20),
+            max_spans in 1usize..25,
+        ) {
+            let mut batching = Batching { batcher: Batcher::new(max_spans, 1 << 20), waiting: Vec::new() };
+            let mut answers = Vec::new();
+            let mut leaving = Vec::new();
+            for (k, (spans, timeout_after)) in requests.iter().enumerate() {
+                let names: Vec<String> = (0..*spans).map(|i| format!("{k}/{i}")).collect();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let (mut accepted, answer) = with_ack(&names);
+                answers.push(answer);
+                leaving.extend(batching.push(accepted.batch, accepted.ack.take()));
+                if *timeout_after {
+                    leaving.extend(batching.flush());
+                }
+            }
+            leaving.extend(batching.flush());
+
+            let request_of = |name: &str| -> usize {
+                name.split('/').next().and_then(|k| k.parse().ok()).expect("k/i")
+            };
+            let holds: Vec<Vec<usize>> = leaving
+                .iter()
+                .map(|(batch, _)| {
+                    let mut requests: Vec<usize> = batch
+                        .clone()
+                        .into_request()
+                        .resource_spans
+                        .iter()
+                        .flat_map(|rs| &rs.scope_spans)
+                        .flat_map(|ss| &ss.spans)
+                        .map(|s| request_of(&s.name))
+                        .collect();
+                    requests.dedup();
+                    requests
+                })
+                .collect();
+            let total: usize = leaving.iter().map(|(b, _)| b.span_count()).sum();
+            proptest::prop_assert_eq!(total, requests.iter().map(|r| r.0).sum::<usize>());
+            for (j, (_, acks)) in leaving.into_iter().enumerate() {
+                let unwritten = holds[j..].iter().flatten().copied().collect::<Vec<_>>();
+                for &k in &unwritten {
+                    proptest::prop_assert!(
+                        answers[k].try_recv().is_err(),
+                        "request {} answered before batch {} holding its spans was written", k, j
+                    );
+                }
+                acks.into_iter().for_each(Ack::confirm);
+            }
+            for (k, answer) in answers.iter_mut().enumerate() {
+                proptest::prop_assert_eq!(answer.try_recv(), Ok(Ok(())), "request {}", k);
+            }
+        }
     }
 }
