@@ -88,7 +88,7 @@ fn refusal_status(refusal: &Refusal) -> Status {
     let code = match refusal {
         Refusal::ShuttingDown { .. } => return Status::unavailable(refusal.to_string()),
         Refusal::PipelineFull { .. } => Code::Unavailable,
-        Refusal::OverMemoryLimit { .. } | Refusal::QueueFull { .. } => Code::ResourceExhausted,
+        Refusal::OverMemoryLimit { .. } | Refusal::NotQueued { .. } => Code::ResourceExhausted,
     };
     Status::with_error_details(
         code,

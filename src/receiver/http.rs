@@ -112,7 +112,7 @@ impl Rejection {
             Refusal::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::PipelineFull { .. }
             | Refusal::OverMemoryLimit { .. }
-            | Refusal::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Refusal::NotQueued { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         let reason = refusal.reason();
         Self {

@@ -56,7 +56,7 @@ pub enum Refusal {
         "{reason} ({spans} spans refused); retry after {}s",
         RETRY_AFTER.as_secs()
     )]
-    QueueFull {
+    NotQueued {
         /// Spans in the refused request.
         spans: usize,
         /// Full, or the write failed.
@@ -71,11 +71,11 @@ impl Refusal {
             Self::PipelineFull { .. } => RefusalReason::PipelineFull,
             Self::ShuttingDown { .. } => RefusalReason::ShuttingDown,
             Self::OverMemoryLimit { .. } => RefusalReason::MemoryLimit,
-            Self::QueueFull {
+            Self::NotQueued {
                 reason: NotQueued::WriteFailed,
                 ..
             } => RefusalReason::QueueWriteFailed,
-            Self::QueueFull { .. } => RefusalReason::QueueFull,
+            Self::NotQueued { .. } => RefusalReason::QueueFull,
         }
     }
 }
@@ -194,7 +194,7 @@ impl Intake {
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(NotQueued::Stopped)) | Err(_) => Err(Refusal::ShuttingDown { spans }),
-            Ok(Err(reason)) => Err(Refusal::QueueFull { spans, reason }),
+            Ok(Err(reason)) => Err(Refusal::NotQueued { spans, reason }),
         }
     }
 }
