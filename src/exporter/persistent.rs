@@ -155,7 +155,6 @@ impl SegmentLog {
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         let mut unread = VecDeque::new();
-        let mut spans = 0;
         for seq in segment_numbers(dir).map_err(io_error)? {
             let path = segment_path(dir, seq);
             let scan = scan_segment(&path, seq, acked_to).map_err(io_error)?;
@@ -171,7 +170,6 @@ impl SegmentLog {
             }
             recovery.records += scan.records.len();
             recovery.spans += scan.records.iter().map(|r| r.spans).sum::<usize>();
-            spans += scan.records.iter().map(|r| r.spans).sum::<usize>();
             segments.insert(
                 seq,
                 Segment {
@@ -204,7 +202,7 @@ impl SegmentLog {
             segments,
             unread,
             in_flight: BTreeSet::new(),
-            spans,
+            spans: recovery.spans,
             hot_bytes: 0,
         };
         log.segments.insert(
@@ -305,8 +303,12 @@ impl SegmentLog {
 
     /// Forces what was appended to the disk (`fsync: batch`).
     pub fn sync(&mut self) -> Result<(), NotQueued> {
+        self.sync_writer().map_err(|e| self.write_failed(&e))
+    }
+
+    fn sync_writer(&mut self) -> io::Result<()> {
         if self.unsynced {
-            self.writer.sync_data().map_err(|e| self.write_failed(&e))?;
+            self.writer.sync_data()?;
             self.unsynced = false;
         }
         Ok(())
@@ -325,15 +327,6 @@ impl SegmentLog {
         if self.in_flight.remove(&record.id) {
             self.forget(record);
         }
-    }
-
-    /// The segment file, offset and length of a record, to read it without the lock.
-    pub fn locate(&self, record: &Record) -> (PathBuf, u64, u32) {
-        (
-            segment_path(&self.dir, record.id.segment),
-            record.id.offset,
-            record.len,
-        )
     }
 
     fn fits(&self, bytes: u64, spans: usize) -> bool {
@@ -388,8 +381,7 @@ impl SegmentLog {
 
     /// Starts a new segment, syncing the one it leaves behind per the fsync policy.
     fn roll(&mut self) -> io::Result<()> {
-        self.sync()
-            .map_err(|_| io::Error::other("sync before roll"))?;
+        self.sync_writer()?;
         let seq = self.writer_seq + 1;
         self.writer = create_segment(&self.dir, seq, self.options.fsync)?;
         let left = self.writer_seq;
@@ -414,15 +406,16 @@ impl SegmentLog {
     }
 }
 
-/// Reads a record's payload back from its segment, checking it against its checksum.
-pub fn read_record(path: &Path, offset: u64, len: u32) -> io::Result<(usize, Bytes)> {
-    let file = File::open(path)?;
+/// Reads a record's payload back from its segment in `dir`, checking it against its checksum.
+pub fn read_record(dir: &Path, record: &Record) -> io::Result<(usize, Bytes)> {
+    let file = File::open(segment_path(dir, record.id.segment))?;
+    let offset = record.id.offset;
     let mut header = [0u8; HEADER as usize];
     file.read_exact_at(&mut header, offset)?;
-    let mut body = vec![0u8; len as usize];
+    let mut body = vec![0u8; record.len as usize];
     file.read_exact_at(&mut body, offset + HEADER)?;
     let (stored_len, crc, spans) = parse_header(&header);
-    if stored_len != len || crc != checksum(spans, &body) {
+    if stored_len != record.len || crc != checksum(spans, &body) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "the record's checksum does not match: the file changed on disk",
@@ -594,6 +587,7 @@ fn create_segment(dir: &Path, seq: u64, fsync: Fsync) -> io::Result<File> {
 
 /// A [`SegmentLog`] shared by the exporter's writer and its workers.
 pub struct PersistentQueue {
+    dir: PathBuf,
     state: Mutex<QueueState>,
     /// Woken when records arrive and when the queue closes.
     changed: Notify,
@@ -609,6 +603,7 @@ impl PersistentQueue {
     pub fn open(dir: &Path, options: LogOptions) -> Result<(Self, Recovery), OpenError> {
         let (log, recovery) = SegmentLog::open(dir, options)?;
         let queue = Self {
+            dir: dir.to_owned(),
             state: Mutex::new(QueueState { log, closed: false }),
             changed: Notify::new(),
         };
@@ -655,8 +650,7 @@ impl PersistentQueue {
         if let Some(hot) = record.hot.take() {
             return Ok(hot);
         }
-        let (path, offset, len) = self.lock().log.locate(record);
-        let (spans, body) = read_record(&path, offset, len)?;
+        let (spans, body) = read_record(&self.dir, record)?;
         Ok(Arc::new(Payload::new(SpanBatch::from_encoded(body, spans))))
     }
 

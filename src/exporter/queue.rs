@@ -311,7 +311,8 @@ fn open_persistent(
         drop_oldest: queue.on_full == OnFull::DropOldest,
     };
     let (disk, recovery) = PersistentQueue::open(dir, options)?;
-    metrics.queue_recovered(name, recovery.spans as u64, recovery.damaged as u64);
+    metrics.queue_replayed(name, recovery.spans as u64);
+    metrics.queue_damaged(name, recovery.damaged as u64);
     if recovery.records > 0 || recovery.damaged > 0 {
         tracing::info!(
             exporter = name,
@@ -477,7 +478,7 @@ impl<E: Exporter> Worker<E> {
                 Ok(Err((queue, record, error))) => {
                     tracing::error!(exporter = %name, %error, spans = record.spans, "Persistent queue: a record could not be read back; it is dropped");
                     metrics.dropped(&name, DropReason::Damaged, record.spans as u64);
-                    metrics.queue_recovered(&name, 0, 1);
+                    metrics.queue_damaged(&name, 1);
                     queue.done(&record);
                     return Delivery::Dropped;
                 }

@@ -322,13 +322,22 @@ impl Metrics {
         self.dropped_totals[reason as usize].fetch_add(spans, Ordering::Relaxed);
     }
 
-    /// Counts what a persistent queue found at start-up: spans to replay, damaged records.
-    pub fn queue_recovered(&self, exporter: &str, spans: u64, damaged: u64) {
-        let labels = ExporterLabels {
-            exporter: exporter.to_owned(),
-        };
-        self.queue_replayed.get_or_create(&labels).inc_by(spans);
-        self.queue_damaged.get_or_create(&labels).inc_by(damaged);
+    /// Counts spans a persistent queue found on disk at start-up, left by the previous run.
+    pub fn queue_replayed(&self, exporter: &str, spans: u64) {
+        self.queue_replayed
+            .get_or_create(&ExporterLabels {
+                exporter: exporter.to_owned(),
+            })
+            .inc_by(spans);
+    }
+
+    /// Counts torn or corrupted records a persistent queue skipped.
+    pub fn queue_damaged(&self, exporter: &str, records: u64) {
+        self.queue_damaged
+            .get_or_create(&ExporterLabels {
+                exporter: exporter.to_owned(),
+            })
+            .inc_by(records);
     }
 
     /// Spans dropped for `reason`, summed over every exporter.

@@ -27,8 +27,7 @@ fn payload(tag: &str, spans: usize) -> Arc<Payload> {
 fn drain(log: &mut SegmentLog) -> Vec<String> {
     let mut names = Vec::new();
     while let Some(record) = log.take_next() {
-        let (path, offset, len) = log.locate(&record);
-        let (spans, body) = read_record(&path, offset, len).expect("record reads back");
+        let (spans, body) = read_record(&log.dir, &record).expect("record reads back");
         assert_eq!(spans, record.spans);
         let request = SpanBatch::from_encoded(body, spans).into_request();
         names.push(
