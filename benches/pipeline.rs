@@ -11,7 +11,8 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use daena_trace_agent::config::ProcessorsConfig;
 use daena_trace_agent::otlp::{ExportTraceServiceRequest, SpanBatch, json};
-use daena_trace_agent::processor::{self, Batcher};
+use daena_trace_agent::pipeline::Batcher;
+use daena_trace_agent::processor;
 use daena_trace_agent::receiver::Intake;
 use prost::Message;
 

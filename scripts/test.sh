@@ -24,4 +24,5 @@ venv() {
 venv .venv-interop tests/interop/requirements.txt
 venv .venv-interop-json tests/interop/requirements-json.txt
 
+"$python" scripts/check-layering.py
 cargo test --locked --all-targets "$@"

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, parse_listen_addr};
-use crate::exporter::{self, ExporterHandle};
-use crate::processor::{self, Batcher, Pipeline};
+use crate::exporter::{self, ExporterHandle, Fanout};
+use crate::pipeline::{Batcher, Pipeline};
+use crate::processor;
 use crate::receiver::Intake;
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
@@ -143,8 +144,15 @@ impl Agent {
             |name| std::env::var(name).ok(),
             &metrics,
         );
-        let pipeline =
-            tokio::spawn(Pipeline::new(processors, batcher, config.batch.timeout, handles).run(rx));
+        let pipeline = tokio::spawn(
+            Pipeline::new(
+                processors,
+                batcher,
+                config.batch.timeout,
+                Fanout::new(handles),
+            )
+            .run(rx),
+        );
 
         let stop_receivers = CancellationToken::new();
         let limiter = MemoryLimiter::start(

@@ -4,12 +4,18 @@
 //! One pipeline, one module per part of it:
 //!
 //! ```text
-//! receiver/ (grpc, http) ──► processor/ (stages, then the batcher) ──► exporter/ (queue + retry per backend)
+//! receiver/ (grpc, http) ──► pipeline/ (processor/ stages, then the batcher) ──► exporter/ (fan-out, queue + retry per backend)
 //! ```
+//!
+//! Imports run downhill: `receiver` and `exporter` depend on `pipeline` (the requests it
+//! takes, the answers it carries, the [`pipeline::Outlet`] it hands batches to), never
+//! on each other; `pipeline` depends on `processor`; all of them on `otlp`, `config`
+//! and `telemetry`. `scripts/check-layering.py` checks it.
 //!
 //! - [`otlp`]: the only module that names the generated OTLP types, plus OTLP/JSON.
 //! - [`receiver`]: OTLP/gRPC and OTLP/HTTP servers; they hand batches to the pipeline or refuse.
-//! - [`processor`]: the [`processor::Processor`] stage trait, the pipeline task and the batcher.
+//! - [`pipeline`]: the pipeline task, the batcher, and the answers clients wait for.
+//! - [`processor`]: the [`processor::Processor`] stage trait and the stages.
 //! - [`exporter`]: OTLP/gRPC, OTLP/HTTP and console exporters, each behind its own bounded
 //!   queue, in memory or on disk.
 //! - [`config`]: the YAML config, its defaults, validation and the `OTEL_EXPORTER_OTLP_*` fallback.
@@ -20,6 +26,7 @@ pub mod app;
 pub mod config;
 pub mod exporter;
 pub mod otlp;
+pub mod pipeline;
 pub mod processor;
 pub mod receiver;
 pub mod telemetry;

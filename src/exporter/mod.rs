@@ -3,14 +3,15 @@
 //! Each exporter runs behind its own bounded queue and task ([`queue`]), with retries
 //! ([`retry`]), so a slow backend never stalls another until its own queue is full.
 
-pub mod ack;
 pub mod console;
+pub mod fanout;
 pub mod grpc;
 pub mod http;
 pub mod persistent;
 pub mod queue;
 pub mod retry;
 mod transport;
+mod wait;
 
 use std::future::Future;
 use std::io::Write;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use console::ConsoleExporter;
+pub use fanout::Fanout;
 pub use grpc::OtlpGrpcExporter;
 pub use http::OtlpHttpExporter;
 pub use queue::ExporterHandle;

@@ -1,20 +1,16 @@
-//! The pipeline's middle: processor stages run in order on each batch, then the batcher
-//! groups spans for the exporters.
+//! The processor stages the pipeline runs over every batch: the Daena schema, redaction
+//! and limits in one pass over each span, head sampling before them, tail sampling after.
 
-pub mod batch;
 pub mod daena;
 mod key_cache;
 pub mod limits;
-pub mod pipeline;
 pub mod redact;
 pub mod sampling;
 pub mod schema;
 pub mod tail;
 
-pub use batch::Batcher;
 pub use daena::DaenaNormaliser;
 pub use limits::Limiter;
-pub use pipeline::{Accepted, Pipeline};
 pub use redact::Redactor;
 pub use sampling::HeadSampler;
 pub use tail::TailSampler;
@@ -75,7 +71,7 @@ pub fn build(
 ///
 /// A stage that cannot handle a span passes it through unchanged (and counts it), so a
 /// failed enrichment never loses data. Stages run inline in the single pipeline task, in
-/// the order the config lists them, and take `&mut self` so stateful stages need no lock.
+/// the fixed order [`build`] gives them, and take `&mut self` so stateful stages need no lock.
 pub trait Processor: Send + 'static {
     /// Stable name, used as the `processor` label in logs and metrics.
     fn name(&self) -> &'static str;

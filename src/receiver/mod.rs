@@ -14,9 +14,8 @@ use tokio::sync::mpsc;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::exporter::ack::{Ack, NotQueued};
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
-use crate::processor::Accepted;
+use crate::pipeline::{Accepted, Ack, NotQueued};
 use crate::telemetry::Metrics;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::RefusalReason;

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::otlp::{Span, request_of};
+use crate::otlp::{Span, SpanBatch, request_of};
 
 fn options(max_bytes: u64) -> LogOptions {
     LogOptions {

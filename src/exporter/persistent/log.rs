@@ -1,5 +1,4 @@
-//! The persistent queue: an exporter's backlog kept in an append-only log of segment
-//! files, so what the receivers acknowledged survives a crash and is sent after a restart.
+//! The log of a persistent queue: segment files of checksummed records.
 //!
 //! Under `<queue.dir>/<exporter>/` live `lock` (held while an agent uses the queue),
 //! `cursor` (where the prefix the backend acknowledged ends) and the segments
@@ -16,15 +15,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
-use super::Payload;
-use super::ack::NotQueued;
 use crate::config::Fsync;
-use crate::otlp::SpanBatch;
+use crate::exporter::Payload;
+use crate::pipeline::NotQueued;
 
 /// The first bytes of every segment file: the format and its version.
 pub const MAGIC: &[u8; 8] = b"DAENAQ1\n";
@@ -103,7 +100,7 @@ struct Segment {
     live: usize,
 }
 
-/// The log itself: blocking file I/O, used behind [`PersistentQueue`]'s lock.
+/// The log itself: blocking file I/O, used behind [`PersistentQueue`](super::PersistentQueue)'s lock.
 pub struct SegmentLog {
     dir: PathBuf,
     options: LogOptions,
@@ -121,6 +118,13 @@ pub struct SegmentLog {
     disk_bytes: u64,
     spans: usize,
     hot_bytes: usize,
+}
+
+impl Record {
+    /// The batch, when it is still in memory; taken once.
+    pub fn take_hot(&mut self) -> Option<Arc<Payload>> {
+        self.hot.take()
+    }
 }
 
 impl SegmentLog {
@@ -583,92 +587,6 @@ fn create_segment(dir: &Path, seq: u64, fsync: Fsync) -> io::Result<File> {
         File::open(dir)?.sync_all()?;
     }
     Ok(file)
-}
-
-/// A [`SegmentLog`] shared by the exporter's writer and its workers.
-pub struct PersistentQueue {
-    dir: PathBuf,
-    state: Mutex<QueueState>,
-    /// Woken when records arrive and when the queue closes.
-    changed: Notify,
-}
-
-struct QueueState {
-    log: SegmentLog,
-    closed: bool,
-}
-
-impl PersistentQueue {
-    /// Opens the queue in `dir`, returning what the previous run left in it.
-    pub fn open(dir: &Path, options: LogOptions) -> Result<(Self, Recovery), OpenError> {
-        let (log, recovery) = SegmentLog::open(dir, options)?;
-        let queue = Self {
-            dir: dir.to_owned(),
-            state: Mutex::new(QueueState { log, closed: false }),
-            changed: Notify::new(),
-        };
-        Ok((queue, recovery))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Appends a group of batches and forces them to disk per the policy (blocking I/O);
-    /// per batch, the spans dropped to make room or why it was not written.
-    pub fn append_group(&self, payloads: &[Arc<Payload>]) -> Vec<Result<usize, NotQueued>> {
-        let mut state = self.lock();
-        let mut results: Vec<_> = payloads.iter().map(|p| state.log.append(p)).collect();
-        if let Err(reason) = state.log.sync() {
-            // Written but maybe not durable: the clients must not be told it is.
-            for result in &mut results {
-                if result.is_ok() {
-                    *result = Err(reason);
-                }
-            }
-        }
-        drop(state);
-        self.changed.notify_waiters();
-        results
-    }
-
-    /// The oldest record not handed out yet, waiting for one; `None` once closed and empty.
-    pub async fn next(&self) -> Option<Record> {
-        super::queue::wait_for(&self.changed, || {
-            let mut state = self.lock();
-            match state.log.take_next() {
-                Some(record) => Some(Some(record)),
-                None => state.closed.then_some(None),
-            }
-        })
-        .await
-    }
-
-    /// The record's batch: from memory when it is still there, else read from its segment
-    /// (blocking I/O).
-    pub fn load(&self, record: &mut Record) -> io::Result<Arc<Payload>> {
-        if let Some(hot) = record.hot.take() {
-            return Ok(hot);
-        }
-        let (spans, body) = read_record(&self.dir, record)?;
-        Ok(Arc::new(Payload::new(SpanBatch::from_encoded(body, spans))))
-    }
-
-    /// The record is delivered (or refused for good): it leaves the disk.
-    pub fn done(&self, record: &Record) {
-        self.lock().log.done(record);
-    }
-
-    /// No more appends will come: the workers drain what is left, then stop.
-    pub fn close(&self) {
-        self.lock().closed = true;
-        self.changed.notify_waiters();
-    }
-
-    /// Spans on disk not yet acknowledged by the backend.
-    pub fn spans(&self) -> usize {
-        self.lock().log.spans()
-    }
 }
 
 #[cfg(test)]

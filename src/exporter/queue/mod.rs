@@ -1,0 +1,196 @@
+//! An exporter's queue, in memory ([`memory`]) or on disk (a persistent queue fed by the
+//! [`writer`] task), and the [`worker`] task that exports up to `workers` batches at once,
+//! each with retries, and drains on shutdown until told to abandon.
+
+pub mod memory;
+pub mod worker;
+pub mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::memory::{BoundedQueue, Closer};
+use self::worker::{Backlog, Worker};
+use self::writer::{Appending, write_loop};
+use super::persistent::{LogOptions, OpenError, PersistentQueue};
+use super::retry::RetryPolicy;
+use super::{Exporter, Payload};
+use crate::config::{ExporterConfig, OnFull};
+use crate::pipeline::{Ack, NotQueued};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::DropReason;
+
+/// The pipeline's end of one exporter's queue; the queue closes when the last clone drops.
+#[derive(Clone)]
+pub struct ExporterHandle {
+    name: Arc<str>,
+    inlet: Arc<Inlet>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a handle puts batches.
+enum Inlet {
+    Memory(Closer),
+    /// The writer task that appends to the persistent queue.
+    Disk(mpsc::Sender<Appending>),
+}
+
+impl ExporterHandle {
+    /// The exporter's name from the config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues a batch and confirms `acks` once it is queued (on disk, for a persistent
+    /// queue), or fails them so the clients are told to retry.
+    ///
+    /// A full memory queue waits (`on_full: block`): that wait is the backpressure that
+    /// makes the receivers refuse new data instead of buffering without bound; or it drops
+    /// the oldest batches (`drop_oldest`), counted. A full persistent queue refuses at once.
+    pub async fn send(&self, payload: Arc<Payload>, acks: Vec<Ack>) {
+        let spans = payload.spans() as u64;
+        match &*self.inlet {
+            Inlet::Memory(queue) => match queue.0.push(payload).await {
+                Ok(dropped) => {
+                    if dropped > 0 {
+                        self.metrics
+                            .dropped(&self.name, DropReason::QueueFull, dropped);
+                    }
+                    acks.into_iter().for_each(Ack::confirm);
+                }
+                // The worker stopped because shutdown_timeout passed.
+                Err(()) => refuse(&self.name, &self.metrics, acks, NotQueued::Stopped, spans),
+            },
+            Inlet::Disk(writer) => {
+                if let Err(mpsc::error::SendError(appending)) =
+                    writer.send(Appending { payload, acks }).await
+                {
+                    refuse(
+                        &self.name,
+                        &self.metrics,
+                        appending.acks,
+                        NotQueued::Stopped,
+                        spans,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Fails the waiting clients (they retry), or counts the spans as dropped when no client
+/// waits for them.
+pub(super) fn refuse(name: &str, metrics: &Metrics, acks: Vec<Ack>, reason: NotQueued, spans: u64) {
+    if acks.is_empty() {
+        let drop_reason = match reason {
+            NotQueued::Stopped => DropReason::Shutdown,
+            NotQueued::Full | NotQueued::WriteFailed => DropReason::QueueFull,
+        };
+        metrics.dropped(name, drop_reason, spans);
+    }
+    for ack in acks {
+        ack.fail(reason);
+    }
+}
+
+/// Starts the queue task for `exporter` (opening its persistent queue under
+/// `queue.dir/<name>` if it has one); the task ends when every handle is dropped and the
+/// queue is drained, or when `abandon` is cancelled: what is left is counted as dropped
+/// from memory, or stays on disk and is returned as spans left.
+pub fn spawn<E: Exporter>(
+    name: &str,
+    exporter: E,
+    config: &ExporterConfig,
+    metrics: Arc<Metrics>,
+    abandon: CancellationToken,
+) -> Result<(ExporterHandle, JoinHandle<u64>), OpenError> {
+    let queue = &config.queue;
+    let name: Arc<str> = Arc::from(name);
+    let (inlet, backlog) = match &queue.dir {
+        Some(dir) if queue.persistent => {
+            let disk = open_persistent(&name, &dir.join(dir_name(&name)), config, &metrics)?;
+            let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+            tokio::spawn(write_loop(
+                Arc::clone(&disk),
+                rx,
+                Arc::clone(&name),
+                Arc::clone(&metrics),
+            ));
+            (Inlet::Disk(tx), Backlog::Disk(disk))
+        }
+        _ => {
+            let memory = Arc::new(BoundedQueue::new(
+                queue.span_limit(),
+                usize::try_from(queue.byte_limit()).unwrap_or(usize::MAX),
+                queue.on_full,
+            ));
+            (
+                Inlet::Memory(Closer(Arc::clone(&memory))),
+                Backlog::Memory(memory),
+            )
+        }
+    };
+    let handle = ExporterHandle {
+        name: Arc::clone(&name),
+        inlet: Arc::new(inlet),
+        metrics: Arc::clone(&metrics),
+    };
+    let worker = Worker {
+        name,
+        exporter: Arc::new(exporter),
+        policy: Arc::new(RetryPolicy::from_config(&config.retry)),
+        workers: queue.workers.max(1),
+        metrics,
+        abandon,
+    };
+    Ok((handle, tokio::spawn(worker.run(backlog))))
+}
+
+/// Batches waiting for the writer task; the pipeline waits when it is behind.
+const WRITER_QUEUE: usize = 16;
+
+/// An exporter name as a directory name: anything but letters, digits, `-` and `_` becomes `_`.
+fn dir_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn open_persistent(
+    name: &str,
+    dir: &Path,
+    config: &ExporterConfig,
+    metrics: &Metrics,
+) -> Result<Arc<PersistentQueue>, OpenError> {
+    let queue = &config.queue;
+    let options = LogOptions {
+        max_bytes: queue.byte_limit(),
+        max_spans: queue.span_limit(),
+        fsync: queue.fsync,
+        drop_oldest: queue.on_full == OnFull::DropOldest,
+    };
+    let (disk, recovery) = PersistentQueue::open(dir, options)?;
+    metrics.queue_replayed(name, recovery.spans as u64);
+    metrics.queue_damaged(name, recovery.damaged as u64);
+    if recovery.records > 0 || recovery.damaged > 0 {
+        tracing::info!(
+            exporter = name,
+            dir = %dir.display(),
+            spans = recovery.spans,
+            batches = recovery.records,
+            damaged_records = recovery.damaged,
+            "Persistent queue: delivering what the previous run left"
+        );
+    }
+    Ok(Arc::new(disk))
+}

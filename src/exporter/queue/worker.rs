@@ -1,0 +1,250 @@
+//! The task that exports an exporter's backlog: up to `workers` batches at once, each
+//! delivered with retries, ramping up after an outage instead of flooding the backend.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::memory::BoundedQueue;
+use crate::exporter::persistent::{PersistentQueue, Record};
+use crate::exporter::retry::{Delivery, RetryPolicy, deliver};
+use crate::exporter::{Exporter, Payload};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::DropReason;
+
+/// The batches an exporter's workers take from.
+pub enum Backlog {
+    /// A queue in memory.
+    Memory(Arc<BoundedQueue>),
+    /// A persistent queue.
+    Disk(Arc<PersistentQueue>),
+}
+
+/// One batch taken from the backlog.
+enum Entry {
+    Memory(Arc<Payload>),
+    /// A record of the persistent queue, which it must be marked done in.
+    Disk(Arc<PersistentQueue>, Record),
+}
+
+impl Backlog {
+    async fn next(&self) -> Option<Entry> {
+        match self {
+            Self::Memory(queue) => queue.pop().await.map(Entry::Memory),
+            Self::Disk(queue) => queue
+                .next()
+                .await
+                .map(|record| Entry::Disk(Arc::clone(queue), record)),
+        }
+    }
+}
+
+/// Exports one exporter's backlog.
+pub struct Worker<E> {
+    pub(super) name: Arc<str>,
+    pub(super) exporter: Arc<E>,
+    pub(super) policy: Arc<RetryPolicy>,
+    /// Export requests in flight at once, at most.
+    pub(super) workers: usize,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) abandon: CancellationToken,
+}
+
+impl<E: Exporter> Worker<E> {
+    /// Exports batches, up to `limit` at once: it starts at one, grows by one per batch
+    /// sent at the first attempt up to `workers`, and falls back to one when a batch needed
+    /// retries. So an outage is probed by one request, not `workers`, and a backend that
+    /// comes back (or an agent restarting with a backlog on disk) gets the backlog spread
+    /// out rather than all at once.
+    pub async fn run(self, backlog: Backlog) -> u64 {
+        let mut limit = 1;
+        let mut in_flight = JoinSet::new();
+        'feed: loop {
+            while in_flight.len() >= limit {
+                tokio::select! {
+                    biased;
+                    () = self.abandon.cancelled() => break 'feed,
+                    Some(joined) = in_flight.join_next() => {
+                        limit = self.next_limit(limit, joined.ok());
+                    }
+                }
+            }
+            let entry = tokio::select! {
+                biased;
+                () = self.abandon.cancelled() => break,
+                entry = backlog.next() => match entry {
+                    Some(entry) => entry,
+                    None => break,
+                },
+            };
+            in_flight.spawn(self.export(entry));
+            while let Some(joined) = in_flight.try_join_next() {
+                limit = self.next_limit(limit, joined.ok());
+            }
+        }
+        while in_flight.join_next().await.is_some() {}
+        match &backlog {
+            Backlog::Memory(queue) => {
+                let abandoned = queue.close_and_clear();
+                if abandoned > 0 {
+                    self.metrics
+                        .dropped(&self.name, DropReason::Shutdown, abandoned);
+                }
+                0
+            }
+            Backlog::Disk(queue) => queue.spans() as u64,
+        }
+    }
+
+    fn next_limit(&self, limit: usize, delivery: Option<Delivery>) -> usize {
+        match delivery {
+            Some(Delivery::Sent { retried: true }) => 1,
+            Some(Delivery::Sent { retried: false }) => (limit + 1).min(self.workers),
+            _ => limit,
+        }
+    }
+
+    /// One batch: read (from disk if need be) and encoded on a blocking thread, delivered
+    /// with retries, then removed from the disk unless the agent stopped first.
+    fn export(&self, entry: Entry) -> impl Future<Output = Delivery> + Send + 'static {
+        let (name, exporter, policy, metrics, abandon) = (
+            Arc::clone(&self.name),
+            Arc::clone(&self.exporter),
+            Arc::clone(&self.policy),
+            Arc::clone(&self.metrics),
+            self.abandon.clone(),
+        );
+        async move {
+            let loading = Arc::clone(&exporter);
+            let loaded = tokio::task::spawn_blocking(move || {
+                let (payload, on_disk) = match entry {
+                    Entry::Memory(payload) => (payload, None),
+                    Entry::Disk(queue, mut record) => match queue.load(&mut record) {
+                        Ok(payload) => (payload, Some((queue, record))),
+                        Err(error) => return Err((queue, record, error)),
+                    },
+                };
+                loading.prepare(&payload);
+                Ok((payload, on_disk))
+            })
+            .await;
+            let (payload, on_disk) = match loaded {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err((queue, record, error))) => {
+                    tracing::error!(exporter = %name, %error, spans = record.spans, "Persistent queue: a record could not be read back; it is dropped");
+                    metrics.dropped(&name, DropReason::Damaged, record.spans as u64);
+                    metrics.queue_damaged(&name, 1);
+                    queue.done(&record);
+                    return Delivery::Dropped;
+                }
+                // Only a panic while encoding gets here; the batch went with it.
+                Err(_) => return Delivery::Dropped,
+            };
+            let delivery = deliver(&name, &*exporter, &payload, &policy, &metrics, &abandon).await;
+            match on_disk {
+                Some((queue, record)) if delivery != Delivery::Abandoned => queue.done(&record),
+                None if delivery == Delivery::Abandoned => {
+                    metrics.dropped(&name, DropReason::Shutdown, payload.spans() as u64);
+                }
+                _ => {}
+            }
+            delivery
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::exporter::queue::spawn;
+    use crate::exporter::{Delivered, ExportError};
+    use crate::otlp::{Span, SpanBatch, request_of};
+
+    fn payload(spans: usize) -> Arc<Payload> {
+        let spans = (0..spans).map(|_| Span::default()).collect();
+        Arc::new(Payload::new(SpanBatch::from_request(request_of(spans))))
+    }
+
+    /// Fails while `down` is set, and notes how many exports were in flight at each start.
+    #[derive(Clone, Default)]
+    struct Flaky {
+        down: Arc<std::sync::atomic::AtomicBool>,
+        in_flight: Arc<std::sync::atomic::AtomicUsize>,
+        /// (backend down?, exports in flight including this one) per attempt.
+        starts: Arc<Mutex<Vec<(bool, usize)>>>,
+    }
+
+    impl Exporter for Flaky {
+        async fn export(&self, _: &Payload) -> Result<Delivered, ExportError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let down = self.down.load(SeqCst);
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.starts.lock().expect("lock").push((down, now));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            if down {
+                return Err(ExportError::Retryable {
+                    message: "down".into(),
+                    retry_after: Some(Duration::from_millis(50)),
+                });
+            }
+            Ok(Delivered::default())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_probed_by_one_request_and_the_backlog_ramps_up_after_it() {
+        use crate::config::{ExporterConfig, ExporterProtocol};
+        let flaky = Flaky::default();
+        flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut config = ExporterConfig::new(ExporterProtocol::Console, None);
+        config.queue.workers = 4;
+        let (handle, worker) = spawn(
+            "flaky",
+            flaky.clone(),
+            &config,
+            Arc::default(),
+            CancellationToken::new(),
+        )
+        .expect("memory queue");
+        for _ in 0..40 {
+            handle.send(payload(1), Vec::new()).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(handle);
+        worker.await.expect("drains");
+        let starts = flaky.starts.lock().expect("lock").clone();
+        let during: Vec<usize> = starts
+            .iter()
+            .filter(|(down, _)| *down)
+            .map(|s| s.1)
+            .collect();
+        let after: Vec<usize> = starts
+            .iter()
+            .filter(|(down, _)| !*down)
+            .map(|s| s.1)
+            .collect();
+        assert!(during.len() > 5, "retried during the outage: {during:?}");
+        assert!(
+            during.iter().all(|&n| n == 1),
+            "one probe at a time: {during:?}"
+        );
+        assert_eq!(after.len(), 40, "every batch delivered once");
+        assert_eq!(
+            &after[..2],
+            [1, 1],
+            "the probe, then one more alone: {after:?}"
+        );
+        let full = after.iter().position(|&n| n == 4);
+        assert!(
+            full.is_some_and(|i| i >= 3),
+            "ramps up to workers one at a time: {after:?}"
+        );
+    }
+}
