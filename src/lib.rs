@@ -22,6 +22,10 @@
 //! - [`telemetry`]: the agent's own logs and counters.
 //! - [`app`]: wiring only: builds the parts from the config and runs them until shutdown.
 
+#![forbid(unsafe_code)]
+// Input from outside never unwraps: every failure is an answer or a counted drop.
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod app;
 pub mod config;
 pub mod exporter;

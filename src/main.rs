@@ -1,12 +1,17 @@
 //! The `daena-trace-agent` binary: parses the command line and hands over to the library.
 
+// Everything else forbids unsafe code (`lib.rs`, `cli.rs`); `malloc` alone needs it.
+#![deny(unsafe_code)]
+
 mod cli;
+#[allow(unsafe_code, reason = "mallopt is a C call; it sets a tunable before any thread exists")]
+mod malloc;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    cli::limit_malloc_arenas();
+    malloc::limit_malloc_arenas();
     cli::Cli::parse().execute()
 }
