@@ -35,7 +35,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| json::decode_request(black_box(&json_body)).expect("decodes"))
     });
     group.bench_function("intake_validate_and_queue", |b| {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let (tx, mut rx) = daena_trace_agent::pipeline::queue(1);
         let intake = Intake::new(tx, Arc::default());
         // Without persistent queues `accept` never waits; the runtime only polls it once.
         let runtime = tokio::runtime::Builder::new_current_thread()

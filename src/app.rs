@@ -6,19 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, parse_listen_addr};
 use crate::exporter::{self, ExporterHandle, Fanout};
-use crate::pipeline::{Batcher, Pipeline};
+use crate::pipeline::{self, Batcher, Pipeline};
 use crate::processor;
 use crate::receiver::Intake;
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
+use crate::supervisor::{Supervisor, TaskFailure};
 use crate::telemetry::memory::MemoryLimiter;
+use crate::telemetry::metrics::DropReason;
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -45,13 +45,16 @@ pub enum AppError {
     /// An exporter could not be built.
     #[error(transparent)]
     Exporter(#[from] exporter::BuildError),
-    /// A server stopped with an error while running.
-    #[error("the {server} server failed: {message}")]
-    Server {
-        /// Which server.
-        server: &'static str,
-        /// What happened.
-        message: String,
+    /// A task of the agent failed; the agent stopped in order, and this is what it lost.
+    #[error(
+        "{failure}; stopped: {} acknowledged spans lost in memory, {} abandoned at shutdown_timeout, {} left in persistent queues for the next start",
+        report.lost_spans, report.abandoned_spans, report.spans_left_on_disk
+    )]
+    Failed {
+        /// The task that failed first, and how.
+        failure: TaskFailure,
+        /// What happened to the spans in flight.
+        report: ShutdownReport,
     },
 }
 
@@ -62,6 +65,9 @@ pub struct Agent {
     http: Option<TcpListener>,
     telemetry: Option<TcpListener>,
     metrics: Arc<Metrics>,
+    /// Stages appended after the configured ones, to inject faults in tests.
+    #[cfg(test)]
+    extra_stages: Vec<Box<dyn crate::processor::Processor>>,
 }
 
 /// What happened to the spans in flight when the agent stopped.
@@ -71,6 +77,9 @@ pub struct ShutdownReport {
     pub abandoned_spans: u64,
     /// Spans left in persistent queues, delivered when the agent starts again.
     pub spans_left_on_disk: u64,
+    /// Acknowledged spans still in the pipeline's memory when it stopped: after a failure,
+    /// or past `shutdown_timeout`, they are lost (counted as dropped by the `pipeline` stage).
+    pub lost_spans: u64,
 }
 
 impl Agent {
@@ -95,6 +104,8 @@ impl Agent {
             http,
             telemetry,
             metrics: Arc::default(),
+            #[cfg(test)]
+            extra_stages: Vec::new(),
         })
     }
 
@@ -118,7 +129,8 @@ impl Agent {
         Arc::clone(&self.metrics)
     }
 
-    /// Runs until `shutdown` completes, then stops in order within `shutdown_timeout`.
+    /// Runs until `shutdown` completes, or until a task of the agent fails, then stops in
+    /// order within `shutdown_timeout`. A failure is an error carrying the report.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<ShutdownReport, AppError> {
         let Self {
             config,
@@ -126,71 +138,79 @@ impl Agent {
             http,
             telemetry,
             metrics,
+            #[cfg(test)]
+            extra_stages,
         } = self;
+        let supervisor = Supervisor::new();
         let abandon = CancellationToken::new();
         let mut handles: Vec<ExporterHandle> = Vec::new();
         let mut exporter_tasks = Vec::new();
         for (name, exporter_config) in &config.exporters {
-            let (handle, task) =
-                exporter::start(name, exporter_config, Arc::clone(&metrics), abandon.clone())?;
+            let (handle, task) = exporter::start(
+                name,
+                exporter_config,
+                Arc::clone(&metrics),
+                abandon.clone(),
+                &supervisor,
+            )?;
             handles.push(handle);
             exporter_tasks.push(task);
         }
 
-        let (tx, rx) = mpsc::channel(config.pipeline.max_pending_requests.max(1));
+        let (tx, inbox) = pipeline::queue(config.pipeline.max_pending_requests);
+        let ledger = inbox.ledger();
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
-        let processors = processor::build(
+        #[cfg_attr(not(test), allow(unused_mut))]
+        let mut processors = processor::build(
             &config.processors,
             |name| std::env::var(name).ok(),
             &metrics,
         );
-        let pipeline = tokio::spawn(
-            Pipeline::new(
-                processors,
-                batcher,
-                config.batch.timeout,
-                Fanout::new(handles),
-            )
-            .run(rx),
+        #[cfg(test)]
+        processors.extend(extra_stages);
+        let pipeline = Pipeline::new(
+            processors,
+            batcher,
+            config.batch.timeout,
+            Fanout::new(handles),
         );
+        let pipeline = supervisor.spawn_service("pipeline", pipeline.run(inbox));
 
         let stop_receivers = CancellationToken::new();
         let limiter = MemoryLimiter::start(
             config.memory_limit.soft.0,
             config.memory_limit.hard.0,
             stop_receivers.clone(),
+            &supervisor,
         );
         let mut intake = Intake::new(tx, Arc::clone(&metrics)).with_memory_limit(limiter);
         if config.exporters.values().any(|e| e.queue.persistent) {
             intake = intake.durable();
         }
-        let mut servers = JoinSet::new();
+        let mut servers = Vec::new();
         let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
         if let (Some(listener), Some(receiver)) = (grpc, &config.receivers.otlp.grpc) {
             let server = GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
-            spawn_server(
-                &mut servers,
-                "OTLP/gRPC",
+            servers.push(supervisor.spawn_service(
+                "OTLP/gRPC receiver",
                 server.serve(listener, stop_receivers.clone()),
-            );
+            ));
         }
         if let (Some(listener), Some(receiver)) = (http, &config.receivers.otlp.http) {
             let server = HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
-            spawn_server(
-                &mut servers,
-                "OTLP/HTTP",
+            servers.push(supervisor.spawn_service(
+                "OTLP/HTTP receiver",
                 server.serve(listener, stop_receivers.clone()),
-            );
+            ));
         }
-        // Only the receivers may hold the pipeline's sender: when they stop, it closes.
+        // Only the receivers may hold the pipeline's inlet: when they stop, it closes.
         drop(intake);
         let stop_telemetry = CancellationToken::new();
         let telemetry_task = telemetry.map(|listener| {
-            tokio::spawn(telemetry::server::serve(
-                listener,
-                Arc::clone(&metrics),
-                stop_telemetry.clone(),
-            ))
+            supervisor.spawn_service(
+                "telemetry endpoint",
+                telemetry::server::serve(listener, Arc::clone(&metrics), stop_telemetry.clone()),
+            )
         });
 
         tracing::info!(
@@ -199,22 +219,32 @@ impl Agent {
             describe_exporters(&config)
         );
 
-        let failure = wait_for_shutdown(shutdown, &mut servers).await;
-        tracing::info!(
-            "Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}",
-            config.shutdown_timeout
-        );
+        tokio::select! {
+            () = shutdown => tracing::info!(
+                "Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}",
+                config.shutdown_timeout
+            ),
+            // The supervisor logged it; what follows is the same orderly stop.
+            _ = supervisor.failed() => {}
+        }
+        supervisor.stop();
         let deadline = Instant::now() + config.shutdown_timeout;
         stop_receivers.cancel();
         // In-flight requests finish; past the deadline the servers are cut off.
-        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, servers.join_next()).await {}
-        servers.abort_all();
+        for mut server in servers {
+            if tokio::time::timeout_at(deadline, &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
         let _ = tokio::time::timeout_at(deadline, pipeline).await;
         let mut spans_left_on_disk = 0;
         let mut unfinished = Vec::new();
         for mut task in exporter_tasks {
             match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(left) => spans_left_on_disk += left.unwrap_or(0),
+                Ok(left) => spans_left_on_disk += left.ok().flatten().unwrap_or(0),
                 Err(_) => unfinished.push(task),
             }
         }
@@ -222,26 +252,40 @@ impl Agent {
         // memory, left for the next start when it is on disk.
         abandon.cancel();
         for task in unfinished {
-            spans_left_on_disk += task.await.unwrap_or(0);
+            spans_left_on_disk += task.await.ok().flatten().unwrap_or(0);
         }
         stop_telemetry.cancel();
         if let Some(task) = telemetry_task {
             let _ = task.await;
         }
-        let report = ShutdownReport {
-            abandoned_spans: metrics.dropped_total(crate::telemetry::metrics::DropReason::Shutdown),
-            spans_left_on_disk,
+        let failure = supervisor.failure();
+        // What the pipeline still holds was acknowledged and is lost with the process.
+        let lost_spans = ledger.in_memory();
+        let reason = match failure {
+            Some(_) => DropReason::AgentFailure,
+            None => DropReason::Shutdown,
         };
+        metrics.dropped_in_pipeline(reason, lost_spans);
+        let report = ShutdownReport {
+            abandoned_spans: metrics.dropped_total(DropReason::Shutdown),
+            spans_left_on_disk,
+            lost_spans,
+        };
+        if let Some(failure) = failure {
+            return Err(AppError::Failed { failure, report });
+        }
         match report {
             ShutdownReport {
                 abandoned_spans: 0,
                 spans_left_on_disk: 0,
+                lost_spans: 0,
             } => tracing::info!(
                 "Stopped: every accepted span was handed to the exporters' backends or dropped as counted in /metrics; none abandoned"
             ),
             ShutdownReport {
                 abandoned_spans: 0,
                 spans_left_on_disk,
+                lost_spans: 0,
             } => tracing::info!(
                 spans_left_on_disk,
                 "Stopped after shutdown_timeout; the undelivered spans stay in the persistent queues and are sent when the agent starts again"
@@ -249,16 +293,14 @@ impl Agent {
             ShutdownReport {
                 abandoned_spans,
                 spans_left_on_disk,
+                lost_spans,
             } => tracing::warn!(
-                abandoned_spans,
+                abandoned_spans = abandoned_spans + lost_spans,
                 spans_left_on_disk,
                 "Stopped after shutdown_timeout with spans still undelivered in memory; they are lost"
             ),
         }
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(report),
-        }
+        Ok(report)
     }
 }
 
@@ -272,44 +314,6 @@ async fn listen(key: &'static str, endpoint: &str) -> Result<TcpListener, AppErr
             endpoint: endpoint.to_owned(),
             source,
         })
-}
-
-/// Runs a receiver's server in `servers` under `name`, its error as text.
-fn spawn_server<E: std::fmt::Display>(
-    servers: &mut JoinSet<(&'static str, Result<(), String>)>,
-    name: &'static str,
-    serve: impl Future<Output = Result<(), E>> + Send + 'static,
-) {
-    servers.spawn(async move { (name, serve.await.map_err(|e| e.to_string())) });
-}
-
-/// Waits for the shutdown signal, or for a server to fail (which also means shutting down).
-async fn wait_for_shutdown(
-    shutdown: impl Future<Output = ()>,
-    servers: &mut JoinSet<(&'static str, Result<(), String>)>,
-) -> Option<AppError> {
-    let first_exit = async {
-        match servers.join_next().await {
-            Some(Ok((server, result))) => AppError::Server {
-                server,
-                message: result
-                    .err()
-                    .unwrap_or_else(|| "stopped unexpectedly".to_owned()),
-            },
-            Some(Err(join)) => AppError::Server {
-                server: "receiver",
-                message: join.to_string(),
-            },
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = shutdown => None,
-        error = first_exit => {
-            tracing::error!(error = %error, "A receiver failed; shutting down");
-            Some(error)
-        }
-    }
 }
 
 fn describe_listeners(

@@ -33,4 +33,5 @@ pub mod otlp;
 pub mod pipeline;
 pub mod processor;
 pub mod receiver;
+pub mod supervisor;
 pub mod telemetry;

@@ -4,7 +4,10 @@
 #![deny(unsafe_code)]
 
 mod cli;
-#[allow(unsafe_code, reason = "mallopt is a C call; it sets a tunable before any thread exists")]
+#[allow(
+    unsafe_code,
+    reason = "mallopt is a C call; it sets a tunable before any thread exists"
+)]
 mod malloc;
 
 use std::process::ExitCode;

@@ -36,9 +36,6 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
-    use tokio::sync::mpsc;
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
     use crate::config::{ExporterConfig, ExporterProtocol};
     use crate::exporter::{Delivered, ExportError, Exporter, queue};
@@ -116,17 +113,16 @@ mod tests {
             "disk",
             recorder.clone(),
             &persistent(dir.path(), 1 << 20),
-            Arc::default(),
-            CancellationToken::new(),
+            queue::Tasks::default(),
         )
         .expect("persistent queue");
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = crate::pipeline::queue(8);
         // Both requests wait in the channel before the pipeline starts: they share a batch,
         // which leaves as soon as nothing else is waiting, long before the timeout.
         let (first, first_answer) = with_ack(&["a", "b"]);
         let (second, second_answer) = with_ack(&["c"]);
-        tx.send(first).await.expect("send");
-        tx.send(second).await.expect("send");
+        tx.try_send(first).expect("send");
+        tx.try_send(second).expect("send");
         let pipeline = Pipeline::new(
             Vec::new(),
             Batcher::new(100, 1 << 20),
@@ -165,11 +161,10 @@ mod tests {
             "disk",
             Hung,
             &persistent(dir.path(), 64),
-            Arc::default(),
-            CancellationToken::new(),
+            queue::Tasks::default(),
         )
         .expect("persistent queue");
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = crate::pipeline::queue(8);
         let pipeline = Pipeline::new(
             Vec::new(),
             Batcher::new(1, 1 << 20),
@@ -179,8 +174,8 @@ mod tests {
         tokio::spawn(pipeline.run(rx));
         let (first, first_answer) = with_ack(&["taken, alone in an empty queue"]);
         let (second, second_answer) = with_ack(&["no room"]);
-        tx.send(first).await.expect("send");
-        tx.send(second).await.expect("send");
+        tx.try_send(first).expect("send");
+        tx.try_send(second).expect("send");
         drop(tx);
         assert_eq!(first_answer.await, Ok(Ok(())));
         assert_eq!(

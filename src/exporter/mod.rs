@@ -30,6 +30,7 @@ pub use queue::ExporterHandle;
 
 use crate::config::{ExporterConfig, ExporterProtocol};
 use crate::otlp::{ExportTraceServiceRequest, SpanBatch};
+use crate::supervisor::Supervisor;
 use crate::telemetry::Metrics;
 
 /// One batch ready for the exporters, shared by all of them: encoded and compressed at
@@ -196,32 +197,28 @@ pub enum BuildError {
     },
 }
 
-/// Builds the exporter `name` from its config and starts its queue task, which returns
-/// the spans it left in its persistent queue when it stops.
+/// Builds the exporter `name` from its config and starts its supervised queue task, which
+/// returns the spans it left in its persistent queue when it stops.
 pub fn start(
     name: &str,
     config: &ExporterConfig,
     metrics: Arc<Metrics>,
     abandon: CancellationToken,
-) -> Result<(ExporterHandle, JoinHandle<u64>), BuildError> {
+    supervisor: &Supervisor,
+) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
+    let tasks = queue::Tasks {
+        metrics,
+        abandon,
+        supervisor: supervisor.clone(),
+    };
     let started = match config.protocol {
-        ExporterProtocol::Grpc => queue::spawn(
-            name,
-            OtlpGrpcExporter::new(name, config)?,
-            config,
-            metrics,
-            abandon,
-        ),
-        ExporterProtocol::HttpProtobuf => queue::spawn(
-            name,
-            OtlpHttpExporter::new(name, config)?,
-            config,
-            metrics,
-            abandon,
-        ),
-        ExporterProtocol::Console => {
-            queue::spawn(name, ConsoleExporter::stdout(), config, metrics, abandon)
+        ExporterProtocol::Grpc => {
+            queue::spawn(name, OtlpGrpcExporter::new(name, config)?, config, tasks)
         }
+        ExporterProtocol::HttpProtobuf => {
+            queue::spawn(name, OtlpHttpExporter::new(name, config)?, config, tasks)
+        }
+        ExporterProtocol::Console => queue::spawn(name, ConsoleExporter::stdout(), config, tasks),
     };
     started.map_err(|source| BuildError::Queue {
         exporter: name.to_owned(),

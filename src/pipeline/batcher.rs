@@ -34,6 +34,11 @@ impl Batcher {
         self.pending_spans == 0
     }
 
+    /// Spans waiting.
+    pub fn pending_spans(&self) -> usize {
+        self.pending_spans
+    }
+
     /// Adds `batch`; returns the batches that became full, in order.
     pub fn push(&mut self, batch: SpanBatch) -> Vec<SpanBatch> {
         let mut full = Vec::new();

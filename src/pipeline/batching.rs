@@ -10,6 +10,9 @@ use crate::otlp::SpanBatch;
 pub struct Batching {
     batcher: Batcher,
     waiting: Vec<Ack>,
+    /// Spans in the batcher whose clients were answered already (they came without an
+    /// answer to wait for): what a failure would lose.
+    acknowledged: usize,
 }
 
 /// A batch leaving the batcher, with its shares of the clients' answers.
@@ -21,7 +24,13 @@ impl Batching {
         Self {
             batcher,
             waiting: Vec::new(),
+            acknowledged: 0,
         }
+    }
+
+    /// Spans in the batcher whose clients were answered already.
+    pub fn acknowledged_spans(&self) -> usize {
+        self.acknowledged
     }
 
     /// Whether no span is waiting.
@@ -37,11 +46,20 @@ impl Batching {
     /// Adds a request's spans; returns the batches that became full.
     pub fn push(&mut self, batch: SpanBatch, ack: Option<Ack>) -> Vec<Leaving> {
         let has_ack = ack.is_some();
+        let spans = batch.span_count();
         self.waiting.extend(ack);
         let full = self.batcher.push(batch);
         if full.is_empty() {
+            if !has_ack {
+                self.acknowledged += spans;
+            }
             return Vec::new();
         }
+        self.acknowledged = if has_ack {
+            0
+        } else {
+            self.batcher.pending_spans()
+        };
         let leaving = full
             .into_iter()
             .map(|batch| (batch, self.waiting.clone()))
@@ -59,6 +77,7 @@ impl Batching {
     /// Takes what is waiting, with every waiting answer.
     pub fn flush(&mut self) -> Option<Leaving> {
         let acks = std::mem::take(&mut self.waiting);
+        self.acknowledged = 0;
         match self.batcher.flush() {
             Some(batch) => Some((batch, acks)),
             None => {

@@ -6,13 +6,16 @@
 //!   spans are written.
 //! - [`batcher`]: groups spans into batches bounded by spans and encoded bytes.
 //! - [`batching`]: the batcher plus the answers of the clients whose spans it holds.
+//! - [`ledger`]: the acknowledged spans in the pipeline's memory, for a failure to count.
 //! - [`task`]: the pipeline task.
 
 pub mod ack;
 pub mod batcher;
 pub mod batching;
+pub mod ledger;
 pub mod task;
 
 pub use ack::{Ack, AckWait, NotQueued};
 pub use batcher::Batcher;
-pub use task::{Accepted, Outlet, Pipeline};
+pub use ledger::Ledger;
+pub use task::{Accepted, Inbox, Inlet, Outlet, Pipeline, StageFailure, queue};

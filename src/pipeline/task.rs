@@ -2,6 +2,8 @@
 //! batches, and hands each full batch to the [`Outlet`].
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -10,8 +12,10 @@ use tokio::time::Instant;
 use super::ack::Ack;
 use super::batcher::Batcher;
 use super::batching::Batching;
+use super::ledger::Ledger;
 use crate::otlp::SpanBatch;
 use crate::processor::Processor;
+use crate::supervisor::panic_message;
 
 /// A request a receiver accepted; with persistent queues, the share of its client's
 /// answer that the pipeline hands on with every batch its spans go into.
@@ -22,11 +26,74 @@ pub struct Accepted {
     pub ack: Option<Ack>,
 }
 
+/// The receivers' end of the pipeline's queue; it notes in the [`Ledger`] the spans it
+/// hands over whose clients are answered at once.
+#[derive(Clone)]
+pub struct Inlet {
+    tx: mpsc::Sender<Accepted>,
+    ledger: Arc<Ledger>,
+}
+
+impl Inlet {
+    /// Queues a request for the pipeline, or gives it back when the queue is full or closed.
+    pub fn try_send(&self, accepted: Accepted) -> Result<(), mpsc::error::TrySendError<Accepted>> {
+        let spans = match accepted.ack {
+            Some(_) => 0,
+            None => accepted.batch.span_count() as u64,
+        };
+        // Noted before it is sent, so the pipeline never takes what the ledger lacks.
+        self.ledger.queue(spans);
+        self.tx
+            .try_send(accepted)
+            .inspect_err(|_| self.ledger.taken(spans))
+    }
+}
+
+/// The pipeline's end of its queue, with the ledger it shares with the [`Inlet`].
+pub struct Inbox {
+    rx: mpsc::Receiver<Accepted>,
+    ledger: Arc<Ledger>,
+}
+
+impl Inbox {
+    /// The ledger of what the pipeline holds, for the report when the agent stops.
+    pub fn ledger(&self) -> Arc<Ledger> {
+        Arc::clone(&self.ledger)
+    }
+
+    /// The next request, if one is queued, without waiting.
+    pub fn try_recv(&mut self) -> Result<Accepted, mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
+
+/// The pipeline's queue of `capacity` requests: the receivers' end and the pipeline's.
+pub fn queue(capacity: usize) -> (Inlet, Inbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let ledger = Arc::new(Ledger::default());
+    let inlet = Inlet {
+        tx,
+        ledger: Arc::clone(&ledger),
+    };
+    (inlet, Inbox { rx, ledger })
+}
+
 /// Where the batches leaving the batcher go: the exporters' fan-out.
 pub trait Outlet: Send + 'static {
     /// Takes one batch with the shares of its clients' answers. Waiting here is the
     /// backpressure that fills the pipeline's queue, so the receivers refuse retryably.
     fn send(&self, batch: SpanBatch, acks: Vec<Ack>) -> impl Future<Output = ()> + Send;
+}
+
+/// A processor stage panicked: the pipeline stopped taking requests, delivered what had
+/// passed every stage, and left the rest counted in its [`Ledger`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {stage} stage panicked: {message}")]
+pub struct StageFailure {
+    /// The stage's name.
+    pub stage: &'static str,
+    /// The panic's message.
+    pub message: String,
 }
 
 /// The pipeline between the receivers and the exporters.
@@ -35,6 +102,7 @@ pub struct Pipeline<O> {
     batching: Batching,
     timeout: Duration,
     outlet: O,
+    ledger: Arc<Ledger>,
 }
 
 impl<O: Outlet> Pipeline<O> {
@@ -50,12 +118,17 @@ impl<O: Outlet> Pipeline<O> {
             batching: Batching::new(batcher),
             timeout,
             outlet,
+            ledger: Arc::default(),
         }
     }
 
     /// Runs until every receiver has dropped its sender, then flushes what is batched;
-    /// returning drops the outlet, which lets the exporter queues drain and end.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Accepted>) {
+    /// returning drops the outlet, which lets the exporter queues drain and end. A stage
+    /// that panics ends it early, with the panic, after what can still go was sent.
+    /// It keeps the inbox's ledger up to date with what it holds.
+    pub async fn run(mut self, inbox: Inbox) -> Result<(), StageFailure> {
+        let Inbox { mut rx, ledger } = inbox;
+        self.ledger = ledger;
         // When the oldest span waiting in the batcher must leave, at the latest.
         let mut deadline: Option<Instant> = None;
         let mut release = tokio::time::interval(RELEASE_INTERVAL);
@@ -66,7 +139,10 @@ impl<O: Outlet> Pipeline<O> {
             tokio::select! {
                 received = rx.recv() => {
                     let Some(Accepted { mut batch, ack }) = received else { break };
-                    self.process(0, &mut batch);
+                    let in_hand = self.take(&batch, ack.as_ref());
+                    if let Err(failure) = self.process(0, &mut batch) {
+                        return self.fail(rx, failure, in_hand).await;
+                    }
                     self.admit(batch, ack, &mut deadline).await;
                     // Clients waiting for the durable write are not kept waiting for the
                     // batch to fill: it leaves once no other request is there to join it.
@@ -76,7 +152,9 @@ impl<O: Outlet> Pipeline<O> {
                     }
                 }
                 _ = release.tick(), if holds => {
-                    self.release(&mut deadline, |p, out| p.release_due(out)).await;
+                    if let Err((failure, in_hand)) = self.release(&mut deadline, |p, out| p.release_due(out)).await {
+                        return self.fail(rx, failure, in_hand).await;
+                    }
                 }
                 () = sleep_until(flush_at), if flush_at.is_some() => {
                     self.flush().await;
@@ -84,9 +162,54 @@ impl<O: Outlet> Pipeline<O> {
                 }
             }
         }
-        self.release(&mut deadline, |p, out| p.release_all(out))
-            .await;
+        if let Err((failure, in_hand)) = self
+            .release(&mut deadline, |p, out| p.release_all(out))
+            .await
+        {
+            return self.fail(rx, failure, in_hand).await;
+        }
         self.flush().await;
+        Ok(())
+    }
+
+    /// A stage panicked on a batch: refuse what comes next, send what passed every stage,
+    /// and leave in the ledger, as lost, the acknowledged spans that cannot go on: the
+    /// `in_hand` batch, the requests still queued, what the stages hold.
+    async fn fail(
+        mut self,
+        mut rx: mpsc::Receiver<Accepted>,
+        failure: StageFailure,
+        in_hand: u64,
+    ) -> Result<(), StageFailure> {
+        rx.close();
+        let mut lost = in_hand;
+        // Unprocessed requests cannot skip the stages (redaction among them). Dropping
+        // them drops their answers too: with persistent queues, those clients are refused.
+        while let Ok(Accepted { batch, ack }) = rx.try_recv() {
+            lost += self.take(&batch, ack.as_ref());
+        }
+        self.flush().await;
+        let held: usize = self.processors.iter().map(|p| p.held_spans()).sum();
+        self.ledger.hold(lost + held as u64);
+        Err(failure)
+    }
+
+    /// Takes a request off the queue; returns how many of its spans the client was already
+    /// told are accepted (all of them, unless it waits for a persistent queue).
+    fn take(&mut self, batch: &SpanBatch, ack: Option<&Ack>) -> u64 {
+        if ack.is_some() {
+            return 0;
+        }
+        let spans = batch.span_count() as u64;
+        self.ledger.taken(spans);
+        self.ledger.hold(self.held() + spans);
+        spans
+    }
+
+    /// Acknowledged spans the pipeline holds between requests: in the stages and the batcher.
+    fn held(&self) -> u64 {
+        let in_stages: usize = self.processors.iter().map(|p| p.held_spans()).sum();
+        (in_stages + self.batching.acknowledged_spans()) as u64
     }
 
     /// Sends what the batcher holds.
@@ -94,34 +217,58 @@ impl<O: Outlet> Pipeline<O> {
         if let Some((batch, acks)) = self.batching.flush() {
             self.outlet.send(batch, acks).await;
         }
+        self.ledger.hold(self.held());
     }
 
     /// Runs the processors from index `from` on `batch`, then encodes what they decoded.
-    fn process(&mut self, from: usize, batch: &mut SpanBatch) {
+    /// A panic in a stage is caught here, so the pipeline can still deliver what it holds.
+    fn process(&mut self, from: usize, batch: &mut SpanBatch) -> Result<(), StageFailure> {
         if self.processors.is_empty() {
-            return;
+            return Ok(());
         }
         for processor in &mut self.processors[from..] {
-            processor.process(batch);
+            let stage = processor.name();
+            std::panic::catch_unwind(AssertUnwindSafe(|| processor.process(batch))).map_err(
+                |panic| StageFailure {
+                    stage,
+                    message: panic_message(&*panic),
+                },
+            )?;
         }
         batch.encode_decoded();
+        Ok(())
     }
 
     /// What each processor releases (held spans now due) goes through the ones after it.
+    /// On a panic, also the acknowledged spans that were in hand.
     async fn release(
         &mut self,
         deadline: &mut Option<Instant>,
         take: impl Fn(&mut dyn Processor, &mut SpanBatch),
-    ) {
+    ) -> Result<(), (StageFailure, u64)> {
         for i in 0..self.processors.len() {
             let mut released = SpanBatch::default();
-            take(self.processors[i].as_mut(), &mut released);
+            let processor = &mut self.processors[i];
+            let stage = processor.name();
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                take(processor.as_mut(), &mut released);
+            }))
+            .map_err(|panic| {
+                let failure = StageFailure {
+                    stage,
+                    message: panic_message(&*panic),
+                };
+                (failure, 0)
+            })?;
             if !released.is_empty() {
-                self.process(i + 1, &mut released);
+                let spans = released.span_count() as u64;
+                self.process(i + 1, &mut released)
+                    .map_err(|failure| (failure, spans))?;
                 // Held spans were answered for when the stage took them.
                 self.admit(released, None, deadline).await;
             }
         }
+        Ok(())
     }
 
     /// Adds a batch to the batcher and sends what is full, each full batch with the answers
@@ -130,11 +277,13 @@ impl<O: Outlet> Pipeline<O> {
         if batch.is_empty() {
             // Sampled out or held by a stage: nothing of it is left to write.
             ack.into_iter().for_each(Ack::confirm);
+            self.ledger.hold(self.held());
             return;
         }
         for (batch, acks) in self.batching.push(batch, ack) {
             self.outlet.send(batch, acks).await;
         }
+        self.ledger.hold(self.held());
         *deadline = match *deadline {
             _ if self.batching.is_empty() => None,
             None => Some(Instant::now() + self.timeout),
@@ -218,7 +367,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stages_run_then_batches_leave_on_timeout_and_at_the_end() {
         let recorder = Recorder::default();
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = queue(8);
         let pipeline = Pipeline::new(
             vec![Box::new(Shout)],
             Batcher::new(100, 1 << 20),
@@ -227,8 +376,8 @@ mod tests {
         );
         let task = tokio::spawn(pipeline.run(rx));
 
-        tx.send(accepted(&["scout", "debate"])).await.expect("send");
-        tx.send(accepted(&["commit"])).await.expect("send");
+        tx.try_send(accepted(&["scout", "debate"])).expect("send");
+        tx.try_send(accepted(&["commit"])).expect("send");
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
             recorder.0.lock().expect("lock").is_empty(),
@@ -240,21 +389,24 @@ mod tests {
             vec![vec!["SCOUT", "DEBATE", "COMMIT"]]
         );
 
-        tx.send(accepted(&["late"])).await.expect("send");
+        tx.try_send(accepted(&["late"])).expect("send");
         drop(tx);
-        task.await
-            .expect("pipeline ends when the receivers are gone");
+        let ended = task.await;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "the pipeline ends when the receivers are gone"
+        );
         assert_eq!(recorder.0.lock().expect("lock")[1], vec!["LATE"]);
     }
 
     #[tokio::test]
     async fn a_waiting_client_is_answered_without_waiting_for_the_batch_timeout() {
         let recorder = Recorder::default();
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = queue(8);
         let (ack, answer) = Ack::new();
         let mut request = accepted(&["a"]);
         request.ack = Some(ack);
-        tx.send(request).await.expect("send");
+        tx.try_send(request).expect("send");
         let pipeline = Pipeline::new(
             Vec::new(),
             Batcher::new(100, 1 << 20),

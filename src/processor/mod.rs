@@ -82,6 +82,10 @@ pub trait Processor: Send + 'static {
     fn holds_spans(&self) -> bool {
         false
     }
+    /// Spans held back now (answered for already): what a failure of the agent would lose.
+    fn held_spans(&self) -> usize {
+        0
+    }
     /// Called about every 100 ms: spans the stage held back that are now due go into `out`.
     fn release_due(&mut self, _out: &mut SpanBatch) {}
     /// Called once when the pipeline stops: everything the stage still holds, decided now.

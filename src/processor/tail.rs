@@ -345,6 +345,10 @@ impl Processor for TailSampler {
         true
     }
 
+    fn held_spans(&self) -> usize {
+        self.buffered_spans
+    }
+
     fn release_due(&mut self, out: &mut SpanBatch) {
         self.expire(Instant::now(), out);
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
-use crate::pipeline::{Accepted, Ack, NotQueued};
+use crate::pipeline::{Accepted, Ack, Inlet, NotQueued};
 use crate::telemetry::Metrics;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::RefusalReason;
@@ -82,15 +82,15 @@ impl Refusal {
 /// The receivers' shared entrance to the pipeline.
 #[derive(Clone)]
 pub struct Intake {
-    tx: mpsc::Sender<Accepted>,
+    tx: Inlet,
     metrics: Arc<Metrics>,
     memory: Option<Arc<MemoryLimiter>>,
     durable: bool,
 }
 
 impl Intake {
-    /// An intake feeding `tx`, counting into `metrics`.
-    pub fn new(tx: mpsc::Sender<Accepted>, metrics: Arc<Metrics>) -> Self {
+    /// An intake feeding the pipeline through `tx`, counting into `metrics`.
+    pub fn new(tx: Inlet, metrics: Arc<Metrics>) -> Self {
         Self {
             tx,
             metrics,
@@ -272,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_ids_are_reported_as_partial_success_and_the_rest_is_queued() {
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = crate::pipeline::queue(4);
         let intake = Intake::new(tx, Arc::default());
         let partial = intake
             .accept(
@@ -300,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pipeline_refuses_and_counts_the_spans() {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::pipeline::queue(1);
         let intake = Intake::new(tx, Arc::default());
         let ok = request(vec![span("a", vec![1; 16], vec![2; 8])]);
         assert_eq!(intake.accept("grpc", ok.clone()).await, Ok(None));
@@ -315,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn encoded_requests_stay_encoded_unless_a_span_is_invalid() {
-        let (tx, mut rx) = mpsc::channel(4);
+        let (tx, mut rx) = crate::pipeline::queue(4);
         let intake = Intake::new(tx, Arc::default());
         let good = request(vec![
             span("a", vec![1; 16], vec![2; 8]),
@@ -366,7 +366,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_request_succeeds_without_queueing() {
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = crate::pipeline::queue(1);
         let intake = Intake::new(tx, Arc::default());
         assert_eq!(
             intake

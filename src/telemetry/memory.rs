@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::supervisor::Supervisor;
+
 /// How often the resident set is read.
 const INTERVAL: Duration = Duration::from_millis(100);
 
@@ -75,14 +77,19 @@ impl MemoryLimiter {
     }
 
     /// A limiter that has read the resident set once (so the first request already sees
-    /// it) and keeps reading it every 100 ms on a task until `stop`.
-    pub fn start(soft: u64, hard: u64, stop: CancellationToken) -> Arc<Self> {
+    /// it) and keeps reading it every 100 ms on a supervised task until `stop`.
+    pub fn start(
+        soft: u64,
+        hard: u64,
+        stop: CancellationToken,
+        supervisor: &Supervisor,
+    ) -> Arc<Self> {
         let limiter = Arc::new(Self::new(soft, hard));
         if let Some(rss) = resident_bytes() {
             limiter.update(rss);
         }
         let watched = Arc::clone(&limiter);
-        tokio::spawn(async move {
+        supervisor.spawn_service("memory limiter", async move {
             let mut ticker = tokio::time::interval(INTERVAL);
             loop {
                 tokio::select! {
@@ -91,7 +98,7 @@ impl MemoryLimiter {
                             watched.update(rss);
                         }
                     }
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return Ok::<(), std::convert::Infallible>(()),
                 }
             }
         });

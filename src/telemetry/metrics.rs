@@ -115,6 +115,8 @@ pub enum DropReason {
     QueueFull,
     /// A persistent queue's record no longer matched its checksum when read back.
     Damaged,
+    /// A task of the agent failed (a panic) while the spans were in its memory.
+    AgentFailure,
 }
 
 impl DropReason {
@@ -126,6 +128,7 @@ impl DropReason {
             Self::Shutdown => "shutdown",
             Self::QueueFull => "queue_full",
             Self::Damaged => "damaged",
+            Self::AgentFailure => "agent_failure",
         }
     }
 }
@@ -149,7 +152,7 @@ pub struct Metrics {
     queue_replayed: Family<ExporterLabels, Counter>,
     queue_damaged: Family<ExporterLabels, Counter>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
-    dropped_totals: [AtomicU64; 6],
+    dropped_totals: [AtomicU64; 7],
 }
 
 impl Default for Metrics {
@@ -320,6 +323,18 @@ impl Metrics {
         };
         self.dropped_spans.get_or_create(&labels).inc_by(spans);
         self.dropped_totals[reason as usize].fetch_add(spans, Ordering::Relaxed);
+    }
+
+    /// Counts acknowledged spans the pipeline still held when the agent stopped (after a
+    /// failure, or past `shutdown_timeout`), as dropped by the `pipeline` stage.
+    pub fn dropped_in_pipeline(&self, reason: DropReason, spans: u64) {
+        if spans > 0 {
+            let labels = DropLabels {
+                stage: "pipeline".to_owned(),
+                reason: reason.label(),
+            };
+            self.dropped_spans.get_or_create(&labels).inc_by(spans);
+        }
     }
 
     /// Counts spans a persistent queue found on disk at start-up, left by the previous run.

@@ -21,6 +21,7 @@ use super::retry::RetryPolicy;
 use super::{Exporter, Payload};
 use crate::config::{ExporterConfig, OnFull};
 use crate::pipeline::{Ack, NotQueued};
+use crate::supervisor::Supervisor;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::DropReason;
 
@@ -28,12 +29,12 @@ use crate::telemetry::metrics::DropReason;
 #[derive(Clone)]
 pub struct ExporterHandle {
     name: Arc<str>,
-    inlet: Arc<Inlet>,
+    inlet: Arc<QueueInput>,
     metrics: Arc<Metrics>,
 }
 
 /// Where a handle puts batches.
-enum Inlet {
+enum QueueInput {
     Memory(Closer),
     /// The writer task that appends to the persistent queue.
     Disk(mpsc::Sender<Appending>),
@@ -54,7 +55,7 @@ impl ExporterHandle {
     pub async fn send(&self, payload: Arc<Payload>, acks: Vec<Ack>) {
         let spans = payload.spans() as u64;
         match &*self.inlet {
-            Inlet::Memory(queue) => match queue.0.push(payload).await {
+            QueueInput::Memory(queue) => match queue.0.push(payload).await {
                 Ok(dropped) => {
                     if dropped > 0 {
                         self.metrics
@@ -65,7 +66,7 @@ impl ExporterHandle {
                 // The worker stopped because shutdown_timeout passed.
                 Err(()) => refuse(&self.name, &self.metrics, acks, NotQueued::Stopped, spans),
             },
-            Inlet::Disk(writer) => {
+            QueueInput::Disk(writer) => {
                 if let Err(mpsc::error::SendError(appending)) =
                     writer.send(Appending { payload, acks }).await
                 {
@@ -97,6 +98,17 @@ pub(super) fn refuse(name: &str, metrics: &Metrics, acks: Vec<Ack>, reason: NotQ
     }
 }
 
+/// What an exporter's tasks share with the rest of the agent.
+#[derive(Default)]
+pub struct Tasks {
+    /// The agent's counters.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when `shutdown_timeout` has passed: what is left is abandoned.
+    pub abandon: CancellationToken,
+    /// Watches the tasks: a panic in one fails the agent.
+    pub supervisor: Supervisor,
+}
+
 /// Starts the queue task for `exporter` (opening its persistent queue under
 /// `queue.dir/<name>` if it has one); the task ends when every handle is dropped and the
 /// queue is drained, or when `abandon` is cancelled: what is left is counted as dropped
@@ -105,22 +117,29 @@ pub fn spawn<E: Exporter>(
     name: &str,
     exporter: E,
     config: &ExporterConfig,
-    metrics: Arc<Metrics>,
-    abandon: CancellationToken,
-) -> Result<(ExporterHandle, JoinHandle<u64>), OpenError> {
+    tasks: Tasks,
+) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), OpenError> {
+    let Tasks {
+        metrics,
+        abandon,
+        supervisor,
+    } = tasks;
     let queue = &config.queue;
     let name: Arc<str> = Arc::from(name);
     let (inlet, backlog) = match &queue.dir {
         Some(dir) if queue.persistent => {
             let disk = open_persistent(&name, &dir.join(dir_name(&name)), config, &metrics)?;
             let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-            tokio::spawn(write_loop(
-                Arc::clone(&disk),
-                rx,
-                Arc::clone(&name),
-                Arc::clone(&metrics),
-            ));
-            (Inlet::Disk(tx), Backlog::Disk(disk))
+            supervisor.spawn(
+                format!("exporter {name} (persistent queue writer)"),
+                write_loop(
+                    Arc::clone(&disk),
+                    rx,
+                    Arc::clone(&name),
+                    Arc::clone(&metrics),
+                ),
+            );
+            (QueueInput::Disk(tx), Backlog::Disk(disk))
         }
         _ => {
             let memory = Arc::new(BoundedQueue::new(
@@ -129,7 +148,7 @@ pub fn spawn<E: Exporter>(
                 queue.on_full,
             ));
             (
-                Inlet::Memory(Closer(Arc::clone(&memory))),
+                QueueInput::Memory(Closer(Arc::clone(&memory))),
                 Backlog::Memory(memory),
             )
         }
@@ -140,14 +159,16 @@ pub fn spawn<E: Exporter>(
         metrics: Arc::clone(&metrics),
     };
     let worker = Worker {
-        name,
+        name: Arc::clone(&name),
         exporter: Arc::new(exporter),
         policy: Arc::new(RetryPolicy::from_config(&config.retry)),
         workers: queue.workers.max(1),
         metrics,
         abandon,
+        supervisor: supervisor.clone(),
     };
-    Ok((handle, tokio::spawn(worker.run(backlog))))
+    let task = supervisor.spawn(format!("exporter {name}"), worker.run(backlog));
+    Ok((handle, task))
 }
 
 /// Batches waiting for the writer task; the pipeline waits when it is behind.

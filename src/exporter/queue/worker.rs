@@ -11,6 +11,7 @@ use super::memory::BoundedQueue;
 use crate::exporter::persistent::{PersistentQueue, Record};
 use crate::exporter::retry::{Delivery, RetryPolicy, deliver};
 use crate::exporter::{Exporter, Payload};
+use crate::supervisor::Supervisor;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::DropReason;
 
@@ -50,6 +51,7 @@ pub struct Worker<E> {
     pub(super) workers: usize,
     pub(super) metrics: Arc<Metrics>,
     pub(super) abandon: CancellationToken,
+    pub(super) supervisor: Supervisor,
 }
 
 impl<E: Exporter> Worker<E> {
@@ -58,7 +60,31 @@ impl<E: Exporter> Worker<E> {
     /// retries. So an outage is probed by one request, not `workers`, and a backend that
     /// comes back (or an agent restarting with a backlog on disk) gets the backlog spread
     /// out rather than all at once.
+    ///
+    /// Returns the spans left on disk. A panic while feeding fails the agent; the queue is
+    /// still accounted for: what memory held is counted as dropped, the disk keeps the rest.
     pub async fn run(self, backlog: Backlog) -> u64 {
+        let task = format!("exporter {}", self.name);
+        let fed = self.supervisor.watch(task, self.feed(&backlog)).await;
+        let reason = match fed {
+            Some(()) => DropReason::Shutdown,
+            None => DropReason::AgentFailure,
+        };
+        match &backlog {
+            Backlog::Memory(queue) => {
+                let abandoned = queue.close_and_clear();
+                if abandoned > 0 {
+                    self.metrics.dropped(&self.name, reason, abandoned);
+                }
+                0
+            }
+            Backlog::Disk(queue) => queue.spans() as u64,
+        }
+    }
+
+    /// Takes batches from the backlog and exports them until it is drained and closed, or
+    /// until `abandon`; then waits for the exports in flight.
+    async fn feed(&self, backlog: &Backlog) {
         let mut limit = 1;
         let mut in_flight = JoinSet::new();
         'feed: loop {
@@ -85,17 +111,6 @@ impl<E: Exporter> Worker<E> {
             }
         }
         while in_flight.join_next().await.is_some() {}
-        match &backlog {
-            Backlog::Memory(queue) => {
-                let abandoned = queue.close_and_clear();
-                if abandoned > 0 {
-                    self.metrics
-                        .dropped(&self.name, DropReason::Shutdown, abandoned);
-                }
-                0
-            }
-            Backlog::Disk(queue) => queue.spans() as u64,
-        }
     }
 
     fn next_limit(&self, limit: usize, delivery: Option<Delivery>) -> usize {
@@ -107,16 +122,26 @@ impl<E: Exporter> Worker<E> {
     }
 
     /// One batch: read (from disk if need be) and encoded on a blocking thread, delivered
-    /// with retries, then removed from the disk unless the agent stopped first.
+    /// with retries, then removed from the disk unless the agent stopped first. A panic on
+    /// the way fails the agent: a batch from memory is counted as dropped, one from disk
+    /// stays there for the next start.
     fn export(&self, entry: Entry) -> impl Future<Output = Delivery> + Send + 'static {
-        let (name, exporter, policy, metrics, abandon) = (
+        let (name, exporter, policy, metrics, abandon, supervisor) = (
             Arc::clone(&self.name),
             Arc::clone(&self.exporter),
             Arc::clone(&self.policy),
             Arc::clone(&self.metrics),
             self.abandon.clone(),
+            self.supervisor.clone(),
         );
-        async move {
+        let in_memory = match &entry {
+            Entry::Memory(payload) => payload.spans() as u64,
+            Entry::Disk(..) => 0,
+        };
+        let task = format!("exporter {name}");
+        let counted = Arc::clone(&metrics);
+        let counted_name = Arc::clone(&name);
+        let attempt = async move {
             let loading = Arc::clone(&exporter);
             let loaded = tokio::task::spawn_blocking(move || {
                 let (payload, on_disk) = match entry {
@@ -139,8 +164,15 @@ impl<E: Exporter> Worker<E> {
                     queue.done(&record);
                     return Delivery::Dropped;
                 }
-                // Only a panic while encoding gets here; the batch went with it.
-                Err(_) => return Delivery::Dropped,
+                // A panic while encoding: the supervised attempt fails with it.
+                Err(join) => match join.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Cancelled: the runtime is going away with the batch.
+                    Err(_) => {
+                        metrics.dropped(&name, DropReason::Shutdown, in_memory);
+                        return Delivery::Abandoned;
+                    }
+                },
             };
             let delivery = deliver(&name, &*exporter, &payload, &policy, &metrics, &abandon).await;
             match on_disk {
@@ -151,6 +183,15 @@ impl<E: Exporter> Worker<E> {
                 _ => {}
             }
             delivery
+        };
+        async move {
+            match supervisor.watch(task, attempt).await {
+                Some(delivery) => delivery,
+                None => {
+                    counted.dropped(&counted_name, DropReason::AgentFailure, in_memory);
+                    Delivery::Dropped
+                }
+            }
         }
     }
 }
@@ -208,8 +249,7 @@ mod tests {
             "flaky",
             flaky.clone(),
             &config,
-            Arc::default(),
-            CancellationToken::new(),
+            crate::exporter::queue::Tasks::default(),
         )
         .expect("memory queue");
         for _ in 0..40 {
