@@ -353,3 +353,6 @@ fn describe_exporters(config: &Config) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests;

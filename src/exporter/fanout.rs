@@ -1,6 +1,15 @@
 //! The fan-out: the pipeline's [`Outlet`], handing each batch to every exporter's queue.
+//!
+//! A full, slow or dead exporter never delays the others. While any exporter has room,
+//! a full one sheds the batch for itself (counted as `queue_full` for it); only when every
+//! exporter is full does the pipeline wait, for the first to have room, which is the
+//! backpressure that makes the receivers refuse retryably. With one exporter that is the
+//! plain `on_full: block`: the clients keep their data. (A full persistent queue never
+//! makes the pipeline wait: it refuses the batch's clients, who send it again.)
 
 use std::sync::Arc;
+
+use futures_util::future::select_all;
 
 use super::Payload;
 use super::queue::ExporterHandle;
@@ -20,12 +29,29 @@ impl Fanout {
 }
 
 impl Outlet for Fanout {
-    /// Gives the batch to every exporter, encoded at most once between them, each with its
-    /// own share of the answers waiting for it.
+    /// Gives the batch to every exporter that has room, encoded at most once between them;
+    /// waits only when none has.
     async fn send(&self, batch: SpanBatch, acks: Vec<Ack>) {
         let payload = Arc::new(Payload::new(batch));
-        for exporter in &self.exporters {
-            exporter.send(Arc::clone(&payload), acks.clone()).await;
+        let mut full: Vec<&ExporterHandle> = self
+            .exporters
+            .iter()
+            .filter(|exporter| !exporter.try_send(&payload, &acks))
+            .collect();
+        if !full.is_empty() && full.len() == self.exporters.len() {
+            loop {
+                let rooms = full
+                    .iter()
+                    .map(|exporter| Box::pin(exporter.room(&payload)));
+                let (_, first, _) = select_all(rooms).await;
+                if full[first].try_send(&payload, &acks) {
+                    full.swap_remove(first);
+                    break;
+                }
+            }
+        }
+        for exporter in full {
+            exporter.shed(&payload);
         }
         acks.into_iter().for_each(Ack::confirm);
     }
@@ -181,6 +207,153 @@ mod tests {
         assert_eq!(
             second_answer.await,
             Ok(Err(crate::pipeline::NotQueued::Full))
+        );
+    }
+
+    /// Lets one export through per permit added; what waits stays in flight.
+    #[derive(Clone)]
+    struct Gate {
+        open: Arc<tokio::sync::Semaphore>,
+        passed: Recorder,
+    }
+
+    impl Gate {
+        fn closed() -> Self {
+            Self {
+                open: Arc::new(tokio::sync::Semaphore::new(0)),
+                passed: Recorder::default(),
+            }
+        }
+    }
+
+    impl Exporter for Gate {
+        async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
+            if let Ok(permit) = self.open.acquire().await {
+                permit.forget();
+            }
+            self.passed.export(payload).await
+        }
+    }
+
+    /// A memory queue of one span exporting one batch at a time: one batch in flight and
+    /// one queued fill it.
+    fn tiny(
+        name: &str,
+        exporter: impl Exporter,
+        metrics: &Arc<crate::telemetry::Metrics>,
+    ) -> ExporterHandle {
+        let mut config = ExporterConfig::new(ExporterProtocol::Console, None);
+        config.queue.max_spans = Some(1);
+        config.queue.workers = 1;
+        let tasks = queue::Tasks {
+            metrics: Arc::clone(metrics),
+            ..Default::default()
+        };
+        queue::spawn(name, exporter, &config, tasks)
+            .expect("memory queue")
+            .0
+    }
+
+    fn one_span(name: &str) -> SpanBatch {
+        batch(&[name]).batch
+    }
+
+    fn shed(metrics: &crate::telemetry::Metrics, exporter: &str) -> u64 {
+        let series = format!(
+            "daena_agent_spans_dropped_total{{stage=\"exporter/{exporter}\",reason=\"queue_full\"}} "
+        );
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_dead_exporter_sheds_its_own_load_and_never_delays_the_others() {
+        let metrics = Arc::default();
+        let live = Recorder::default();
+        let (live_queue, _worker) = queue::spawn(
+            "live",
+            live.clone(),
+            &ExporterConfig::new(ExporterProtocol::Console, None),
+            queue::Tasks {
+                metrics: Arc::clone(&metrics),
+                ..Default::default()
+            },
+        )
+        .expect("memory queue");
+        let fanout = Fanout::new(vec![tiny("dead", Hung, &metrics), live_queue]);
+        for i in 0..10 {
+            let name = format!("span {i}");
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                fanout.send(one_span(&name), Vec::new()),
+            )
+            .await;
+            assert!(sent.is_ok(), "batch {i} waited for the dead exporter");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while live.0.lock().expect("lock").len() < 10 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            live.0.lock().expect("lock").len(),
+            10,
+            "the live exporter got every batch"
+        );
+        assert_eq!(shed(&metrics, "live"), 0);
+        // One batch hangs in flight, one may wait in the queue: the rest is shed, counted.
+        let dead = shed(&metrics, "dead");
+        assert!(
+            (8..=9).contains(&dead),
+            "{dead} spans shed by the dead exporter"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_exporter_is_full_the_pipeline_waits_for_the_first_with_room() {
+        let metrics = Arc::default();
+        let (slow, slower) = (Gate::closed(), Gate::closed());
+        let fanout = Fanout::new(vec![
+            tiny("slow", slow.clone(), &metrics),
+            tiny("slower", slower.clone(), &metrics),
+        ]);
+        fanout.send(one_span("in flight"), Vec::new()).await;
+        // Let both workers take it: each exports one batch at a time, and the gates hold them.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        fanout.send(one_span("queued"), Vec::new()).await;
+        let mut waiting = Box::pin(fanout.send(one_span("waits"), Vec::new()));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), &mut waiting)
+                .await
+                .is_err(),
+            "both exporters are full: the pipeline waits (backpressure)"
+        );
+        slow.open.add_permits(1);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the first exporter with room takes the batch");
+        slow.open.add_permits(10);
+        slower.open.add_permits(10);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let names = |gate: &Gate| -> Vec<String> {
+            gate.passed
+                .0
+                .lock()
+                .expect("lock")
+                .iter()
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        assert_eq!(names(&slow), ["in flight", "queued", "waits"]);
+        assert_eq!(names(&slower), ["in flight", "queued"]);
+        assert_eq!(shed(&metrics, "slow"), 0);
+        assert_eq!(
+            shed(&metrics, "slower"),
+            1,
+            "\"waits\" went to the first with room"
         );
     }
 }

@@ -19,6 +19,20 @@ impl Drop for Closer {
     }
 }
 
+/// What a queue did with a batch offered without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Queued; `dropped` older spans were shed to make room (`drop_oldest`).
+    Taken {
+        /// Spans of the oldest batches dropped.
+        dropped: u64,
+    },
+    /// No room now (`on_full: block`).
+    Full,
+    /// The queue no longer takes batches: its worker stopped.
+    Closed,
+}
+
 /// A FIFO of batches bounded by spans and encoded bytes (an empty queue takes any batch).
 pub struct BoundedQueue {
     state: Mutex<QueueState>,
@@ -53,40 +67,60 @@ impl BoundedQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a batch; returns the spans dropped to make room, or `Err` once closed.
-    pub async fn push(&self, payload: Arc<Payload>) -> Result<u64, ()> {
+    /// Adds a batch if there is room now (making room with `drop_oldest`).
+    pub fn offer(&self, payload: &Arc<Payload>) -> Offered {
+        let mut state = self.lock();
+        if state.closed {
+            return Offered::Closed;
+        }
+        let mut dropped = 0;
+        if !self.fits(&state, payload) && self.on_full == OnFull::DropOldest {
+            while !self.fits(&state, payload) {
+                let Some(old) = state.batches.pop_front() else {
+                    break;
+                };
+                state.spans -= old.spans();
+                state.bytes -= old.bytes();
+                dropped += old.spans() as u64;
+            }
+        }
+        if !self.fits(&state, payload) {
+            return Offered::Full;
+        }
+        state.spans += payload.spans();
+        state.bytes += payload.bytes();
+        state.batches.push_back(Arc::clone(payload));
+        drop(state);
+        self.changed.notify_waiters();
+        Offered::Taken { dropped }
+    }
+
+    /// Waits until `payload` fits, or the queue is closed.
+    pub async fn room(&self, payload: &Payload) {
         wait_for(&self.changed, || {
-            let mut state = self.lock();
-            if state.closed {
-                return Some(Err(()));
-            }
-            let fits = |state: &QueueState| {
-                state.batches.is_empty()
-                    || (state.spans + payload.spans() <= self.max_spans
-                        && state.bytes + payload.bytes() <= self.max_bytes)
-            };
-            let mut dropped = 0;
-            if !fits(&state) && self.on_full == OnFull::DropOldest {
-                while !fits(&state) {
-                    let Some(old) = state.batches.pop_front() else {
-                        break;
-                    };
-                    state.spans -= old.spans();
-                    state.bytes -= old.bytes();
-                    dropped += old.spans() as u64;
-                }
-            }
-            if !fits(&state) {
-                return None;
-            }
-            state.spans += payload.spans();
-            state.bytes += payload.bytes();
-            state.batches.push_back(Arc::clone(&payload));
-            drop(state);
-            self.changed.notify_waiters();
-            Some(Ok(dropped))
+            let state = self.lock();
+            (state.closed || self.fits(&state, payload)).then_some(())
         })
-        .await
+        .await;
+    }
+
+    /// Adds a batch, waiting for room; returns the spans dropped to make room, or `Err`
+    /// once closed.
+    pub async fn push(&self, payload: Arc<Payload>) -> Result<u64, ()> {
+        loop {
+            match self.offer(&payload) {
+                Offered::Taken { dropped } => return Ok(dropped),
+                Offered::Closed => return Err(()),
+                Offered::Full => self.room(&payload).await,
+            }
+        }
+    }
+
+    /// An empty queue takes any batch; otherwise both bounds must hold.
+    fn fits(&self, state: &QueueState, payload: &Payload) -> bool {
+        state.batches.is_empty()
+            || (state.spans + payload.spans() <= self.max_spans
+                && state.bytes + payload.bytes() <= self.max_bytes)
     }
 
     /// The oldest batch, waiting for one; `None` once closed and empty.

@@ -8,12 +8,13 @@ pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use self::memory::{BoundedQueue, Closer};
+use self::memory::{BoundedQueue, Closer, Offered};
 use self::worker::{Backlog, Worker};
 use self::writer::{Appending, write_loop};
 use super::persistent::{LogOptions, OpenError, PersistentQueue};
@@ -31,6 +32,8 @@ pub struct ExporterHandle {
     name: Arc<str>,
     inlet: Arc<QueueInput>,
     metrics: Arc<Metrics>,
+    /// Whether the exporter sheds batches its peers took, so that the change is logged once.
+    shedding: Arc<AtomicBool>,
 }
 
 /// Where a handle puts batches.
@@ -46,39 +49,77 @@ impl ExporterHandle {
         &self.name
     }
 
-    /// Queues a batch and confirms `acks` once it is queued (on disk, for a persistent
-    /// queue), or fails them so the clients are told to retry.
-    ///
-    /// A full memory queue waits (`on_full: block`): that wait is the backpressure that
-    /// makes the receivers refuse new data instead of buffering without bound; or it drops
-    /// the oldest batches (`drop_oldest`), counted. A full persistent queue refuses at once.
-    pub async fn send(&self, payload: Arc<Payload>, acks: Vec<Ack>) {
+    /// Queues the batch if there is room now; `false` when the queue is full. A persistent
+    /// queue holds a share of each of `acks` until the batch is on disk; a queue that no
+    /// longer takes batches (its worker stopped) refuses them, which counts as taken.
+    pub fn try_send(&self, payload: &Arc<Payload>, acks: &[Ack]) -> bool {
         let spans = payload.spans() as u64;
-        match &*self.inlet {
-            QueueInput::Memory(queue) => match queue.0.push(payload).await {
-                Ok(dropped) => {
+        let taken = match &*self.inlet {
+            QueueInput::Memory(queue) => match queue.0.offer(payload) {
+                Offered::Taken { dropped } => {
                     if dropped > 0 {
                         self.metrics
                             .dropped(&self.name, DropReason::QueueFull, dropped);
                     }
-                    acks.into_iter().for_each(Ack::confirm);
+                    true
                 }
-                // The worker stopped because shutdown_timeout passed.
-                Err(()) => refuse(&self.name, &self.metrics, acks, NotQueued::Stopped, spans),
-            },
-            QueueInput::Disk(writer) => {
-                if let Err(mpsc::error::SendError(appending)) =
-                    writer.send(Appending { payload, acks }).await
-                {
+                Offered::Full => false,
+                Offered::Closed => {
                     refuse(
                         &self.name,
                         &self.metrics,
-                        appending.acks,
+                        acks.to_vec(),
                         NotQueued::Stopped,
                         spans,
                     );
+                    true
                 }
+            },
+            QueueInput::Disk(writer) => match writer.try_reserve() {
+                Ok(permit) => {
+                    permit.send(Appending {
+                        payload: Arc::clone(payload),
+                        acks: acks.to_vec(),
+                    });
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(())) => false,
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    refuse(
+                        &self.name,
+                        &self.metrics,
+                        acks.to_vec(),
+                        NotQueued::Stopped,
+                        spans,
+                    );
+                    true
+                }
+            },
+        };
+        if taken && self.shedding.swap(false, Ordering::Relaxed) {
+            tracing::info!(exporter = %self.name, "The exporter's queue has room again; it takes new batches");
+        }
+        taken
+    }
+
+    /// Waits until the queue may take `payload` (or no longer takes anything).
+    pub async fn room(&self, payload: &Payload) {
+        match &*self.inlet {
+            QueueInput::Memory(queue) => queue.0.room(payload).await,
+            QueueInput::Disk(writer) => {
+                // The permit goes back at once: only the pipeline sends, so the room stays.
+                let _ = writer.reserve().await;
             }
+        }
+    }
+
+    /// Drops the batch for this exporter alone, counted as `queue_full`: its queue is full
+    /// while other exporters took the batch.
+    pub fn shed(&self, payload: &Payload) {
+        self.metrics
+            .dropped(&self.name, DropReason::QueueFull, payload.spans() as u64);
+        if !self.shedding.swap(true, Ordering::Relaxed) {
+            tracing::warn!(exporter = %self.name, "The exporter's queue is full while other exporters have room: its new batches are dropped (counted as queue_full) until it catches up");
         }
     }
 }
@@ -157,6 +198,7 @@ pub fn spawn<E: Exporter>(
         name: Arc::clone(&name),
         inlet: Arc::new(inlet),
         metrics: Arc::clone(&metrics),
+        shedding: Arc::default(),
     };
     let worker = Worker {
         name: Arc::clone(&name),

@@ -253,7 +253,7 @@ mod tests {
         )
         .expect("memory queue");
         for _ in 0..40 {
-            handle.send(payload(1), Vec::new()).await;
+            assert!(handle.try_send(&payload(1), &[]), "room for 40 spans");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -286,5 +286,38 @@ mod tests {
             full.is_some_and(|i| i >= 3),
             "ramps up to workers one at a time: {after:?}"
         );
+    }
+
+    /// Panics on every export, as an exporter with a bug would.
+    struct Panics;
+
+    impl Exporter for Panics {
+        async fn export(&self, _: &Payload) -> Result<Delivered, ExportError> {
+            panic!("exporter bug")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_export_fails_the_agent_and_its_batch_is_counted_as_lost() {
+        let tasks = crate::exporter::queue::Tasks::default();
+        let (supervisor, metrics) = (tasks.supervisor.clone(), Arc::clone(&tasks.metrics));
+        let config =
+            crate::config::ExporterConfig::new(crate::config::ExporterProtocol::Console, None);
+        let (handle, worker) = spawn("buggy", Panics, &config, tasks).expect("memory queue");
+        assert!(handle.try_send(&payload(5), &[]));
+        let failure = tokio::time::timeout(Duration::from_secs(10), supervisor.failed())
+            .await
+            .expect("the panic is reported");
+        assert_eq!(failure.task, "exporter buggy");
+        assert_eq!(failure.what, "panicked: exporter bug");
+        drop(handle);
+        assert_eq!(
+            worker.await.ok(),
+            Some(Some(0)),
+            "the queue drains and ends"
+        );
+        assert!(metrics.render().contains(
+            "daena_agent_spans_dropped_total{stage=\"exporter/buggy\",reason=\"agent_failure\"} 5"
+        ));
     }
 }
