@@ -138,11 +138,7 @@ impl Agent {
 
         let (tx, rx) = mpsc::channel(config.pipeline.max_pending_requests.max(1));
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
-        let processors = processor::build(
-            &config.processors,
-            |name| std::env::var(name).ok(),
-            &metrics,
-        );
+        let processors = processor::build(&config.processors, &metrics);
         let pipeline =
             tokio::spawn(Pipeline::new(processors, batcher, config.batch.timeout, handles).run(rx));
 

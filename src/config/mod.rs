@@ -74,8 +74,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Loads `path` (or the defaults), expands `${VAR}` from `env`, fills the exporter
-    /// from `OTEL_EXPORTER_OTLP_*` when none is configured, and validates.
+    /// Loads `path` (or the defaults), expands `${VAR}` from `env`, reads the variables
+    /// `processors.daena.resource_from_env` names, fills the exporter from
+    /// `OTEL_EXPORTER_OTLP_*` when none is configured, and validates.
     pub fn load(
         path: Option<&Path>,
         env: &dyn Fn(&str) -> Option<String>,
@@ -98,6 +99,7 @@ impl Config {
                 yaml::parse(&text, path, env).map_err(fail)?
             }
         };
+        config.processors.daena.resolve_resource_from_env(env);
         if config.exporters.is_empty() {
             let (name, exporter) = env::exporter_from_env(env).map_err(fail)?;
             config.exporters.insert(name, exporter);

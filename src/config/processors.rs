@@ -38,6 +38,10 @@ pub struct DaenaConfig {
     /// Resource attributes read from environment variables (the downward-API pattern):
     /// attribute → variable. A variable that is unset or empty adds nothing.
     pub resource_from_env: BTreeMap<String, String>,
+    /// What `resource_from_env` read, attribute → trimmed value, filled by
+    /// [`Config::load`](super::Config::load) so the stage itself reads no environment.
+    #[serde(skip)]
+    pub resource_from_env_values: BTreeMap<String, String>,
     /// Replace resource attributes the service already set with the configured ones.
     #[serde(rename = "override")]
     pub override_existing: bool,
@@ -62,8 +66,25 @@ impl Default for DaenaConfig {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            resource_from_env_values: BTreeMap::new(),
             override_existing: false,
         }
+    }
+}
+
+impl DaenaConfig {
+    /// Reads the variables `resource_from_env` names through `env` into
+    /// `resource_from_env_values`; an unset or blank variable adds nothing.
+    pub fn resolve_resource_from_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        self.resource_from_env_values = self
+            .resource_from_env
+            .iter()
+            .filter_map(|(attribute, variable)| {
+                env(variable)
+                    .filter(|value| !value.trim().is_empty())
+                    .map(|value| (attribute.clone(), value.trim().to_owned()))
+            })
+            .collect();
     }
 }
 

@@ -324,3 +324,31 @@ fn a_persistent_queue_needs_a_dir_and_gets_disk_sized_defaults() {
         (8 << 20, 65_536)
     );
 }
+
+#[test]
+fn load_reads_the_resource_variables_once_and_check_does_not_show_them() {
+    let env = |name: &str| match name {
+        "POD" => Some(" chat-7d9f ".to_owned()),
+        "BLANK" => Some("  ".to_owned()),
+        _ => None,
+    };
+    let config = load_text(
+        "processors:\n  daena:\n    resource_from_env: { k8s.pod.name: POD, host.name: BLANK, k8s.node.name: UNSET }\n",
+        &env,
+    )
+    .expect("valid");
+    assert_eq!(
+        config.processors.daena.resource_from_env_values,
+        [("k8s.pod.name".to_owned(), "chat-7d9f".to_owned())].into(),
+        "trimmed; unset and blank variables add nothing"
+    );
+    assert!(!config.masked().to_yaml().contains("chat-7d9f"));
+    let defaults = Config::load(None, &|name: &str| {
+        (name == "K8S_NAMESPACE_NAME").then(|| "daena".to_owned())
+    })
+    .expect("valid");
+    assert_eq!(
+        defaults.processors.daena.resource_from_env_values["k8s.namespace.name"], "daena",
+        "without a file the default variables are read too"
+    );
+}
