@@ -352,3 +352,86 @@ fn load_reads_the_resource_variables_once_and_check_does_not_show_them() {
         "without a file the default variables are read too"
     );
 }
+
+#[test]
+fn every_yaml_error_is_listed_in_one_run_with_its_key_position_and_line() {
+    let text = errors_of(
+        "batch:\n  max_spans: 10\n  colour: blue\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    timeout: fast\n    retry: { max_intervall: 30s, multiplier: quick, enabled: maybe }\n  broken:\n    protocol: zipkin\nprocessors:\n  sampling:\n    mode: tail\n    policies:\n      - { name: slow, type: latency, threshold: 2 }\n      - { name: errors, typo: errors }\nmemory_limit:\n  soft: 1MiB\n  soft: 2MiB\n",
+    );
+    for expected in [
+        "agent.yaml:3:3: batch.colour: unknown field `colour`, expected one of max_spans, max_bytes, timeout; fix the spelling or remove the key\n      |   colour: blue",
+        "agent.yaml:8:14: exporters.tempo.timeout: \"fast\" is not a duration",
+        "agent.yaml:9:14: exporters.tempo.retry.max_intervall: unknown field `max_intervall`",
+        "agent.yaml:9:46: exporters.tempo.retry.multiplier: quick is not a number",
+        "agent.yaml:9:62: exporters.tempo.retry.enabled: maybe is not true or false",
+        "agent.yaml:11:15: exporters.broken.protocol: unknown variant `zipkin`",
+        "processors.sampling.policies[0].threshold: \"2\" has no unit; write e.g. 2s or 2ms",
+        "processors.sampling.policies[1].typo: unknown field `typo`",
+        "processors.sampling.policies[1]: missing field `type`; add it",
+        "agent.yaml:20:3: memory_limit: duplicate key \"soft\"; keep one of them\n      |   soft: 2MiB",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains(": 10 config errors:"), "{text}");
+    assert!(
+        !text.contains("missing field `protocol`"),
+        "a required key refused for its value is not also missing: {text}"
+    );
+}
+
+#[test]
+fn yaml_errors_point_at_the_original_text_and_never_show_a_secret() {
+    let env = |name: &str| match name {
+        "TOKEN" => Some("tokensecret-123".to_owned()),
+        "LINES" => Some("a\nb\nc".to_owned()),
+        _ => None,
+    };
+    let text = load_text(
+        "exporters:\n  t:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    headers: { x-a: \"${LINES}\", x-b: \"${TOKEN}\" }\n    retry: { multiplier: \"${TOKEN}\", max_intervall: 1s }\n",
+        &env,
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(!text.contains("tokensecret"), "{text}");
+    assert!(
+        text.contains(
+            "agent.yaml:6:26: exporters.t.retry.multiplier: \"${TOKEN}\" is not a number\n      |     retry: { multiplier: \"${TOKEN}\", max_intervall: 1s }"
+        ),
+        "a multi-line value above and a secret before do not move the position: {text}"
+    );
+    assert!(
+        text.contains("agent.yaml:6:38: exporters.t.retry.max_intervall"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_document_is_reported_once() {
+    let text = errors_of("batch: { max_spans: 1\nexporters: [\n");
+    assert!(text.contains(": 1 config error:"), "{text}");
+    let text = errors_of("- just\n- a list\n");
+    assert!(text.contains(": 1 config error:"), "{text}");
+}
+
+#[test]
+fn sizes_are_whole_bytes_or_text_with_a_unit() {
+    for (written, bytes) in [
+        ("2048", 2048),
+        ("\"2048\"", 2048),
+        ("2KiB", 2048),
+        ("2e3", 2000),
+    ] {
+        let config = load_text(&format!("batch: {{ max_bytes: {written} }}\n"), &no_env)
+            .unwrap_or_else(|e| panic!("{written}: {e}"));
+        assert_eq!(config.batch.max_bytes, ByteSize(bytes), "{written}");
+    }
+    for (written, expected) in [
+        ("-2048", "is negative"),
+        ("1500.5", "is not a whole number of bytes"),
+        (".inf", "batch.max_bytes"),
+        ("[1]", "batch.max_bytes"),
+    ] {
+        let text = errors_of(&format!("batch: {{ max_bytes: {written} }}\n"));
+        assert!(text.contains(expected), "{written}: {text}");
+    }
+}
