@@ -109,6 +109,27 @@ fn one_check_lists_typos_in_different_sections_with_their_lines() {
 }
 
 #[test]
+fn absurd_durations_are_config_errors_naming_the_key_and_its_range_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (yaml, expected) in [
+        (
+            "shutdown_timeout: 99999999999999999999999s\n",
+            ":1:19: shutdown_timeout: \"99999999999999999999999s\" is too long; use 0s to 10m",
+        ),
+        (
+            "batch: {timeout: 10000000000000000000s}\n",
+            "batch.timeout: 10000000000000000000s is too long; use 1ms to 1h",
+        ),
+    ] {
+        let path = write_config(dir.path(), yaml);
+        let (code, _, stderr) =
+            run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
+        assert_eq!(code, 1, "{yaml}: {stderr}");
+        assert!(stderr.contains(expected), "{yaml}: {stderr}");
+    }
+}
+
+#[test]
 fn a_missing_config_file_is_a_clear_error() {
     let (code, _, stderr) = run_binary(&["--config", "/nonexistent/agent.yaml"], &[]);
     assert_eq!(code, 1);

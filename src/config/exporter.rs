@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, units};
+use super::{ByteSize, bounds, units};
 
 /// One destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +49,7 @@ pub struct ExporterConfig {
 }
 
 fn default_timeout() -> Duration {
-    Duration::from_secs(10)
+    bounds::EXPORT_TIMEOUT.default
 }
 
 impl ExporterConfig {
@@ -200,9 +200,9 @@ impl Default for RetryConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            initial_interval: Duration::from_secs(1),
-            max_interval: Duration::from_secs(30),
-            max_elapsed: Duration::from_secs(300),
+            initial_interval: bounds::RETRY_INITIAL_INTERVAL.default,
+            max_interval: bounds::RETRY_MAX_INTERVAL.default,
+            max_elapsed: bounds::RETRY_MAX_ELAPSED.default,
             multiplier: 2.0,
         }
     }
@@ -238,7 +238,7 @@ impl Default for QueueConfig {
             max_spans: None,
             max_bytes: None,
             on_full: OnFull::Block,
-            workers: 4,
+            workers: bounds::QUEUE_WORKERS.default,
             persistent: false,
             dir: None,
             fsync: Fsync::Batch,
@@ -251,7 +251,7 @@ impl QueueConfig {
     pub fn span_limit(&self) -> usize {
         match (self.max_spans, self.persistent) {
             (Some(spans), _) => spans,
-            (None, false) => 65_536,
+            (None, false) => bounds::QUEUE_MAX_SPANS.default,
             (None, true) => usize::MAX,
         }
     }
@@ -260,8 +260,8 @@ impl QueueConfig {
     pub fn byte_limit(&self) -> u64 {
         match (self.max_bytes, self.persistent) {
             (Some(bytes), _) => bytes.0,
-            (None, false) => 8 << 20,
-            (None, true) => 1 << 30,
+            (None, false) => bounds::QUEUE_MAX_BYTES.default.0,
+            (None, true) => bounds::PERSISTENT_QUEUE_MAX_BYTES.default.0,
         }
     }
 }

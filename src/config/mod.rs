@@ -1,6 +1,7 @@
 //! The agent's configuration: one YAML file, `${VAR}` expansion, defaults in one place,
 //! validation that reports every problem at once, and the `OTEL_EXPORTER_OTLP_*` fallback.
 
+mod bounds;
 mod env;
 mod error;
 mod exporter;
@@ -68,7 +69,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             telemetry: TelemetryConfig::default(),
             memory_limit: MemoryLimitConfig::default(),
-            shutdown_timeout: Duration::from_secs(10),
+            shutdown_timeout: bounds::SHUTDOWN_TIMEOUT.default,
         }
     }
 }

@@ -1,10 +1,10 @@
 //! `batch`, `pipeline` and `memory_limit`: how spans flow from the receivers to the exporters.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, units};
+use std::time::Duration;
+
+use super::{ByteSize, bounds, units};
 
 /// Batching: a batch leaves when it has `max_spans` spans or `max_bytes`, or after `timeout`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,9 +22,9 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_spans: 8192,
-            max_bytes: ByteSize(1 << 20),
-            timeout: Duration::from_millis(200),
+            max_spans: bounds::BATCH_MAX_SPANS.default,
+            max_bytes: bounds::BATCH_MAX_BYTES.default,
+            timeout: bounds::BATCH_TIMEOUT.default,
         }
     }
 }
@@ -40,7 +40,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            max_pending_requests: 64,
+            max_pending_requests: bounds::MAX_PENDING_REQUESTS.default,
         }
     }
 }
@@ -58,8 +58,8 @@ pub struct MemoryLimitConfig {
 impl Default for MemoryLimitConfig {
     fn default() -> Self {
         Self {
-            soft: ByteSize(256 << 20),
-            hard: ByteSize(320 << 20),
+            soft: bounds::MEMORY_SOFT.default,
+            hard: bounds::MEMORY_HARD.default,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::units;
+use super::{bounds, units};
 
 /// The processor stages; they always run in the order daena → redact → limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -150,10 +150,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            max_attribute_value_length: 4096,
-            max_attributes: 128,
-            max_events: 128,
-            max_links: 128,
+            max_attribute_value_length: bounds::MAX_ATTRIBUTE_VALUE_LENGTH.default,
+            max_attributes: bounds::MAX_ATTRIBUTES.default,
+            max_events: bounds::MAX_EVENTS.default,
+            max_links: bounds::MAX_LINKS.default,
         }
     }
 }
@@ -188,10 +188,10 @@ impl Default for SamplingConfig {
         Self {
             mode: SamplingMode::Head,
             ratio: None,
-            decision_wait: Duration::from_secs(5),
-            max_traces: 50_000,
-            max_buffered_spans: 500_000,
-            decision_cache: 100_000,
+            decision_wait: bounds::DECISION_WAIT.default,
+            max_traces: bounds::MAX_TRACES.default,
+            max_buffered_spans: bounds::MAX_BUFFERED_SPANS.default,
+            decision_cache: bounds::DECISION_CACHE.default,
             coherent_by: None,
             policies: Vec::new(),
         }
@@ -259,7 +259,7 @@ impl PolicyConfig {
         Self {
             name: name.into(),
             kind,
-            threshold: Duration::ZERO,
+            threshold: bounds::LATENCY_THRESHOLD.default,
             key: None,
             values: Vec::new(),
             at_least: None,

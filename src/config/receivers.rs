@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ByteSize;
+use super::{ByteSize, bounds};
 
 /// The receivers section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,5 +57,5 @@ impl ReceiverEndpointConfig {
 }
 
 fn default_max_request_size() -> ByteSize {
-    ByteSize(8 << 20)
+    bounds::MAX_REQUEST_SIZE.default
 }

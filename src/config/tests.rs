@@ -1,3 +1,5 @@
+use proptest::prelude::*;
+
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {
@@ -92,7 +94,7 @@ fn validation_reports_every_problem_at_once() {
         "exporters.b.endpoint: \"ftp://x\" must start with http:// or https://",
         "exporters.c.endpoint: the console exporter",
         "exporters.c.queue.workers",
-        "batch.max_spans: must be at least 1 (got 0)",
+        "batch.max_spans: 0 is too small; use 1 to 1000000",
         "telemetry.log_level",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
@@ -227,8 +229,8 @@ fn processor_settings_are_validated_together() {
         "processors.daena.service_name: is empty",
         "processors.daena.resource_from_env.k8s.pod.name: names no environment variable",
         "processors.redact.keys[1]: \"._\" has no word to match",
-        "processors.limits.max_attribute_value_length: must be at least 32 bytes (got 8)",
-        "processors.limits.max_attributes: must be at least 1",
+        "processors.limits.max_attribute_value_length: 8 is too small; use 32 to 16777216",
+        "processors.limits.max_attributes: 0 is too small; use 1 to 65536",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -259,7 +261,7 @@ fn sampling_settings_are_validated_with_examples() {
     );
     for expected in [
         "processors.sampling.ratio: in tail mode, give the ratio as a policy",
-        "processors.sampling.max_traces: must be at least 1",
+        "processors.sampling.max_traces: 0 is too small; use 1 to 10000000",
         "processors.sampling.policies[0]: type latency needs threshold: 2s",
         "processors.sampling.policies[1].name: \"slow\" must be a non-empty name no other policy has",
         "processors.sampling.policies[1]: type attribute needs key and either values",
@@ -434,4 +436,178 @@ fn sizes_are_whole_bytes_or_text_with_a_unit() {
         let text = errors_of(&format!("batch: {{ max_bytes: {written} }}\n"));
         assert!(text.contains(expected), "{written}: {text}");
     }
+}
+
+/// Every duration, size and count in the config: its key, and a valid value.
+const QUANTITIES: &[(&str, &str)] = &[
+    ("receivers.otlp.grpc.max_request_size", "8MiB"),
+    ("receivers.otlp.http.max_request_size", "8MiB"),
+    ("exporters.t.timeout", "10s"),
+    ("exporters.t.retry.initial_interval", "1s"),
+    ("exporters.t.retry.max_interval", "30s"),
+    ("exporters.t.retry.max_elapsed", "5m"),
+    ("exporters.t.queue.max_spans", "65536"),
+    ("exporters.t.queue.max_bytes", "8MiB"),
+    ("exporters.t.queue.workers", "4"),
+    ("exporters.disk.queue.max_spans", "100000"),
+    ("exporters.disk.queue.max_bytes", "1GiB"),
+    ("processors.limits.max_attribute_value_length", "4096"),
+    ("processors.limits.max_attributes", "128"),
+    ("processors.limits.max_events", "128"),
+    ("processors.limits.max_links", "128"),
+    ("processors.sampling.decision_wait", "5s"),
+    ("processors.sampling.max_traces", "50000"),
+    ("processors.sampling.max_buffered_spans", "500000"),
+    ("processors.sampling.decision_cache", "100000"),
+    ("processors.sampling.policies[0].threshold", "2s"),
+    ("batch.max_spans", "8192"),
+    ("batch.max_bytes", "1MiB"),
+    ("batch.timeout", "200ms"),
+    ("pipeline.max_pending_requests", "64"),
+    ("memory_limit.soft", "256MiB"),
+    ("memory_limit.hard", "320MiB"),
+    ("shutdown_timeout", "10s"),
+];
+
+/// A config setting every quantity, `values` in the order of [`QUANTITIES`].
+fn config_with(values: &[String]) -> String {
+    let v = |key: &str| {
+        let i = QUANTITIES
+            .iter()
+            .position(|(k, _)| *k == key)
+            .expect("a quantity");
+        values[i].as_str()
+    };
+    format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n\
+         exporters:\n  t:\n    protocol: console\n    timeout: {}\n    retry: {{ initial_interval: {}, max_interval: {}, max_elapsed: {} }}\n    queue: {{ max_spans: {}, max_bytes: {}, workers: {} }}\n  \
+         disk:\n    protocol: console\n    queue: {{ persistent: true, dir: /nonexistent/daena-queue, max_spans: {}, max_bytes: {} }}\n\
+         processors:\n  limits: {{ max_attribute_value_length: {}, max_attributes: {}, max_events: {}, max_links: {} }}\n  \
+         sampling:\n    mode: tail\n    decision_wait: {}\n    max_traces: {}\n    max_buffered_spans: {}\n    decision_cache: {}\n    policies:\n      - {{ name: slow, type: latency, threshold: {} }}\n\
+         batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
+        v("receivers.otlp.grpc.max_request_size"),
+        v("receivers.otlp.http.max_request_size"),
+        v("exporters.t.timeout"),
+        v("exporters.t.retry.initial_interval"),
+        v("exporters.t.retry.max_interval"),
+        v("exporters.t.retry.max_elapsed"),
+        v("exporters.t.queue.max_spans"),
+        v("exporters.t.queue.max_bytes"),
+        v("exporters.t.queue.workers"),
+        v("exporters.disk.queue.max_spans"),
+        v("exporters.disk.queue.max_bytes"),
+        v("processors.limits.max_attribute_value_length"),
+        v("processors.limits.max_attributes"),
+        v("processors.limits.max_events"),
+        v("processors.limits.max_links"),
+        v("processors.sampling.decision_wait"),
+        v("processors.sampling.max_traces"),
+        v("processors.sampling.max_buffered_spans"),
+        v("processors.sampling.decision_cache"),
+        v("processors.sampling.policies[0].threshold"),
+        v("batch.max_spans"),
+        v("batch.max_bytes"),
+        v("batch.timeout"),
+        v("pipeline.max_pending_requests"),
+        v("memory_limit.soft"),
+        v("memory_limit.hard"),
+        v("shutdown_timeout"),
+    )
+}
+
+/// Whether an error about `key` names it: by its key, or by the rule it breaks.
+fn names(error: &ConfigError, key: &str) -> bool {
+    let text = format!("{}: {}", error.path, error.message);
+    text.contains(key)
+        || match key {
+            "memory_limit.soft" | "memory_limit.hard" => text.starts_with("memory_limit: soft ("),
+            "processors.sampling.policies[0].threshold" => {
+                text.starts_with("processors.sampling.policies[0]: type latency needs threshold")
+            }
+            _ => false,
+        }
+}
+
+/// A number (huge, fractional, zero, negative, exponent, not a number) and a unit, valid
+/// or not, sometimes quoted.
+fn any_quantity() -> impl Strategy<Value = String> {
+    let number = prop_oneof![
+        (0u64..5000).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|n| n.to_string()),
+        "[0-9]{18,30}",
+        "-?[0-9]{1,4}(\\.[0-9]{1,3})?([eE][-+]?[0-9]{1,3})?",
+        Just("NaN".to_owned()),
+        Just("inf".to_owned()),
+    ];
+    let unit = prop::sample::select(vec![
+        "", "", "ns", "us", "ms", "s", "m", "h", "B", "KiB", "MiB", "GiB", "TiB", "KB", "GB", "x",
+        " s",
+    ]);
+    (number, unit, any::<bool>()).prop_map(|(number, unit, quoted)| {
+        let text = format!("{number}{unit}");
+        if quoted { format!("\"{text}\"") } else { text }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    /// One setting at a time: `load` answers (never panics) with a valid config or with
+    /// errors that all name that setting, and an out-of-range one says the range.
+    #[test]
+    fn any_value_in_any_quantity_loads_or_names_its_key(
+        field in 0..QUANTITIES.len(),
+        value in any_quantity(),
+    ) {
+        let mut values: Vec<String> = QUANTITIES.iter().map(|(_, v)| (*v).to_owned()).collect();
+        values[field] = value.clone();
+        let key = QUANTITIES[field].0;
+        if let Err(errors) = load_text(&config_with(&values), &no_env) {
+            for error in &errors.errors {
+                prop_assert!(names(error, key), "{key}: {value}: {errors}");
+                let text = &error.message;
+                if text.contains(" is too ") {
+                    prop_assert!(text.contains("; use "), "{key}: {value}: {errors}");
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every setting at once: every error names one of them.
+    #[test]
+    fn any_values_in_every_quantity_load_or_name_their_keys(
+        values in prop::collection::vec(any_quantity(), QUANTITIES.len()),
+    ) {
+        if let Err(errors) = load_text(&config_with(&values), &no_env) {
+            for error in &errors.errors {
+                prop_assert!(
+                    QUANTITIES.iter().any(|(key, _)| names(error, key)),
+                    "{errors}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_valid_values_of_the_property_tests_load() {
+    let values: Vec<String> = QUANTITIES.iter().map(|(_, v)| (*v).to_owned()).collect();
+    let config = load_text(&config_with(&values), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.exporters["disk"].queue.byte_limit(), 1 << 30);
+}
+
+#[test]
+fn every_default_is_within_its_range() {
+    let config = load_text(
+        "exporters:\n  memory: { protocol: console }\n  disk: { protocol: console, queue: { persistent: true, dir: /nonexistent/q } }\nprocessors:\n  sampling:\n    mode: tail\n    policies: [{ name: slow, type: latency, threshold: 2s }]\n",
+        &no_env,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.batch, BatchConfig::default());
+    assert_eq!(config.exporters["disk"].queue.byte_limit(), 1 << 30);
 }

@@ -212,9 +212,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// Writes a duration the way the config reads it, shortest unit first that is exact.
+/// Writes a duration the way the config reads it, in the largest unit that is exact.
 pub fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
     for (unit, size) in [
         ("h", 3_600_000_000_000u128),
         ("m", 60_000_000_000),

@@ -2,9 +2,10 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+use super::units::format_duration;
 use super::{
-    Config, ConfigError, ExporterConfig, ExporterProtocol, MIN_VALUE_LENGTH, PolicyKind,
-    ProcessorsConfig, SamplingConfig, SamplingMode, TlsConfig,
+    Config, ConfigError, ExporterConfig, ExporterProtocol, PolicyKind, ProcessorsConfig,
+    SamplingConfig, SamplingMode, TlsConfig, bounds,
 };
 
 impl Config {
@@ -28,12 +29,11 @@ impl Config {
                 Ok(addr) => listening.push((key, protocol, addr, &receiver.endpoint)),
                 Err(message) => errors.push(ConfigError::new(format!("{key}.endpoint"), message)),
             }
-            if receiver.max_request_size.0 == 0 {
-                errors.push(ConfigError::new(
-                    format!("{key}.max_request_size"),
-                    "must be more than 0 bytes",
-                ));
-            }
+            bounds::MAX_REQUEST_SIZE.check(
+                &format!("{key}.max_request_size"),
+                receiver.max_request_size,
+                &mut errors,
+            );
         }
         if let [(_, _, a, _), (_, _, b, _)] = listening[..]
             && a == b
@@ -44,30 +44,16 @@ impl Config {
                 format!("{a} is also the gRPC receiver's address; give each its own port"),
             ));
         }
-        if self.batch.max_spans == 0 {
-            errors.push(ConfigError::new(
-                "batch.max_spans",
-                "must be at least 1 (got 0)",
-            ));
-        }
-        if self.batch.max_bytes.0 < 1024 {
-            errors.push(ConfigError::new(
-                "batch.max_bytes",
-                format!("must be at least 1KiB (got {})", self.batch.max_bytes),
-            ));
-        }
-        if self.batch.timeout.is_zero() {
-            errors.push(ConfigError::new(
-                "batch.timeout",
-                "must be more than 0 (e.g. 200ms)",
-            ));
-        }
-        if self.pipeline.max_pending_requests == 0 {
-            errors.push(ConfigError::new(
-                "pipeline.max_pending_requests",
-                "must be at least 1 (got 0)",
-            ));
-        }
+        let batch = &self.batch;
+        bounds::BATCH_MAX_SPANS.check("batch.max_spans", batch.max_spans, &mut errors);
+        bounds::BATCH_MAX_BYTES.check("batch.max_bytes", batch.max_bytes, &mut errors);
+        bounds::BATCH_TIMEOUT.check("batch.timeout", batch.timeout, &mut errors);
+        bounds::MAX_PENDING_REQUESTS.check(
+            "pipeline.max_pending_requests",
+            self.pipeline.max_pending_requests,
+            &mut errors,
+        );
+        bounds::SHUTDOWN_TIMEOUT.check("shutdown_timeout", self.shutdown_timeout, &mut errors);
         if !["trace", "debug", "info", "warn", "error"].contains(&self.telemetry.log_level.as_str())
         {
             errors.push(ConfigError::new(
@@ -85,6 +71,8 @@ impl Config {
         }
         self.processors.validate(&mut errors);
         let memory = &self.memory_limit;
+        bounds::MEMORY_SOFT.check("memory_limit.soft", memory.soft, &mut errors);
+        bounds::MEMORY_HARD.check("memory_limit.hard", memory.hard, &mut errors);
         if memory.soft.0 >= memory.hard.0 {
             errors.push(ConfigError::new(
                 "memory_limit",
@@ -202,23 +190,31 @@ fn validate_exporter(
             ));
         }
     }
-    if exporter.timeout.is_zero() {
-        errors.push(ConfigError::new(
-            format!("{key}.timeout"),
-            "must be more than 0 (e.g. 10s)",
-        ));
-    }
+    bounds::EXPORT_TIMEOUT.check(&format!("{key}.timeout"), exporter.timeout, errors);
     let retry = &exporter.retry;
-    if retry.initial_interval.is_zero() || retry.max_interval.is_zero() {
-        errors.push(ConfigError::new(
-            format!("{key}.retry"),
-            "initial_interval and max_interval must be more than 0",
-        ));
+    for (bound, field, value) in [
+        (
+            bounds::RETRY_INITIAL_INTERVAL,
+            "initial_interval",
+            retry.initial_interval,
+        ),
+        (
+            bounds::RETRY_MAX_INTERVAL,
+            "max_interval",
+            retry.max_interval,
+        ),
+        (bounds::RETRY_MAX_ELAPSED, "max_elapsed", retry.max_elapsed),
+    ] {
+        bound.check(&format!("{key}.retry.{field}"), value, errors);
     }
     if retry.initial_interval > retry.max_interval {
         errors.push(ConfigError::new(
             format!("{key}.retry.initial_interval"),
-            "must not be longer than retry.max_interval",
+            format!(
+                "{} must not be longer than {key}.retry.max_interval ({})",
+                format_duration(retry.initial_interval),
+                format_duration(retry.max_interval)
+            ),
         ));
     }
     if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
@@ -228,12 +224,18 @@ fn validate_exporter(
         ));
     }
     let queue = &exporter.queue;
-    if queue.span_limit() == 0 || queue.byte_limit() == 0 {
-        errors.push(ConfigError::new(
-            format!("{key}.queue"),
-            "max_spans and max_bytes must be at least 1",
-        ));
+    if let Some(spans) = queue.max_spans {
+        bounds::QUEUE_MAX_SPANS.check(&format!("{key}.queue.max_spans"), spans, errors);
     }
+    if let Some(bytes) = queue.max_bytes {
+        let bound = if queue.persistent {
+            bounds::PERSISTENT_QUEUE_MAX_BYTES
+        } else {
+            bounds::QUEUE_MAX_BYTES
+        };
+        bound.check(&format!("{key}.queue.max_bytes"), bytes, errors);
+    }
+    bounds::QUEUE_WORKERS.check(&format!("{key}.queue.workers"), queue.workers, errors);
     match (&queue.dir, queue.persistent) {
         (None, true) => errors.push(ConfigError::new(
             format!("{key}.queue.dir"),
@@ -248,12 +250,6 @@ fn validate_exporter(
             format!("{} is not a directory", dir.display()),
         )),
         _ => {}
-    }
-    if queue.workers == 0 {
-        errors.push(ConfigError::new(
-            format!("{key}.queue.workers"),
-            "must be at least 1 (got 0)",
-        ));
     }
 }
 
@@ -381,20 +377,16 @@ impl ProcessorsConfig {
             }
         }
         let limits = &self.limits;
-        if limits.max_attribute_value_length < MIN_VALUE_LENGTH {
-            errors.push(ConfigError::new(
-                "processors.limits.max_attribute_value_length",
-                format!(
-                    "must be at least {MIN_VALUE_LENGTH} bytes (got {})",
-                    limits.max_attribute_value_length
-                ),
-            ));
-        }
-        if limits.max_attributes == 0 {
-            errors.push(ConfigError::new(
-                "processors.limits.max_attributes",
-                "must be at least 1",
-            ));
+        for (bound, value) in [
+            (
+                bounds::MAX_ATTRIBUTE_VALUE_LENGTH,
+                limits.max_attribute_value_length,
+            ),
+            (bounds::MAX_ATTRIBUTES, limits.max_attributes),
+            (bounds::MAX_EVENTS, limits.max_events),
+            (bounds::MAX_LINKS, limits.max_links),
+        ] {
+            bound.check(bound.key, value, errors);
         }
         if let Some(sampling) = &self.sampling {
             sampling.validate(errors);
@@ -433,27 +425,18 @@ impl SamplingConfig {
                 format!("must be above 0 and at most 1 (got {ratio})"),
             ));
         }
-        for (field, value) in [
-            ("max_traces", self.max_traces),
-            ("max_buffered_spans", self.max_buffered_spans),
-            ("decision_cache", self.decision_cache),
+        for (bound, value) in [
+            (bounds::MAX_TRACES, self.max_traces),
+            (bounds::MAX_BUFFERED_SPANS, self.max_buffered_spans),
+            (bounds::DECISION_CACHE, self.decision_cache),
         ] {
-            if value == 0 {
-                errors.push(ConfigError::new(
-                    format!("{key}.{field}"),
-                    "must be at least 1",
-                ));
-            }
+            bound.check(bound.key, value, errors);
         }
-        if self.decision_wait.is_zero() {
-            errors.push(ConfigError::new(
-                format!("{key}.decision_wait"),
-                "must be above 0",
-            ));
-        }
+        bounds::DECISION_WAIT.check(bounds::DECISION_WAIT.key, self.decision_wait, errors);
         let mut names = std::collections::BTreeSet::new();
         for (i, policy) in self.policies.iter().enumerate() {
             let at = format!("{key}.policies[{i}]");
+            bounds::LATENCY_THRESHOLD.check(&format!("{at}.threshold"), policy.threshold, errors);
             if policy.name.trim().is_empty() || !names.insert(policy.name.as_str()) {
                 errors.push(ConfigError::new(
                     format!("{at}.name"),

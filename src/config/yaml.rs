@@ -6,7 +6,7 @@
 //! serde-saphyr's deserializer does the skipping and notes the key path of each failure,
 //! so every error names its key; serde-saphyr's own messages and positions are kept.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
@@ -18,7 +18,7 @@ use serde::de::{
 };
 
 use super::interpolate::{Expanded, interpolate};
-use super::{Config, ConfigError};
+use super::{Config, ConfigError, bounds};
 
 /// Runs after which the remaining errors are left for the next `check`.
 const MAX_RUNS: usize = 64;
@@ -62,10 +62,16 @@ pub fn parse(
         let tracker = Tracker {
             skip: &skip,
             failed_at: RefCell::new(None),
+            skipping: Cell::new(false),
         };
         // The snippet serde-saphyr can render would show the expanded text; we show the
-        // original line ourselves instead.
-        let options = serde_saphyr::options! { strict_booleans: true, with_snippet: false };
+        // original line ourselves instead. Non-finite floats reach the visitors (which
+        // refuse them with the key) instead of failing a skipped value.
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            with_snippet: false,
+            non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::PassThrough,
+        };
         let result =
             serde_saphyr::with_deserializer_from_str_with_options(&expanded.text, options, |de| {
                 Config::deserialize(Recover {
@@ -85,9 +91,11 @@ pub fn parse(
             break;
         }
         let at = tracker.failed_at.take().unwrap_or_default();
-        // A required key that was skipped for its own error is not missing as well.
-        let consequence = matches!(&error, serde_saphyr::Error::SerdeMissingField { field, .. }
-            if skip.contains(&at.child(Segment::Key((*field).to_owned()))));
+        // A value skipped for its own error that cannot even be skipped, or a required key
+        // skipped that way and now missing, is the same error again.
+        let consequence = tracker.skipping.get()
+            || matches!(&error, serde_saphyr::Error::SerdeMissingField { field, .. }
+                if skip.contains(&at.child(Segment::Key((*field).to_owned()))));
         if !consequence {
             errors.push(report(&error, &at, text, &expanded, path));
         }
@@ -143,6 +151,9 @@ fn report(
     secrets.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
     for s in secrets {
         message = message.replace(&s.value, &s.reference);
+    }
+    if let Some(range) = bounds::range_at(at) {
+        message = format!("{message}; use {range}");
     }
     let key = if at.0.is_empty() {
         String::new()
@@ -257,6 +268,8 @@ struct Tracker<'s> {
     skip: &'s BTreeSet<KeyPath>,
     /// The innermost key the run failed at; set once, by the first (deepest) to see it.
     failed_at: RefCell<Option<KeyPath>>,
+    /// Whether the run failed while skipping a value.
+    skipping: Cell<bool>,
 }
 
 impl Tracker<'_> {
@@ -504,7 +517,9 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for RecoverMap<'_, '_, '_, A> {
                 None => return Ok(None),
                 Some(Key::Kept(key)) => return Ok(Some(key)),
                 Some(Key::Skipped) => {
-                    self.inner.next_value::<IgnoredAny>()?;
+                    self.inner
+                        .next_value::<IgnoredAny>()
+                        .inspect_err(|_| self.tracker.skipping.set(true))?;
                 }
             }
         }
@@ -552,7 +567,11 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for RecoverSeq<'_, '_, '_, A> {
             self.next += 1;
             let path = self.path.child(segment.clone());
             if self.tracker.skip.contains(&path) {
-                if self.inner.next_element::<IgnoredAny>()?.is_none() {
+                let skipped = self
+                    .inner
+                    .next_element::<IgnoredAny>()
+                    .inspect_err(|_| self.tracker.skipping.set(true))?;
+                if skipped.is_none() {
                     return Ok(None);
                 }
                 continue;
