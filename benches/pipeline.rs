@@ -89,7 +89,7 @@ fn stages(c: &mut Criterion) {
         ("processor_limits", only(false, false, true)),
     ];
     for (label, config) in configs {
-        let mut processors = processor::build(&config, |_| None, &Arc::default());
+        let mut processors = processor::build(&config, &Arc::default());
         group.bench_function(label, |b| {
             b.iter_batched(
                 // Decoded as the pipeline decodes it (a clone would size every Vec exactly).

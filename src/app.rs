@@ -161,11 +161,7 @@ impl Agent {
         let ledger = inbox.ledger();
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
         #[cfg_attr(not(test), allow(unused_mut))]
-        let mut processors = processor::build(
-            &config.processors,
-            |name| std::env::var(name).ok(),
-            &metrics,
-        );
+        let mut processors = processor::build(&config.processors, &metrics);
         #[cfg(test)]
         processors.extend(extra_stages);
         let pipeline = Pipeline::new(

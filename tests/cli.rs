@@ -83,6 +83,53 @@ fn an_unknown_key_is_refused_with_its_name_and_line() {
 }
 
 #[test]
+fn one_check_lists_typos_in_different_sections_with_their_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "batch:\n  max_spans: 100\n  timout: 1s\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    timeout: ${TEMPO_TIMEOUT}\n";
+    let path = write_config(dir.path(), yaml);
+    let (code, _, stderr) = run_binary(
+        &["check", "--config", path.to_str().expect("path")],
+        &[("TEMPO_TIMEOUT", SECRET)],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("2 config errors"), "{stderr}");
+    assert!(
+        stderr.contains(":3:3: batch.timout: unknown field `timout`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":8:14: exporters.tempo.timeout: \"${TEMPO_TIMEOUT}\" is not a duration"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("|     timeout: ${TEMPO_TIMEOUT}"),
+        "the line as written: {stderr}"
+    );
+    assert!(!stderr.contains(SECRET), "{stderr}");
+}
+
+#[test]
+fn absurd_durations_are_config_errors_naming_the_key_and_its_range_not_panics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (yaml, expected) in [
+        (
+            "shutdown_timeout: 99999999999999999999999s\n",
+            ":1:19: shutdown_timeout: \"99999999999999999999999s\" is too long; use 0s to 10m",
+        ),
+        (
+            "batch: {timeout: 10000000000000000000s}\n",
+            "batch.timeout: 10000000000000000000s is too long; use 1ms to 1h",
+        ),
+    ] {
+        let path = write_config(dir.path(), yaml);
+        let (code, _, stderr) =
+            run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
+        assert_eq!(code, 1, "{yaml}: {stderr}");
+        assert!(stderr.contains(expected), "{yaml}: {stderr}");
+    }
+}
+
+#[test]
 fn a_missing_config_file_is_a_clear_error() {
     let (code, _, stderr) = run_binary(&["--config", "/nonexistent/agent.yaml"], &[]);
     assert_eq!(code, 1);

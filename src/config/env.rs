@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Compression, ConfigError, ExporterConfig, ExporterProtocol};
+use super::{Compression, ConfigError, ExporterConfig, ExporterProtocol, bounds};
 
 /// Reads `OTEL_EXPORTER_OTLP_TRACES_<name>`, else `OTEL_EXPORTER_OTLP_<name>`; returns the variable used too.
 fn variable(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
@@ -98,10 +98,18 @@ pub fn exporter_from_env(
         None => {}
     }
     if let Some((var, timeout)) = variable(env, "TIMEOUT") {
+        let range = bounds::EXPORT_TIMEOUT;
+        let (min, max) = (range.min.as_millis(), range.max.as_millis());
         match timeout.parse::<u64>() {
-            // The specification: 0 means no limit.
-            Ok(0) => exporter.timeout = Duration::from_secs(365 * 24 * 3600),
-            Ok(ms) => exporter.timeout = Duration::from_millis(ms),
+            // The specification: 0 means no limit; ours is the longest accepted.
+            Ok(0) => exporter.timeout = range.max,
+            Ok(ms) if (min..=max).contains(&u128::from(ms)) => {
+                exporter.timeout = Duration::from_millis(ms);
+            }
+            Ok(ms) => errors.push(ConfigError::new(
+                var,
+                format!("{ms} is out of range; use {min} to {max} milliseconds, or 0 for {max}"),
+            )),
             Err(_) => errors.push(ConfigError::new(
                 var,
                 format!("{timeout:?} is not a whole number of milliseconds (e.g. 10000)"),
@@ -292,6 +300,25 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(e.timeout, Duration::from_millis(2500));
+        let (_, unlimited) = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.net"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            unlimited.timeout,
+            Duration::from_secs(600),
+            "0: the longest accepted"
+        );
+        let errors = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.net"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "99999999999999"),
+        ])
+        .expect_err("too long");
+        assert_eq!(
+            errors[0].message,
+            "99999999999999 is out of range; use 1 to 600000 milliseconds, or 0 for 600000"
+        );
         assert_eq!(e.compression, Compression::None);
         assert_eq!(e.tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         let errors = from(&[

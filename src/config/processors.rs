@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, units};
+use super::{bounds, units};
 
 /// The processor stages; they always run in the order daena → redact → limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,6 +38,10 @@ pub struct DaenaConfig {
     /// Resource attributes read from environment variables (the downward-API pattern):
     /// attribute → variable. A variable that is unset or empty adds nothing.
     pub resource_from_env: BTreeMap<String, String>,
+    /// What `resource_from_env` read, attribute → trimmed value, filled by
+    /// [`Config::load`](super::Config::load) so the stage itself reads no environment.
+    #[serde(skip)]
+    pub resource_from_env_values: BTreeMap<String, String>,
     /// Replace resource attributes the service already set with the configured ones.
     #[serde(rename = "override")]
     pub override_existing: bool,
@@ -62,8 +66,25 @@ impl Default for DaenaConfig {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            resource_from_env_values: BTreeMap::new(),
             override_existing: false,
         }
+    }
+}
+
+impl DaenaConfig {
+    /// Reads the variables `resource_from_env` names through `env` into
+    /// `resource_from_env_values`; an unset or blank variable adds nothing.
+    pub fn resolve_resource_from_env(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+        self.resource_from_env_values = self
+            .resource_from_env
+            .iter()
+            .filter_map(|(attribute, variable)| {
+                env(variable)
+                    .filter(|value| !value.trim().is_empty())
+                    .map(|value| (attribute.clone(), value.trim().to_owned()))
+            })
+            .collect();
     }
 }
 
@@ -129,10 +150,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            max_attribute_value_length: 4096,
-            max_attributes: 128,
-            max_events: 128,
-            max_links: 128,
+            max_attribute_value_length: bounds::MAX_ATTRIBUTE_VALUE_LENGTH.default,
+            max_attributes: bounds::MAX_ATTRIBUTES.default,
+            max_events: bounds::MAX_EVENTS.default,
+            max_links: bounds::MAX_LINKS.default,
         }
     }
 }
@@ -167,10 +188,10 @@ impl Default for SamplingConfig {
         Self {
             mode: SamplingMode::Head,
             ratio: None,
-            decision_wait: Duration::from_secs(5),
-            max_traces: 50_000,
-            max_buffered_spans: 500_000,
-            decision_cache: 100_000,
+            decision_wait: bounds::DECISION_WAIT.default,
+            max_traces: bounds::MAX_TRACES.default,
+            max_buffered_spans: bounds::MAX_BUFFERED_SPANS.default,
+            decision_cache: bounds::DECISION_CACHE.default,
             coherent_by: None,
             policies: Vec::new(),
         }
@@ -238,7 +259,7 @@ impl PolicyConfig {
         Self {
             name: name.into(),
             kind,
-            threshold: Duration::ZERO,
+            threshold: bounds::LATENCY_THRESHOLD.default,
             key: None,
             values: Vec::new(),
             at_least: None,
@@ -263,151 +284,3 @@ impl PolicyKind {
 
 /// The shortest `max_attribute_value_length` accepted: room for the marker and some text.
 pub const MIN_VALUE_LENGTH: usize = 32;
-
-impl ProcessorsConfig {
-    /// Adds every problem of the section to `errors`.
-    pub(super) fn validate(&self, errors: &mut Vec<ConfigError>) {
-        let daena = &self.daena;
-        for (key, value) in daena
-            .resource_attributes
-            .iter()
-            .chain(&daena.resource_from_env)
-        {
-            if key.trim().is_empty() {
-                errors.push(ConfigError::new(
-                    "processors.daena",
-                    format!(
-                        "a resource attribute has an empty key (value {value:?}); give it a name"
-                    ),
-                ));
-            }
-        }
-        for (key, variable) in &daena.resource_from_env {
-            if variable.trim().is_empty() {
-                errors.push(ConfigError::new(
-                    format!("processors.daena.resource_from_env.{key}"),
-                    "names no environment variable; write the variable's name, e.g. K8S_POD_NAME",
-                ));
-            }
-        }
-        if daena
-            .service_name
-            .as_deref()
-            .is_some_and(|s| s.trim().is_empty())
-        {
-            errors.push(ConfigError::new(
-                "processors.daena.service_name",
-                "is empty; remove it (the default is daena) or give a name",
-            ));
-        }
-        for (i, key) in self.redact.keys.iter().enumerate() {
-            if key.split(['.', '_', '-']).all(str::is_empty) {
-                errors.push(ConfigError::new(
-                    format!("processors.redact.keys[{i}]"),
-                    format!("{key:?} has no word to match; write e.g. token or api_key"),
-                ));
-            }
-        }
-        let limits = &self.limits;
-        if limits.max_attribute_value_length < MIN_VALUE_LENGTH {
-            errors.push(ConfigError::new(
-                "processors.limits.max_attribute_value_length",
-                format!(
-                    "must be at least {MIN_VALUE_LENGTH} bytes (got {})",
-                    limits.max_attribute_value_length
-                ),
-            ));
-        }
-        if limits.max_attributes == 0 {
-            errors.push(ConfigError::new(
-                "processors.limits.max_attributes",
-                "must be at least 1",
-            ));
-        }
-        if let Some(sampling) = &self.sampling {
-            sampling.validate(errors);
-        }
-    }
-}
-
-/// A ratio is valid in (0, 1] (the consistent-sampling spec's smallest is 2^-56).
-fn valid_ratio(ratio: f64) -> bool {
-    ratio > 0.0 && ratio <= 1.0
-}
-
-impl SamplingConfig {
-    fn validate(&self, errors: &mut Vec<ConfigError>) {
-        let key = "processors.sampling";
-        match (self.mode, self.ratio) {
-            (SamplingMode::Head, None) => errors.push(ConfigError::new(
-                format!("{key}.ratio"),
-                "head sampling needs a ratio, e.g. ratio: 0.1 (or mode: tail with policies)",
-            )),
-            (SamplingMode::Head, Some(_)) if !self.policies.is_empty() => errors.push(
-                ConfigError::new(format!("{key}.policies"), "policies need mode: tail"),
-            ),
-            (SamplingMode::Tail, Some(_)) => errors.push(ConfigError::new(
-                format!("{key}.ratio"),
-                "in tail mode, give the ratio as a policy: { name: baseline, type: ratio, ratio: 0.05 }",
-            )),
-            (SamplingMode::Tail, None) if self.policies.is_empty() => errors.push(
-                ConfigError::new(format!("{key}.policies"), "tail sampling needs at least one policy"),
-            ),
-            _ => {}
-        }
-        if let Some(ratio) = self.ratio.filter(|r| !valid_ratio(*r)) {
-            errors.push(ConfigError::new(
-                format!("{key}.ratio"),
-                format!("must be above 0 and at most 1 (got {ratio})"),
-            ));
-        }
-        for (field, value) in [
-            ("max_traces", self.max_traces),
-            ("max_buffered_spans", self.max_buffered_spans),
-            ("decision_cache", self.decision_cache),
-        ] {
-            if value == 0 {
-                errors.push(ConfigError::new(
-                    format!("{key}.{field}"),
-                    "must be at least 1",
-                ));
-            }
-        }
-        if self.decision_wait.is_zero() {
-            errors.push(ConfigError::new(
-                format!("{key}.decision_wait"),
-                "must be above 0",
-            ));
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, policy) in self.policies.iter().enumerate() {
-            let at = format!("{key}.policies[{i}]");
-            if policy.name.trim().is_empty() || !names.insert(policy.name.as_str()) {
-                errors.push(ConfigError::new(
-                    format!("{at}.name"),
-                    format!(
-                        "{:?} must be a non-empty name no other policy has",
-                        policy.name
-                    ),
-                ));
-            }
-            let missing = match policy.kind {
-                PolicyKind::Errors => None,
-                PolicyKind::Latency => policy.threshold.is_zero().then_some("threshold: 2s"),
-                PolicyKind::Attribute => (policy.key.is_none()
-                    || (policy.values.is_empty() == policy.at_least.is_none()))
-                .then_some("key and either values: [commit] or at_least: 0.10"),
-                PolicyKind::Ratio => (!policy.ratio.is_some_and(valid_ratio))
-                    .then_some("ratio above 0 and at most 1, e.g. ratio: 0.05"),
-                PolicyKind::RateLimit => (!policy.traces_per_second.is_some_and(|r| r > 0.0))
-                    .then_some("traces_per_second above 0, e.g. traces_per_second: 50"),
-            };
-            if let Some(example) = missing {
-                errors.push(ConfigError::new(
-                    at,
-                    format!("type {} needs {example}", policy.kind.name()),
-                ));
-            }
-        }
-    }
-}

@@ -1,3 +1,5 @@
+use proptest::prelude::*;
+
 use super::*;
 
 fn no_env(_: &str) -> Option<String> {
@@ -92,7 +94,7 @@ fn validation_reports_every_problem_at_once() {
         "exporters.b.endpoint: \"ftp://x\" must start with http:// or https://",
         "exporters.c.endpoint: the console exporter",
         "exporters.c.queue.workers",
-        "batch.max_spans: must be at least 1 (got 0)",
+        "batch.max_spans: 0 is too small; use 1 to 1000000",
         "telemetry.log_level",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
@@ -227,8 +229,8 @@ fn processor_settings_are_validated_together() {
         "processors.daena.service_name: is empty",
         "processors.daena.resource_from_env.k8s.pod.name: names no environment variable",
         "processors.redact.keys[1]: \"._\" has no word to match",
-        "processors.limits.max_attribute_value_length: must be at least 32 bytes (got 8)",
-        "processors.limits.max_attributes: must be at least 1",
+        "processors.limits.max_attribute_value_length: 8 is too small; use 32 to 16777216",
+        "processors.limits.max_attributes: 0 is too small; use 1 to 65536",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -259,7 +261,7 @@ fn sampling_settings_are_validated_with_examples() {
     );
     for expected in [
         "processors.sampling.ratio: in tail mode, give the ratio as a policy",
-        "processors.sampling.max_traces: must be at least 1",
+        "processors.sampling.max_traces: 0 is too small; use 1 to 10000000",
         "processors.sampling.policies[0]: type latency needs threshold: 2s",
         "processors.sampling.policies[1].name: \"slow\" must be a non-empty name no other policy has",
         "processors.sampling.policies[1]: type attribute needs key and either values",
@@ -323,4 +325,289 @@ fn a_persistent_queue_needs_a_dir_and_gets_disk_sized_defaults() {
         (memory.byte_limit(), memory.span_limit()),
         (8 << 20, 65_536)
     );
+}
+
+#[test]
+fn load_reads_the_resource_variables_once_and_check_does_not_show_them() {
+    let env = |name: &str| match name {
+        "POD" => Some(" chat-7d9f ".to_owned()),
+        "BLANK" => Some("  ".to_owned()),
+        _ => None,
+    };
+    let config = load_text(
+        "processors:\n  daena:\n    resource_from_env: { k8s.pod.name: POD, host.name: BLANK, k8s.node.name: UNSET }\n",
+        &env,
+    )
+    .expect("valid");
+    assert_eq!(
+        config.processors.daena.resource_from_env_values,
+        [("k8s.pod.name".to_owned(), "chat-7d9f".to_owned())].into(),
+        "trimmed; unset and blank variables add nothing"
+    );
+    assert!(!config.masked().to_yaml().contains("chat-7d9f"));
+    let defaults = Config::load(None, &|name: &str| {
+        (name == "K8S_NAMESPACE_NAME").then(|| "daena".to_owned())
+    })
+    .expect("valid");
+    assert_eq!(
+        defaults.processors.daena.resource_from_env_values["k8s.namespace.name"], "daena",
+        "without a file the default variables are read too"
+    );
+}
+
+#[test]
+fn every_yaml_error_is_listed_in_one_run_with_its_key_position_and_line() {
+    let text = errors_of(
+        "batch:\n  max_spans: 10\n  colour: blue\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    timeout: fast\n    retry: { max_intervall: 30s, multiplier: quick, enabled: maybe }\n  broken:\n    protocol: zipkin\nprocessors:\n  sampling:\n    mode: tail\n    policies:\n      - { name: slow, type: latency, threshold: 2 }\n      - { name: errors, typo: errors }\nmemory_limit:\n  soft: 1MiB\n  soft: 2MiB\n",
+    );
+    for expected in [
+        "agent.yaml:3:3: batch.colour: unknown field `colour`, expected one of max_spans, max_bytes, timeout; fix the spelling or remove the key\n      |   colour: blue",
+        "agent.yaml:8:14: exporters.tempo.timeout: \"fast\" is not a duration",
+        "agent.yaml:9:14: exporters.tempo.retry.max_intervall: unknown field `max_intervall`",
+        "agent.yaml:9:46: exporters.tempo.retry.multiplier: quick is not a number",
+        "agent.yaml:9:62: exporters.tempo.retry.enabled: maybe is not true or false",
+        "agent.yaml:11:15: exporters.broken.protocol: unknown variant `zipkin`",
+        "processors.sampling.policies[0].threshold: \"2\" has no unit; write e.g. 2s or 2ms",
+        "processors.sampling.policies[1].typo: unknown field `typo`",
+        "processors.sampling.policies[1]: missing field `type`; add it",
+        "agent.yaml:20:3: memory_limit: duplicate key \"soft\"; keep one of them\n      |   soft: 2MiB",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains(": 10 config errors:"), "{text}");
+    assert!(
+        !text.contains("missing field `protocol`"),
+        "a required key refused for its value is not also missing: {text}"
+    );
+}
+
+#[test]
+fn yaml_errors_point_at_the_original_text_and_never_show_a_secret() {
+    let env = |name: &str| match name {
+        "TOKEN" => Some("tokensecret-123".to_owned()),
+        "LINES" => Some("a\nb\nc".to_owned()),
+        _ => None,
+    };
+    let text = load_text(
+        "exporters:\n  t:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    headers: { x-a: \"${LINES}\", x-b: \"${TOKEN}\" }\n    retry: { multiplier: \"${TOKEN}\", max_intervall: 1s }\n",
+        &env,
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(!text.contains("tokensecret"), "{text}");
+    assert!(
+        text.contains(
+            "agent.yaml:6:26: exporters.t.retry.multiplier: \"${TOKEN}\" is not a number\n      |     retry: { multiplier: \"${TOKEN}\", max_intervall: 1s }"
+        ),
+        "a multi-line value above and a secret before do not move the position: {text}"
+    );
+    assert!(
+        text.contains("agent.yaml:6:38: exporters.t.retry.max_intervall"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_broken_document_is_reported_once() {
+    let text = errors_of("batch: { max_spans: 1\nexporters: [\n");
+    assert!(text.contains(": 1 config error:"), "{text}");
+    let text = errors_of("- just\n- a list\n");
+    assert!(text.contains(": 1 config error:"), "{text}");
+}
+
+#[test]
+fn sizes_are_whole_bytes_or_text_with_a_unit() {
+    for (written, bytes) in [
+        ("2048", 2048),
+        ("\"2048\"", 2048),
+        ("2KiB", 2048),
+        ("2e3", 2000),
+    ] {
+        let config = load_text(&format!("batch: {{ max_bytes: {written} }}\n"), &no_env)
+            .unwrap_or_else(|e| panic!("{written}: {e}"));
+        assert_eq!(config.batch.max_bytes, ByteSize(bytes), "{written}");
+    }
+    for (written, expected) in [
+        ("-2048", "is negative"),
+        ("1500.5", "is not a whole number of bytes"),
+        (".inf", "batch.max_bytes"),
+        ("[1]", "batch.max_bytes"),
+    ] {
+        let text = errors_of(&format!("batch: {{ max_bytes: {written} }}\n"));
+        assert!(text.contains(expected), "{written}: {text}");
+    }
+}
+
+/// Every duration, size and count in the config: its key, and a valid value.
+const QUANTITIES: &[(&str, &str)] = &[
+    ("receivers.otlp.grpc.max_request_size", "8MiB"),
+    ("receivers.otlp.http.max_request_size", "8MiB"),
+    ("exporters.t.timeout", "10s"),
+    ("exporters.t.retry.initial_interval", "1s"),
+    ("exporters.t.retry.max_interval", "30s"),
+    ("exporters.t.retry.max_elapsed", "5m"),
+    ("exporters.t.queue.max_spans", "65536"),
+    ("exporters.t.queue.max_bytes", "8MiB"),
+    ("exporters.t.queue.workers", "4"),
+    ("exporters.disk.queue.max_spans", "100000"),
+    ("exporters.disk.queue.max_bytes", "1GiB"),
+    ("processors.limits.max_attribute_value_length", "4096"),
+    ("processors.limits.max_attributes", "128"),
+    ("processors.limits.max_events", "128"),
+    ("processors.limits.max_links", "128"),
+    ("processors.sampling.decision_wait", "5s"),
+    ("processors.sampling.max_traces", "50000"),
+    ("processors.sampling.max_buffered_spans", "500000"),
+    ("processors.sampling.decision_cache", "100000"),
+    ("processors.sampling.policies[0].threshold", "2s"),
+    ("batch.max_spans", "8192"),
+    ("batch.max_bytes", "1MiB"),
+    ("batch.timeout", "200ms"),
+    ("pipeline.max_pending_requests", "64"),
+    ("memory_limit.soft", "256MiB"),
+    ("memory_limit.hard", "320MiB"),
+    ("shutdown_timeout", "10s"),
+];
+
+/// A config setting every quantity, `values` in the order of [`QUANTITIES`].
+fn config_with(values: &[String]) -> String {
+    let v = |key: &str| {
+        let i = QUANTITIES
+            .iter()
+            .position(|(k, _)| *k == key)
+            .expect("a quantity");
+        values[i].as_str()
+    };
+    format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n\
+         exporters:\n  t:\n    protocol: console\n    timeout: {}\n    retry: {{ initial_interval: {}, max_interval: {}, max_elapsed: {} }}\n    queue: {{ max_spans: {}, max_bytes: {}, workers: {} }}\n  \
+         disk:\n    protocol: console\n    queue: {{ persistent: true, dir: /nonexistent/daena-queue, max_spans: {}, max_bytes: {} }}\n\
+         processors:\n  limits: {{ max_attribute_value_length: {}, max_attributes: {}, max_events: {}, max_links: {} }}\n  \
+         sampling:\n    mode: tail\n    decision_wait: {}\n    max_traces: {}\n    max_buffered_spans: {}\n    decision_cache: {}\n    policies:\n      - {{ name: slow, type: latency, threshold: {} }}\n\
+         batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
+        v("receivers.otlp.grpc.max_request_size"),
+        v("receivers.otlp.http.max_request_size"),
+        v("exporters.t.timeout"),
+        v("exporters.t.retry.initial_interval"),
+        v("exporters.t.retry.max_interval"),
+        v("exporters.t.retry.max_elapsed"),
+        v("exporters.t.queue.max_spans"),
+        v("exporters.t.queue.max_bytes"),
+        v("exporters.t.queue.workers"),
+        v("exporters.disk.queue.max_spans"),
+        v("exporters.disk.queue.max_bytes"),
+        v("processors.limits.max_attribute_value_length"),
+        v("processors.limits.max_attributes"),
+        v("processors.limits.max_events"),
+        v("processors.limits.max_links"),
+        v("processors.sampling.decision_wait"),
+        v("processors.sampling.max_traces"),
+        v("processors.sampling.max_buffered_spans"),
+        v("processors.sampling.decision_cache"),
+        v("processors.sampling.policies[0].threshold"),
+        v("batch.max_spans"),
+        v("batch.max_bytes"),
+        v("batch.timeout"),
+        v("pipeline.max_pending_requests"),
+        v("memory_limit.soft"),
+        v("memory_limit.hard"),
+        v("shutdown_timeout"),
+    )
+}
+
+/// Whether an error about `key` names it: by its key, or by the rule it breaks.
+fn names(error: &ConfigError, key: &str) -> bool {
+    let text = format!("{}: {}", error.path, error.message);
+    text.contains(key)
+        || match key {
+            "memory_limit.soft" | "memory_limit.hard" => text.starts_with("memory_limit: soft ("),
+            "processors.sampling.policies[0].threshold" => {
+                text.starts_with("processors.sampling.policies[0]: type latency needs threshold")
+            }
+            _ => false,
+        }
+}
+
+/// A number (huge, fractional, zero, negative, exponent, not a number) and a unit, valid
+/// or not, sometimes quoted.
+fn any_quantity() -> impl Strategy<Value = String> {
+    let number = prop_oneof![
+        (0u64..5000).prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|n| n.to_string()),
+        "[0-9]{18,30}",
+        "-?[0-9]{1,4}(\\.[0-9]{1,3})?([eE][-+]?[0-9]{1,3})?",
+        Just("NaN".to_owned()),
+        Just("inf".to_owned()),
+    ];
+    let unit = prop::sample::select(vec![
+        "", "", "ns", "us", "ms", "s", "m", "h", "B", "KiB", "MiB", "GiB", "TiB", "KB", "GB", "x",
+        " s",
+    ]);
+    (number, unit, any::<bool>()).prop_map(|(number, unit, quoted)| {
+        let text = format!("{number}{unit}");
+        if quoted { format!("\"{text}\"") } else { text }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(192))]
+
+    /// One setting at a time: `load` answers (never panics) with a valid config or with
+    /// errors that all name that setting, and an out-of-range one says the range.
+    #[test]
+    fn any_value_in_any_quantity_loads_or_names_its_key(
+        field in 0..QUANTITIES.len(),
+        value in any_quantity(),
+    ) {
+        let mut values: Vec<String> = QUANTITIES.iter().map(|(_, v)| (*v).to_owned()).collect();
+        values[field] = value.clone();
+        let key = QUANTITIES[field].0;
+        if let Err(errors) = load_text(&config_with(&values), &no_env) {
+            for error in &errors.errors {
+                prop_assert!(names(error, key), "{key}: {value}: {errors}");
+                let text = &error.message;
+                if text.contains(" is too ") {
+                    prop_assert!(text.contains("; use "), "{key}: {value}: {errors}");
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every setting at once: every error names one of them.
+    #[test]
+    fn any_values_in_every_quantity_load_or_name_their_keys(
+        values in prop::collection::vec(any_quantity(), QUANTITIES.len()),
+    ) {
+        if let Err(errors) = load_text(&config_with(&values), &no_env) {
+            for error in &errors.errors {
+                prop_assert!(
+                    QUANTITIES.iter().any(|(key, _)| names(error, key)),
+                    "{errors}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_valid_values_of_the_property_tests_load() {
+    let values: Vec<String> = QUANTITIES.iter().map(|(_, v)| (*v).to_owned()).collect();
+    let config = load_text(&config_with(&values), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.exporters["disk"].queue.byte_limit(), 1 << 30);
+}
+
+#[test]
+fn every_default_is_within_its_range() {
+    let config = load_text(
+        "exporters:\n  memory: { protocol: console }\n  disk: { protocol: console, queue: { persistent: true, dir: /nonexistent/q } }\nprocessors:\n  sampling:\n    mode: tail\n    policies: [{ name: slow, type: latency, threshold: 2s }]\n",
+        &no_env,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.batch, BatchConfig::default());
+    assert_eq!(config.exporters["disk"].queue.byte_limit(), 1 << 30);
 }

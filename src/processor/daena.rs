@@ -38,21 +38,15 @@ pub struct DaenaNormaliser {
 }
 
 impl DaenaNormaliser {
-    /// Builds the stage; `env` reads the variables `resource_from_env` names.
-    pub fn new(
-        config: &DaenaConfig,
-        env: impl Fn(&str) -> Option<String>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Builds the stage from its config, whose `resource_from_env_values`
+    /// [`Config::load`](crate::config::Config::load) has filled.
+    pub fn new(config: &DaenaConfig, metrics: Arc<Metrics>) -> Self {
+        // A static resource attribute wins over one read from the environment.
         let mut resource: Vec<(String, String)> = config
-            .resource_from_env
+            .resource_from_env_values
             .iter()
             .filter(|(key, _)| !config.resource_attributes.contains_key(*key))
-            .filter_map(|(key, variable)| {
-                env(variable)
-                    .filter(|v| !v.trim().is_empty())
-                    .map(|v| (key.clone(), v.trim().to_owned()))
-            })
+            .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
         resource.extend(config.resource_attributes.clone());
         Self {

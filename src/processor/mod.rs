@@ -24,17 +24,11 @@ use crate::telemetry::Metrics;
 /// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
 /// others see canonical keys), redact (before limits, so a cut can never leave half a
 /// secret behind), limits. Head sampling runs before them, tail sampling after.
-/// `env` reads the variables `processors.daena.resource_from_env` names.
-pub fn build(
-    config: &ProcessorsConfig,
-    env: impl Fn(&str) -> Option<String>,
-    metrics: &Arc<Metrics>,
-) -> Vec<Box<dyn Processor>> {
+pub fn build(config: &ProcessorsConfig, metrics: &Arc<Metrics>) -> Vec<Box<dyn Processor>> {
     let mut stages: Vec<Box<dyn SpanStage>> = Vec::new();
     if config.daena.enabled {
         stages.push(Box::new(DaenaNormaliser::new(
             &config.daena,
-            env,
             Arc::clone(metrics),
         )));
     }

@@ -16,7 +16,7 @@ fn s(text: &str) -> Value {
 }
 
 fn stage(config: &DaenaConfig) -> DaenaNormaliser {
-    DaenaNormaliser::new(config, |_| None, Arc::new(Metrics::default()))
+    DaenaNormaliser::new(config, Arc::new(Metrics::default()))
 }
 
 /// The stage as the pipeline runs it.
@@ -191,7 +191,7 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
         ("llm.model", Value::BoolValue(true)),
     ];
     let metrics = Arc::new(Metrics::default());
-    let mut stage = DaenaNormaliser::new(&DaenaConfig::default(), |_| None, Arc::clone(&metrics));
+    let mut stage = DaenaNormaliser::new(&DaenaConfig::default(), Arc::clone(&metrics));
     for (key, input) in table {
         let mut span = span_with("op", &[(key, input.clone())]);
         stage.normalise_span(&mut span);
@@ -300,16 +300,17 @@ fn mirrors_follow_the_semantic_conventions_and_never_replace() {
 
 #[test]
 fn the_resource_is_enriched_without_replacing_unless_told() {
-    let config = DaenaConfig {
+    let mut config = DaenaConfig {
         resource_attributes: [("deployment.environment.name".into(), "prod".into())].into(),
         ..DaenaConfig::default()
     };
-    let env = |name: &str| match name {
+    config.resolve_resource_from_env(&|name| match name {
         "K8S_POD_NAME" => Some("chat-7d9f".to_owned()),
         "K8S_NAMESPACE_NAME" => Some("daena".to_owned()),
         "HOSTNAME" => Some(" ".to_owned()),
+        "DAENA_ENVIRONMENT" => Some("staging".to_owned()),
         _ => None,
-    };
+    });
     let table: &[(TextPairs<'_>, bool, TextPairs<'_>)] = &[
         (
             &[],
@@ -342,7 +343,7 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
             override_existing: *override_existing,
             ..config.clone()
         };
-        let stage = DaenaNormaliser::new(&config, env, Arc::new(Metrics::default()));
+        let stage = DaenaNormaliser::new(&config, Arc::new(Metrics::default()));
         let mut resource = Resource {
             attributes: input.iter().map(|(k, v)| key_value(*k, s(v))).collect(),
             ..Default::default()
@@ -373,7 +374,6 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
             override_existing: true,
             ..DaenaConfig::default()
         },
-        |_| None,
         Arc::new(Metrics::default()),
     );
     let mut resource = Resource {

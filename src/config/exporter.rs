@@ -1,0 +1,295 @@
+//! The `exporters` section: one destination each, with its auth, TLS, retries and queue.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::{ByteSize, bounds, units};
+
+/// One destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterConfig {
+    /// `grpc`, `http/protobuf` or `console`.
+    pub protocol: ExporterProtocol,
+    /// `http://` or `https://` URL of the backend (not for console).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// http/protobuf only: the full URL to POST to, used as-is (instead of `endpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traces_endpoint: Option<String>,
+    /// Headers sent with every request; values may use `${VAR}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Credentials turned into an `Authorization` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Request compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Deadline of one export request.
+    #[serde(default = "default_timeout", with = "units::duration")]
+    pub timeout: Duration,
+    /// TLS settings for `https://` endpoints.
+    #[serde(default, skip_serializing_if = "TlsConfig::is_default")]
+    pub tls: TlsConfig,
+    /// How failed exports are retried.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The exporter's own bounded queue.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Why this exporter exists when it was built from the environment.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+fn default_timeout() -> Duration {
+    bounds::EXPORT_TIMEOUT.default
+}
+
+impl ExporterConfig {
+    /// An exporter of `protocol` to `endpoint` with every other setting at its default.
+    pub fn new(protocol: ExporterProtocol, endpoint: Option<String>) -> Self {
+        Self {
+            protocol,
+            endpoint,
+            traces_endpoint: None,
+            headers: BTreeMap::new(),
+            auth: None,
+            compression: Compression::default(),
+            timeout: default_timeout(),
+            tls: TlsConfig::default(),
+            retry: RetryConfig::default(),
+            queue: QueueConfig::default(),
+            origin: None,
+        }
+    }
+
+    /// The URL requests go to: `traces_endpoint` as-is; else for http/protobuf `endpoint`
+    /// with `/v1/traces` appended unless the path already ends with it (so Grafana Cloud's
+    /// `…/otlp` becomes `…/otlp/v1/traces`, as with the Collector's `otlphttp` exporter);
+    /// for gRPC the endpoint as given.
+    pub fn export_url(&self) -> Option<String> {
+        if let Some(url) = &self.traces_endpoint {
+            return Some(url.clone());
+        }
+        let endpoint = self.endpoint.as_deref()?;
+        if self.protocol != ExporterProtocol::HttpProtobuf || endpoint.ends_with("/v1/traces") {
+            return Some(endpoint.to_owned());
+        }
+        Some(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+    }
+
+    /// Headers to send, lower-cased, including the `Authorization` built from `auth.basic`.
+    pub fn request_headers(&self) -> Vec<(String, String)> {
+        let mut headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if let Some(basic) = self.auth.as_ref().and_then(|a| a.basic.as_ref()) {
+            let credentials = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", basic.username, basic.password));
+            headers.push(("authorization".into(), format!("Basic {credentials}")));
+        }
+        headers
+    }
+}
+
+/// How an exporter talks to its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExporterProtocol {
+    /// OTLP/gRPC.
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies.
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// One line per span on stdout.
+    #[serde(rename = "console")]
+    Console,
+}
+
+impl fmt::Display for ExporterProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+            Self::Console => "console",
+        })
+    }
+}
+
+/// Request compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip, the only compression OTLP specifies.
+    #[default]
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// `auth:` credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HTTP Basic credentials (Grafana Cloud: instance id and API token).
+    pub basic: Option<BasicAuthConfig>,
+}
+
+/// HTTP Basic credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The user name (Grafana Cloud: the instance id).
+    pub username: String,
+    /// The password (Grafana Cloud: the API token); never shown.
+    pub password: String,
+}
+
+/// TLS settings for `https://` endpoints; the system roots are trusted by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) to trust instead of the system roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM client key, for mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Encrypt without checking the server's certificate (testing only).
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Retries with exponential backoff and jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Whether retryable failures are retried at all.
+    pub enabled: bool,
+    /// First backoff.
+    #[serde(with = "units::duration")]
+    pub initial_interval: Duration,
+    /// Largest backoff.
+    #[serde(with = "units::duration")]
+    pub max_interval: Duration,
+    /// How long one batch may be retried before it is dropped.
+    #[serde(with = "units::duration")]
+    pub max_elapsed: Duration,
+    /// Growth of the backoff per attempt.
+    pub multiplier: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_interval: bounds::RETRY_INITIAL_INTERVAL.default,
+            max_interval: bounds::RETRY_MAX_INTERVAL.default,
+            max_elapsed: bounds::RETRY_MAX_ELAPSED.default,
+            multiplier: 2.0,
+        }
+    }
+}
+
+/// An exporter's bounded queue: in memory, or on disk with `persistent: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Spans waiting for export, at most (a single larger batch still fits an empty queue);
+    /// unset: 65,536 in memory, no span bound on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_spans: Option<usize>,
+    /// Encoded bytes waiting for export, at most; unset: 8 MiB in memory, 1 GiB on disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<ByteSize>,
+    /// What a full queue does with a new batch.
+    pub on_full: OnFull,
+    /// Export requests in flight at once.
+    pub workers: usize,
+    /// Keep the queue in segment files under `dir`, so accepted spans survive a crash.
+    pub persistent: bool,
+    /// Where a persistent queue keeps its files (one subdirectory per exporter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// When a persistent queue forces its writes to the disk.
+    pub fsync: Fsync,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_spans: None,
+            max_bytes: None,
+            on_full: OnFull::Block,
+            workers: bounds::QUEUE_WORKERS.default,
+            persistent: false,
+            dir: None,
+            fsync: Fsync::Batch,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The span bound in effect.
+    pub fn span_limit(&self) -> usize {
+        match (self.max_spans, self.persistent) {
+            (Some(spans), _) => spans,
+            (None, false) => bounds::QUEUE_MAX_SPANS.default,
+            (None, true) => usize::MAX,
+        }
+    }
+
+    /// The byte bound in effect.
+    pub fn byte_limit(&self) -> u64 {
+        match (self.max_bytes, self.persistent) {
+            (Some(bytes), _) => bytes.0,
+            (None, false) => bounds::QUEUE_MAX_BYTES.default.0,
+            (None, true) => bounds::PERSISTENT_QUEUE_MAX_BYTES.default.0,
+        }
+    }
+}
+
+/// When a persistent queue calls `fdatasync` (every accepted batch is written before the
+/// client is answered, so a killed process loses nothing whatever the policy; the policy
+/// is about losing power or the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// Once per group of batches written together, before their clients are answered.
+    Batch,
+    /// After every batch.
+    Always,
+    /// Never; the kernel writes the pages back in its own time.
+    Never,
+}
+
+/// What a full exporter queue does with a new batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// When every exporter is full, the pipeline waits, its queue fills, and the receivers
+    /// refuse (retryably): the clients keep the data. While another exporter has room, a
+    /// full one drops the new batch for itself (counted as `queue_full`), so it never holds
+    /// back the others. A full persistent queue refuses the new batch at once: its clients
+    /// are told to retry.
+    Block,
+    /// The oldest queued batches are dropped (counted as `queue_full`) to make room.
+    DropOldest,
+}

@@ -1,0 +1,468 @@
+//! `Config::validate`: every problem in a parsed config, reported at once.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use super::units::format_duration;
+use super::{
+    Config, ConfigError, ExporterConfig, ExporterProtocol, PolicyKind, ProcessorsConfig,
+    SamplingConfig, SamplingMode, TlsConfig, bounds,
+};
+
+impl Config {
+    /// Every problem in the config at once; empty when it is valid.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let receivers = [
+            ("receivers.otlp.grpc", &self.receivers.otlp.grpc, "gRPC"),
+            ("receivers.otlp.http", &self.receivers.otlp.http, "HTTP"),
+        ];
+        if receivers.iter().all(|(_, r, _)| r.is_none()) {
+            errors.push(ConfigError::new(
+                "receivers.otlp",
+                "no receiver is enabled; add grpc: or http: (or remove receivers: for both)",
+            ));
+        }
+        let mut listening = Vec::new();
+        for (key, receiver, protocol) in receivers {
+            let Some(receiver) = receiver else { continue };
+            match parse_listen_addr(&receiver.endpoint) {
+                Ok(addr) => listening.push((key, protocol, addr, &receiver.endpoint)),
+                Err(message) => errors.push(ConfigError::new(format!("{key}.endpoint"), message)),
+            }
+            bounds::MAX_REQUEST_SIZE.check(
+                &format!("{key}.max_request_size"),
+                receiver.max_request_size,
+                &mut errors,
+            );
+        }
+        if let [(_, _, a, _), (_, _, b, _)] = listening[..]
+            && a == b
+            && a.port() != 0
+        {
+            errors.push(ConfigError::new(
+                "receivers.otlp.http.endpoint",
+                format!("{a} is also the gRPC receiver's address; give each its own port"),
+            ));
+        }
+        let batch = &self.batch;
+        bounds::BATCH_MAX_SPANS.check("batch.max_spans", batch.max_spans, &mut errors);
+        bounds::BATCH_MAX_BYTES.check("batch.max_bytes", batch.max_bytes, &mut errors);
+        bounds::BATCH_TIMEOUT.check("batch.timeout", batch.timeout, &mut errors);
+        bounds::MAX_PENDING_REQUESTS.check(
+            "pipeline.max_pending_requests",
+            self.pipeline.max_pending_requests,
+            &mut errors,
+        );
+        bounds::SHUTDOWN_TIMEOUT.check("shutdown_timeout", self.shutdown_timeout, &mut errors);
+        if !["trace", "debug", "info", "warn", "error"].contains(&self.telemetry.log_level.as_str())
+        {
+            errors.push(ConfigError::new(
+                "telemetry.log_level",
+                format!(
+                    "{:?} is not a level; use trace, debug, info, warn or error",
+                    self.telemetry.log_level
+                ),
+            ));
+        }
+        if let Some(endpoint) = &self.telemetry.endpoint
+            && let Err(message) = parse_listen_addr(endpoint)
+        {
+            errors.push(ConfigError::new("telemetry.endpoint", message));
+        }
+        self.processors.validate(&mut errors);
+        let memory = &self.memory_limit;
+        bounds::MEMORY_SOFT.check("memory_limit.soft", memory.soft, &mut errors);
+        bounds::MEMORY_HARD.check("memory_limit.hard", memory.hard, &mut errors);
+        if memory.soft.0 >= memory.hard.0 {
+            errors.push(ConfigError::new(
+                "memory_limit",
+                format!(
+                    "soft ({}) must be below hard ({}), e.g. soft: 256MiB, hard: 320MiB",
+                    memory.soft, memory.hard
+                ),
+            ));
+        }
+        for (name, exporter) in &self.exporters {
+            validate_exporter(
+                &format!("exporters.{name}"),
+                exporter,
+                &listening,
+                &mut errors,
+            );
+        }
+        errors
+    }
+}
+
+fn validate_exporter(
+    key: &str,
+    exporter: &ExporterConfig,
+    receivers: &[(&str, &str, SocketAddr, &String)],
+    errors: &mut Vec<ConfigError>,
+) {
+    let endpoint_key = format!("{key}.endpoint");
+    let given = [
+        ("endpoint", exporter.endpoint.is_some()),
+        ("traces_endpoint", exporter.traces_endpoint.is_some()),
+    ];
+    match (exporter.protocol, given) {
+        (ExporterProtocol::Console, [(_, false), (_, false)]) => {}
+        (ExporterProtocol::Console, _) => errors.push(ConfigError::new(
+            &endpoint_key,
+            "the console exporter prints to stdout; remove the endpoint or choose protocol grpc or http/protobuf",
+        )),
+        (ExporterProtocol::Grpc, [_, (_, true)]) => errors.push(ConfigError::new(
+            format!("{key}.traces_endpoint"),
+            "is for http/protobuf only; a grpc exporter takes endpoint",
+        )),
+        (_, [(_, true), (_, true)]) => errors.push(ConfigError::new(
+            &endpoint_key,
+            "endpoint and traces_endpoint are both set; keep one (traces_endpoint is used as-is)",
+        )),
+        (protocol, [(_, false), (_, false)]) => errors.push(ConfigError::new(
+            &endpoint_key,
+            format!("protocol {protocol} needs an endpoint, e.g. https://tempo.example.net:443"),
+        )),
+        (_, [(_, with_endpoint), _]) => {
+            let (url_key, url) = if with_endpoint {
+                (endpoint_key, exporter.endpoint.clone().unwrap_or_default())
+            } else {
+                (format!("{key}.traces_endpoint"), exporter.traces_endpoint.clone().unwrap_or_default())
+            };
+            match parse_url(&url) {
+                Err(message) => errors.push(ConfigError::new(&url_key, message)),
+                Ok(parsed) => {
+                    if let Some(message) = self_loop(&parsed, receivers, exporter.origin.is_some()) {
+                        errors.push(ConfigError::new(&url_key, format!("{url} {message}")));
+                    }
+                    if exporter.tls != TlsConfig::default() && !parsed.https {
+                        errors.push(ConfigError::new(format!("{key}.tls"), "tls applies only to https:// endpoints; use https:// or remove tls"));
+                    }
+                }
+            }
+        }
+    }
+    for (name, value) in &exporter.headers {
+        let header_key = format!("{key}.headers.{name}");
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push(ConfigError::new(
+                &header_key,
+                "is not a valid header name (letters, digits and -)",
+            ));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            // The value may be a secret: say what is wrong, never what it is.
+            errors.push(ConfigError::new(&header_key, "the value holds characters a header cannot carry (line breaks or control characters)"));
+        }
+        if name.eq_ignore_ascii_case("authorization")
+            && exporter.auth.as_ref().is_some_and(|a| a.basic.is_some())
+        {
+            errors.push(ConfigError::new(
+                &header_key,
+                "both an authorization header and auth.basic are set; keep one",
+            ));
+        }
+    }
+    if exporter.auth.as_ref().is_some_and(|a| a.basic.is_none()) {
+        errors.push(ConfigError::new(
+            format!("{key}.auth"),
+            "is empty; add basic: { username, password } or remove auth",
+        ));
+    }
+    let tls = &exporter.tls;
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        errors.push(ConfigError::new(
+            format!("{key}.tls"),
+            "cert_file and key_file go together for mutual TLS; set both or neither",
+        ));
+    }
+    for (field, file) in [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ] {
+        if let Some(file) = file
+            && let Err(e) = std::fs::File::open(file)
+        {
+            errors.push(ConfigError::new(
+                format!("{key}.tls.{field}"),
+                format!("cannot read {}: {e}", file.display()),
+            ));
+        }
+    }
+    bounds::EXPORT_TIMEOUT.check(&format!("{key}.timeout"), exporter.timeout, errors);
+    let retry = &exporter.retry;
+    for (bound, field, value) in [
+        (
+            bounds::RETRY_INITIAL_INTERVAL,
+            "initial_interval",
+            retry.initial_interval,
+        ),
+        (
+            bounds::RETRY_MAX_INTERVAL,
+            "max_interval",
+            retry.max_interval,
+        ),
+        (bounds::RETRY_MAX_ELAPSED, "max_elapsed", retry.max_elapsed),
+    ] {
+        bound.check(&format!("{key}.retry.{field}"), value, errors);
+    }
+    if retry.initial_interval > retry.max_interval {
+        errors.push(ConfigError::new(
+            format!("{key}.retry.initial_interval"),
+            format!(
+                "{} must not be longer than {key}.retry.max_interval ({})",
+                format_duration(retry.initial_interval),
+                format_duration(retry.max_interval)
+            ),
+        ));
+    }
+    if !(retry.multiplier >= 1.0 && retry.multiplier.is_finite()) {
+        errors.push(ConfigError::new(
+            format!("{key}.retry.multiplier"),
+            format!("must be at least 1 (got {})", retry.multiplier),
+        ));
+    }
+    let queue = &exporter.queue;
+    if let Some(spans) = queue.max_spans {
+        bounds::QUEUE_MAX_SPANS.check(&format!("{key}.queue.max_spans"), spans, errors);
+    }
+    if let Some(bytes) = queue.max_bytes {
+        let bound = if queue.persistent {
+            bounds::PERSISTENT_QUEUE_MAX_BYTES
+        } else {
+            bounds::QUEUE_MAX_BYTES
+        };
+        bound.check(&format!("{key}.queue.max_bytes"), bytes, errors);
+    }
+    bounds::QUEUE_WORKERS.check(&format!("{key}.queue.workers"), queue.workers, errors);
+    match (&queue.dir, queue.persistent) {
+        (None, true) => errors.push(ConfigError::new(
+            format!("{key}.queue.dir"),
+            "is required with persistent: true; set it to a directory on a volume that outlives the agent's container",
+        )),
+        (Some(_), false) => errors.push(ConfigError::new(
+            format!("{key}.queue.dir"),
+            "only applies to a persistent queue; add persistent: true or remove dir",
+        )),
+        (Some(dir), true) if dir.exists() && !dir.is_dir() => errors.push(ConfigError::new(
+            format!("{key}.queue.dir"),
+            format!("{} is not a directory", dir.display()),
+        )),
+        _ => {}
+    }
+}
+
+/// The parts of an exporter URL validation needs.
+struct ExportUrl {
+    https: bool,
+    host: String,
+    port: u16,
+}
+
+fn parse_url(endpoint: &str) -> Result<ExportUrl, String> {
+    let uri: http::Uri = endpoint.parse().map_err(|e| {
+        format!("{endpoint:?} is not a URL ({e}); write e.g. https://tempo.example.net:443")
+    })?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("{endpoint:?} must start with http:// or https://")),
+    };
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{endpoint:?} has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok(ExportUrl { https, host, port })
+}
+
+/// Why an exporter URL points back at one of this agent's receivers, if it does.
+fn self_loop(
+    url: &ExportUrl,
+    receivers: &[(&str, &str, SocketAddr, &String)],
+    from_env: bool,
+) -> Option<String> {
+    let local = |host: &str| {
+        host == "localhost"
+            || host
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+    };
+    receivers.iter().find_map(|(key, protocol, addr, endpoint)| {
+        let same_host = local(&url.host) || addr.ip().to_string() == url.host;
+        (addr.port() != 0 && addr.port() == url.port && same_host).then(|| {
+            let hint = if from_env {
+                "; if it came from OTEL_EXPORTER_OTLP_ENDPOINT, unset that variable in the agent's environment (it is meant for the Daena service)"
+            } else {
+                ""
+            };
+            format!(
+                "is this agent's own {protocol} receiver ({key}.endpoint = {endpoint}); a sidecar forwarding to itself loops forever. Point the exporter at your backend{hint}"
+            )
+        })
+    })
+}
+
+/// Parses a listen endpoint: `127.0.0.1:4317`, `0.0.0.0:4318`, `[::1]:0` or `localhost:4317`.
+pub fn parse_listen_addr(endpoint: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = endpoint.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let invalid = || {
+        format!(
+            "{endpoint:?} is not host:port; write e.g. 127.0.0.1:4317 (or 0.0.0.0:4317 in a container)"
+        )
+    };
+    let (host, port) = endpoint.rsplit_once(':').ok_or_else(invalid)?;
+    port.parse::<u16>().map_err(|_| invalid())?;
+    if host != "localhost" {
+        return Err(invalid());
+    }
+    // Resolving "localhost" needs no network; prefer IPv4 as most clients do.
+    let addrs: Vec<SocketAddr> = endpoint.to_socket_addrs().map_err(|_| invalid())?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(invalid)
+}
+
+impl ProcessorsConfig {
+    /// Adds every problem of the section to `errors`.
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let daena = &self.daena;
+        for (key, value) in daena
+            .resource_attributes
+            .iter()
+            .chain(&daena.resource_from_env)
+        {
+            if key.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    "processors.daena",
+                    format!(
+                        "a resource attribute has an empty key (value {value:?}); give it a name"
+                    ),
+                ));
+            }
+        }
+        for (key, variable) in &daena.resource_from_env {
+            if variable.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    format!("processors.daena.resource_from_env.{key}"),
+                    "names no environment variable; write the variable's name, e.g. K8S_POD_NAME",
+                ));
+            }
+        }
+        if daena
+            .service_name
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            errors.push(ConfigError::new(
+                "processors.daena.service_name",
+                "is empty; remove it (the default is daena) or give a name",
+            ));
+        }
+        for (i, key) in self.redact.keys.iter().enumerate() {
+            if key.split(['.', '_', '-']).all(str::is_empty) {
+                errors.push(ConfigError::new(
+                    format!("processors.redact.keys[{i}]"),
+                    format!("{key:?} has no word to match; write e.g. token or api_key"),
+                ));
+            }
+        }
+        let limits = &self.limits;
+        for (bound, value) in [
+            (
+                bounds::MAX_ATTRIBUTE_VALUE_LENGTH,
+                limits.max_attribute_value_length,
+            ),
+            (bounds::MAX_ATTRIBUTES, limits.max_attributes),
+            (bounds::MAX_EVENTS, limits.max_events),
+            (bounds::MAX_LINKS, limits.max_links),
+        ] {
+            bound.check(bound.key, value, errors);
+        }
+        if let Some(sampling) = &self.sampling {
+            sampling.validate(errors);
+        }
+    }
+}
+
+/// A ratio is valid in (0, 1] (the consistent-sampling spec's smallest is 2^-56).
+fn valid_ratio(ratio: f64) -> bool {
+    ratio > 0.0 && ratio <= 1.0
+}
+
+impl SamplingConfig {
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let key = "processors.sampling";
+        match (self.mode, self.ratio) {
+            (SamplingMode::Head, None) => errors.push(ConfigError::new(
+                format!("{key}.ratio"),
+                "head sampling needs a ratio, e.g. ratio: 0.1 (or mode: tail with policies)",
+            )),
+            (SamplingMode::Head, Some(_)) if !self.policies.is_empty() => errors.push(
+                ConfigError::new(format!("{key}.policies"), "policies need mode: tail"),
+            ),
+            (SamplingMode::Tail, Some(_)) => errors.push(ConfigError::new(
+                format!("{key}.ratio"),
+                "in tail mode, give the ratio as a policy: { name: baseline, type: ratio, ratio: 0.05 }",
+            )),
+            (SamplingMode::Tail, None) if self.policies.is_empty() => errors.push(
+                ConfigError::new(format!("{key}.policies"), "tail sampling needs at least one policy"),
+            ),
+            _ => {}
+        }
+        if let Some(ratio) = self.ratio.filter(|r| !valid_ratio(*r)) {
+            errors.push(ConfigError::new(
+                format!("{key}.ratio"),
+                format!("must be above 0 and at most 1 (got {ratio})"),
+            ));
+        }
+        for (bound, value) in [
+            (bounds::MAX_TRACES, self.max_traces),
+            (bounds::MAX_BUFFERED_SPANS, self.max_buffered_spans),
+            (bounds::DECISION_CACHE, self.decision_cache),
+        ] {
+            bound.check(bound.key, value, errors);
+        }
+        bounds::DECISION_WAIT.check(bounds::DECISION_WAIT.key, self.decision_wait, errors);
+        let mut names = std::collections::BTreeSet::new();
+        for (i, policy) in self.policies.iter().enumerate() {
+            let at = format!("{key}.policies[{i}]");
+            bounds::LATENCY_THRESHOLD.check(&format!("{at}.threshold"), policy.threshold, errors);
+            if policy.name.trim().is_empty() || !names.insert(policy.name.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} must be a non-empty name no other policy has",
+                        policy.name
+                    ),
+                ));
+            }
+            let missing = match policy.kind {
+                PolicyKind::Errors => None,
+                PolicyKind::Latency => policy.threshold.is_zero().then_some("threshold: 2s"),
+                PolicyKind::Attribute => (policy.key.is_none()
+                    || (policy.values.is_empty() == policy.at_least.is_none()))
+                .then_some("key and either values: [commit] or at_least: 0.10"),
+                PolicyKind::Ratio => (!policy.ratio.is_some_and(valid_ratio))
+                    .then_some("ratio above 0 and at most 1, e.g. ratio: 0.05"),
+                PolicyKind::RateLimit => (!policy.traces_per_second.is_some_and(|r| r > 0.0))
+                    .then_some("traces_per_second above 0, e.g. traces_per_second: 50"),
+            };
+            if let Some(example) = missing {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("type {} needs {example}", policy.kind.name()),
+                ));
+            }
+        }
+    }
+}
