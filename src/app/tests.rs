@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::otlp::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, SpanBatch};
+use crate::otlp::{ExportTraceServiceRequest, Span, SpanBatch, request_of};
 use crate::processor::Processor;
 
 /// Panics on a span named `poison`, as a stage with a bug would on one odd span.
@@ -26,25 +26,18 @@ impl Processor for PanicsOnPoison {
 }
 
 fn request(names: &[&str], seed: u8) -> ExportTraceServiceRequest {
-    let spans = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| Span {
-            trace_id: vec![seed; 16],
-            span_id: vec![seed, i as u8 + 1, 0, 0, 0, 0, 0, 1],
-            name: (*name).into(),
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
+    request_of(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| Span {
+                trace_id: vec![seed; 16],
+                span_id: vec![seed, i as u8 + 1, 0, 0, 0, 0, 0, 1],
+                name: (*name).into(),
                 ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+            })
+            .collect(),
+    )
 }
 
 async fn export(url: &str, request: ExportTraceServiceRequest) -> Result<(), tonic::Status> {

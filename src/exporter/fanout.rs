@@ -74,14 +74,7 @@ mod tests {
 
     impl Exporter for Recorder {
         async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-            let names = payload
-                .request()
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .flat_map(|ss| &ss.spans)
-                .map(|s| s.name.clone())
-                .collect();
+            let names = crate::otlp::span_names(payload.request());
             self.0.lock().expect("lock").push(names);
             Ok(Delivered::default())
         }

@@ -176,6 +176,18 @@ pub fn key_value(key: impl Into<String>, value: Value) -> KeyValue {
     }
 }
 
+/// The names of a request's spans, in order, for tests.
+#[cfg(test)]
+pub(crate) fn span_names(request: &ExportTraceServiceRequest) -> Vec<String> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 /// A request of one resource and one scope holding `spans`, for tests.
 #[cfg(test)]
 pub(crate) fn request_of(spans: Vec<Span>) -> ExportTraceServiceRequest {

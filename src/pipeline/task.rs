@@ -314,14 +314,7 @@ mod tests {
 
     impl Outlet for Recorder {
         async fn send(&self, batch: SpanBatch, acks: Vec<Ack>) {
-            let names = batch
-                .into_request()
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .flat_map(|ss| &ss.spans)
-                .map(|s| s.name.clone())
-                .collect();
+            let names = crate::otlp::span_names(&batch.into_request());
             self.0.lock().expect("lock").push(names);
             acks.into_iter().for_each(Ack::confirm);
         }

@@ -53,48 +53,40 @@ impl ExporterHandle {
     /// queue holds a share of each of `acks` until the batch is on disk; a queue that no
     /// longer takes batches (its worker stopped) refuses them, which counts as taken.
     pub fn try_send(&self, payload: &Arc<Payload>, acks: &[Ack]) -> bool {
-        let spans = payload.spans() as u64;
-        let taken = match &*self.inlet {
-            QueueInput::Memory(queue) => match queue.0.offer(payload) {
-                Offered::Taken { dropped } => {
-                    if dropped > 0 {
-                        self.metrics
-                            .dropped(&self.name, DropReason::QueueFull, dropped);
-                    }
-                    true
-                }
-                Offered::Full => false,
-                Offered::Closed => {
-                    refuse(
-                        &self.name,
-                        &self.metrics,
-                        acks.to_vec(),
-                        NotQueued::Stopped,
-                        spans,
-                    );
-                    true
-                }
-            },
+        let offered = match &*self.inlet {
+            QueueInput::Memory(queue) => queue.0.offer(payload),
             QueueInput::Disk(writer) => match writer.try_reserve() {
                 Ok(permit) => {
                     permit.send(Appending {
                         payload: Arc::clone(payload),
                         acks: acks.to_vec(),
                     });
-                    true
+                    Offered::Taken { dropped: 0 }
                 }
-                Err(mpsc::error::TrySendError::Full(())) => false,
-                Err(mpsc::error::TrySendError::Closed(())) => {
-                    refuse(
-                        &self.name,
-                        &self.metrics,
-                        acks.to_vec(),
-                        NotQueued::Stopped,
-                        spans,
-                    );
-                    true
-                }
+                Err(mpsc::error::TrySendError::Full(())) => Offered::Full,
+                Err(mpsc::error::TrySendError::Closed(())) => Offered::Closed,
             },
+        };
+        let taken = match offered {
+            Offered::Taken { dropped } => {
+                if dropped > 0 {
+                    self.metrics
+                        .dropped(&self.name, DropReason::QueueFull, dropped);
+                }
+                true
+            }
+            Offered::Full => false,
+            Offered::Closed => {
+                let spans = payload.spans() as u64;
+                refuse(
+                    &self.name,
+                    &self.metrics,
+                    acks.to_vec(),
+                    NotQueued::Stopped,
+                    spans,
+                );
+                true
+            }
         };
         if taken && self.shedding.swap(false, Ordering::Relaxed) {
             tracing::info!(exporter = %self.name, "The exporter's queue has room again; it takes new batches");
