@@ -203,23 +203,6 @@ mod tests {
         }
     }
 
-    /// Every span as (service, span name), in order.
-    fn flatten(batches: &[SpanBatch]) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for batch in batches {
-            for rs in &batch.clone().into_request().resource_spans {
-                let service = format!("{:?}", rs.resource);
-                for ss in &rs.scope_spans {
-                    assert!(ss.scope.is_some(), "a split piece lost its scope");
-                    for span in &ss.spans {
-                        out.push((service.clone(), span.name.clone()));
-                    }
-                }
-            }
-        }
-        out
-    }
-
     #[test]
     fn a_large_request_is_split_at_max_spans_and_keeps_its_resource() {
         let names: Vec<String> = (0..25).map(|i| format!("span-{i}")).collect();
@@ -250,43 +233,246 @@ mod tests {
         assert!(batcher.flush().is_none());
     }
 
+    const SCHEMAS: [&str; 3] = [
+        "",
+        "https://opentelemetry.io/schemas/1.21.0",
+        "https://opentelemetry.io/schemas/1.26.0",
+    ];
+
+    /// What a span must come out with: its resource, the resource's `schema_url`, its
+    /// scope and the scope's `schema_url`.
+    type Context = (
+        Option<Resource>,
+        String,
+        Option<InstrumentationScope>,
+        String,
+    );
+    /// One scope of a generated request: (name, version, schema_url, span name paddings);
+    /// indexes into small pools, so equal and almost equal neighbours are frequent.
+    type ScopeGen = (usize, usize, usize, Vec<usize>);
+    /// One resource of a generated request: (service, schema_url, scopes).
+    type ResourceGen = (usize, usize, Vec<ScopeGen>);
+
+    fn request_strategy() -> impl Strategy<Value = (Vec<ResourceGen>, bool)> {
+        let scope = (
+            0usize..3,
+            0usize..3,
+            0usize..3,
+            prop::collection::vec(0usize..60, 0..8),
+        );
+        let resource = (0usize..3, 0usize..3, prop::collection::vec(scope, 0..4));
+        (prop::collection::vec(resource, 0..4), any::<bool>())
+    }
+
+    /// The generated resource spans; every span is named `<seq>:<padding>`, `seq` counting
+    /// spans in arrival order, and `expected[seq]` is its context.
+    fn build(request: &[ResourceGen], expected: &mut Vec<Context>) -> (Vec<ResourceSpans>, usize) {
+        let mut spans_in_request = 0;
+        let resource_spans = request
+            .iter()
+            .map(|(service, rs_schema, scopes)| {
+                let resource = (*service > 0).then(|| Resource {
+                    attributes: vec![key_value(
+                        "service.name",
+                        crate::otlp::Value::StringValue(format!("svc{service}")),
+                    )],
+                    ..Default::default()
+                });
+                let scope_spans = scopes
+                    .iter()
+                    .map(|(name, version, ss_schema, paddings)| {
+                        let scope = (*name > 0).then(|| InstrumentationScope {
+                            name: format!("lib{name}"),
+                            version: ["", "1.0.0", "2.0.0"][*version].into(),
+                            ..Default::default()
+                        });
+                        let spans = paddings
+                            .iter()
+                            .map(|pad| {
+                                let seq = expected.len();
+                                expected.push((
+                                    resource.clone(),
+                                    SCHEMAS[*rs_schema].into(),
+                                    scope.clone(),
+                                    SCHEMAS[*ss_schema].into(),
+                                ));
+                                spans_in_request += 1;
+                                Span {
+                                    name: format!("{seq}:{}", "x".repeat(*pad)),
+                                    ..Default::default()
+                                }
+                            })
+                            .collect();
+                        ScopeSpans {
+                            scope,
+                            spans,
+                            schema_url: SCHEMAS[*ss_schema].into(),
+                        }
+                    })
+                    .collect();
+                ResourceSpans {
+                    resource,
+                    scope_spans,
+                    schema_url: SCHEMAS[*rs_schema].into(),
+                }
+            })
+            .collect();
+        (resource_spans, spans_in_request)
+    }
+
+    /// Every span as (seq, its context), in the order of `resource_spans`.
+    fn spans_of(resource_spans: &[ResourceSpans]) -> Vec<(usize, Context)> {
+        let mut out = Vec::new();
+        for rs in resource_spans {
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    let seq = span
+                        .name
+                        .split(':')
+                        .next()
+                        .and_then(|seq| seq.parse().ok())
+                        .expect("a generated span name");
+                    let context = (
+                        rs.resource.clone(),
+                        rs.schema_url.clone(),
+                        ss.scope.clone(),
+                        ss.schema_url.clone(),
+                    );
+                    out.push((seq, context));
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(body: &[u8]) -> Vec<ResourceSpans> {
+        crate::otlp::ExportTraceServiceRequest::decode(body)
+            .expect("the batcher's output decodes")
+            .resource_spans
+    }
+
+    fn seqs(spans: &[(usize, Context)]) -> Vec<usize> {
+        spans.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    fn increasing(seqs: &[usize]) -> bool {
+        seqs.windows(2).all(|w| w[0] < w[1])
+    }
+
+    #[test]
+    fn scopes_that_differ_only_in_schema_url_stay_apart_and_split_pieces_keep_both_schema_urls() {
+        let (v1, v2) = (SCHEMAS[1], SCHEMAS[2]);
+        // One resource, two scopes equal but for their schema_url, 3 spans each; batches
+        // of 2 spans split it.
+        let request = vec![(1, 1, vec![(1, 1, 1, vec![0; 3]), (1, 1, 2, vec![0; 3])])];
+        let mut expected = Vec::new();
+        let (rs, _) = build(&request, &mut expected);
+        let mut batcher = Batcher::new(2, usize::MAX);
+        let mut out = batcher.push(SpanBatch::new(rs));
+        out.extend(batcher.flush());
+        let got: Vec<Vec<(usize, Context)>> = out
+            .into_iter()
+            .map(|batch| spans_of(&batch.into_request().resource_spans))
+            .collect();
+        let want = |seq: usize, scope_schema: &str| {
+            let (resource, rs_schema, scope, _) = expected[seq].clone();
+            (seq, (resource, rs_schema, scope, scope_schema.to_owned()))
+        };
+        assert_eq!(expected[0].1, v1);
+        assert_eq!(
+            got,
+            vec![
+                vec![want(0, v1), want(1, v1)],
+                vec![want(2, v1), want(3, v2)],
+                vec![want(4, v2), want(5, v2)],
+            ]
+        );
+    }
+
     proptest! {
-        /// No span is lost, duplicated or reordered, and every batch respects the limits.
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Requests of several resources and scopes (with `schema_url`s, scope versions,
+        /// protobuf-encoded or decoded) come out with every span exactly once, with its own
+        /// resource, scope and both `schema_url`s, in arrival order, and every batch within
+        /// the limits.
+        ///
+        /// The one reordering the batcher does: a batch keeps the encoded requests it took
+        /// whole apart from its decoded resource spans, and its wire form (`encode_to`)
+        /// puts the former first. So each batch is the next run of arrivals, its encoded
+        /// requests byte for byte as they came and in arrival order, then its decoded
+        /// spans in arrival order.
         #[test]
-        fn batching_preserves_spans_and_respects_limits(
-            requests in prop::collection::vec(
-                (0usize..3, prop::collection::vec("[a-z]{1,40}", 0..30), any::<bool>()), 0..12),
+        fn batching_preserves_spans_order_and_context_and_respects_limits(
+            requests in prop::collection::vec(request_strategy(), 0..12),
             max_spans in 1usize..40,
-            max_bytes in 64usize..4096,
+            max_bytes in 32usize..4096,
         ) {
             let mut batcher = Batcher::new(max_spans, max_bytes);
-            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            let mut bodies = Vec::new();
             let mut out = Vec::new();
-            for (service, names, encoded) in &requests {
-                let rs = resource_spans(&format!("svc{service}"), names);
-                // Requests arrive encoded (protobuf) or decoded (JSON); both kinds mix.
+            for (request, encoded) in &requests {
+                let (rs, spans) = build(request, &mut expected);
                 let batch = if *encoded {
-                    let body = SpanBatch::new(vec![rs]).into_request().encode_to_vec();
-                    SpanBatch::from_encoded(body.into(), names.len())
+                    let body = Bytes::from(
+                        crate::otlp::ExportTraceServiceRequest { resource_spans: rs }.encode_to_vec(),
+                    );
+                    bodies.push(body.clone());
+                    SpanBatch::from_encoded(body, spans)
                 } else {
-                    SpanBatch::new(vec![rs])
+                    SpanBatch::new(rs)
                 };
-                input.extend(flatten(std::slice::from_ref(&batch)));
                 out.extend(batcher.push(batch));
+                prop_assert!(batcher.pending_spans() <= max_spans);
             }
             out.extend(batcher.flush());
-            // The order of resource spans in a request means nothing; their spans must all be there once.
-            let (mut got, mut want) = (flatten(&out), input);
-            got.sort();
-            want.sort();
-            prop_assert_eq!(got, want);
-            for batch in &out {
+            prop_assert!(batcher.is_empty());
+
+            let mut next = 0;
+            for (i, batch) in out.iter().enumerate() {
+                let mut wire = Vec::new();
+                batch.encode_to(&mut wire);
+                prop_assert_eq!(wire.len(), batch.encoded_len());
+                let wire = spans_of(&decode(&wire));
+                for (seq, context) in &wire {
+                    prop_assert_eq!(context, &expected[*seq], "span {} in batch {}", seq, i);
+                }
+                let (encoded, decoded) = batch.clone().into_parts();
+                let mut whole = Vec::new();
+                for (body, spans) in &encoded {
+                    prop_assert!(bodies.contains(body), "an encoded request was changed");
+                    let got = seqs(&spans_of(&decode(body)));
+                    prop_assert_eq!(got.len(), *spans);
+                    whole.extend(got);
+                }
+                let rest = seqs(&spans_of(&decoded));
+                prop_assert!(increasing(&whole), "batch {}: encoded {:?}", i, whole);
+                prop_assert!(increasing(&rest), "batch {}: decoded {:?}", i, rest);
+                let in_wire_order: Vec<usize> = whole.iter().chain(&rest).copied().collect();
+                prop_assert_eq!(&seqs(&wire), &in_wire_order);
+                let mut arrivals = in_wire_order;
+                arrivals.sort_unstable();
+                let run: Vec<usize> = (next..next + wire.len()).collect();
+                prop_assert_eq!(arrivals, run, "batch {} is not the next run of arrivals", i);
+                next += wire.len();
+
                 let spans = batch.span_count();
-                prop_assert!(spans >= 1 && spans <= max_spans);
+                prop_assert_eq!(spans, wire.len());
+                prop_assert!(spans >= 1 && spans <= max_spans, "{} spans", spans);
+                // The batcher counts a decoded resource's bytes without the 1-byte field
+                // tag and the length prefix it takes in the request; merging only saves.
+                let framing: usize = decoded
+                    .iter()
+                    .map(|rs| 1 + prost::encoding::encoded_len_varint(rs.encoded_len() as u64))
+                    .sum();
                 let bytes = batch.encoded_len();
-                // A batch goes over max_bytes only when it is a single span.
-                prop_assert!(bytes <= max_bytes + 64 || spans == 1, "{} bytes in {} spans", bytes, spans);
+                prop_assert!(
+                    bytes <= max_bytes + framing || spans == 1,
+                    "{} bytes in {} spans (framing {})", bytes, spans, framing
+                );
             }
+            prop_assert_eq!(next, expected.len(), "spans lost");
         }
     }
 }

@@ -242,3 +242,177 @@ proptest! {
         prop_assert_eq!(recovery.damaged, usize::from(!at_a_boundary));
     }
 }
+
+/// Options for the damage properties: 512 KiB make 64 KiB segments; no fsync, for speed.
+fn small_segments() -> LogOptions {
+    LogOptions {
+        max_bytes: 512 << 10,
+        max_spans: usize::MAX,
+        fsync: Fsync::Never,
+        drop_oldest: false,
+    }
+}
+
+/// A batch whose first span is named `tag/0` and whose second one carries `pad` bytes, so
+/// a few records fill a segment.
+fn padded(tag: &str, pad: usize) -> Arc<Payload> {
+    let spans = vec![
+        Span {
+            name: format!("{tag}/0"),
+            ..Default::default()
+        },
+        Span {
+            name: "p".repeat(pad),
+            ..Default::default()
+        },
+    ];
+    Arc::new(Payload::new(SpanBatch::from_request(request_of(spans))))
+}
+
+/// A record as written: where it starts, its bytes with the frame, and its first span's name.
+struct Written {
+    offset: u64,
+    bytes: u64,
+    name: String,
+}
+
+/// Appends a batch for every padding; returns each segment's path and records, in order.
+fn write_records(dir: &Path, pads: &[usize]) -> Vec<(PathBuf, Vec<Written>)> {
+    let (mut log, _) = SegmentLog::open(dir, small_segments()).expect("open");
+    let mut segments: BTreeMap<u64, Vec<Written>> = BTreeMap::new();
+    for (i, pad) in pads.iter().enumerate() {
+        let payload = padded(&format!("r{i}"), *pad);
+        log.append(&payload).expect("append");
+        let record = log.unread.back().expect("the record just appended");
+        segments
+            .entry(record.id.segment)
+            .or_default()
+            .push(Written {
+                offset: record.id.offset,
+                bytes: HEADER + u64::from(record.len),
+                name: format!("r{i}/0"),
+            });
+    }
+    segments
+        .into_iter()
+        .map(|(seq, records)| (segment_path(dir, seq), records))
+        .collect()
+}
+
+/// What happens to one segment file while the agent is down.
+#[derive(Debug, Clone)]
+enum Damage {
+    None,
+    /// One byte of one of its records is changed: in its frame (length, checksum, span
+    /// count) or in its payload.
+    Record {
+        record: prop::sample::Index,
+        in_frame: bool,
+        at: prop::sample::Index,
+        xor: u8,
+    },
+    /// One byte of its format marker is changed.
+    Magic {
+        at: usize,
+        xor: u8,
+    },
+    /// The file is cut inside its format marker (0 bytes: the marker was never written).
+    MagicCut {
+        len: u64,
+    },
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        2 => Just(Damage::None),
+        3 => (any::<prop::sample::Index>(), any::<bool>(), any::<prop::sample::Index>(), 1u8..=255)
+            .prop_map(|(record, in_frame, at, xor)| Damage::Record { record, in_frame, at, xor }),
+        1 => (0..MAGIC.len(), 1u8..=255).prop_map(|(at, xor)| Damage::Magic { at, xor }),
+        1 => (0..MAGIC.len() as u64).prop_map(|len| Damage::MagicCut { len }),
+    ]
+}
+
+fn flip(path: &Path, at: u64, xor: u8) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, at).expect("read");
+    byte[0] ^= xor;
+    file.write_all_at(&byte, at).expect("write");
+}
+
+#[test]
+fn a_damaged_record_in_the_middle_ends_only_its_own_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let segments = write_records(dir.path(), &[12_000; 16]);
+    assert!(segments.len() >= 3, "{} segments", segments.len());
+    let (path, records) = &segments[1];
+    assert!(records.len() >= 3);
+    // The payload byte in the middle of the second record of the second segment.
+    flip(path, records[1].offset + records[1].bytes / 2, 0x01);
+    let (mut log, recovery) = SegmentLog::open(dir.path(), small_segments()).expect("reopen");
+    let mut expected: Vec<String> = segments[0].1.iter().map(|r| r.name.clone()).collect();
+    expected.push(records[0].name.clone());
+    for (_, records) in &segments[2..] {
+        expected.extend(records.iter().map(|r| r.name.clone()));
+    }
+    assert_eq!(recovery.damaged, 1);
+    assert_eq!(recovery.records, expected.len());
+    assert_eq!(drain(&mut log), expected);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Damage to any segments while the agent is down: a changed byte in any record (not
+    /// only the last) delivers the records before it in its segment and skips it and the
+    /// rest of the segment; a changed or cut format marker skips the whole segment; each
+    /// damaged segment counts once; the other segments deliver everything, in order.
+    #[test]
+    fn damage_skips_exactly_the_rest_of_its_own_segment(
+        pads in prop::collection::vec(6_000usize..16_000, 12..24),
+        damages in prop::collection::vec(damage(), 8),
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let segments = write_records(dir.path(), &pads);
+        prop_assert!(segments.len() >= 2, "{} segments", segments.len());
+        let mut expected = Vec::new();
+        let mut damaged = 0;
+        for ((path, records), damage) in segments.iter().zip(&damages) {
+            let kept = match damage {
+                Damage::None => records.len(),
+                Damage::Record { record, in_frame, at, xor } => {
+                    let r = record.index(records.len());
+                    let (start, bytes) = if *in_frame {
+                        (records[r].offset, HEADER)
+                    } else {
+                        (records[r].offset + HEADER, records[r].bytes - HEADER)
+                    };
+                    flip(path, start + at.index(bytes as usize) as u64, *xor);
+                    damaged += 1;
+                    r
+                }
+                Damage::Magic { at, xor } => {
+                    flip(path, *at as u64, *xor);
+                    damaged += 1;
+                    0
+                }
+                Damage::MagicCut { len } => {
+                    OpenOptions::new().write(true).open(path).expect("open").set_len(*len).expect("cut");
+                    damaged += usize::from(*len > 0);
+                    0
+                }
+            };
+            expected.extend(records[..kept].iter().map(|r| r.name.clone()));
+        }
+        let (mut log, recovery) = SegmentLog::open(dir.path(), small_segments()).expect("reopen");
+        prop_assert_eq!(
+            recovery,
+            Recovery { records: expected.len(), spans: 2 * expected.len(), damaged }
+        );
+        prop_assert_eq!(drain(&mut log), expected);
+    }
+}
