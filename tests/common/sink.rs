@@ -69,10 +69,14 @@ struct State {
     released: watch::Sender<u64>,
 }
 
+/// Which requests the closed gate holds.
+type Holds = Arc<dyn Fn(&ExportTraceServiceRequest) -> bool + Send + Sync>;
+
 /// The gate between a request's arrival and its recording (see [`Sink::close_gate`]).
 #[derive(Default)]
 struct Gate {
-    closed: bool,
+    /// Set while the gate is closed.
+    closed: Option<Holds>,
     /// Requests waiting at the closed gate.
     held: usize,
     /// When the sink last answered a request.
@@ -208,7 +212,15 @@ impl Sink {
     /// Deciding and recording happen under the gate's lock, so once this returns nothing
     /// more is recorded: a test can crash the agent knowing exactly what the backend has.
     pub fn close_gate(&self) {
-        lock(&self.state.gate).closed = true;
+        self.close_gate_for(|_| true);
+    }
+
+    /// Closes the gate for the requests `holds` picks only; the others pass as usual.
+    pub fn close_gate_for(
+        &self,
+        holds: impl Fn(&ExportTraceServiceRequest) -> bool + Send + Sync + 'static,
+    ) {
+        lock(&self.state.gate).closed = Some(Arc::new(holds));
     }
 
     /// Requests waiting at the closed gate now.
@@ -225,7 +237,7 @@ impl Sink {
         loop {
             {
                 let gate = lock(&self.state.gate);
-                assert!(gate.closed, "the gate is open");
+                assert!(gate.closed.is_some(), "the gate is open");
                 if gate.held > 0 && gate.last_answer.is_none_or(|at| at.elapsed() >= quiet) {
                     return gate.held;
                 }
@@ -242,7 +254,7 @@ impl Sink {
     /// belong to connections of an agent that is gone), and opens the gate.
     pub fn release_held_and_open_gate(&self) {
         let mut gate = lock(&self.state.gate);
-        gate.closed = false;
+        gate.closed = None;
         self.state
             .released
             .send_modify(|generation| *generation += 1);
@@ -306,7 +318,7 @@ impl Sink {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let generation = {
             let mut gate = lock(&state.gate);
-            if !gate.closed {
+            if !gate.closed.as_ref().is_some_and(|holds| holds(&request)) {
                 let answer = lock(&state.script).pop_front();
                 lock(&state.received).push(Received {
                     headers,
