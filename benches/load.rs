@@ -4,7 +4,9 @@
 //!
 //! Run: `cargo bench --bench load -- [--seconds 10] [--runs 3] [--scenario NAME]...`
 //! Under `cargo test` (no `--bench` argument) it makes one tiny run of every scenario,
-//! so the test command checks that it builds and works.
+//! so the test command checks that it works: every span expected arrives at the sink (no
+//! more), nothing is refused at the fixed rate (far below saturation), and the agent
+//! exits with 0 after SIGTERM.
 //!
 //! Per scenario it reports, for the agent process: received spans/s at saturation (all of them delivered, or what sampling keeps),
 //! CPU-seconds per million spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
@@ -347,8 +349,22 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     figures.fixed_p50_ms = fixed.percentile(0.50);
     figures.fixed_p99_ms = fixed.percentile(0.99);
     figures.fixed_refused = fixed.refused;
-    sink.wait_for_spans(fixed.delivered_spans, DELIVERY_WAIT)
+    let arrived = sink
+        .wait_for_spans(fixed.delivered_spans, DELIVERY_WAIT)
         .await;
+    if args.quick {
+        // 8 requests at 20K spans/s are far below saturation: nothing may be refused.
+        assert_eq!(
+            fixed.refused, 0,
+            "{}: requests refused at a fixed rate below saturation",
+            scenario.name
+        );
+        assert_eq!(
+            arrived, fixed.delivered_spans,
+            "{}: spans at the sink after the fixed-rate phase",
+            scenario.name
+        );
+    }
 
     // Saturation: senders as fast as answers come.
     let cpu_before = agent.as_ref().map(AgentProcess::cpu_seconds);
@@ -356,7 +372,7 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     let started = Instant::now();
     let saturated = saturate(&target, &bodies, phase, max_requests).await;
     let expected = delivered_before + saturated.delivered_spans;
-    sink.wait_for_spans(expected, DELIVERY_WAIT).await;
+    let arrived = sink.wait_for_spans(expected, DELIVERY_WAIT).await;
     let elapsed = started.elapsed().as_secs_f64();
     // Per received span: with sampling, fewer arrive at the sink by design.
     let received = saturated.accepted_spans;
@@ -369,8 +385,29 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
         figures.cpu_seconds_per_million = Some(cpu / (received.max(1) as f64 / 1e6));
         figures.peak_rss_mib = agent.status_kib("VmHWM").map(|k| k / 1024.0);
     }
-    if let Some(agent) = agent.as_mut() {
-        agent.terminate();
+    let exit = agent.as_mut().map(AgentProcess::terminate);
+    if args.quick {
+        assert_eq!(
+            arrived, expected,
+            "{}: spans at the sink after saturation",
+            scenario.name
+        );
+        if let Some(agent) = &agent {
+            assert_eq!(
+                exit,
+                Some(0),
+                "{}: the agent's exit code after SIGTERM; logs:\n{}",
+                scenario.name,
+                agent.logs()
+            );
+        }
+        // The stop drained the agent: had it sent anything twice, it is counted now.
+        assert_eq!(
+            sink.spans(),
+            expected,
+            "{}: spans at the sink once the agent stopped",
+            scenario.name
+        );
     }
     figures
 }
