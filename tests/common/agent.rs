@@ -279,14 +279,7 @@ impl AgentProcess {
         (code, after)
     }
 
-    /// Waits (bounded) for the process to exit.
-    pub fn wait(&mut self) -> i32 {
-        let code = self.wait_for_exit();
-        // Let the collector threads read the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        code
-    }
-
+    /// Waits (bounded) for the process to exit; returns its exit code.
     fn wait_for_exit(&mut self) -> i32 {
         let started = Instant::now();
         loop {

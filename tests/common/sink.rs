@@ -223,11 +223,6 @@ impl Sink {
         lock(&self.state.gate).closed = Some(Arc::new(holds));
     }
 
-    /// Requests waiting at the closed gate now.
-    pub fn held(&self) -> usize {
-        lock(&self.state.gate).held
-    }
-
     /// Waits (bounded by [`WAIT`]) until at least one request waits at the closed gate and
     /// no answer has left the sink for `quiet`, so the agent has had time to act on every
     /// answer it got (e.g. mark a batch delivered in its persistent queue); returns the
