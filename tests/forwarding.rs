@@ -188,31 +188,6 @@ fn encode_with_a_field_from_the_future(request: &ExportTraceServiceRequest) -> V
     out
 }
 
-/// Sends `body` as it is as a gRPC export request (gzipped on the wire if `gzipped`).
-async fn grpc_raw(agent: &TestAgent, body: Vec<u8>, gzipped: bool) {
-    use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
-    use daena_trace_agent::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
-    let channel = tonic::transport::Endpoint::from_shared(agent.grpc_url())
-        .expect("url")
-        .timeout(GRPC_DEADLINE)
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = tonic::client::Grpc::new(channel);
-    if gzipped {
-        client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    }
-    client.ready().await.expect("ready");
-    client
-        .unary(
-            tonic::Request::new(bytes::Bytes::from(body)),
-            http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-            OtlpCodec::<bytes::Bytes, ExportTraceServiceResponse>::default(),
-        )
-        .await
-        .expect("accepted");
-}
-
 #[tokio::test]
 async fn processors_off_the_backend_gets_the_bytes_the_client_sent() {
     let (grpc_sink, http_sink) = (Sink::grpc().await, Sink::http().await);
@@ -234,7 +209,9 @@ async fn processors_off_the_backend_gets_the_bytes_the_client_sent() {
         let sent = encode_with_a_field_from_the_future(&request);
         let mut headers = vec![("content-type", "application/x-protobuf")];
         if protocol == "gRPC" {
-            grpc_raw(&agent, sent.clone(), gzipped).await;
+            grpc_export_bytes(agent.grpc_url(), sent.clone().into(), gzipped)
+                .await
+                .expect("accepted");
         } else {
             let body = if gzipped {
                 headers.push(("content-encoding", "gzip"));

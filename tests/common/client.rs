@@ -5,9 +5,10 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
+use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
 use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, KeyValue, Resource, ResourceSpans,
-    ScopeSpans, Span, Value,
+    ScopeSpans, Span, TRACE_EXPORT_PATH, Value,
 };
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -139,17 +140,27 @@ pub async fn post_protobuf(
     .await
 }
 
-/// Sends an export request over OTLP/gRPC on a new connection, within [`GRPC_DEADLINE`]:
-/// an agent that cannot be reached is `UNAVAILABLE`, one that does not answer in time is
-/// `DEADLINE_EXCEEDED` (the deadline goes to the agent as `grpc-timeout`, is enforced by
-/// the client's channel, and an outer timeout covers connecting and anything that ignores
-/// both), so a deadlocked agent fails a test instead of hanging it.
+/// Sends an export request over OTLP/gRPC on a new connection, within [`GRPC_DEADLINE`];
+/// see [`grpc_export_bytes`].
 pub async fn grpc_export(
     url: String,
     request: ExportTraceServiceRequest,
     gzip: bool,
 ) -> Result<ExportTraceServiceResponse, tonic::Status> {
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    grpc_export_bytes(url, Bytes::from(request.encode_to_vec()), gzip).await
+}
+
+/// Sends `body` as it is as the message of an OTLP/gRPC export call (gzipped on the wire
+/// if `gzip`) on a new connection, within [`GRPC_DEADLINE`]: an agent that cannot be
+/// reached is `UNAVAILABLE`, one that does not answer in time `DEADLINE_EXCEEDED` or
+/// `CANCELLED`. The deadline goes to the agent as `grpc-timeout`, the client's channel
+/// enforces it, and an outer timeout covers connecting and anything that ignores both,
+/// so a deadlocked agent fails a test instead of hanging it.
+pub async fn grpc_export_bytes(
+    url: String,
+    body: Bytes,
+    gzip: bool,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
     let call = async {
         let channel = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| tonic::Status::invalid_argument(format!("bad url: {e}")))?
@@ -158,14 +169,22 @@ pub async fn grpc_export(
             .connect()
             .await
             .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
-        let mut client = TraceServiceClient::new(channel);
+        let mut client = tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20);
         if gzip {
             client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
         }
-        let mut request = tonic::Request::new(request);
+        client
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
+        let mut request = tonic::Request::new(body);
         request.set_timeout(GRPC_DEADLINE);
         client
-            .export(request)
+            .unary(
+                request,
+                http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+                OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
+            )
             .await
             .map(tonic::Response::into_inner)
     };
