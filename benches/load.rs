@@ -1,9 +1,12 @@
-//! The load benchmark: Daena-shaped traffic through the real agent binary into a
-//! blackhole OTLP sink, measuring the agent process.
+//! The load benchmark: Daena-shaped traffic through the real agent binary into an OTLP
+//! sink that only counts spans, measuring the agent process. The agent process and the
+//! sink come from the integration tests' harness (`tests/common`).
 //!
 //! Run: `cargo bench --bench load -- [--seconds 10] [--runs 3] [--scenario NAME]...`
 //! Under `cargo test` (no `--bench` argument) it makes one tiny run of every scenario,
-//! so the test command checks that it builds and works.
+//! so the test command checks that it works: every span expected arrives at the sink (no
+//! more), nothing is refused at the fixed rate (far below saturation), and the agent
+//! exits with 0 after SIGTERM.
 //!
 //! Per scenario it reports, for the agent process: received spans/s at saturation (all of them delivered, or what sampling keeps),
 //! CPU-seconds per million spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
@@ -11,27 +14,28 @@
 //! refusals. The `baseline` scenario sends straight to the sink: the harness's ceiling.
 //! The agent gets an empty environment except `MALLOC_*` variables, for allocator experiments.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "support/traffic.rs"]
 mod traffic;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+use common::{AgentProcess, CountingSink};
 use daena_trace_agent::otlp::Span;
 use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
 use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH,
 };
 use daena_trace_agent::processor::sampling::{ConsistentSampler, trace_id_randomness};
-use daena_trace_agent::telemetry::memory;
 use http_body_util::{BodyExt, Full};
 use prost::Message;
-use tokio::net::TcpListener;
 
 const SPANS_PER_REQUEST: usize = 512;
 const SENDERS: usize = 4;
@@ -322,14 +326,15 @@ impl Bodies {
 
 async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     let bodies = Arc::new(bodies.sampled(scenario.sampling));
-    let sink = BlackholeSink::start().await;
+    let sink = CountingSink::start().await;
+    let queue_dir = tempfile::tempdir().expect("tempdir");
     let mut agent = scenario
         .agent
-        .map(|exporter| AgentProcess::start(sink.addr, exporter));
+        .map(|exporter| start_agent(sink.addr, exporter, queue_dir.path()));
     let target = match (&agent, scenario.input) {
         (None, _) => Target::Grpc(sink.addr),
-        (Some(a), Input::Grpc) => Target::Grpc(a.grpc),
-        (Some(a), Input::Http { gzip }) => Target::Http(a.http, gzip),
+        (Some(a), Input::Grpc) => Target::Grpc(a.addr("OTLP/gRPC")),
+        (Some(a), Input::Http { gzip }) => Target::Http(a.addr("OTLP/HTTP"), gzip),
     };
     let mut figures = Figures::default();
     if let Some(agent) = &agent {
@@ -344,15 +349,30 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     figures.fixed_p50_ms = fixed.percentile(0.50);
     figures.fixed_p99_ms = fixed.percentile(0.99);
     figures.fixed_refused = fixed.refused;
-    wait_for(&sink, fixed.delivered_spans).await;
+    let arrived = sink
+        .wait_for_spans(fixed.delivered_spans, DELIVERY_WAIT)
+        .await;
+    if args.quick {
+        // 8 requests at 20K spans/s are far below saturation: nothing may be refused.
+        assert_eq!(
+            fixed.refused, 0,
+            "{}: requests refused at a fixed rate below saturation",
+            scenario.name
+        );
+        assert_eq!(
+            arrived, fixed.delivered_spans,
+            "{}: spans at the sink after the fixed-rate phase",
+            scenario.name
+        );
+    }
 
     // Saturation: senders as fast as answers come.
     let cpu_before = agent.as_ref().map(AgentProcess::cpu_seconds);
-    let delivered_before = sink.spans.load(Ordering::Relaxed);
+    let delivered_before = sink.spans();
     let started = Instant::now();
     let saturated = saturate(&target, &bodies, phase, max_requests).await;
     let expected = delivered_before + saturated.delivered_spans;
-    wait_for(&sink, expected).await;
+    let arrived = sink.wait_for_spans(expected, DELIVERY_WAIT).await;
     let elapsed = started.elapsed().as_secs_f64();
     // Per received span: with sampling, fewer arrive at the sink by design.
     let received = saturated.accepted_spans;
@@ -365,18 +385,52 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
         figures.cpu_seconds_per_million = Some(cpu / (received.max(1) as f64 / 1e6));
         figures.peak_rss_mib = agent.status_kib("VmHWM").map(|k| k / 1024.0);
     }
-    if let Some(agent) = agent.as_mut() {
-        agent.stop();
+    let exit = agent.as_mut().map(AgentProcess::terminate);
+    if args.quick {
+        assert_eq!(
+            arrived, expected,
+            "{}: spans at the sink after saturation",
+            scenario.name
+        );
+        if let Some(agent) = &agent {
+            assert_eq!(
+                exit,
+                Some(0),
+                "{}: the agent's exit code after SIGTERM; logs:\n{}",
+                scenario.name,
+                agent.logs()
+            );
+        }
+        // The stop drained the agent: had it sent anything twice, it is counted now.
+        assert_eq!(
+            sink.spans(),
+            expected,
+            "{}: spans at the sink once the agent stopped",
+            scenario.name
+        );
     }
     figures
 }
 
-/// Waits (at most 30 s) until the sink has seen `spans` spans.
-async fn wait_for(sink: &BlackholeSink, spans: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sink.spans.load(Ordering::Relaxed) < spans && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// How long the harness waits for what was accepted to reach the sink.
+const DELIVERY_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the agent binary exporting to `sink` with a scenario's exporter settings and
+/// extra config (`@queue_dir@` becomes `queue_dir`). Its environment is empty but for
+/// `MALLOC_*` variables, for allocator experiments.
+fn start_agent(sink: SocketAddr, exporter: &str, queue_dir: &Path) -> AgentProcess {
+    let yaml = format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null, log_level: warn }}\nexporters:\n  sink:\n    protocol: grpc\n    endpoint: http://{sink}\n{}",
+        exporter.replace("@queue_dir@", &queue_dir.display().to_string())
+    );
+    let malloc: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MALLOC_"))
+        .collect();
+    let env: Vec<(&str, &str)> = malloc
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    AgentProcess::with_config(&yaml, "info", &env)
 }
 
 // ---------------------------------------------------------------- load generation
@@ -594,275 +648,4 @@ async fn saturate(
         outcome.merge(part);
     }
     outcome
-}
-
-// ---------------------------------------------------------------- the sink
-
-/// An OTLP/gRPC sink that counts spans by walking the wire format, without decoding,
-/// so it costs the machine as little as possible.
-struct BlackholeSink {
-    addr: SocketAddr,
-    spans: Arc<AtomicU64>,
-}
-
-impl BlackholeSink {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let spans = Arc::new(AtomicU64::new(0));
-        let service = CountingService(Arc::clone(&spans));
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                ),
-        );
-        Self { addr, spans }
-    }
-}
-
-#[derive(Clone)]
-struct CountingService(Arc<AtomicU64>);
-
-impl tonic::server::NamedService for CountingService {
-    const NAME: &'static str = daena_trace_agent::otlp::TRACE_SERVICE_NAME;
-}
-
-impl tonic::server::UnaryService<Bytes> for CountingService {
-    type Response = ExportTraceServiceResponse;
-    type Future =
-        std::future::Ready<Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        self.0
-            .fetch_add(count_spans(request.into_inner()), Ordering::Relaxed);
-        std::future::ready(Ok(tonic::Response::new(
-            ExportTraceServiceResponse::default(),
-        )))
-    }
-}
-
-impl tower_service::Service<http::Request<tonic::body::Body>> for CountingService {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let service = self.clone();
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(RawCodec)
-                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                .max_decoding_message_size(64 << 20);
-            Ok(grpc.unary(service, request).await)
-        })
-    }
-}
-
-/// Receives request bodies as bytes; answers with an encoded response.
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = ExportTraceServiceResponse;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-
-    fn encode(
-        &mut self,
-        item: Self::Item,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Self::Error> {
-        item.encode(dst)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Self::Item>, Self::Error> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// Counts spans in an encoded ExportTraceServiceRequest: field 1 (ResourceSpans) →
-/// field 2 (ScopeSpans) → field 2 (Span).
-fn count_spans(body: Bytes) -> u64 {
-    fn fields(mut buf: &[u8], mut each: impl FnMut(u64, &[u8])) {
-        while !buf.is_empty() {
-            let Ok(key) = prost::encoding::decode_varint(&mut buf) else {
-                return;
-            };
-            let (field, wire_type) = (key >> 3, key & 7);
-            match wire_type {
-                0 => {
-                    if prost::encoding::decode_varint(&mut buf).is_err() {
-                        return;
-                    }
-                }
-                1 => buf = &buf[8.min(buf.len())..],
-                5 => buf = &buf[4.min(buf.len())..],
-                2 => {
-                    let Ok(len) = prost::encoding::decode_varint(&mut buf) else {
-                        return;
-                    };
-                    let len = (len as usize).min(buf.len());
-                    each(field, &buf[..len]);
-                    buf = &buf[len..];
-                }
-                _ => return,
-            }
-        }
-    }
-    let mut spans = 0;
-    fields(&body, |f, rs| {
-        if f == 1 {
-            fields(rs, |f, ss| {
-                if f == 2 {
-                    fields(ss, |f, _| spans += u64::from(f == 2));
-                }
-            })
-        }
-    });
-    spans
-}
-
-// ---------------------------------------------------------------- the agent process
-
-struct AgentProcess {
-    child: Child,
-    grpc: SocketAddr,
-    http: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl AgentProcess {
-    fn start(sink: SocketAddr, exporter: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("agent.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\n    http: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: null, log_level: warn }}\nexporters:\n  sink:\n    protocol: grpc\n    endpoint: http://{sink}\n{}",
-                exporter.replace("@queue_dir@", &dir.path().join("queue").display().to_string())
-            ),
-        )
-        .expect("config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_daena-trace-agent"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--log-level")
-            .arg("info")
-            .env_clear()
-            .envs(std::env::vars().filter(|(k, _)| k.starts_with("MALLOC_")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let started = lines
-            .by_ref()
-            .take(50)
-            .map_while(Result::ok)
-            .find(|l| l.contains("daena-trace-agent started"))
-            .expect("the agent starts");
-        // Keep draining its logs so the agent never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        let addr = |what: &str| -> SocketAddr {
-            let start = started.find(what).expect("listener") + what.len();
-            let rest = &started[start..];
-            rest[..rest.find([',', ';', ' ']).unwrap_or(rest.len())]
-                .parse()
-                .expect("address")
-        };
-        Self {
-            grpc: addr("OTLP/gRPC on "),
-            http: addr("OTLP/HTTP on "),
-            child,
-            _dir: dir,
-        }
-    }
-
-    /// user + system CPU seconds of the agent so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields
-            .get(11)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            + fields
-                .get(12)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        ticks / clock_ticks_per_second()
-    }
-
-    /// A `kB` line of /proc/PID/status, in KiB.
-    fn status_kib(&self, field: &str) -> Option<f64> {
-        memory::proc_status_kib(&self.child.id().to_string(), field).map(|kib| kib as f64)
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }

@@ -4,10 +4,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
-use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
-use daena_trace_agent::otlp::{ExportTraceServiceResponse, RpcStatus, TRACE_EXPORT_PATH};
+use daena_trace_agent::otlp::RpcStatus;
 use prost::Message;
 
 async fn agent_with_grpc_sink(extra: &str) -> (TestAgent, Sink) {
@@ -23,28 +21,6 @@ fn status_message(body: &[u8]) -> String {
     RpcStatus::decode(body)
         .expect("error body is a google.rpc.Status")
         .message
-}
-
-/// Sends raw bytes as the body of a gRPC Export call.
-async fn grpc_raw(
-    agent: &TestAgent,
-    body: Vec<u8>,
-) -> Result<ExportTraceServiceResponse, tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(agent.grpc_url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20);
-    client.ready().await.expect("ready");
-    client
-        .unary(
-            tonic::Request::new(Bytes::from(body)),
-            http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-            OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -200,7 +176,9 @@ async fn bodies_over_the_limit_are_413_on_the_wire_and_after_gunzip() {
             .contains("decompressed body is larger than the receiver's limit of 65536 bytes")
     );
 
-    let status = grpc_raw(&agent, big).await.expect_err("refused");
+    let status = grpc_export_bytes(agent.grpc_url(), big.into(), false)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("max_request_size"),
@@ -246,7 +224,7 @@ async fn grpc_gzip_bomb_is_resource_exhausted() {
 #[tokio::test]
 async fn undecodable_grpc_is_invalid_argument() {
     let (agent, _sink) = agent_with_grpc_sink("").await;
-    let status = grpc_raw(&agent, vec![0x0a, 0xff, 0xff, 0x01])
+    let status = grpc_export_bytes(agent.grpc_url(), vec![0x0a, 0xff, 0xff, 0x01].into(), false)
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);

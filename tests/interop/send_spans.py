@@ -1,40 +1,55 @@
 """Sends Daena-shaped spans to the agent with the real OpenTelemetry Python SDK.
 
-Usage: send_spans.py {grpc,http,json} ENDPOINT OUT_FILE [--gzip] [--messy | --sampling-mix]
+Usage: send_spans.py JOBS
 
-Builds one trace the way Daena's services do (a FastAPI request, a council round with
-scout/debate/commit phases, message-bus traffic, NBMF memory and an LLM exchange, plus a
-span carrying every attribute type), exports it through the chosen OTLP exporter, and
-writes the protobuf ExportTraceServiceRequest the SDK's own encoder makes of those spans
-to OUT_FILE, so the Rust test can compare what the backend received bit for bit.
-With --messy it sends instead a trace whose Daena attributes are spelled the ways
-different services and versions spell them, with secrets in some values, and no
-service.name, for the agent to normalise, mirror and redact. With --sampling-mix it sends
-two-span traces named mix.<kind>: an error, a slow one, a council commit, an expensive LLM
-call and six ordinary ones, for tail sampling to choose from.
-Exits 1 if the exporter did not report success.
+JOBS is a JSON list of runs, made one after the other in this one process (starting the
+SDK costs more than a run): {"protocol": "grpc" | "http" | "json", "endpoint": URL,
+"gzip": bool, "trace": "daena" | "messy" | "mix", "out": FILE}. Each run gets its own
+TracerProvider and exporter, exports one span per call (SimpleSpanProcessor), and writes
+to FILE a JSON object {"requests": [...]}: for each export call, in order, the base64 of
+the protobuf ExportTraceServiceRequest the SDK's own encoder makes of the exported spans.
+That is the very body the gRPC and HTTP/protobuf exporters send (they call the same
+encoder); the JSON exporter sends the same request in OTLP/JSON, from an encoder that
+builds it field for field as the protobuf one does. So the Rust test can compare what the
+backend received with what went over the wire.
+
+Traces: "daena" is one trace the way Daena's services make it (a FastAPI request, a
+council round with scout/debate/commit phases, message-bus traffic, NBMF memory and an
+LLM exchange, plus a span carrying every attribute type from a second scope), with
+schema URLs on the resource and on both scopes. "messy" spells the Daena attributes the
+ways different services and versions do, with secrets in some values and no
+service.name, for the agent to normalise, mirror and redact. "mix" is two-span traces
+named mix.<kind>: an error, a slow one, a council commit, an expensive LLM call and six
+ordinary ones, for tail sampling to choose from.
+Exits 1 if an exporter did not report success.
 """
 
+import base64
+import json
 import sys
 
+from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+RESOURCE_SCHEMA = "https://opentelemetry.io/schemas/1.30.0"
+SCOPE_SCHEMA = "https://opentelemetry.io/schemas/1.37.0"
+SECOND_SCOPE_SCHEMA = "https://daena.example/schemas/council/2"
 
 
 class Tee(SpanExporter):
-    """Remembers what it exports, and passes it to the real exporter."""
+    """Remembers the protobuf encoding of what each call exports, and passes it on."""
 
     def __init__(self, inner):
         self.inner = inner
-        self.spans = []
+        self.requests = []
         self.results = []
 
     def export(self, spans):
-        self.spans.extend(spans)
+        self.requests.append(encode_spans(spans).SerializeToString())
         result = self.inner.export(spans)
         self.results.append(result)
         return result
@@ -59,13 +74,21 @@ def exporter(protocol, endpoint, gzip):
             endpoint=endpoint, compression=Compression.Gzip if gzip else Compression.NoCompression
         )
     if protocol == "json":
+        from opentelemetry.exporter.otlp.common.http import Compression
         from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=endpoint)
+        return OTLPSpanExporter(
+            endpoint=endpoint, compression=Compression.GZIP if gzip else Compression.NONE
+        )
     raise SystemExit(f"unknown protocol {protocol!r}")
 
 
-def daena_trace(tracer, protocol):
+def daena_trace(provider, protocol):
+    tracer = provider.get_tracer("backend.utils.tracing", "2.0.0", schema_url=SCOPE_SCHEMA)
+    council = provider.get_tracer(
+        "backend.council", "2.0.0", schema_url=SECOND_SCOPE_SCHEMA,
+        attributes={"scope.team": "council"},
+    )
     with tracer.start_as_current_span(
         "POST /api/v1/council/rounds",
         kind=SpanKind.SERVER,
@@ -120,11 +143,12 @@ def daena_trace(tracer, protocol):
         if protocol == "json":
             # What the JSON exporter sends as {"arrayValue":{}}, which strict decoders refuse.
             every_type["attr.empty"] = []
-        with tracer.start_as_current_span("daena.every_type", attributes=every_type):
+        with council.start_as_current_span("daena.every_type", attributes=every_type):
             pass
 
 
-def messy_trace(tracer):
+def messy_trace(provider):
+    tracer = provider.get_tracer("backend.utils.tracing", "2.0.0")
     with tracer.start_as_current_span(
         "council.round", attributes={"Council_Round_Id": 42, "council-department": " research "}
     ):
@@ -155,7 +179,8 @@ def messy_trace(tracer):
             pass
 
 
-def sampling_mix(tracer):
+def sampling_mix(provider):
+    tracer = provider.get_tracer("backend.utils.tracing", "2.0.0")
     start = 1_700_000_000_000_000_000
     kinds = [("error", {}), ("slow", {}), ("commit", {"council.phase": "commit"}),
              ("pricey", {"llm.cost_usd": 0.25})] + [(f"ordinary{i}", {}) for i in range(6)]
@@ -171,33 +196,35 @@ def sampling_mix(tracer):
         root.end(end_time=start + duration)
 
 
-def main():
-    protocol, endpoint, out = sys.argv[1], sys.argv[2], sys.argv[3]
-    gzip = "--gzip" in sys.argv[4:]
-    messy = "--messy" in sys.argv[4:]
-    mix = "--sampling-mix" in sys.argv[4:]
-    tee = Tee(exporter(protocol, endpoint, gzip))
-    if messy:
+def run(job):
+    """Makes one run; returns the number of export calls that failed."""
+    tee = Tee(exporter(job["protocol"], job["endpoint"], job["gzip"]))
+    if job["trace"] == "messy":
         # No service.name: the SDK sends "unknown_service", which the agent replaces.
         resource = Resource.create({"db.password": "resource-secret-1"})
     else:
         resource = Resource.create({"service.name": "daena-backend", "service.version": "2.0.0",
-                                    "deployment.environment.name": "interop"})
+                                    "deployment.environment.name": "interop"},
+                                   schema_url=RESOURCE_SCHEMA)
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(SimpleSpanProcessor(tee))
-    tracer = provider.get_tracer("backend.utils.tracing", "2.0.0")
-    if messy:
-        messy_trace(tracer)
-    elif mix:
-        sampling_mix(tracer)
+    if job["trace"] == "messy":
+        messy_trace(provider)
+    elif job["trace"] == "mix":
+        sampling_mix(provider)
     else:
-        daena_trace(tracer, protocol)
+        daena_trace(provider, job["protocol"])
     provider.shutdown()
-    with open(out, "wb") as f:
-        f.write(encode_spans(tee.spans).SerializeToString())
+    with open(job["out"], "w") as f:
+        json.dump({"requests": [base64.b64encode(r).decode() for r in tee.requests]}, f)
     failed = [r for r in tee.results if r != SpanExportResult.SUCCESS]
-    print(f"exported {len(tee.spans)} spans in {len(tee.results)} calls, {len(failed)} failed")
-    sys.exit(1 if failed or not tee.spans else 0)
+    print(f"{job['protocol']} to {job['endpoint']}: {len(tee.requests)} calls, {len(failed)} failed")
+    return len(failed) if tee.requests else 1
+
+
+def main():
+    failed = sum(run(job) for job in json.loads(sys.argv[1]))
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
