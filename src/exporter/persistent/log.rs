@@ -98,6 +98,8 @@ struct Segment {
     len: u64,
     /// Records in it not yet acknowledged by the backend.
     live: usize,
+    /// Bytes of its done file: the records the backend acknowledged past the cursor.
+    done_bytes: u64,
 }
 
 /// The log itself: blocking file I/O, used behind [`PersistentQueue`](super::PersistentQueue)'s lock.
@@ -159,9 +161,12 @@ impl SegmentLog {
         let mut recovery = Recovery::default();
         let mut segments = BTreeMap::new();
         let mut unread = VecDeque::new();
-        for seq in segment_numbers(dir).map_err(io_error)? {
+        let numbers = segment_numbers(dir).map_err(io_error)?;
+        remove_orphan_done_files(dir, &numbers);
+        for seq in numbers {
             let path = segment_path(dir, seq);
-            let scan = scan_segment(&path, seq, acked_to).map_err(io_error)?;
+            let (done, done_bytes) = read_done(dir, seq);
+            let scan = scan_segment(&path, seq, acked_to, &done).map_err(io_error)?;
             if let Some(damage) = &scan.damage {
                 recovery.damaged += 1;
                 tracing::warn!(
@@ -179,6 +184,7 @@ impl SegmentLog {
                 Segment {
                     len: scan.len,
                     live: scan.records.len(),
+                    done_bytes,
                 },
             );
             unread.extend(scan.records);
@@ -202,7 +208,8 @@ impl SegmentLog {
             writer: create_segment(dir, writer_seq, options.fsync).map_err(io_error)?,
             writer_seq,
             unsynced: false,
-            disk_bytes: segments.values().map(|s| s.len).sum::<u64>() + MAGIC.len() as u64,
+            disk_bytes: segments.values().map(|s| s.len + s.done_bytes).sum::<u64>()
+                + MAGIC.len() as u64,
             segments,
             unread,
             in_flight: BTreeSet::new(),
@@ -214,6 +221,7 @@ impl SegmentLog {
             Segment {
                 len: MAGIC.len() as u64,
                 live: 0,
+                done_bytes: 0,
             },
         );
         let empty: Vec<u64> = log
@@ -365,6 +373,33 @@ impl SegmentLog {
             // Without fsync: a lost cursor only means records sent twice after a crash.
             let _ = self.cursor.write_all_at(&encode_cursor(prefix), 0);
         }
+        // Acknowledged while an older record still waits: the cursor cannot cover it, so
+        // its segment's done file does, and a restart does not send it again.
+        if record.id >= prefix {
+            self.mark_done(record.id);
+        }
+    }
+
+    /// Notes in the segment's done file that the record at `id` left the log.
+    fn mark_done(&mut self, id: RecordId) {
+        let Some(segment) = self.segments.get_mut(&id.segment) else {
+            return;
+        };
+        let appended = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(done_path(&self.dir, id.segment))
+            .and_then(|mut file| file.write_all(&encode_done(id.offset)));
+        match appended {
+            Ok(()) => {
+                segment.done_bytes += DONE_ENTRY as u64;
+                self.disk_bytes += DONE_ENTRY as u64;
+            }
+            // Without it, the record is only sent twice if the agent crashes.
+            Err(error) => {
+                tracing::warn!(segment = id.segment, %error, "Persistent queue: could not note a delivered record");
+            }
+        }
     }
 
     /// A record leaving the unread list no longer counts against the memory it may hold.
@@ -376,9 +411,13 @@ impl SegmentLog {
 
     fn delete_segment(&mut self, seq: u64) {
         if let Some(segment) = self.segments.remove(&seq) {
-            self.disk_bytes -= segment.len;
+            self.disk_bytes -= segment.len + segment.done_bytes;
             if let Err(error) = std::fs::remove_file(segment_path(&self.dir, seq)) {
                 tracing::warn!(segment = seq, %error, "Persistent queue: could not delete a delivered segment");
+            }
+            // After the segment: a crash in between leaves an orphan, removed at start-up.
+            if segment.done_bytes > 0 {
+                let _ = std::fs::remove_file(done_path(&self.dir, seq));
             }
         }
     }
@@ -395,6 +434,7 @@ impl SegmentLog {
             Segment {
                 len: MAGIC.len() as u64,
                 live: 0,
+                done_bytes: 0,
             },
         );
         self.disk_bytes += MAGIC.len() as u64;
@@ -441,8 +481,14 @@ struct Scan {
     damage: Option<Damage>,
 }
 
-/// Reads a segment's records after `acked_to`, stopping at the first damaged one.
-fn scan_segment(path: &Path, seq: u64, acked_to: RecordId) -> io::Result<Scan> {
+/// Reads a segment's records after `acked_to` that are not `done`, stopping at the first
+/// damaged one.
+fn scan_segment(
+    path: &Path,
+    seq: u64,
+    acked_to: RecordId,
+    done: &BTreeSet<u64>,
+) -> io::Result<Scan> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     let mut scan = Scan {
@@ -495,7 +541,7 @@ fn scan_segment(path: &Path, seq: u64, acked_to: RecordId) -> io::Result<Scan> {
             segment: seq,
             offset,
         };
-        if id >= acked_to {
+        if id >= acked_to && !done.contains(&offset) {
             scan.records.push(Record {
                 id,
                 spans: spans as usize,
@@ -556,6 +602,56 @@ fn read_cursor(file: &File) -> RecordId {
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.seg"))
+}
+
+/// Bytes of one done-file entry: the record's offset and a CRC of it, so a torn entry
+/// is ignored.
+const DONE_ENTRY: usize = 12;
+
+fn done_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.done"))
+}
+
+fn encode_done(offset: u64) -> [u8; DONE_ENTRY] {
+    let offset = offset.to_le_bytes();
+    let mut entry = [0u8; DONE_ENTRY];
+    entry[0..8].copy_from_slice(&offset);
+    entry[8..12].copy_from_slice(&crc32fast::hash(&offset).to_le_bytes());
+    entry
+}
+
+/// The offsets a segment's done file lists (none when it has none), and its size.
+fn read_done(dir: &Path, seq: u64) -> (BTreeSet<u64>, u64) {
+    let bytes = std::fs::read(done_path(dir, seq)).unwrap_or_default();
+    let offsets = bytes
+        .chunks_exact(DONE_ENTRY)
+        .filter_map(|entry| {
+            let (offset, crc) = entry.split_at(8);
+            let offset: [u8; 8] = offset.try_into().ok()?;
+            let crc: [u8; 4] = crc.try_into().ok()?;
+            (crc32fast::hash(&offset) == u32::from_le_bytes(crc))
+                .then(|| u64::from_le_bytes(offset))
+        })
+        .collect();
+    (offsets, bytes.len() as u64)
+}
+
+/// Removes done files whose segment is gone (a crash between the two deletions).
+fn remove_orphan_done_files(dir: &Path, segments: &[u64]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let orphan = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".done"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|seq| !segments.contains(&seq));
+        if orphan {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The numbers of the segment files in `dir`, in order; other files are left alone.

@@ -75,6 +75,43 @@ fn what_was_appended_and_not_delivered_is_replayed_in_order_after_a_crash() {
 }
 
 #[test]
+fn a_record_delivered_while_an_older_one_waits_is_not_sent_again_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("open");
+        for tag in ["a", "b", "c", "d"] {
+            assert_eq!(log.append(&payload(tag, 1)), Ok(0));
+        }
+        let a = log.take_next().expect("a");
+        let b = log.take_next().expect("b");
+        let c = log.take_next().expect("c");
+        // Two workers: b and c are acknowledged while a is still being retried.
+        log.done(&c);
+        log.done(&b);
+        let _ = a;
+        // The process dies with a in flight and d unread.
+    }
+    let (mut log, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+    assert_eq!(recovery.records, 2);
+    assert_eq!(drain(&mut log), ["a/0", "d/0"], "b and c were acknowledged");
+    drop(log);
+    // Once everything is delivered, nothing is left behind: no segment, no done file.
+    let (mut log, _) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+    while let Some(record) = log.take_next() {
+        log.done(&record);
+    }
+    drop(log);
+    let (_, recovery) = SegmentLog::open(dir.path(), options(1 << 30)).expect("reopen");
+    assert_eq!(recovery, Recovery::default());
+    let done_files = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".done"))
+        .count();
+    assert_eq!(done_files, 0);
+}
+
+#[test]
 fn delivered_segments_are_deleted_and_the_disk_bound_holds() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 512 KiB: 64 KiB segments, each holding a few of these ~20 KiB batches.
