@@ -151,12 +151,8 @@ pub const MAX_REQUEST_SIZE: Bound<ByteSize> =
     size("receivers.otlp.*.max_request_size", 8 * MIB, KIB, GIB);
 
 /// `exporters.*.timeout`: one export request.
-pub const EXPORT_TIMEOUT: Bound<Duration> = duration(
-    "exporters.*.timeout",
-    Duration::from_secs(10),
-    MS,
-    Duration::from_secs(600),
-);
+pub const EXPORT_TIMEOUT: Bound<Duration> =
+    duration("exporters.*.timeout", Duration::from_secs(10), MS, HOUR);
 /// `exporters.*.retry.initial_interval`.
 pub const RETRY_INITIAL_INTERVAL: Bound<Duration> = duration(
     "exporters.*.retry.initial_interval",
@@ -377,7 +373,7 @@ mod tests {
         let path = |segments: &[Segment]| KeyPath(segments.to_vec());
         let key = |k: &str| Segment::Key(k.to_owned());
         let timeout = path(&[key("exporters"), key("my.tempo"), key("timeout")]);
-        assert_eq!(range_at(&timeout).as_deref(), Some("1ms to 10m"));
+        assert_eq!(range_at(&timeout).as_deref(), Some("1ms to 1h"));
         let threshold = path(&[
             key("processors"),
             key("sampling"),

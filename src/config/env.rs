@@ -307,7 +307,7 @@ mod tests {
         .expect("valid");
         assert_eq!(
             unlimited.timeout,
-            Duration::from_secs(600),
+            Duration::from_secs(3600),
             "0: the longest accepted"
         );
         let errors = from(&[
@@ -317,7 +317,7 @@ mod tests {
         .expect_err("too long");
         assert_eq!(
             errors[0].message,
-            "99999999999999 is out of range; use 1 to 600000 milliseconds, or 0 for 600000"
+            "99999999999999 is out of range; use 1 to 3600000 milliseconds, or 0 for 3600000"
         );
         assert_eq!(e.compression, Compression::None);
         assert_eq!(e.tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
