@@ -43,34 +43,52 @@ impl Batching {
         !self.waiting.is_empty()
     }
 
-    /// Adds a request's spans; returns the batches that became full.
+    /// Adds a request's spans; returns the batches that became full, each carrying a share
+    /// of the answer of every request it holds spans of, and of no other.
     pub fn push(&mut self, batch: SpanBatch, ack: Option<Ack>) -> Vec<Leaving> {
-        let has_ack = ack.is_some();
         let spans = batch.span_count();
-        self.waiting.extend(ack);
-        let full = self.batcher.push(batch);
-        if full.is_empty() {
-            if !has_ack {
-                self.acknowledged += spans;
-            }
+        if spans == 0 {
+            // Nothing of it is left to write.
+            ack.into_iter().for_each(Ack::confirm);
             return Vec::new();
         }
-        self.acknowledged = if has_ack {
-            0
-        } else {
-            self.batcher.pending_spans()
-        };
+        let full = self.batcher.push(batch);
+        if full.is_empty() {
+            if ack.is_none() {
+                self.acknowledged += spans;
+            }
+            self.waiting.extend(ack);
+            return Vec::new();
+        }
+        // The first full batch took everything that waited before this request, so only
+        // this request's spans can still be in the batcher; the rest of them are in the
+        // last full batches, since batches leave in the order spans came.
+        let behind = self.batcher.pending_spans();
+        let mut in_full = spans.saturating_sub(behind);
+        let mut holds_current = vec![false; full.len()];
+        for (holds, batch) in holds_current.iter_mut().zip(&full).rev() {
+            *holds = in_full > 0;
+            in_full = in_full.saturating_sub(batch.span_count());
+        }
+        let mut older = std::mem::take(&mut self.waiting);
         let leaving = full
             .into_iter()
-            .map(|batch| (batch, self.waiting.clone()))
+            .zip(holds_current)
+            .map(|(batch, holds_current)| {
+                let mut acks = std::mem::take(&mut older);
+                if holds_current {
+                    acks.extend(ack.clone());
+                }
+                (batch, acks)
+            })
             .collect();
-        // A full batch takes everything that was waiting, so only this request's spans
-        // can still be in the batcher.
-        let current = (has_ack && !self.batcher.is_empty())
-            .then(|| self.waiting.pop())
-            .flatten();
-        self.waiting.drain(..).for_each(Ack::confirm);
-        self.waiting.extend(current);
+        self.acknowledged = if ack.is_none() { behind } else { 0 };
+        match ack {
+            Some(ack) if behind > 0 => self.waiting.push(ack),
+            // Every share it needs went with the batches holding its spans.
+            Some(ack) => ack.confirm(),
+            None => {}
+        }
         leaving
     }
 
@@ -188,6 +206,8 @@ mod tests {
 
     struct Client {
         spans: usize,
+        /// Whether it waits for an answer.
+        with_ack: bool,
         /// Spans that have left the batcher.
         left: usize,
         /// The client's end, while it waits for an answer.
@@ -223,10 +243,19 @@ mod tests {
                 self.clients[k].left += 1;
             }
             holds.dedup();
-            prop_assert_eq!(acks.len(), self.waiting.len(), "shares on a leaving batch");
+            let carries: Vec<usize> = holds
+                .iter()
+                .copied()
+                .filter(|&k| self.clients[k].with_ack)
+                .collect();
+            prop_assert_eq!(
+                acks.len(),
+                carries.len(),
+                "a leaving batch carries the answers of exactly the requests it holds spans of"
+            );
             self.out.push(Leaving {
                 holds,
-                carries: self.waiting.clone(),
+                carries,
                 acks: Some(acks),
                 resolved: None,
             });
@@ -243,11 +272,12 @@ mod tests {
             };
             self.clients.push(Client {
                 spans,
+                with_ack: ack.is_some(),
                 left: 0,
                 wait,
                 answer: None,
             });
-            if ack.is_some() {
+            if ack.is_some() && spans > 0 {
                 self.waiting.push(k);
             }
             let leaving = self.batching.push(request(k, spans), ack);
@@ -399,12 +429,11 @@ mod tests {
         /// refused if one was not. The acknowledged spans in the batcher are counted exactly
         /// at every step.
         ///
-        /// Exactly: a leaving batch carries a share of every answer waiting in the batching
-        /// when it leaves, so the batches carrying a share include those holding the spans
-        /// (and may include others: the answer also waits for those, and fails with them).
-        /// The answer comes when the last carrying batch is resolved: accepted if all were
-        /// written, else the reason of the one that failed first in time (resolution order,
-        /// not the order the batches left).
+        /// Exactly: a leaving batch carries a share of the answer of every request it holds
+        /// spans of, and of no other, so a failure elsewhere never refuses a client. The
+        /// answer comes when the last batch holding its spans is resolved: accepted if all
+        /// were written, else the reason of the one that failed first in time (resolution
+        /// order, not the order the batches left).
         #[test]
         fn a_client_is_answered_exactly_when_all_its_batches_are_resolved_with_the_first_failure(
             steps in prop::collection::vec(step(), 1..40),
