@@ -65,7 +65,6 @@ mod tests {
     use super::*;
     use crate::config::{ExporterConfig, ExporterProtocol};
     use crate::exporter::{Delivered, ExportError, Exporter, queue};
-    use crate::otlp::{ResourceSpans, ScopeSpans, Span};
     use crate::pipeline::{Accepted, Batcher, Pipeline};
 
     /// Records the span names of every batch it is given.
@@ -81,19 +80,7 @@ mod tests {
     }
 
     fn batch(names: &[&str]) -> Accepted {
-        let batch = SpanBatch::new(vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: names
-                    .iter()
-                    .map(|n| Span {
-                        name: (*n).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }]);
+        let batch = SpanBatch::from_request(crate::otlp::request_named(names));
         Accepted { batch, ack: None }
     }
 

@@ -188,6 +188,20 @@ pub(crate) fn span_names(request: &ExportTraceServiceRequest) -> Vec<String> {
         .collect()
 }
 
+/// A request of one resource and one scope holding spans named `names`, for tests.
+#[cfg(test)]
+pub(crate) fn request_named(names: &[&str]) -> ExportTraceServiceRequest {
+    request_of(
+        names
+            .iter()
+            .map(|name| Span {
+                name: (*name).into(),
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
 /// A request of one resource and one scope holding `spans`, for tests.
 #[cfg(test)]
 pub(crate) fn request_of(spans: Vec<Span>) -> ExportTraceServiceRequest {

@@ -306,7 +306,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::otlp::{ResourceSpans, ScopeSpans, Span};
 
     /// Records the span names of every batch it is given, and confirms its answers.
     #[derive(Clone, Default)]
@@ -341,19 +340,7 @@ mod tests {
 
     /// A request of spans named `names`, as a receiver hands it over.
     pub(crate) fn accepted(names: &[&str]) -> Accepted {
-        let batch = SpanBatch::new(vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans: names
-                    .iter()
-                    .map(|n| Span {
-                        name: (*n).into(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }]);
+        let batch = SpanBatch::from_request(crate::otlp::request_named(names));
         Accepted { batch, ack: None }
     }
 
