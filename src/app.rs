@@ -146,13 +146,12 @@ impl Agent {
         let mut handles: Vec<ExporterHandle> = Vec::new();
         let mut exporter_tasks = Vec::new();
         for (name, exporter_config) in &config.exporters {
-            let (handle, task) = exporter::start(
-                name,
-                exporter_config,
-                Arc::clone(&metrics),
-                abandon.clone(),
-                &supervisor,
-            )?;
+            let tasks = exporter::queue::Tasks {
+                metrics: Arc::clone(&metrics),
+                abandon: abandon.clone(),
+                supervisor: supervisor.clone(),
+            };
+            let (handle, task) = exporter::start(name, exporter_config, tasks)?;
             handles.push(handle);
             exporter_tasks.push(task);
         }
@@ -199,8 +198,6 @@ impl Agent {
                 server.serve(listener, stop_receivers.clone()),
             ));
         }
-        // Only the receivers may hold the pipeline's inlet: when they stop, it closes.
-        drop(intake);
         let stop_telemetry = CancellationToken::new();
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
@@ -235,6 +232,9 @@ impl Agent {
                 server.abort();
             }
         }
+        // The pipeline's queue closes when the last intake goes: only now, after the
+        // receivers, so the pipeline never ends before the agent stops.
+        drop(intake);
         let _ = tokio::time::timeout_at(deadline, pipeline).await;
         let mut spans_left_on_disk = 0;
         let mut unfinished = Vec::new();

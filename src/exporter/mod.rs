@@ -1,7 +1,8 @@
 //! Exporters: deliver batches to a backend (OTLP/gRPC, OTLP/HTTP) or to the console.
 //!
 //! Each exporter runs behind its own bounded queue and task ([`queue`]), with retries
-//! ([`retry`]), so a slow backend never stalls another until its own queue is full.
+//! ([`retry`]); the [`fanout`] hands every batch to all of them, and a full one sheds its
+//! own load while another has room, so a slow or dead backend never stalls the others.
 
 pub mod console;
 pub mod fanout;
@@ -15,12 +16,11 @@ mod wait;
 
 use std::future::Future;
 use std::io::Write;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 pub use console::ConsoleExporter;
 pub use fanout::Fanout;
@@ -30,8 +30,6 @@ pub use queue::ExporterHandle;
 
 use crate::config::{ExporterConfig, ExporterProtocol};
 use crate::otlp::{ExportTraceServiceRequest, SpanBatch};
-use crate::supervisor::Supervisor;
-use crate::telemetry::Metrics;
 
 /// One batch ready for the exporters, shared by all of them: encoded and compressed at
 /// most once, however many exporters send it.
@@ -202,15 +200,8 @@ pub enum BuildError {
 pub fn start(
     name: &str,
     config: &ExporterConfig,
-    metrics: Arc<Metrics>,
-    abandon: CancellationToken,
-    supervisor: &Supervisor,
+    tasks: queue::Tasks,
 ) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
-    let tasks = queue::Tasks {
-        metrics,
-        abandon,
-        supervisor: supervisor.clone(),
-    };
     let started = match config.protocol {
         ExporterProtocol::Grpc => {
             queue::spawn(name, OtlpGrpcExporter::new(name, config)?, config, tasks)
