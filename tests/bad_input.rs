@@ -242,6 +242,73 @@ async fn undecodable_grpc_is_invalid_argument() {
     agent.stop().await;
 }
 
+/// A length-delimited field (of a number under 16).
+fn ld(number: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![number << 3 | 2];
+    prost::encoding::encode_varint(payload.len() as u64, &mut out);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Issue #12's request: a span attribute of 48 nested arrayValues whose innermost
+/// ArrayValue, at depth 100, carries an unknown field, which prost's decoder refuses.
+fn nested_past_prosts_limit() -> Vec<u8> {
+    let mut any_value = ld(5, &[15 << 3, 1]);
+    for _ in 1..48 {
+        any_value = ld(5, &ld(1, &any_value));
+    }
+    let mut span = council_request(1, 1).resource_spans[0].scope_spans[0].spans[0].encode_to_vec();
+    span.extend(ld(9, &[ld(1, b"k"), ld(2, &any_value)].concat()));
+    ld(1, &ld(2, &ld(2, &span)))
+}
+
+#[tokio::test]
+async fn a_request_nested_past_the_decoders_limit_is_refused_not_acknowledged() {
+    let (agent, sink) = agent_with_grpc_sink("").await;
+    let (status, _, body) = http_request(
+        "POST",
+        &agent.http_url(),
+        &[("content-type", "application/x-protobuf")],
+        nested_past_prosts_limit(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let message = status_message(&body);
+    assert!(message.contains("recursion limit reached"), "{message}");
+    assert!(message.contains("flatten"), "{message}");
+
+    let status = grpc_export_bytes(agent.grpc_url(), nested_past_prosts_limit().into(), false)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("nest more than 100 deep"),
+        "{}",
+        status.message()
+    );
+
+    for protocol in ["http", "grpc"] {
+        let series = format!("{{protocol=\"{protocol}\",reason=\"undecodable\"}}");
+        assert_eq!(
+            agent
+                .counter(&format!("daena_agent_requests_refused_total{series}"))
+                .await,
+            1
+        );
+        assert_eq!(
+            agent
+                .counter(&format!(
+                    "daena_agent_spans_received_total{{protocol=\"{protocol}\"}}"
+                ))
+                .await,
+            0
+        );
+    }
+    let report = agent.stop().await;
+    assert_eq!(report.lost_spans, 0);
+    assert!(sink.received().is_empty(), "nothing forwarded");
+}
+
 #[tokio::test]
 async fn invalid_span_ids_get_partial_success_over_both_protocols() {
     let (agent, sink) = agent_with_grpc_sink("").await;

@@ -202,11 +202,25 @@ impl Intake {
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     /// The body is not an OTLP protobuf request.
-    #[error("body is not a valid OTLP protobuf ExportTraceServiceRequest: {0}")]
+    #[error(
+        "body is not a valid OTLP protobuf ExportTraceServiceRequest: {0}{hint}",
+        hint = undecodable_hint(.0)
+    )]
     Undecodable(prost::DecodeError),
     /// The pipeline cannot take it now.
     #[error(transparent)]
     Refused(#[from] Refusal),
+}
+
+/// What to do about a decode error whose cause prost's message leaves unclear.
+fn undecodable_hint(error: &prost::DecodeError) -> &'static str {
+    // prost names the kind only in its message; its recursion limit is not configurable.
+    if error.to_string().contains("recursion limit reached") {
+        " (messages nest more than 100 deep, through arrayValue or kvlistValue attributes; \
+         flatten those attribute values)"
+    } else {
+        ""
+    }
 }
 
 /// Removes spans no backend would accept (trace id not 16 bytes, span id not 8 bytes,
@@ -361,6 +375,52 @@ mod tests {
         assert!(
             matches!(error, Err(IntakeError::Undecodable(_))),
             "{error:?}"
+        );
+    }
+
+    /// A length-delimited field (of a number under 16).
+    fn ld(number: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A request whose span has an attribute of `arrays` nested arrayValues, the innermost
+    /// holding unknown field 15: at 48, that field is at depth 100, past prost's limit.
+    fn deep_request(arrays: usize) -> Bytes {
+        let mut any_value = ld(5, &[15 << 3, 1]);
+        for _ in 1..arrays {
+            any_value = ld(5, &ld(1, &any_value));
+        }
+        let mut span = span("deep", vec![1; 16], vec![2; 8]).encode_to_vec();
+        span.extend(ld(9, &[ld(1, b"k"), ld(2, &any_value)].concat()));
+        Bytes::from(ld(1, &ld(2, &ld(2, &span))))
+    }
+
+    #[tokio::test]
+    async fn a_request_nested_past_prosts_limit_is_refused_naming_the_depth() {
+        let (tx, mut rx) = crate::pipeline::queue(4);
+        let intake = Intake::new(tx, Arc::default());
+        assert_eq!(
+            intake.accept_encoded("grpc", deep_request(47)).await.ok(),
+            Some(None)
+        );
+        assert_eq!(rx.try_recv().expect("queued").batch.span_count(), 1);
+
+        let error = intake
+            .accept_encoded("grpc", deep_request(48))
+            .await
+            .expect_err("refused");
+        let message = error.to_string();
+        assert!(matches!(error, IntakeError::Undecodable(_)), "{error:?}");
+        assert!(message.contains("recursion limit reached"), "{message}");
+        assert!(message.contains("nest more than 100 deep"), "{message}");
+        assert!(rx.try_recv().is_err(), "nothing queued");
+        let metrics = intake.metrics().render();
+        assert!(
+            metrics.contains("daena_agent_spans_received_total{protocol=\"grpc\"} 1\n"),
+            "only the first counted as received: {metrics}"
         );
     }
 
