@@ -168,7 +168,8 @@ impl Agent {
             batcher,
             config.batch.timeout,
             Fanout::new(handles),
-        );
+        )
+        .with_metrics(Arc::clone(&metrics));
         let pipeline = supervisor.spawn_service("pipeline", pipeline.run(inbox));
 
         let stop_receivers = CancellationToken::new();

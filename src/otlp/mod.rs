@@ -40,6 +40,8 @@ pub struct SpanBatch {
     encoded: Vec<(Bytes, usize)>,
     /// Decoded resource spans.
     decoded: Vec<ResourceSpans>,
+    /// Spans of encoded parts that failed to decode, until [`take_undecodable`](Self::take_undecodable) counts them.
+    undecodable: usize,
 }
 
 impl SpanBatch {
@@ -48,6 +50,7 @@ impl SpanBatch {
         Self {
             encoded: Vec::new(),
             decoded: resource_spans,
+            undecodable: 0,
         }
     }
 
@@ -61,21 +64,34 @@ impl SpanBatch {
         Self {
             encoded: vec![(body, spans)],
             decoded: Vec::new(),
+            undecodable: 0,
         }
     }
 
     /// The spans, decoded if they were still encoded; for stages that read or change them.
+    ///
+    /// An encoded part that fails to decode is lost here, after its client was told it is
+    /// accepted: its spans are kept in the count [`take_undecodable`](Self::take_undecodable)
+    /// hands to the metrics. Only bodies [`wire::scan_request`] accepted are encoded parts,
+    /// and the scan accepts exactly what prost decodes (its differential tests), so that
+    /// count stays 0; it is there so a disagreement shows instead of losing spans silently.
     pub fn resource_spans_mut(&mut self) -> &mut Vec<ResourceSpans> {
-        for (body, _) in std::mem::take(&mut self.encoded) {
+        for (body, spans) in std::mem::take(&mut self.encoded) {
             match ExportTraceServiceRequest::decode(body) {
                 Ok(request) => self.decoded.extend(request.resource_spans),
-                // The receiver scanned these bytes, and the scan accepts nothing prost refuses.
                 Err(e) => {
-                    tracing::error!(error = %e, "A scanned request failed to decode; its spans are lost")
+                    self.undecodable += spans;
+                    tracing::error!(error = %e, spans, "A request the wire scan accepted failed to decode; its spans are lost (counted as dropped, reason undecodable)");
                 }
             }
         }
         &mut self.decoded
+    }
+
+    /// Spans lost because their encoded part failed to decode since the last call, for the
+    /// caller to count as dropped.
+    pub fn take_undecodable(&mut self) -> usize {
+        std::mem::take(&mut self.undecodable)
     }
 
     /// Wraps the batch into an export request, decoding what is still encoded.

@@ -15,6 +15,9 @@ pub struct Batcher {
     pending: SpanBatch,
     pending_spans: usize,
     pending_bytes: usize,
+    /// Spans of oversized encoded requests that failed to decode for splitting, until
+    /// [`take_undecodable`](Self::take_undecodable) counts them.
+    undecodable: usize,
 }
 
 impl Batcher {
@@ -26,7 +29,14 @@ impl Batcher {
             pending: SpanBatch::default(),
             pending_spans: 0,
             pending_bytes: 0,
+            undecodable: 0,
         }
+    }
+
+    /// Spans lost since the last call because an encoded request failed to decode for
+    /// splitting (see `SpanBatch::resource_spans_mut`), for the caller to count as dropped.
+    pub fn take_undecodable(&mut self) -> usize {
+        std::mem::take(&mut self.undecodable)
     }
 
     /// Whether nothing is waiting.
@@ -68,10 +78,10 @@ impl Batcher {
             self.pending.push_encoded(body, spans);
             return;
         }
-        for rs in SpanBatch::from_encoded(body, spans)
-            .into_request()
-            .resource_spans
-        {
+        let mut batch = SpanBatch::from_encoded(body, spans);
+        let resource_spans = std::mem::take(batch.resource_spans_mut());
+        self.undecodable += batch.take_undecodable();
+        for rs in resource_spans {
             self.push_resource_spans(rs, full);
         }
     }

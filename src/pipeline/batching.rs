@@ -38,6 +38,11 @@ impl Batching {
         self.batcher.is_empty()
     }
 
+    /// Spans lost since the last call because they failed to decode in the batcher.
+    pub fn take_undecodable(&mut self) -> usize {
+        self.batcher.take_undecodable()
+    }
+
     /// Whether a client waits for spans that are still in the batcher.
     pub fn has_waiting_clients(&self) -> bool {
         !self.waiting.is_empty()

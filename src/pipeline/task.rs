@@ -16,6 +16,8 @@ use super::ledger::Ledger;
 use crate::otlp::SpanBatch;
 use crate::processor::Processor;
 use crate::supervisor::panic_message;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::DropReason;
 
 /// A request a receiver accepted; with persistent queues, the share of its client's
 /// answer that the pipeline hands on with every batch its spans go into.
@@ -103,6 +105,7 @@ pub struct Pipeline<O> {
     timeout: Duration,
     outlet: O,
     ledger: Arc<Ledger>,
+    metrics: Arc<Metrics>,
 }
 
 impl<O: Outlet> Pipeline<O> {
@@ -119,7 +122,14 @@ impl<O: Outlet> Pipeline<O> {
             timeout,
             outlet,
             ledger: Arc::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` the spans the pipeline loses (by default, into counters of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until every receiver has dropped its sender, then flushes what is batched;
@@ -235,8 +245,18 @@ impl<O: Outlet> Pipeline<O> {
                 },
             )?;
         }
+        let undecodable = batch.take_undecodable();
+        self.count_undecodable(undecodable);
         batch.encode_decoded();
         Ok(())
+    }
+
+    /// Counts acknowledged spans lost because their bytes failed to decode (for a stage, or
+    /// to be split by the batcher). Zero while the receivers' scan accepts only what prost
+    /// decodes; see `SpanBatch::resource_spans_mut`.
+    fn count_undecodable(&self, spans: usize) {
+        self.metrics
+            .dropped_in_pipeline(DropReason::Undecodable, spans as u64);
     }
 
     /// What each processor releases (held spans now due) goes through the ones after it.
@@ -280,7 +300,10 @@ impl<O: Outlet> Pipeline<O> {
             self.ledger.hold(self.held());
             return;
         }
-        for (batch, acks) in self.batching.push(batch, ack) {
+        let leaving = self.batching.push(batch, ack);
+        let undecodable = self.batching.take_undecodable();
+        self.count_undecodable(undecodable);
+        for (batch, acks) in leaving {
             self.outlet.send(batch, acks).await;
         }
         self.ledger.hold(self.held());
@@ -377,6 +400,44 @@ mod tests {
             "the pipeline ends when the receivers are gone"
         );
         assert_eq!(recorder.0.lock().expect("lock")[1], vec!["LATE"]);
+    }
+
+    #[tokio::test]
+    async fn spans_whose_bytes_fail_to_decode_in_the_pipeline_are_counted_as_dropped() {
+        // The receivers' scan keeps such bytes out; should it ever let some in, the loss
+        // shows in the drop counter instead of nowhere. Bytes are decoded for a stage, and
+        // for the batcher when a request is too large for one batch (3 spans, 2 a batch).
+        let cases: [(Vec<Box<dyn Processor>>, &str); 2] =
+            [(vec![Box::new(Shout)], "FINE"), (Vec::new(), "fine")];
+        for (stages, name) in cases {
+            let recorder = Recorder::default();
+            let (tx, rx) = queue(8);
+            let undecodable = bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]);
+            tx.try_send(Accepted {
+                batch: SpanBatch::from_encoded(undecodable, 3),
+                ack: None,
+            })
+            .expect("send");
+            tx.try_send(accepted(&["fine"])).expect("send");
+            drop(tx);
+            let metrics = Arc::new(Metrics::default());
+            let pipeline = Pipeline::new(
+                stages,
+                Batcher::new(2, 1 << 20),
+                Duration::from_secs(3600),
+                recorder.clone(),
+            )
+            .with_metrics(Arc::clone(&metrics));
+            assert!(matches!(pipeline.run(rx).await, Ok(())));
+            assert_eq!(*recorder.0.lock().expect("lock"), vec![vec![name]]);
+            let rendered = metrics.render();
+            assert!(
+                rendered.contains(
+                    "daena_agent_spans_dropped_total{stage=\"pipeline\",reason=\"undecodable\"} 3\n"
+                ),
+                "{rendered}"
+            );
+        }
     }
 
     #[tokio::test]

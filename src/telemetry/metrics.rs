@@ -100,7 +100,7 @@ impl RefusalReason {
     }
 }
 
-/// Why an exporter dropped spans it had been given.
+/// Why an exporter, or the pipeline, dropped spans it had been given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// The backend answered with a non-retryable error.
@@ -117,6 +117,9 @@ pub enum DropReason {
     Damaged,
     /// A task of the agent failed (a panic) while the spans were in its memory.
     AgentFailure,
+    /// An accepted request's bytes failed to decode when a stage read them (never expected:
+    /// the receivers' scan accepts only what decodes).
+    Undecodable,
 }
 
 impl DropReason {
@@ -129,6 +132,7 @@ impl DropReason {
             Self::QueueFull => "queue_full",
             Self::Damaged => "damaged",
             Self::AgentFailure => "agent_failure",
+            Self::Undecodable => "undecodable",
         }
     }
 }
@@ -152,7 +156,7 @@ pub struct Metrics {
     queue_replayed: Family<ExporterLabels, Counter>,
     queue_damaged: Family<ExporterLabels, Counter>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
-    dropped_totals: [AtomicU64; 7],
+    dropped_totals: [AtomicU64; 8],
 }
 
 impl Default for Metrics {
@@ -325,8 +329,9 @@ impl Metrics {
         self.dropped_totals[reason as usize].fetch_add(spans, Ordering::Relaxed);
     }
 
-    /// Counts acknowledged spans the pipeline still held when the agent stopped (after a
-    /// failure, or past `shutdown_timeout`), as dropped by the `pipeline` stage.
+    /// Counts acknowledged spans the pipeline lost, as dropped by the `pipeline` stage: those
+    /// it still held when the agent stopped (after a failure, or past `shutdown_timeout`),
+    /// or whose bytes failed to decode for a processor stage.
     pub fn dropped_in_pipeline(&self, reason: DropReason, spans: u64) {
         if spans > 0 {
             let labels = DropLabels {
