@@ -30,11 +30,13 @@ impl ConsoleExporter {
 impl Exporter for ConsoleExporter {
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
         let mut text = String::new();
+        let mut printed = 0;
         for rs in &payload.request().resource_spans {
             let service = service_name(rs.resource.as_ref());
             for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
                 format_span(&mut text, service, span);
                 text.push('\n');
+                printed += 1;
             }
         }
         let mut out = self.out.lock().map_err(|_| ExportError::Permanent {
@@ -46,7 +48,17 @@ impl Exporter for ConsoleExporter {
                 message: format!("cannot write to the console: {e}"),
                 retry_after: None,
             })?;
-        Ok(Delivered::default())
+        // Spans whose accepted bytes failed to decode (never expected: the receivers' scan
+        // accepts only what decodes) are reported, so they are counted as dropped.
+        let lost = payload.spans().saturating_sub(printed);
+        Ok(Delivered {
+            rejected_spans: lost as u64,
+            message: if lost == 0 {
+                String::new()
+            } else {
+                format!("{lost} span(s) failed to decode and were not printed")
+            },
+        })
     }
 }
 
@@ -140,6 +152,46 @@ mod tests {
     use crate::otlp::{ArrayValue, Status};
 
     use crate::otlp::key_value as kv;
+
+    /// A writer whose output the test can read.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn spans_that_fail_to_decode_are_reported_not_printed() {
+        let out = Shared::default();
+        let exporter = ConsoleExporter::new(Box::new(out.clone()));
+        let mut batch = crate::otlp::SpanBatch::from_encoded(
+            bytes::Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]),
+            2,
+        );
+        batch
+            .decoded_mut()
+            .extend(crate::otlp::request_named(&["ok"]).resource_spans);
+        let delivered = exporter
+            .export(&Payload::new(batch))
+            .await
+            .expect("printed");
+        assert_eq!(delivered.rejected_spans, 2);
+        assert!(
+            delivered.message.contains("2 span(s) failed to decode"),
+            "{}",
+            delivered.message
+        );
+        let printed = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
+        assert_eq!(printed.lines().count(), 1, "{printed}");
+    }
 
     #[test]
     fn a_span_prints_as_one_readable_line() {
