@@ -611,3 +611,22 @@ fn every_default_is_within_its_range() {
     assert_eq!(config.batch, BatchConfig::default());
     assert_eq!(config.exporters["disk"].queue.byte_limit(), 1 << 30);
 }
+
+#[test]
+fn http_only_timeouts_are_refused_on_the_grpc_receiver() {
+    let text = errors_of(
+        "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:0, idle_timeout: 5s }\n    http: { endpoint: 127.0.0.1:0, body_read_timeout: 0s, max_connections: 0 }\n",
+    );
+    assert!(
+        text.contains("receivers.otlp.grpc.idle_timeout: applies to the HTTP receiver only"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receivers.otlp.http.body_read_timeout: 0s is too short; use 1ms to 1h"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receivers.otlp.http.max_connections: 0 is too small; use 1 to 65536"),
+        "{text}"
+    );
+}
