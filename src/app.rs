@@ -14,6 +14,7 @@ use crate::exporter::{self, ExporterHandle, Fanout};
 use crate::pipeline::{self, Batcher, Pipeline};
 use crate::processor;
 use crate::receiver::Intake;
+use crate::receiver::conn::{ConnectionLimits, cap_connections, open_file_limit, open_files};
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
 use crate::supervisor::{Supervisor, TaskFailure};
@@ -185,15 +186,22 @@ impl Agent {
         }
         let mut servers = Vec::new();
         let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
-        if let (Some(listener), Some(receiver)) = (grpc, &config.receivers.otlp.grpc) {
-            let server = GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
+        let [grpc_limits, http_limits] = connection_limits(&config);
+        if let (Some(listener), Some(receiver), Some(limits)) =
+            (grpc, &config.receivers.otlp.grpc, grpc_limits)
+        {
+            let server =
+                GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize, limits);
             servers.push(supervisor.spawn_service(
                 "OTLP/gRPC receiver",
                 server.serve(listener, stop_receivers.clone()),
             ));
         }
-        if let (Some(listener), Some(receiver)) = (http, &config.receivers.otlp.http) {
-            let server = HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize);
+        if let (Some(listener), Some(receiver), Some(limits)) =
+            (http, &config.receivers.otlp.http, http_limits)
+        {
+            let server =
+                HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize, limits);
             servers.push(supervisor.spawn_service(
                 "OTLP/HTTP receiver",
                 server.serve(listener, stop_receivers.clone()),
@@ -311,6 +319,63 @@ async fn listen(key: &'static str, endpoint: &str) -> Result<TcpListener, AppErr
             endpoint: endpoint.to_owned(),
             source,
         })
+}
+
+/// Descriptors kept free of the receivers' connections for the telemetry endpoint, logs,
+/// DNS and the exporters' TLS roots, on top of what [`fd_reserve`] counts.
+const FD_RESERVE: u64 = 64;
+
+/// Descriptors an exporter may need: a connection per worker (and one being replaced),
+/// and for a persistent queue its lock, cursor, directory, segment being written, one
+/// being read and a done file.
+fn exporter_fds(exporter: &crate::config::ExporterConfig) -> u64 {
+    let queue = &exporter.queue;
+    queue.workers as u64 + 1 + if queue.persistent { 8 } else { 0 }
+}
+
+/// Descriptors the receivers must leave free: those open now, the exporters' and a reserve.
+fn fd_reserve(config: &Config) -> u64 {
+    FD_RESERVE + open_files() + config.exporters.values().map(exporter_fds).sum::<u64>()
+}
+
+/// The gRPC and HTTP receivers' limits, their connections capped together so that the
+/// process stays below its open-file limit with [`fd_reserve`] to spare; logs the caps.
+fn connection_limits(config: &Config) -> [Option<ConnectionLimits>; 2] {
+    let receivers = &config.receivers.otlp;
+    let mut limits = [receivers.grpc.as_ref(), receivers.http.as_ref()]
+        .map(|r| r.map(ConnectionLimits::from_config));
+    let wanted: Vec<usize> = limits
+        .iter()
+        .map(|l| l.map_or(0, |l| l.max_connections))
+        .collect();
+    let file_limit = open_file_limit();
+    let reserve = fd_reserve(config);
+    let capped = cap_connections(&wanted, file_limit, reserve);
+    for (limit, cap) in limits.iter_mut().zip(&capped) {
+        if let Some(limit) = limit {
+            limit.max_connections = *cap;
+        }
+    }
+    let show = |l: &Option<ConnectionLimits>| {
+        l.map_or_else(|| "off".to_owned(), |l| l.max_connections.to_string())
+    };
+    let file_limit_text = file_limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string());
+    if capped != wanted {
+        tracing::warn!(
+            "Connections capped below the open-file limit: OTLP/gRPC {}, OTLP/HTTP {} (configured {}, {}; open-file limit {file_limit_text}, {reserve} kept for exporters, queues and /metrics); raise ulimit -n to allow more",
+            show(&limits[0]),
+            show(&limits[1]),
+            wanted[0],
+            wanted[1],
+        );
+    } else {
+        tracing::info!(
+            "Connection limits: OTLP/gRPC {}, OTLP/HTTP {} (open-file limit {file_limit_text}, {reserve} kept for exporters, queues and /metrics)",
+            show(&limits[0]),
+            show(&limits[1]),
+        );
+    }
+    limits
 }
 
 fn describe_listeners(

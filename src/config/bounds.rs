@@ -150,6 +150,50 @@ const TIB: u64 = 1 << 40;
 pub const MAX_REQUEST_SIZE: Bound<ByteSize> =
     size("receivers.otlp.*.max_request_size", 8 * MIB, KIB, GIB);
 
+/// `receivers.otlp.*.max_connections`: connections open at once; more are closed at once.
+/// The sum of both receivers' is also capped below the process's open-file limit.
+pub const MAX_CONNECTIONS: Bound<usize> = count("receivers.otlp.*.max_connections", 512, 1, 65_536);
+/// `receivers.otlp.*.header_read_timeout`: a new connection's request headers (HTTP/1)
+/// or HTTP/2 connection preface must arrive within it.
+pub const HEADER_READ_TIMEOUT: Bound<Duration> = duration(
+    "receivers.otlp.*.header_read_timeout",
+    Duration::from_secs(10),
+    MS,
+    HOUR,
+);
+/// `receivers.otlp.http.body_read_timeout`: a request's whole body must arrive within it.
+pub const BODY_READ_TIMEOUT: Bound<Duration> = duration(
+    "receivers.otlp.http.body_read_timeout",
+    Duration::from_secs(30),
+    MS,
+    HOUR,
+);
+/// `receivers.otlp.http.idle_timeout`: a connection with no request in progress for this
+/// long is closed.
+pub const IDLE_TIMEOUT: Bound<Duration> = duration(
+    "receivers.otlp.http.idle_timeout",
+    Duration::from_secs(60),
+    MS,
+    Duration::from_secs(24 * 3600),
+);
+/// `receivers.otlp.*.max_concurrent_streams`: HTTP/2 streams (calls) per connection.
+pub const MAX_CONCURRENT_STREAMS: Bound<usize> =
+    count("receivers.otlp.*.max_concurrent_streams", 100, 1, 65_536);
+/// `receivers.otlp.*.keepalive_interval`: HTTP/2 PING sent after this long without traffic.
+pub const KEEPALIVE_INTERVAL: Bound<Duration> = duration(
+    "receivers.otlp.*.keepalive_interval",
+    Duration::from_secs(30),
+    MS,
+    HOUR,
+);
+/// `receivers.otlp.*.keepalive_timeout`: a PING unanswered this long closes the connection.
+pub const KEEPALIVE_TIMEOUT: Bound<Duration> = duration(
+    "receivers.otlp.*.keepalive_timeout",
+    Duration::from_secs(10),
+    MS,
+    HOUR,
+);
+
 /// `exporters.*.timeout`: one export request.
 pub const EXPORT_TIMEOUT: Bound<Duration> =
     duration("exporters.*.timeout", Duration::from_secs(10), MS, HOUR);
@@ -269,6 +313,13 @@ pub struct Row {
 pub fn rows() -> Vec<Row> {
     vec![
         MAX_REQUEST_SIZE.row(),
+        MAX_CONNECTIONS.row(),
+        HEADER_READ_TIMEOUT.row(),
+        BODY_READ_TIMEOUT.row(),
+        IDLE_TIMEOUT.row(),
+        MAX_CONCURRENT_STREAMS.row(),
+        KEEPALIVE_INTERVAL.row(),
+        KEEPALIVE_TIMEOUT.row(),
         EXPORT_TIMEOUT.row(),
         RETRY_INITIAL_INTERVAL.row(),
         RETRY_MAX_INTERVAL.row(),

@@ -33,7 +33,7 @@ pub use processors::{
 };
 pub use receivers::{OtlpReceiverConfig, ReceiverEndpointConfig, ReceiversConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};
-pub use units::ByteSize;
+pub use units::{ByteSize, format_duration};
 pub use validate::parse_listen_addr;
 
 /// The whole config file; every key is optional.

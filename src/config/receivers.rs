@@ -1,8 +1,10 @@
 //! The `receivers` section: where spans come in.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, bounds};
+use super::{ByteSize, bounds, units};
 
 /// The receivers section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,7 +38,8 @@ pub struct OtlpReceiverConfig {
     pub http: Option<ReceiverEndpointConfig>,
 }
 
-/// One listening receiver.
+/// One listening receiver, with the limits that keep hostile connections bounded
+/// (docs/reliability.md, "Hostile input: connections").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverEndpointConfig {
@@ -45,6 +48,36 @@ pub struct ReceiverEndpointConfig {
     /// Largest request accepted, on the wire and after decompression.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: ByteSize,
+    /// Connections open at once; a connection past it is closed as soon as it is accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a new connection has to send its request headers (HTTP/1) or its HTTP/2
+    /// connection preface; also the time for each later HTTP/1 request's headers.
+    #[serde(default = "default_header_read_timeout", with = "units::duration")]
+    pub header_read_timeout: Duration,
+    /// HTTP receiver only: time a request's whole body has to arrive (then 408).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "units::optional_duration"
+    )]
+    pub body_read_timeout: Option<Duration>,
+    /// HTTP receiver only: a connection with no request in progress for this long is closed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "units::optional_duration"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// HTTP/2 streams (concurrent calls) per connection, advertised in SETTINGS.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: usize,
+    /// An HTTP/2 PING is sent after this long without traffic on a connection.
+    #[serde(default = "default_keepalive_interval", with = "units::duration")]
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection (its peer is gone).
+    #[serde(default = "default_keepalive_timeout", with = "units::duration")]
+    pub keepalive_timeout: Duration,
 }
 
 impl ReceiverEndpointConfig {
@@ -52,10 +85,48 @@ impl ReceiverEndpointConfig {
         Self {
             endpoint: endpoint.to_owned(),
             max_request_size: default_max_request_size(),
+            max_connections: default_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: None,
+            idle_timeout: None,
+            max_concurrent_streams: default_max_concurrent_streams(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
         }
+    }
+
+    /// `body_read_timeout`, or its default when left out.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout
+            .unwrap_or(bounds::BODY_READ_TIMEOUT.default)
+    }
+
+    /// `idle_timeout`, or its default when left out.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(bounds::IDLE_TIMEOUT.default)
     }
 }
 
 fn default_max_request_size() -> ByteSize {
     bounds::MAX_REQUEST_SIZE.default
+}
+
+fn default_max_connections() -> usize {
+    bounds::MAX_CONNECTIONS.default
+}
+
+fn default_header_read_timeout() -> Duration {
+    bounds::HEADER_READ_TIMEOUT.default
+}
+
+fn default_max_concurrent_streams() -> usize {
+    bounds::MAX_CONCURRENT_STREAMS.default
+}
+
+fn default_keepalive_interval() -> Duration {
+    bounds::KEEPALIVE_INTERVAL.default
+}
+
+fn default_keepalive_timeout() -> Duration {
+    bounds::KEEPALIVE_TIMEOUT.default
 }

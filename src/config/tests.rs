@@ -442,6 +442,13 @@ fn sizes_are_whole_bytes_or_text_with_a_unit() {
 const QUANTITIES: &[(&str, &str)] = &[
     ("receivers.otlp.grpc.max_request_size", "8MiB"),
     ("receivers.otlp.http.max_request_size", "8MiB"),
+    ("receivers.otlp.http.max_connections", "512"),
+    ("receivers.otlp.http.header_read_timeout", "10s"),
+    ("receivers.otlp.http.body_read_timeout", "30s"),
+    ("receivers.otlp.http.idle_timeout", "1m"),
+    ("receivers.otlp.http.max_concurrent_streams", "100"),
+    ("receivers.otlp.http.keepalive_interval", "30s"),
+    ("receivers.otlp.http.keepalive_timeout", "10s"),
     ("exporters.t.timeout", "10s"),
     ("exporters.t.retry.initial_interval", "1s"),
     ("exporters.t.retry.max_interval", "30s"),
@@ -479,7 +486,7 @@ fn config_with(values: &[String]) -> String {
         values[i].as_str()
     };
     format!(
-        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n\
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: {}, max_connections: {}, header_read_timeout: {}, body_read_timeout: {}, idle_timeout: {}, max_concurrent_streams: {}, keepalive_interval: {}, keepalive_timeout: {} }}\n\
          exporters:\n  t:\n    protocol: console\n    timeout: {}\n    retry: {{ initial_interval: {}, max_interval: {}, max_elapsed: {} }}\n    queue: {{ max_spans: {}, max_bytes: {}, workers: {} }}\n  \
          disk:\n    protocol: console\n    queue: {{ persistent: true, dir: /nonexistent/daena-queue, max_spans: {}, max_bytes: {} }}\n\
          processors:\n  limits: {{ max_attribute_value_length: {}, max_attributes: {}, max_events: {}, max_links: {} }}\n  \
@@ -487,6 +494,13 @@ fn config_with(values: &[String]) -> String {
          batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
         v("receivers.otlp.grpc.max_request_size"),
         v("receivers.otlp.http.max_request_size"),
+        v("receivers.otlp.http.max_connections"),
+        v("receivers.otlp.http.header_read_timeout"),
+        v("receivers.otlp.http.body_read_timeout"),
+        v("receivers.otlp.http.idle_timeout"),
+        v("receivers.otlp.http.max_concurrent_streams"),
+        v("receivers.otlp.http.keepalive_interval"),
+        v("receivers.otlp.http.keepalive_timeout"),
         v("exporters.t.timeout"),
         v("exporters.t.retry.initial_interval"),
         v("exporters.t.retry.max_interval"),
@@ -610,4 +624,23 @@ fn every_default_is_within_its_range() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.batch, BatchConfig::default());
     assert_eq!(config.exporters["disk"].queue.byte_limit(), 1 << 30);
+}
+
+#[test]
+fn http_only_timeouts_are_refused_on_the_grpc_receiver() {
+    let text = errors_of(
+        "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:0, idle_timeout: 5s }\n    http: { endpoint: 127.0.0.1:0, body_read_timeout: 0s, max_connections: 0 }\n",
+    );
+    assert!(
+        text.contains("receivers.otlp.grpc.idle_timeout: applies to the HTTP receiver only"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receivers.otlp.http.body_read_timeout: 0s is too short; use 1ms to 1h"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receivers.otlp.http.max_connections: 0 is too small; use 1 to 65536"),
+        "{text}"
+    );
 }

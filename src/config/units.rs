@@ -248,6 +248,30 @@ pub mod duration {
     }
 }
 
+/// `#[serde(with = "units::optional_duration")]` for `Option<Duration>` fields that are
+/// left out to mean "not set" (give them `default` and `skip_serializing_if` too).
+pub mod optional_duration {
+    use super::*;
+
+    /// Writes the duration as [`duration::serialize`] does.
+    pub fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// Reads a duration as [`duration::deserialize`] does.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(deserializer).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use super::units::format_duration;
 use super::{
     Config, ConfigError, ExporterConfig, ExporterProtocol, PolicyKind, ProcessorsConfig,
-    SamplingConfig, SamplingMode, TlsConfig, bounds,
+    ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig, bounds,
 };
 
 impl Config {
@@ -34,6 +34,7 @@ impl Config {
                 receiver.max_request_size,
                 &mut errors,
             );
+            receiver.validate_limits(key, &mut errors);
         }
         if let [(_, _, a, _), (_, _, b, _)] = listening[..]
             && a == b
@@ -91,6 +92,61 @@ impl Config {
             );
         }
         errors
+    }
+}
+
+impl ReceiverEndpointConfig {
+    /// Adds the problems of the connection limits of the receiver at `key`.
+    fn validate_limits(&self, key: &str, errors: &mut Vec<ConfigError>) {
+        bounds::MAX_CONNECTIONS.check(
+            &format!("{key}.max_connections"),
+            self.max_connections,
+            errors,
+        );
+        bounds::MAX_CONCURRENT_STREAMS.check(
+            &format!("{key}.max_concurrent_streams"),
+            self.max_concurrent_streams,
+            errors,
+        );
+        for (bound, field, value) in [
+            (
+                bounds::HEADER_READ_TIMEOUT,
+                "header_read_timeout",
+                self.header_read_timeout,
+            ),
+            (
+                bounds::KEEPALIVE_INTERVAL,
+                "keepalive_interval",
+                self.keepalive_interval,
+            ),
+            (
+                bounds::KEEPALIVE_TIMEOUT,
+                "keepalive_timeout",
+                self.keepalive_timeout,
+            ),
+        ] {
+            bound.check(&format!("{key}.{field}"), value, errors);
+        }
+        for (bound, field, value) in [
+            (
+                bounds::BODY_READ_TIMEOUT,
+                "body_read_timeout",
+                self.body_read_timeout,
+            ),
+            (bounds::IDLE_TIMEOUT, "idle_timeout", self.idle_timeout),
+        ] {
+            let Some(value) = value else { continue };
+            if key.ends_with("grpc") {
+                // A gRPC call's body is bounded by the client's deadline and its idle
+                // connection by keepalive; the HTTP/1 timers have nothing to act on.
+                errors.push(ConfigError::new(
+                    format!("{key}.{field}"),
+                    "applies to the HTTP receiver only; gRPC connections are bounded by keepalive_interval and keepalive_timeout. Remove it",
+                ));
+            } else {
+                bound.check(&format!("{key}.{field}"), value, errors);
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::{Future, ready};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use bytes::Bytes;
 
+use super::conn::{ConnectionLimits, Gate};
 use super::{Intake, IntakeError, RETRY_AFTER, Refusal};
 use crate::otlp::grpc_codec::OtlpCodec;
 use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME};
@@ -26,14 +28,17 @@ const PROTOCOL: &str = "grpc";
 pub struct GrpcReceiver {
     intake: Intake,
     max_request_size: usize,
+    limits: ConnectionLimits,
 }
 
 impl GrpcReceiver {
-    /// A receiver handing requests to `intake`, refusing messages over `max_request_size` bytes.
-    pub fn new(intake: Intake, max_request_size: usize) -> Self {
+    /// A receiver handing requests to `intake`, refusing messages over `max_request_size`
+    /// bytes, its connections bounded by `limits`.
+    pub fn new(intake: Intake, max_request_size: usize, limits: ConnectionLimits) -> Self {
         Self {
             intake,
             max_request_size,
+            limits,
         }
     }
 
@@ -43,12 +48,19 @@ impl GrpcReceiver {
         listener: TcpListener,
         stop: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
+        let limits = self.limits;
+        let gate = Arc::new(Gate::new(
+            PROTOCOL,
+            limits.max_connections,
+            Arc::clone(self.intake.metrics()),
+        ));
         tonic::transport::Server::builder()
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .add_service(self)
             .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold answers back
-                // for up to 40 ms.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                gate.incoming(listener, limits.header_read_timeout),
                 stop.cancelled_owned(),
             )
             .await

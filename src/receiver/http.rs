@@ -1,24 +1,33 @@
 //! OTLP/HTTP receiver: `POST /v1/traces` with protobuf or JSON bodies, optionally gzipped.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use prost::Message;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{ConnectionLimits, Gate};
 use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal};
+use crate::config::format_duration;
 use crate::otlp::{ExportTraceServiceResponse, RpcStatus, json};
-use crate::telemetry::metrics::RefusalReason;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{ConnectionReason, RefusalReason};
 
 const PROTOCOL: &str = "http";
 const TRACES_PATH: &str = "/v1/traces";
@@ -30,14 +39,17 @@ const JSON: &str = "application/json";
 pub struct HttpReceiver {
     intake: Intake,
     max_request_size: usize,
+    limits: ConnectionLimits,
 }
 
 impl HttpReceiver {
-    /// A receiver handing requests to `intake`, refusing bodies over `max_request_size` bytes.
-    pub fn new(intake: Intake, max_request_size: usize) -> Self {
+    /// A receiver handing requests to `intake`, refusing bodies over `max_request_size`
+    /// bytes, its connections bounded by `limits`.
+    pub fn new(intake: Intake, max_request_size: usize, limits: ConnectionLimits) -> Self {
         Self {
             intake,
             max_request_size,
+            limits,
         }
     }
 
@@ -66,18 +78,206 @@ impl HttpReceiver {
     }
 
     /// Serves on `listener` until `stop` is cancelled, then finishes in-flight requests.
+    ///
+    /// Its own accept loop rather than `axum::serve`, which sets no limit: connections are
+    /// counted, and hyper's header timeout, HTTP/2 settings and an idle timer apply.
     pub async fn serve(
         self,
         listener: TcpListener,
         stop: CancellationToken,
     ) -> std::io::Result<()> {
-        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold answers back.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
+        let limits = self.limits;
+        let metrics = Arc::clone(self.intake.metrics());
+        let gate = Gate::new(PROTOCOL, limits.max_connections, Arc::clone(&metrics));
+        let builder = Arc::new(server_builder(&limits));
+        let router = self.router();
+        loop {
+            let (tcp, permit) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = gate.accept(&listener) => accepted,
+            };
+            tokio::spawn(serve_connection(
+                Arc::clone(&builder),
+                tcp,
+                permit,
+                Connection {
+                    router: router.clone(),
+                    limits,
+                    metrics: Arc::clone(&metrics),
+                    stop: stop.clone(),
+                },
+            ));
+        }
+        drop(listener);
+        gate.closed().await;
+        Ok(())
+    }
+}
+
+/// HTTP/1 and HTTP/2 (prior knowledge) with the receiver's limits.
+fn server_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    builder
+}
+
+/// What one connection's task needs besides its socket.
+struct Connection {
+    router: Router,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+/// Serves one connection until it closes, a limit closes it, or the receiver stops (then
+/// gracefully: in-flight requests finish). `permit` holds its place under `max_connections`.
+async fn serve_connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+    connection: Connection,
+) {
+    let Connection {
+        router,
+        limits,
+        metrics,
+        stop,
+    } = connection;
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let mut router = router.clone();
+            let busy = activity.begin();
+            async move {
+                let response = tower_service::Service::call(&mut router, request).await;
+                drop(busy);
+                response
+            }
+        })
+    };
+    let served = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(served);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = served.as_mut() => {
+                if let Some(reason) = result.err().and_then(|e| closed_by_limit(&*e)) {
+                    metrics.closed_connection(PROTOCOL, reason);
+                }
+                break;
+            }
+            () = stop.cancelled(), if !stopping => {
+                stopping = true;
+                served.as_mut().graceful_shutdown();
+            }
+            // A request began or ended: the deadline moved.
+            () = activity.changed.notified() => {}
+            // The timer also runs while stopping: an idle connection does not hold the stop up.
+            () = tokio::time::sleep_until(activity.next_check(&limits)) => {
+                if let Some(reason) = activity.expired(&limits) {
+                    // No request is in progress: dropping the connection loses nothing.
+                    metrics.closed_connection(PROTOCOL, reason);
+                    break;
+                }
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Which limit closed a connection whose serving ended in `error`, if one did.
+fn closed_by_limit(error: &(dyn std::error::Error + 'static)) -> Option<ConnectionReason> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        // hyper's keep-alive error type is private; its message is what it exposes.
+        if error.to_string() == "keep-alive timed out" {
+            return Some(ConnectionReason::KeepaliveTimeout);
+        }
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            return Some(ConnectionReason::HeaderReadTimeout);
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// A connection's requests: how many are in progress, how many began, and when it last
+/// changed, for the header and idle timers.
+struct Activity {
+    in_flight: AtomicUsize,
+    requests: AtomicU64,
+    since: Mutex<Instant>,
+    /// Wakes the connection's task to compute its deadline again.
+    changed: Notify,
+}
+
+/// A request in progress; its drop marks the connection idle from then.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_one();
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            requests: AtomicU64::new(0),
+            since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        Busy(Arc::clone(self))
+    }
+
+    /// The limit that applies now: the first request's headers, then idleness.
+    fn limit(&self, limits: &ConnectionLimits) -> (Duration, ConnectionReason) {
+        if self.requests.load(Ordering::Acquire) == 0 {
+            (
+                limits.header_read_timeout,
+                ConnectionReason::HeaderReadTimeout,
+            )
+        } else {
+            (limits.idle_timeout, ConnectionReason::IdleTimeout)
+        }
+    }
+
+    /// When to look again: when the limit runs out if nothing happens meanwhile.
+    fn next_check(&self, limits: &ConnectionLimits) -> Instant {
+        let (limit, _) = self.limit(limits);
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + limit;
+        }
+        *self.since.lock().unwrap_or_else(|e| e.into_inner()) + limit
+    }
+
+    /// The limit that ran out, if the connection has no request in progress and one did.
+    fn expired(&self, limits: &ConnectionLimits) -> Option<ConnectionReason> {
+        let (limit, reason) = self.limit(limits);
+        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        (self.in_flight.load(Ordering::Acquire) == 0 && since.elapsed() >= limit).then_some(reason)
     }
 }
 
@@ -136,7 +336,14 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
             return plain(rejection.status, rejection.message);
         }
     };
-    let accepted = match read_body(&parts.headers, body, receiver.max_request_size).await {
+    let accepted = match read_body(
+        &parts.headers,
+        body,
+        receiver.max_request_size,
+        receiver.limits.body_read_timeout,
+    )
+    .await
+    {
         Err(rejection) => Err(rejection),
         Ok(bytes) => match format {
             Format::Protobuf => receiver
@@ -212,8 +419,14 @@ fn content_format(headers: &HeaderMap) -> Result<Format, Rejection> {
     }
 }
 
-/// Reads the body, refusing it as soon as it is over `limit`, on the wire or once decompressed.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Rejection> {
+/// Reads the body, refusing it as soon as it is over `limit`, on the wire or once
+/// decompressed, or when it has not all arrived within `timeout`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Rejection> {
     let too_large = |what: &str| {
         Rejection::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -230,9 +443,19 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large("body"));
     }
-    let wire = Limited::new(body, limit)
-        .collect()
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
         .await
+        .map_err(|_| {
+            Rejection::new(
+                StatusCode::REQUEST_TIMEOUT,
+                RefusalReason::BodyReadTimeout,
+                format!(
+                    "the body did not arrive within {} (receivers.otlp.http.body_read_timeout); send it at once",
+                    format_duration(timeout)
+                ),
+            )
+        })?;
+    let wire = collected
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large("body")
@@ -321,6 +544,7 @@ fn grpc_code(status: StatusCode) -> i32 {
             tonic::Code::ResourceExhausted as i32
         }
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
+        StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded as i32,
         _ => tonic::Code::Unknown as i32,
     }
 }

@@ -3,6 +3,7 @@
 //! Both share [`Intake`], which validates spans, counts them and either queues them for
 //! the pipeline or refuses with an answer the client's SDK retries.
 
+pub mod conn;
 pub mod grpc;
 pub mod http;
 
@@ -112,7 +113,7 @@ impl Intake {
     }
 
     /// The agent's counters, for refusals a receiver counts itself.
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

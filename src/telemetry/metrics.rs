@@ -22,6 +22,13 @@ struct RefusalLabels {
     reason: &'static str,
 }
 
+/// Labels of a connection counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    receiver: &'static str,
+    reason: &'static str,
+}
+
 /// Labels of an exporter counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExporterLabels {
@@ -82,6 +89,8 @@ pub enum RefusalReason {
     TooLarge,
     /// The content type or encoding is not OTLP.
     UnsupportedMediaType,
+    /// The body did not arrive within `body_read_timeout` (answered 408).
+    BodyReadTimeout,
 }
 
 impl RefusalReason {
@@ -96,6 +105,31 @@ impl RefusalReason {
             Self::Undecodable => "undecodable",
             Self::TooLarge => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyReadTimeout => "body_read_timeout",
+        }
+    }
+}
+
+/// Why a receiver refused or closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionReason {
+    /// `max_connections` (or the open-file cap) were open: closed as soon as accepted.
+    MaxConnections,
+    /// The request headers or the HTTP/2 preface did not arrive within `header_read_timeout`.
+    HeaderReadTimeout,
+    /// No request for `idle_timeout`.
+    IdleTimeout,
+    /// An HTTP/2 PING went unanswered for `keepalive_timeout`.
+    KeepaliveTimeout,
+}
+
+impl ConnectionReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::HeaderReadTimeout => "header_read_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::KeepaliveTimeout => "keepalive_timeout",
         }
     }
 }
@@ -143,6 +177,8 @@ pub struct Metrics {
     received_spans: Family<ProtocolLabels, Counter>,
     refused_spans: Family<RefusalLabels, Counter>,
     refused_requests: Family<RefusalLabels, Counter>,
+    refused_connections: Family<ConnectionLabels, Counter>,
+    closed_connections: Family<ConnectionLabels, Counter>,
     exported_spans: Family<ExporterLabels, Counter>,
     export_failures: Family<FailureLabels, Counter>,
     dropped_spans: Family<DropLabels, Counter>,
@@ -165,6 +201,8 @@ impl Default for Metrics {
         let received_spans = Family::default();
         let refused_spans = Family::default();
         let refused_requests = Family::default();
+        let refused_connections = Family::default();
+        let closed_connections = Family::default();
         let exported_spans = Family::default();
         let export_failures = Family::default();
         let dropped_spans = Family::default();
@@ -191,6 +229,16 @@ impl Default for Metrics {
             "requests_refused",
             "Requests a receiver refused before it could count their spans, by reason",
             refused_requests.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections a receiver closed as soon as it accepted them, by reason",
+            refused_connections.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections a receiver closed because a limit ran out, by reason",
+            closed_connections.clone(),
         );
         registry.register(
             "spans_exported",
@@ -257,6 +305,8 @@ impl Default for Metrics {
             received_spans,
             refused_spans,
             refused_requests,
+            refused_connections,
+            closed_connections,
             exported_spans,
             export_failures,
             dropped_spans,
@@ -298,6 +348,24 @@ impl Metrics {
             reason: reason.label(),
         };
         self.refused_requests.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection closed as soon as it was accepted.
+    pub fn refused_connection(&self, receiver: &'static str, reason: ConnectionReason) {
+        let labels = ConnectionLabels {
+            receiver,
+            reason: reason.label(),
+        };
+        self.refused_connections.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection closed because one of its limits ran out.
+    pub fn closed_connection(&self, receiver: &'static str, reason: ConnectionReason) {
+        let labels = ConnectionLabels {
+            receiver,
+            reason: reason.label(),
+        };
+        self.closed_connections.get_or_create(&labels).inc();
     }
 
     /// Counts spans an exporter delivered.

@@ -205,9 +205,39 @@ impl AgentProcess {
         process
     }
 
+    /// Writes `yaml` to a config file and starts the binary on it with its open-file limit
+    /// (`ulimit -n`) lowered to `open_files`.
+    pub fn with_config_and_file_limit(yaml: &str, log_level: &str, open_files: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_config(dir.path(), yaml);
+        let args = [
+            "--config",
+            path.to_str().expect("path"),
+            "--log-level",
+            log_level,
+        ];
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" \"$@\""))
+            .arg(agent_binary())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        let mut process = Self::start(command);
+        process.config_dir = Some(dir);
+        process
+    }
+
     /// Starts the binary; waits (bounded) until its start-up line names the listeners.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = binary_command(args, env)
+        Self::start(binary_command(args, env))
+    }
+
+    /// Starts `command` (the binary, or a shell that execs it); waits (bounded) until its
+    /// start-up line names the listeners.
+    fn start(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

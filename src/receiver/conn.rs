@@ -1,0 +1,291 @@
+//! Connection limits shared by both receivers: how many connections may be open, how long
+//! a connection may take to say what it wants, and how many descriptors they may use.
+//!
+//! A connection past `max_connections` is accepted and closed at once rather than left in
+//! the kernel's backlog: the client learns immediately (its SDK retries with backoff)
+//! instead of waiting for its own timeout behind a flood, the refusal is counted per
+//! connection, and the backlog never holds sockets the agent cannot see.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::ReceiverEndpointConfig;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ConnectionReason;
+
+/// The length of the HTTP/2 connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const H2_PREFACE_LEN: usize = 24;
+
+/// How long the accept loop waits after `accept` failed (e.g. out of descriptors), so that
+/// it does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The connection limits of one receiver, as it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once (after the open-file cap).
+    pub max_connections: usize,
+    /// Time for a new connection's headers or HTTP/2 preface.
+    pub header_read_timeout: Duration,
+    /// Time for a request's whole body (HTTP receiver).
+    pub body_read_timeout: Duration,
+    /// Time a connection may stay without a request in progress (HTTP receiver).
+    pub idle_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered.
+    pub keepalive_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    /// The limits a receiver's config asks for.
+    pub fn from_config(config: &ReceiverEndpointConfig) -> Self {
+        Self {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            body_read_timeout: config.body_read_timeout(),
+            idle_timeout: config.idle_timeout(),
+            max_concurrent_streams: u32::try_from(config.max_concurrent_streams)
+                .unwrap_or(u32::MAX),
+            keepalive_interval: config.keepalive_interval,
+            keepalive_timeout: config.keepalive_timeout,
+        }
+    }
+}
+
+/// The soft open-file limit of this process (`RLIMIT_NOFILE`), read from
+/// `/proc/self/limits` because the crate forbids the `unsafe` a `getrlimit` call needs;
+/// `None` when unlimited or unreadable.
+pub fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    // "Max open files            1024                 1048576              files"
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Descriptors this process has open now (0 when `/proc` cannot be read).
+pub fn open_files() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
+}
+
+/// The receivers' connection caps: `wanted` as configured, scaled down together (each one
+/// that is on keeping at least one) when their sum would leave fewer than `reserve` descriptors
+/// below `limit`.
+pub fn cap_connections(wanted: &[usize], limit: Option<u64>, reserve: u64) -> Vec<usize> {
+    let total: u64 = wanted.iter().map(|&w| w as u64).sum();
+    let Some(budget) = limit.map(|l| l.saturating_sub(reserve)) else {
+        return wanted.to_vec();
+    };
+    if total <= budget {
+        return wanted.to_vec();
+    }
+    wanted
+        .iter()
+        // A receiver that is off (0) stays at 0.
+        .map(|&w| ((w as u64 * budget / total) as usize).clamp(w.min(1), w))
+        .collect()
+}
+
+/// Counts a receiver's open connections and refuses those past its limit.
+pub(super) struct Gate {
+    receiver: &'static str,
+    permits: Arc<Semaphore>,
+    max: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl Gate {
+    /// A gate letting `max_connections` connections of `receiver` in at once.
+    pub(super) fn new(
+        receiver: &'static str,
+        max_connections: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let max = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        Self {
+            receiver,
+            permits: Arc::new(Semaphore::new(max as usize)),
+            max,
+            metrics,
+        }
+    }
+
+    /// The next connection within the limit, with the permit it holds while open; those
+    /// past the limit are closed and counted.
+    pub(super) async fn accept(&self, listener: &TcpListener) -> (TcpStream, OwnedSemaphorePermit) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, _)) => match Arc::clone(&self.permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold
+                        // answers back for up to 40 ms.
+                        let _ = tcp.set_nodelay(true);
+                        return (tcp, permit);
+                    }
+                    Err(_) => {
+                        self.metrics
+                            .refused_connection(self.receiver, ConnectionReason::MaxConnections);
+                        drop(tcp);
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(
+                        receiver = self.receiver,
+                        "cannot accept a connection: {error}; retrying in {ACCEPT_ERROR_PAUSE:?}"
+                    );
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until every connection let in has closed.
+    pub(super) async fn closed(&self) {
+        let _ = self.permits.acquire_many(self.max).await;
+    }
+
+    /// The accepted connections as a stream for tonic, each closed if its HTTP/2 preface
+    /// does not arrive within `preface_timeout`.
+    pub(super) fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+        preface_timeout: Duration,
+    ) -> impl Stream<Item = io::Result<Tracked>> {
+        futures_util::stream::unfold((self, listener), move |(gate, listener)| async move {
+            let (tcp, permit) = gate.accept(&listener).await;
+            let tracked = Tracked {
+                tcp,
+                _permit: permit,
+                preface: Some((
+                    Box::pin(tokio::time::sleep(preface_timeout)),
+                    H2_PREFACE_LEN,
+                )),
+                receiver: gate.receiver,
+                metrics: Arc::clone(&gate.metrics),
+            };
+            Some((Ok(tracked), (gate, listener)))
+        })
+    }
+}
+
+/// An accepted gRPC connection: holds its place under `max_connections` until dropped, and
+/// fails its reads once the HTTP/2 preface is overdue, which hyper's HTTP/2 server does
+/// not time out by itself.
+pub(super) struct Tracked {
+    tcp: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    /// Until the preface has arrived: its deadline and how many of its bytes are missing.
+    preface: Option<(Pin<Box<Sleep>>, usize)>,
+    receiver: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if let Some((deadline, missing)) = &mut this.preface {
+            *missing = missing.saturating_sub(buf.filled().len() - before);
+            if *missing == 0 {
+                this.preface = None;
+            } else if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+                this.preface = None;
+                this.metrics
+                    .closed_connection(this.receiver, ConnectionReason::HeaderReadTimeout);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the HTTP/2 connection preface did not arrive within header_read_timeout",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+}
+
+impl Connected for Tracked {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.tcp.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_leave_the_reserve_free_and_keep_the_ratio() {
+        assert_eq!(cap_connections(&[512, 512], None, 64), vec![512, 512]);
+        assert_eq!(
+            cap_connections(&[512, 512], Some(1 << 20), 64),
+            vec![512, 512]
+        );
+        // 1,024 descriptors, 100 kept: 924 shared in the configured ratio.
+        assert_eq!(
+            cap_connections(&[512, 512], Some(1024), 100),
+            vec![462, 462]
+        );
+        assert_eq!(cap_connections(&[300, 100], Some(300), 100), vec![150, 50]);
+        // Nothing left: one each, so that the receivers still serve someone.
+        assert_eq!(cap_connections(&[512, 512], Some(64), 100), vec![1, 1]);
+        assert_eq!(cap_connections(&[0, 512], Some(200), 100), vec![0, 100]);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read_from_proc() {
+        let limit = open_file_limit().expect("a limit on Linux");
+        assert!(limit >= open_files(), "{limit}");
+    }
+}
