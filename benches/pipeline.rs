@@ -1,5 +1,6 @@
 //! Per-stage microbenchmarks in time per Daena-shaped span: decode, intake, the processor
-//! stages, batching, encode and compression. Run: `cargo bench --bench pipeline`.
+//! stages, batching, encode and compression; and one span of many repeated keys, whose
+//! cost must grow linearly. Run: `cargo bench --bench pipeline`.
 
 #[path = "support/traffic.rs"]
 mod traffic;
@@ -132,5 +133,45 @@ fn stages(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, stages);
+/// One span of `n` copies of a schema variant key (`llm.cost`), through all three stages:
+/// the cost must grow linearly with `n` (issue #12).
+fn repeated_keys(c: &mut Criterion) {
+    use daena_trace_agent::otlp::{ResourceSpans, ScopeSpans, Span, Value, key_value};
+    let mut group = c.benchmark_group("one_span_of_repeated_keys");
+    group.sample_size(10);
+    let mut processors = processor::build(&ProcessorsConfig::default(), &Arc::default());
+    for n in [1_000usize, 10_000, 100_000] {
+        let span = Span {
+            name: "llm.call".into(),
+            attributes: (0..n)
+                .map(|i| key_value("llm.cost", Value::IntValue(i64::try_from(i).unwrap_or(0))))
+                .collect(),
+            ..Default::default()
+        };
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("llm.cost_x{n}"), |b| {
+            b.iter_batched(
+                || {
+                    SpanBatch::new(vec![ResourceSpans {
+                        scope_spans: vec![ScopeSpans {
+                            spans: vec![span.clone()],
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }])
+                },
+                |mut batch| {
+                    for processor in &mut processors {
+                        processor.process(&mut batch);
+                    }
+                    batch
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stages, repeated_keys);
 criterion_main!(benches);

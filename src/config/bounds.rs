@@ -263,6 +263,14 @@ pub const MAX_BUFFERED_SPANS: Bound<usize> = count(
     1,
     100_000_000,
 );
+/// `processors.sampling.max_buffered_bytes`: the encoded size of the spans, resources and
+/// scopes the tail sampler holds (each shared resource and scope counted once).
+pub const MAX_BUFFERED_BYTES: Bound<ByteSize> = size(
+    "processors.sampling.max_buffered_bytes",
+    256 * MIB,
+    KIB,
+    64 * GIB,
+);
 /// `processors.sampling.decision_cache`.
 pub const DECISION_CACHE: Bound<usize> =
     count("processors.sampling.decision_cache", 100_000, 1, 10_000_000);
@@ -335,6 +343,7 @@ pub fn rows() -> Vec<Row> {
         DECISION_WAIT.row(),
         MAX_TRACES.row(),
         MAX_BUFFERED_SPANS.row(),
+        MAX_BUFFERED_BYTES.row(),
         DECISION_CACHE.row(),
         LATENCY_THRESHOLD.row(),
         BATCH_MAX_SPANS.row(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{bounds, units};
+use super::{ByteSize, bounds, units};
 
 /// The processor stages; they always run in the order daena → redact → limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -174,6 +174,9 @@ pub struct SamplingConfig {
     pub max_traces: usize,
     /// Tail mode: spans held at once; beyond it the oldest traces are decided early.
     pub max_buffered_spans: usize,
+    /// Tail mode: encoded bytes held at once (spans, and each shared resource and scope
+    /// once); beyond it the oldest traces are decided early.
+    pub max_buffered_bytes: ByteSize,
     /// Tail mode: recent decisions remembered for spans that arrive late.
     pub decision_cache: usize,
     /// Tail mode: an attribute whose value ties traces together (`council.round_id`):
@@ -191,6 +194,7 @@ impl Default for SamplingConfig {
             decision_wait: bounds::DECISION_WAIT.default,
             max_traces: bounds::MAX_TRACES.default,
             max_buffered_spans: bounds::MAX_BUFFERED_SPANS.default,
+            max_buffered_bytes: bounds::MAX_BUFFERED_BYTES.default,
             decision_cache: bounds::DECISION_CACHE.default,
             coherent_by: None,
             policies: Vec::new(),

@@ -465,6 +465,7 @@ const QUANTITIES: &[(&str, &str)] = &[
     ("processors.sampling.decision_wait", "5s"),
     ("processors.sampling.max_traces", "50000"),
     ("processors.sampling.max_buffered_spans", "500000"),
+    ("processors.sampling.max_buffered_bytes", "256MiB"),
     ("processors.sampling.decision_cache", "100000"),
     ("processors.sampling.policies[0].threshold", "2s"),
     ("batch.max_spans", "8192"),
@@ -490,7 +491,7 @@ fn config_with(values: &[String]) -> String {
          exporters:\n  t:\n    protocol: console\n    timeout: {}\n    retry: {{ initial_interval: {}, max_interval: {}, max_elapsed: {} }}\n    queue: {{ max_spans: {}, max_bytes: {}, workers: {} }}\n  \
          disk:\n    protocol: console\n    queue: {{ persistent: true, dir: /nonexistent/daena-queue, max_spans: {}, max_bytes: {} }}\n\
          processors:\n  limits: {{ max_attribute_value_length: {}, max_attributes: {}, max_events: {}, max_links: {} }}\n  \
-         sampling:\n    mode: tail\n    decision_wait: {}\n    max_traces: {}\n    max_buffered_spans: {}\n    decision_cache: {}\n    policies:\n      - {{ name: slow, type: latency, threshold: {} }}\n\
+         sampling:\n    mode: tail\n    decision_wait: {}\n    max_traces: {}\n    max_buffered_spans: {}\n    max_buffered_bytes: {}\n    decision_cache: {}\n    policies:\n      - {{ name: slow, type: latency, threshold: {} }}\n\
          batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
         v("receivers.otlp.grpc.max_request_size"),
         v("receivers.otlp.http.max_request_size"),
@@ -517,6 +518,7 @@ fn config_with(values: &[String]) -> String {
         v("processors.sampling.decision_wait"),
         v("processors.sampling.max_traces"),
         v("processors.sampling.max_buffered_spans"),
+        v("processors.sampling.max_buffered_bytes"),
         v("processors.sampling.decision_cache"),
         v("processors.sampling.policies[0].threshold"),
         v("batch.max_spans"),

@@ -488,6 +488,11 @@ impl SamplingConfig {
         ] {
             bound.check(bound.key, value, errors);
         }
+        bounds::MAX_BUFFERED_BYTES.check(
+            bounds::MAX_BUFFERED_BYTES.key,
+            self.max_buffered_bytes,
+            errors,
+        );
         bounds::DECISION_WAIT.check(bounds::DECISION_WAIT.key, self.decision_wait, errors);
         let mut names = std::collections::BTreeSet::new();
         for (i, policy) in self.policies.iter().enumerate() {

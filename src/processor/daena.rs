@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::key_cache::KeyCache;
 use super::schema::{self, FAMILIES, FIELDS, SCHEMA, ValueRule, row};
-use super::{SpanStage, flush_counts};
+use super::{SpanStage, flush_counts, work};
 use crate::config::DaenaConfig;
 use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, Value, key_value};
 use crate::telemetry::Metrics;
@@ -89,6 +89,7 @@ impl DaenaNormaliser {
     fn normalise_span(&mut self, span: &mut Span) {
         let mut found = Found::default();
         let mut duplicates: Vec<usize> = Vec::new();
+        work(span.attributes.len());
         for (i, kv) in span.attributes.iter().enumerate() {
             match self.keys.get(&kv.key, KeyClass::of) {
                 KeyClass::Schema {
@@ -161,10 +162,19 @@ impl DaenaNormaliser {
             }
         }
         if !remove.is_empty() {
+            // One mark per attribute: a lookup in `remove` per attribute would make a span
+            // of n copies of one key cost n² (300k copies took seconds).
+            let mut gone = vec![false; span.attributes.len()];
+            for i in remove {
+                if let Some(mark) = gone.get_mut(i) {
+                    *mark = true;
+                }
+            }
+            work(gone.len());
             let mut index = 0;
             span.attributes.retain(|_| {
                 index += 1;
-                !remove.contains(&(index - 1))
+                !gone.get(index - 1).copied().unwrap_or(false)
             });
         }
     }

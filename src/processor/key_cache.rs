@@ -2,32 +2,44 @@
 //!
 //! Spans repeat the same few dozen keys; classifying a key (schema lookup, secret-word
 //! match) costs tens of nanoseconds, a cache hit a hash and one comparison. Bounded: a
-//! colliding key replaces the entry, so memory never grows with the keys seen.
+//! colliding key replaces the entry, so memory never grows with the keys seen, and keys
+//! longer than [`MAX_KEY`] are classified every time rather than kept, so neither does it
+//! grow with their length. A span of all-distinct keys costs a classification and a copy
+//! of each key into a slot's reused buffer: linear, and allocation-free once warm.
 
 /// Entries; a power of two.
 const SLOTS: usize = 512;
 
+/// The longest key cached, in bytes: real keys are far shorter, and caching a longer one
+/// would let a hostile span pin `SLOTS` times its length in memory.
+const MAX_KEY: usize = 128;
+
 /// Remembers `T` for recently seen keys.
 pub struct KeyCache<T> {
-    slots: Vec<Option<(Box<str>, T)>>,
+    /// Per slot: the key (its buffer reused by the next key) and, when it holds one, the value.
+    slots: Vec<(String, Option<T>)>,
 }
 
 impl<T: Copy> KeyCache<T> {
     /// An empty cache.
     pub fn new() -> Self {
         Self {
-            slots: (0..SLOTS).map(|_| None).collect(),
+            slots: (0..SLOTS).map(|_| (String::new(), None)).collect(),
         }
     }
 
     /// What `classify` says about `key`, computed at most once while the key stays cached.
     pub fn get(&mut self, key: &str, classify: impl FnOnce(&str) -> T) -> T {
-        let slot = &mut self.slots[hash(key.as_bytes()) & (SLOTS - 1)];
+        let (cached, slot) = &mut self.slots[hash(key.as_bytes()) & (SLOTS - 1)];
         match slot {
-            Some((cached, value)) if **cached == *key => *value,
+            Some(value) if *cached == key => *value,
             _ => {
                 let value = classify(key);
-                *slot = Some((key.into(), value));
+                if key.len() <= MAX_KEY {
+                    cached.clear();
+                    cached.push_str(key);
+                    *slot = Some(value);
+                }
                 value
             }
         }
@@ -74,5 +86,21 @@ mod tests {
             let key = format!("key.{i}");
             assert_eq!(cache.get(&key, str::len), key.len());
         }
+    }
+
+    #[test]
+    fn long_keys_are_answered_but_never_kept() {
+        let mut cache = KeyCache::new();
+        let long = "k".repeat(MAX_KEY + 1);
+        let mut calls = 0;
+        for _ in 0..2 {
+            let mut classify = |k: &str| {
+                calls += 1;
+                k.len()
+            };
+            assert_eq!(cache.get(&long, &mut classify), MAX_KEY + 1);
+        }
+        assert_eq!(calls, 2, "classified each time");
+        assert!(cache.slots.iter().all(|(key, _)| key.len() <= MAX_KEY));
     }
 }

@@ -138,6 +138,30 @@ impl Processor for SpanPass {
     }
 }
 
+/// Counts `n` steps of work of the span stages (an attribute visited, a byte scanned): in
+/// tests, which check that the count grows linearly with the input; nothing otherwise.
+#[inline]
+fn work(n: usize) {
+    #[cfg(test)]
+    WORK.with(|steps| steps.set(steps.get() + n as u64));
+    #[cfg(not(test))]
+    let _ = n;
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Steps counted by [`work`] on this thread (each test runs on its own).
+    static WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Steps of work `f` took, as counted by [`work`].
+#[cfg(test)]
+fn work_of(f: impl FnOnce()) -> u64 {
+    let before = WORK.with(std::cell::Cell::get);
+    f();
+    WORK.with(std::cell::Cell::get) - before
+}
+
 /// Hands a stage's per-batch counts to the metrics: `record(label, count)` for each count
 /// that is not zero, which it then resets. `labels` name the counts in order.
 fn flush_counts(
@@ -148,6 +172,69 @@ fn flush_counts(
     for (count, label) in counts.iter_mut().zip(labels) {
         if *count > 0 {
             record(label, std::mem::take(count));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::{KeyValue, ScopeSpans, Value, key_value};
+
+    /// Attributes of a size `n`.
+    type Input = Box<dyn Fn(usize) -> Vec<KeyValue>>;
+
+    /// Steps the span stages, as configured by default, take over one span of
+    /// `attributes`, its name making it a Daena `llm` span.
+    fn work_on(attributes: Vec<KeyValue>) -> u64 {
+        let metrics = Arc::new(Metrics::default());
+        let mut stages = build(&ProcessorsConfig::default(), &metrics);
+        let mut batch = SpanBatch::new(vec![crate::otlp::ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    name: "llm.call".into(),
+                    attributes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }]);
+        work_of(|| {
+            for stage in &mut stages {
+                stage.process(&mut batch);
+            }
+        })
+    }
+
+    #[test]
+    fn the_work_per_span_grows_linearly_with_repeated_keys_and_long_values() {
+        let copies = |key: &'static str| {
+            move |n: usize| {
+                (0..n)
+                    .map(|i| key_value(key, Value::IntValue(i64::try_from(i).unwrap_or(0))))
+                    .collect::<Vec<_>>()
+            }
+        };
+        let value = |key: &'static str, unit: &'static str| {
+            move |n: usize| vec![key_value(key, Value::StringValue(unit.repeat(n)))]
+        };
+        let inputs: [(&str, Input); 7] = [
+            ("llm.cost copies", Box::new(copies("llm.cost"))),
+            ("llm.cost_usd copies", Box::new(copies("llm.cost_usd"))),
+            ("Council_Phase copies", Box::new(copies("Council_Phase"))),
+            ("note copies", Box::new(copies("note"))),
+            ("-bearer-bearer…", Box::new(value("note", "-bearer"))),
+            ("sk-sk-…", Box::new(value("note", "sk-"))),
+            ("a@a@… in a prompt", Box::new(value("llm.prompt", "a@"))),
+        ];
+        for (name, input) in inputs {
+            let (small, large) = (work_on(input(2_000)), work_on(input(8_000)));
+            // Linear work is 4 times as much for 4 times the input; quadratic, 16.
+            assert!(
+                small > 0 && large * 10 <= small * 45,
+                "{name}: {small} then {large}"
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::key_cache::KeyCache;
-use super::{SpanStage, flush_counts};
+use super::{SpanStage, flush_counts, work};
 use crate::config::RedactConfig;
 use crate::otlp::{KeyValue, Resource, Span, Value};
 use crate::telemetry::Metrics;
@@ -76,6 +76,7 @@ impl Redactor {
 
     /// `text` with its secrets masked, or `None` when it has none.
     fn mask(&mut self, text: &str, emails: bool) -> Option<String> {
+        work(text.len());
         let mut found: Vec<(usize, usize, usize)> = Vec::new();
         // Most values are shorter than the shortest secret, or lack the byte it needs.
         let bytes = text.as_bytes();
@@ -202,28 +203,42 @@ fn bearer_tokens(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
             return None;
         }
         let start = i + 6 + bytes[i + 6..].iter().take_while(|b| **b == b' ').count();
-        let end = start
-            + bytes[start..]
-                .iter()
-                .take_while(|b| is_token_byte(**b))
-                .count();
-        (start > i + 6 && end - start >= 8).then_some((start, end))
+        // Only after a space: scanning the token of every `bearer` would make
+        // `-bearer-bearer-…` cost the square of its length. A token holds no space, so the
+        // tokens scanned, like the runs of spaces before them, never overlap.
+        if start == i + 6 {
+            return None;
+        }
+        let token = bytes[start..]
+            .iter()
+            .take_while(|b| is_token_byte(**b))
+            .count();
+        work(start - i + token);
+        (token >= 8).then_some((start, start + token))
     })
 }
 
 /// `sk-…` keys: `sk-` at a word start followed by at least 16 key characters.
 fn api_keys(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
     let bytes = text.as_bytes();
+    let is_key_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
+    // The end of the run of key characters last measured: an `sk-` inside that run ends
+    // where it does. Measuring each one again would make `sk-sk-sk-…` cost the square
+    // of its length.
+    let mut run_end = 0;
     (0..bytes.len().saturating_sub(3)).filter_map(move |i| {
         if bytes[i] != b's' || bytes[i + 1] != b'k' || bytes[i + 2] != b'-' {
             return None;
         }
-        let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
-        let rest = bytes[i + 3..]
-            .iter()
-            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-            .count();
-        (word_start && rest >= 16).then_some((i, i + 3 + rest))
+        if i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
+            return None;
+        }
+        if run_end <= i + 3 {
+            let rest = bytes[i + 3..].iter().take_while(|b| is_key_byte(b)).count();
+            work(rest);
+            run_end = i + 3 + rest;
+        }
+        (run_end - (i + 3) >= 16).then_some((i, run_end))
     })
 }
 
@@ -242,6 +257,8 @@ fn emails_in(text: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
             .iter()
             .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
             .count();
+        // Neither part holds an `@`: each stretch between two is scanned at most twice.
+        work(local + domain);
         let domain_text = text[at + 1..at + 1 + domain].trim_end_matches('.');
         let tld = domain_text.rsplit_once('.').map(|(_, tld)| tld);
         let valid = local > 0

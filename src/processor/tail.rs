@@ -1,20 +1,29 @@
 //! Tail sampling: spans are held per trace until `decision_wait` after the trace's last
 //! span, then the whole trace is kept when a policy keeps it, else dropped whole.
 //!
-//! Memory is bounded by `max_traces` and `max_buffered_spans`: past them the least
-//! recently active traces are decided early (by the same policies, on what has arrived),
-//! never dropped undecided. Recent decisions are remembered so late spans follow them.
+//! Memory is bounded by `max_traces`, `max_buffered_spans` and `max_buffered_bytes`: past
+//! them the least recently active traces are decided early (by the same policies, on what
+//! has arrived), never dropped undecided. Recent decisions are remembered so late spans
+//! follow them.
+//!
+//! The traces of one request share its resource and scopes (an [`Arc`] each) rather than
+//! copying them: a large resource over many traces is held, and counted, once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use prost::Message;
 
 use tokio::time::Instant;
 
 use super::Processor;
 use super::sampling::{ConsistentSampler, trace_id_randomness};
 use crate::config::{PolicyConfig, PolicyKind, SamplingConfig};
-use crate::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode, Value};
+use crate::otlp::{
+    InstrumentationScope, Resource, ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode, Value,
+};
 use crate::telemetry::Metrics;
 
 /// A trace id as a map key.
@@ -25,17 +34,20 @@ pub struct TailSampler {
     wait: Duration,
     max_traces: usize,
     max_spans: usize,
+    max_bytes: usize,
     policies: Vec<Policy>,
     coherent_by: Option<String>,
     pending: HashMap<TraceId, Pending>,
     /// (deadline, trace, generation) in deadline order; stale entries are skipped.
     deadlines: VecDeque<(Instant, TraceId, u64)>,
     buffered_spans: usize,
+    /// Encoded bytes held: every held span, and each resource and scope they share once.
+    buffered_bytes: usize,
     decided: DecisionCache,
     /// Council rounds (hashes of `coherent_by` values) kept, until when.
     kept_rounds: HashMap<u64, Instant>,
     /// Kept spans waiting to leave.
-    ready: Vec<ResourceSpans>,
+    ready: Vec<Fragment>,
     metrics: Arc<Metrics>,
     /// Decisions not yet handed to the metrics (counted per call, not per trace).
     counts: DecisionCounts,
@@ -44,9 +56,82 @@ pub struct TailSampler {
 
 /// One trace waiting for its decision.
 struct Pending {
-    fragments: Vec<ResourceSpans>,
+    fragments: Vec<Fragment>,
     spans: usize,
     generation: u64,
+}
+
+/// Spans of one trace that arrived together under one resource and scope.
+struct Fragment {
+    resource: Arc<Shared<ResourceHead>>,
+    scope: Arc<Shared<ScopeHead>>,
+    spans: Vec<Span>,
+    /// Encoded size of `spans`.
+    bytes: usize,
+}
+
+/// What a `ResourceSpans` holds besides its scopes.
+#[derive(Clone)]
+struct ResourceHead {
+    resource: Option<Resource>,
+    schema_url: String,
+}
+
+/// What a `ScopeSpans` holds besides its spans.
+#[derive(Clone)]
+struct ScopeHead {
+    scope: Option<InstrumentationScope>,
+    schema_url: String,
+}
+
+/// A resource or scope shared by the fragments of every trace that came with it.
+struct Shared<T> {
+    value: T,
+    /// Encoded size, in the buffer's account while any held fragment refers to it.
+    bytes: usize,
+    /// Held (pending) fragments referring to it. An atomic only because the sampler must be
+    /// `Send`; one thread ever touches it.
+    held: AtomicUsize,
+}
+
+impl<T> Shared<T> {
+    fn new(value: T, bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            value,
+            bytes,
+            held: AtomicUsize::new(0),
+        })
+    }
+
+    /// Counts one more held fragment; the bytes to add to the account (the first one's only).
+    fn hold(&self) -> usize {
+        if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.bytes
+        } else {
+            0
+        }
+    }
+
+    /// Counts one held fragment less; the bytes to take off the account (the last one's only).
+    fn release(&self) -> usize {
+        if self.held.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.bytes
+        } else {
+            0
+        }
+    }
+}
+
+impl Fragment {
+    /// Bytes the account gains when the fragment is held.
+    fn hold(&self) -> usize {
+        self.bytes + self.resource.hold() + self.scope.hold()
+    }
+
+    /// Bytes the account loses when the held fragment is decided.
+    fn release(&self) -> usize {
+        self.bytes + self.resource.release() + self.scope.release()
+    }
 }
 
 /// A policy built from its config.
@@ -74,11 +159,13 @@ impl TailSampler {
             wait: config.decision_wait,
             max_traces: config.max_traces.max(1),
             max_spans: config.max_buffered_spans.max(1),
+            max_bytes: usize::try_from(config.max_buffered_bytes.0).unwrap_or(usize::MAX),
             policies: config.policies.iter().map(Policy::new).collect(),
             coherent_by: config.coherent_by.clone(),
             pending: HashMap::new(),
             deadlines: VecDeque::new(),
             buffered_spans: 0,
+            buffered_bytes: 0,
             decided: DecisionCache::new(config.decision_cache.max(1)),
             kept_rounds: HashMap::new(),
             ready: Vec::new(),
@@ -97,26 +184,38 @@ impl TailSampler {
                 scope_spans,
                 schema_url,
             } = resource_spans;
-            for scope in scope_spans {
-                // This scope's spans, per trace, as fragments that keep resource and scope.
-                let mut fragments: HashMap<TraceId, ResourceSpans> = HashMap::new();
-                for span in scope.spans {
-                    let fragment =
-                        fragments
-                            .entry(trace_id(&span))
-                            .or_insert_with(|| ResourceSpans {
-                                resource: resource.clone(),
-                                scope_spans: vec![ScopeSpans {
-                                    scope: scope.scope.clone(),
-                                    spans: Vec::new(),
-                                    schema_url: scope.schema_url.clone(),
-                                }],
-                                schema_url: schema_url.clone(),
-                            });
-                    fragment.scope_spans[0].spans.push(span);
+            let bytes = resource.as_ref().map_or(0, Message::encoded_len) + schema_url.len();
+            let resource = Shared::new(
+                ResourceHead {
+                    resource,
+                    schema_url,
+                },
+                bytes,
+            );
+            for ScopeSpans {
+                scope,
+                spans,
+                schema_url,
+            } in scope_spans
+            {
+                let bytes = scope.as_ref().map_or(0, Message::encoded_len) + schema_url.len();
+                let scope = Shared::new(ScopeHead { scope, schema_url }, bytes);
+                // This scope's spans, per trace, as fragments sharing resource and scope.
+                let mut fragments: HashMap<TraceId, Fragment> = HashMap::new();
+                for span in spans {
+                    let fragment = fragments
+                        .entry(trace_id(&span))
+                        .or_insert_with(|| Fragment {
+                            resource: Arc::clone(&resource),
+                            scope: Arc::clone(&scope),
+                            spans: Vec::new(),
+                            bytes: 0,
+                        });
+                    fragment.bytes += span.encoded_len();
+                    fragment.spans.push(span);
                 }
                 for (id, fragment) in fragments {
-                    let spans = fragment.scope_spans[0].spans.len();
+                    let spans = fragment.spans.len();
                     match self.decided.get(&id) {
                         Some(true) => {
                             late_kept += spans as u64;
@@ -137,7 +236,10 @@ impl TailSampler {
         self.counts.kept_spans += late_kept;
         self.counts.dropped_spans += late_dropped;
         let mut early = 0;
-        while self.pending.len() > self.max_traces || self.buffered_spans > self.max_spans {
+        while self.pending.len() > self.max_traces
+            || self.buffered_spans > self.max_spans
+            || self.buffered_bytes > self.max_bytes
+        {
             let Some(id) = self.pop_oldest(None) else {
                 break;
             };
@@ -174,6 +276,11 @@ impl TailSampler {
         self.pending.len()
     }
 
+    /// Encoded bytes held now: the spans, and each resource and scope they share once.
+    pub fn held_bytes(&self) -> usize {
+        self.buffered_bytes
+    }
+
     /// The held trace whose deadline comes first (due by `now`, when given), skipping
     /// entries a later span of the same trace has superseded.
     fn pop_oldest(&mut self, now: Option<Instant>) -> Option<TraceId> {
@@ -193,7 +300,7 @@ impl TailSampler {
         None
     }
 
-    fn hold(&mut self, id: TraceId, fragment: ResourceSpans, spans: usize, now: Instant) {
+    fn hold(&mut self, id: TraceId, fragment: Fragment, spans: usize, now: Instant) {
         self.generation += 1;
         let generation = self.generation;
         let pending = self.pending.entry(id).or_insert_with(|| Pending {
@@ -201,6 +308,7 @@ impl TailSampler {
             spans: 0,
             generation,
         });
+        self.buffered_bytes += fragment.hold();
         pending.fragments.push(fragment);
         pending.spans += spans;
         pending.generation = generation;
@@ -209,8 +317,49 @@ impl TailSampler {
     }
 
     /// Hands over the kept spans and the counts of the decisions since the last call.
+    ///
+    /// Fragments sharing a resource (and scope) leave as one `ResourceSpans` (and one
+    /// `ScopeSpans`), so a shared resource is copied once per call, not once per trace.
     fn release(&mut self, out: &mut SpanBatch) {
-        out.decoded_mut().append(&mut self.ready);
+        let out = out.decoded_mut();
+        // Where each shared resource and scope went in `out`, by address: every one of
+        // them stays alive in `ready` until the loop has seen its last fragment.
+        let mut resources: HashMap<usize, usize> = HashMap::new();
+        let mut scopes: HashMap<usize, (usize, usize)> = HashMap::new();
+        for Fragment {
+            resource,
+            scope,
+            spans,
+            ..
+        } in std::mem::take(&mut self.ready)
+        {
+            let scope_at = Arc::as_ptr(&scope) as usize;
+            if let Some(&(r, s)) = scopes.get(&scope_at) {
+                out[r].scope_spans[s].spans.extend(spans);
+                continue;
+            }
+            let resource_at = Arc::as_ptr(&resource) as usize;
+            let r = *resources.entry(resource_at).or_insert_with(|| {
+                let ResourceHead {
+                    resource,
+                    schema_url,
+                } = unwrap_or_clone(resource);
+                out.push(ResourceSpans {
+                    resource,
+                    scope_spans: Vec::new(),
+                    schema_url,
+                });
+                out.len() - 1
+            });
+            let ScopeHead { scope, schema_url } = unwrap_or_clone(scope);
+            let scope_spans = &mut out[r].scope_spans;
+            scope_spans.push(ScopeSpans {
+                scope,
+                spans,
+                schema_url,
+            });
+            scopes.insert(scope_at, (r, scope_spans.len() - 1));
+        }
         self.counts.flush(&self.policies, &self.metrics);
     }
 
@@ -220,12 +369,10 @@ impl TailSampler {
             return;
         };
         self.buffered_spans -= pending.spans;
-        let spans: Vec<&Span> = pending
-            .fragments
-            .iter()
-            .flat_map(|f| &f.scope_spans)
-            .flat_map(|s| &s.spans)
-            .collect();
+        for fragment in &pending.fragments {
+            self.buffered_bytes -= fragment.release();
+        }
+        let spans: Vec<&Span> = pending.fragments.iter().flat_map(|f| &f.spans).collect();
         let round = self
             .coherent_by
             .as_deref()
@@ -261,12 +408,7 @@ impl TailSampler {
                 // The ratio rule records its threshold, when the trace id was its randomness
                 // (a round's hash is not what a backend would check `th` against).
                 if let (Rule::Ratio(sampler), None) = (rule, round) {
-                    for span in pending
-                        .fragments
-                        .iter_mut()
-                        .flat_map(|f| &mut f.scope_spans)
-                        .flat_map(|s| &mut s.spans)
-                    {
+                    for span in pending.fragments.iter_mut().flat_map(|f| &mut f.spans) {
                         sampler.record(&mut span.trace_state);
                     }
                 }
@@ -488,6 +630,11 @@ impl DecisionCache {
             }
         }
     }
+}
+
+/// The shared value itself when `shared` is its last reference, else a copy.
+fn unwrap_or_clone<T: Clone>(shared: Arc<Shared<T>>) -> T {
+    Arc::try_unwrap(shared).map_or_else(|shared| shared.value.clone(), |shared| shared.value)
 }
 
 fn trace_id(span: &Span) -> TraceId {

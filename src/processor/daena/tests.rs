@@ -517,3 +517,67 @@ proptest! {
         prop_assert_eq!(only_span(&mut batch), expected);
     }
 }
+
+/// The span's attributes as (key, value) pairs, in order.
+fn pairs(span: &Span) -> Vec<(String, Option<Value>)> {
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().and_then(|v| v.value)))
+        .collect()
+}
+
+#[test]
+fn a_span_of_300k_copies_of_a_key_keeps_the_one_the_readme_names() {
+    const N: i64 = 300_000;
+    let copies = |key: &str| -> Vec<KeyValue> {
+        (0..N).map(|i| key_value(key, Value::IntValue(i))).collect()
+    };
+    let normalised = |attributes: Vec<KeyValue>| {
+        let mut batch = batch_of(Span {
+            name: "call".into(),
+            attributes,
+            ..Default::default()
+        });
+        pass().process(&mut batch);
+        pairs(&only_span(&mut batch))
+    };
+    let component = |family: &str| (COMPONENT.to_owned(), Some(s(family)));
+    // Among variants the first wins, renamed, its int value made a double.
+    assert_eq!(
+        normalised(copies("llm.cost")),
+        vec![
+            ("llm.cost_usd".to_owned(), Some(Value::DoubleValue(0.0))),
+            component("llm"),
+        ]
+    );
+    // Among canonical keys, too.
+    assert_eq!(
+        normalised(copies("llm.cost_usd")),
+        vec![
+            ("llm.cost_usd".to_owned(), Some(Value::DoubleValue(0.0))),
+            component("llm"),
+        ]
+    );
+    // The canonical key wins over variants before and after it, and stays where it was.
+    let mut mixed = copies("llm.cost");
+    mixed[1000] = key_value("llm.cost_usd", Value::IntValue(-1));
+    mixed.insert(0, key_value("note", s("first")));
+    assert_eq!(
+        normalised(mixed),
+        vec![
+            ("note".to_owned(), Some(s("first"))),
+            ("llm.cost_usd".to_owned(), Some(Value::DoubleValue(-1.0))),
+            component("llm"),
+        ]
+    );
+    // Copies of a key outside the schema all pass, in order.
+    let out = normalised(copies("note"));
+    assert_eq!(out.len(), 300_001);
+    assert!(
+        out[..300_000]
+            .iter()
+            .zip(0..)
+            .all(|(kv, i)| *kv == ("note".to_owned(), Some(Value::IntValue(i))))
+    );
+    assert_eq!(out[300_000], component("other"));
+}

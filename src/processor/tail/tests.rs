@@ -400,3 +400,110 @@ fn a_full_buffer_decides_the_oldest_traces_early_and_none_undecided() {
         "{rendered}"
     );
 }
+
+/// One request: a resource of about `resource_kib` KiB over one-span traces numbered `traces`.
+fn wide_request(resource_kib: usize, traces: std::ops::Range<u32>) -> SpanBatch {
+    let resource = crate::otlp::Resource {
+        attributes: (0..resource_kib)
+            .map(|i| {
+                key_value(
+                    format!("host.blob.{i}"),
+                    Value::StringValue("x".repeat(1024)),
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let spans = traces
+        .map(|t| Span {
+            trace_id: [t.to_be_bytes(), [1; 4], [2; 4], [3; 4]].concat(),
+            span_id: vec![1; 8],
+            name: "llm.call".into(),
+            ..Default::default()
+        })
+        .collect();
+    SpanBatch::new(vec![ResourceSpans {
+        resource: Some(resource),
+        scope_spans: vec![ScopeSpans {
+            scope: Some(crate::otlp::InstrumentationScope {
+                name: "daena".into(),
+                ..Default::default()
+            }),
+            spans,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }])
+}
+
+#[test]
+fn traces_of_one_request_share_its_resource_in_the_buffer_and_on_the_way_out() {
+    let (mut sampler, _) = sampler(vec![PolicyConfig::new("all", PolicyKind::Ratio)], None);
+    let mut batch = wide_request(512, 0..1_000);
+    let resource_bytes = batch.resource_spans_mut()[0]
+        .resource
+        .as_ref()
+        .map_or(0, Message::encoded_len);
+    assert!(resource_bytes > 512 * 1024);
+    let t0 = Instant::now();
+    sampler.accept(&mut batch, t0);
+    assert_eq!(sampler.held_traces(), 1_000);
+    // Held once, not once per trace (which would be 1,000 resources, about 500 MiB).
+    let held = sampler.held_bytes();
+    assert!(
+        held > resource_bytes && held < resource_bytes + 100 * 1024,
+        "{held} bytes held for a resource of {resource_bytes}"
+    );
+    let mut out = SpanBatch::default();
+    sampler.expire(t0 + WAIT, &mut out);
+    assert_eq!(sampler.held_bytes(), 0);
+    // Every trace kept, under one copy of the resource and the scope.
+    let resource_spans = out.resource_spans_mut();
+    assert_eq!(resource_spans.len(), 1);
+    assert_eq!(
+        resource_spans[0]
+            .resource
+            .as_ref()
+            .map(|r| r.attributes.len()),
+        Some(512)
+    );
+    assert_eq!(resource_spans[0].scope_spans.len(), 1);
+    assert_eq!(resource_spans[0].scope_spans[0].spans.len(), 1_000);
+}
+
+#[test]
+fn max_buffered_bytes_decides_the_oldest_traces_early() {
+    let config = SamplingConfig {
+        mode: crate::config::SamplingMode::Tail,
+        max_buffered_bytes: crate::config::ByteSize(64 * 1024),
+        policies: vec![PolicyConfig::new("all", PolicyKind::Ratio)],
+        ..SamplingConfig::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut sampler = TailSampler::new(&config, Arc::clone(&metrics));
+    let t0 = Instant::now();
+    let mut released = 0;
+    // Ten requests of 16 KiB resources: at most four fit under 64 KiB.
+    for request in 0..10 {
+        let first = u32::try_from(request * 10).expect("small");
+        let mut batch = wide_request(16, first..first + 10);
+        sampler.accept(&mut batch, t0 + Duration::from_millis(request));
+        released += batch.span_count();
+        assert!(
+            sampler.held_bytes() <= 64 * 1024,
+            "{}",
+            sampler.held_bytes()
+        );
+    }
+    assert!(sampler.held_traces() > 0);
+    let mut out = SpanBatch::default();
+    sampler.decide_all(t0 + Duration::from_secs(1), &mut out);
+    released += out.span_count();
+    assert_eq!(released, 100, "every span decided, none lost");
+    let rendered = metrics.render();
+    let early = rendered
+        .lines()
+        .find_map(|l| l.strip_prefix("daena_agent_sampling_decided_early_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(early.is_some_and(|n| n >= 60), "{rendered}");
+}
