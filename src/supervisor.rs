@@ -76,20 +76,16 @@ impl Supervisor {
         future: impl Future<Output = T> + Send + 'static,
     ) -> JoinHandle<Option<T>> {
         let (name, supervisor) = (name.into(), self.clone());
-        tokio::spawn(async move { supervisor.watch(name, future).await })
+        tokio::spawn(async move { supervisor.watch(&name, future).await })
     }
 
     /// Runs `future` in the current task; a panic fails the agent as the task `name`,
     /// and gives `None`.
-    pub async fn watch<T>(
-        &self,
-        name: impl Into<String>,
-        future: impl Future<Output = T>,
-    ) -> Option<T> {
+    pub async fn watch<T>(&self, name: &str, future: impl Future<Output = T>) -> Option<T> {
         match AssertUnwindSafe(future).catch_unwind().await {
             Ok(value) => Some(value),
             Err(panic) => {
-                self.fail(name.into(), format!("panicked: {}", panic_message(&*panic)));
+                self.fail(name, format!("panicked: {}", panic_message(&*panic)));
                 None
             }
         }

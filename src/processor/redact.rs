@@ -767,16 +767,6 @@ mod tests {
         prop_oneof![bearer, api_key, email].boxed()
     }
 
-    const DEFAULT_KEYS: [&str; 8] = [
-        "authorization",
-        "cookie",
-        "password",
-        "passwd",
-        "secret",
-        "token",
-        "api_key",
-        "apikey",
-    ];
     /// Words around a secret word in a key.
     const OTHER_WORDS: [&str; 12] = [
         "http", "request", "header", "db", "x", "client", "openai", "access", "set", "proxy",
@@ -806,7 +796,7 @@ mod tests {
         };
         (
             words(),
-            prop::sample::select(DEFAULT_KEYS.to_vec()),
+            prop::sample::select(RedactConfig::default().keys),
             any::<u8>(),
             words(),
             prop::collection::vec(0usize..3, 8),
@@ -890,16 +880,8 @@ mod tests {
         fn attribute(&self) -> KeyValue {
             match self {
                 Planted::SecretKey { key, value } => key_value(key.clone(), string(value)),
-                Planted::Text { key, parts, tail } => {
-                    let mut text = String::new();
-                    for (before_text, before, secret, after) in parts {
-                        text.push_str(before_text);
-                        text.push_str(BEFORE[*before]);
-                        text.push_str(&secret.planted());
-                        text.push_str(secret.after(*after));
-                    }
-                    text.push_str(tail);
-                    key_value(key.clone(), string(&text))
+                Planted::Text { key, .. } => {
+                    key_value(key.clone(), string(&self.text(Inner::planted)))
                 }
                 Planted::Neutral { key, value } => key_value(key.clone(), value.clone()),
             }
@@ -908,19 +890,26 @@ mod tests {
         fn expected(&self) -> KeyValue {
             match self {
                 Planted::SecretKey { key, .. } => key_value(key.clone(), string(REDACTED)),
-                Planted::Text { key, parts, tail } => {
-                    let mut text = String::new();
-                    for (before_text, before, secret, after) in parts {
-                        text.push_str(before_text);
-                        text.push_str(BEFORE[*before]);
-                        text.push_str(&secret.masked());
-                        text.push_str(secret.after(*after));
-                    }
-                    text.push_str(tail);
-                    key_value(key.clone(), string(&text))
+                Planted::Text { key, .. } => {
+                    key_value(key.clone(), string(&self.text(Inner::masked)))
                 }
                 Planted::Neutral { .. } => self.attribute(),
             }
+        }
+
+        /// A text value, each secret written by `secret` (as planted, or as masked).
+        fn text(&self, secret: fn(&Inner) -> String) -> String {
+            let mut text = String::new();
+            if let Planted::Text { parts, tail, .. } = self {
+                for (before_text, before, inner, after) in parts {
+                    text.push_str(before_text);
+                    text.push_str(BEFORE[*before]);
+                    text.push_str(&secret(inner));
+                    text.push_str(inner.after(*after));
+                }
+                text.push_str(tail);
+            }
+            text
         }
     }
 

@@ -194,6 +194,7 @@ pub fn spawn<E: Exporter>(
     };
     let worker = Worker {
         name: Arc::clone(&name),
+        task: Arc::from(format!("exporter {name}")),
         exporter: Arc::new(exporter),
         policy: Arc::new(RetryPolicy::from_config(&config.retry)),
         workers: queue.workers.max(1),

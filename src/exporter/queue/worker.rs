@@ -45,6 +45,8 @@ impl Backlog {
 /// Exports one exporter's backlog.
 pub struct Worker<E> {
     pub(super) name: Arc<str>,
+    /// `exporter NAME`: the supervised task's name, made once.
+    pub(super) task: Arc<str>,
     pub(super) exporter: Arc<E>,
     pub(super) policy: Arc<RetryPolicy>,
     /// Export requests in flight at once, at most.
@@ -64,8 +66,7 @@ impl<E: Exporter> Worker<E> {
     /// Returns the spans left on disk. A panic while feeding fails the agent; the queue is
     /// still accounted for: what memory held is counted as dropped, the disk keeps the rest.
     pub async fn run(self, backlog: Backlog) -> u64 {
-        let task = format!("exporter {}", self.name);
-        let fed = self.supervisor.watch(task, self.feed(&backlog)).await;
+        let fed = self.supervisor.watch(&self.task, self.feed(&backlog)).await;
         let reason = match fed {
             Some(()) => DropReason::Shutdown,
             None => DropReason::AgentFailure,
@@ -138,7 +139,7 @@ impl<E: Exporter> Worker<E> {
             Entry::Memory(payload) => payload.spans() as u64,
             Entry::Disk(..) => 0,
         };
-        let task = format!("exporter {name}");
+        let task = Arc::clone(&self.task);
         let counted = Arc::clone(&metrics);
         let counted_name = Arc::clone(&name);
         let attempt = async move {
@@ -185,7 +186,7 @@ impl<E: Exporter> Worker<E> {
             delivery
         };
         async move {
-            match supervisor.watch(task, attempt).await {
+            match supervisor.watch(&task, attempt).await {
                 Some(delivery) => delivery,
                 None => {
                     counted.dropped(&counted_name, DropReason::AgentFailure, in_memory);
