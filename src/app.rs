@@ -13,12 +13,12 @@ use crate::config::{Config, parse_listen_addr};
 use crate::exporter::{self, ExporterHandle, Fanout};
 use crate::pipeline::{self, Batcher, Pipeline};
 use crate::processor;
-use crate::receiver::Intake;
+use crate::receiver::{Intake, RequestLimits};
 use crate::receiver::conn::{ConnectionLimits, cap_connections, open_file_limit, open_files};
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
 use crate::supervisor::{Supervisor, TaskFailure};
-use crate::telemetry::memory::MemoryLimiter;
+use crate::telemetry::memory::{MemoryBudget, MemoryLimiter};
 use crate::telemetry::metrics::DropReason;
 use crate::telemetry::{self, Metrics};
 
@@ -180,7 +180,10 @@ impl Agent {
             stop_receivers.clone(),
             &supervisor,
         );
-        let mut intake = Intake::new(tx, Arc::clone(&metrics)).with_memory_limit(limiter);
+        let budget = config.memory_limit.budget();
+        let mut intake = Intake::new(tx, Arc::clone(&metrics))
+            .with_memory_limit(limiter)
+            .with_budget(MemoryBudget::new(budget.0));
         if config.exporters.values().any(|e| e.queue.persistent) {
             intake = intake.durable();
         }
@@ -190,8 +193,13 @@ impl Agent {
         if let (Some(listener), Some(receiver), Some(limits)) =
             (grpc, &config.receivers.otlp.grpc, grpc_limits)
         {
-            let server =
-                GrpcReceiver::new(intake.clone(), receiver.max_request_size.0 as usize, limits);
+            let server = GrpcReceiver::new(
+                intake
+                    .clone()
+                    .with_limits(RequestLimits::from_config(receiver, budget)),
+                receiver.max_request_size.0 as usize,
+                limits,
+            );
             servers.push(supervisor.spawn_service(
                 "OTLP/gRPC receiver",
                 server.serve(listener, stop_receivers.clone()),
@@ -200,8 +208,13 @@ impl Agent {
         if let (Some(listener), Some(receiver), Some(limits)) =
             (http, &config.receivers.otlp.http, http_limits)
         {
-            let server =
-                HttpReceiver::new(intake.clone(), receiver.max_request_size.0 as usize, limits);
+            let server = HttpReceiver::new(
+                intake
+                    .clone()
+                    .with_limits(RequestLimits::from_config(receiver, budget)),
+                receiver.max_request_size.0 as usize,
+                limits,
+            );
             servers.push(supervisor.spawn_service(
                 "OTLP/HTTP receiver",
                 server.serve(listener, stop_receivers.clone()),

@@ -66,6 +66,9 @@ pub struct Bound<T> {
     pub when: Option<&'static str>,
     /// The value when the key is left out.
     pub default: T,
+    /// How the default is worked out, when it depends on other settings (`default` is
+    /// then its value with theirs at their defaults).
+    pub derived: Option<&'static str>,
     /// The smallest value accepted.
     pub min: T,
     /// The largest value accepted.
@@ -98,7 +101,7 @@ impl<T: Measure> Bound<T> {
         Row {
             key: self.key,
             when: self.when,
-            default: self.default.show(),
+            default: self.derived.map_or_else(|| self.default.show(), str::to_owned),
             range: self.range(),
         }
     }
@@ -114,6 +117,7 @@ const fn duration(
         key,
         when: None,
         default,
+        derived: None,
         min,
         max,
     }
@@ -124,6 +128,7 @@ const fn size(key: &'static str, default: u64, min: u64, max: u64) -> Bound<Byte
         key,
         when: None,
         default: ByteSize(default),
+        derived: None,
         min: ByteSize(min),
         max: ByteSize(max),
     }
@@ -134,6 +139,7 @@ const fn count(key: &'static str, default: usize, min: usize, max: usize) -> Bou
         key,
         when: None,
         default,
+        derived: None,
         min,
         max,
     }
@@ -149,6 +155,22 @@ const TIB: u64 = 1 << 40;
 /// `receivers.otlp.{grpc,http}.max_request_size`.
 pub const MAX_REQUEST_SIZE: Bound<ByteSize> =
     size("receivers.otlp.*.max_request_size", 8 * MIB, KIB, GIB);
+
+/// `receivers.otlp.*.max_spans_per_request`: a request holding more is refused.
+pub const MAX_SPANS_PER_REQUEST: Bound<usize> =
+    count("receivers.otlp.*.max_spans_per_request", 100_000, 1, 10_000_000);
+/// `receivers.otlp.*.max_attributes_per_item`: a request with a resource, scope, span,
+/// event, link or kvlist value holding more attributes is refused.
+pub const MAX_ATTRIBUTES_PER_ITEM: Bound<usize> =
+    count("receivers.otlp.*.max_attributes_per_item", 16_384, 1, 10_000_000);
+/// `receivers.otlp.*.max_decoded_size`: the memory a request may take decoded, as the scan
+/// estimates it before decoding.
+pub const MAX_DECODED_SIZE: Bound<ByteSize> = Bound {
+    derived: Some("16 × max_request_size, at most memory_limit.budget − max_request_size"),
+    ..size("receivers.otlp.*.max_decoded_size", 120 * MIB, KIB, 64 * GIB)
+};
+/// How many times its encoded size a request may take decoded, by default.
+pub const DECODED_PER_ENCODED: u64 = 16;
 
 /// `receivers.otlp.*.max_connections`: connections open at once; more are closed at once.
 /// The sum of both receivers' is also capped below the process's open-file limit.
@@ -294,6 +316,11 @@ pub const MAX_PENDING_REQUESTS: Bound<usize> =
     count("pipeline.max_pending_requests", 64, 1, 65_536);
 /// `memory_limit.soft`.
 pub const MEMORY_SOFT: Bound<ByteSize> = size("memory_limit.soft", 256 * MIB, MIB, 64 * GIB);
+/// `memory_limit.budget`: bytes of requests being read, decoded and waiting for the pipeline.
+pub const MEMORY_BUDGET: Bound<ByteSize> = Bound {
+    derived: Some("half of soft"),
+    ..size("memory_limit.budget", 128 * MIB, MIB, 64 * GIB)
+};
 /// `memory_limit.hard`.
 pub const MEMORY_HARD: Bound<ByteSize> = size("memory_limit.hard", 320 * MIB, MIB, 64 * GIB);
 /// `shutdown_timeout`: 0 abandons what is in flight at once.
@@ -321,6 +348,9 @@ pub struct Row {
 pub fn rows() -> Vec<Row> {
     vec![
         MAX_REQUEST_SIZE.row(),
+        MAX_SPANS_PER_REQUEST.row(),
+        MAX_ATTRIBUTES_PER_ITEM.row(),
+        MAX_DECODED_SIZE.row(),
         MAX_CONNECTIONS.row(),
         HEADER_READ_TIMEOUT.row(),
         BODY_READ_TIMEOUT.row(),
@@ -350,6 +380,7 @@ pub fn rows() -> Vec<Row> {
         BATCH_MAX_BYTES.row(),
         BATCH_TIMEOUT.row(),
         MAX_PENDING_REQUESTS.row(),
+        MEMORY_BUDGET.row(),
         MEMORY_SOFT.row(),
         MEMORY_HARD.row(),
         SHUTDOWN_TIMEOUT.row(),

@@ -45,11 +45,17 @@ impl Default for PipelineConfig {
     }
 }
 
-/// `memory_limit`: resident memory at which the receivers refuse, and where it logs an error.
+/// `memory_limit`: the budget requests are admitted against, and the resident memory at
+/// which the receivers refuse anyway (a backstop), and where the agent logs an error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryLimitConfig {
-    /// Above this the receivers refuse new spans until usage falls below 90% of it.
+    /// Bytes of requests being read, decoded and waiting for the pipeline, summed; a
+    /// request that does not fit is refused until others finish. Default: half of `soft`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<ByteSize>,
+    /// Above this resident memory (after freed memory is returned to the system) the
+    /// receivers refuse new spans until it falls below 90% of it.
     pub soft: ByteSize,
     /// Above this the agent logs an error; the soft limit is what keeps it from getting here.
     pub hard: ByteSize,
@@ -58,8 +64,16 @@ pub struct MemoryLimitConfig {
 impl Default for MemoryLimitConfig {
     fn default() -> Self {
         Self {
+            budget: None,
             soft: bounds::MEMORY_SOFT.default,
             hard: bounds::MEMORY_HARD.default,
         }
+    }
+}
+
+impl MemoryLimitConfig {
+    /// `budget`, or half of `soft` when left out.
+    pub fn budget(&self) -> ByteSize {
+        self.budget.unwrap_or(ByteSize(self.soft.0 / 2))
     }
 }

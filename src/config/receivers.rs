@@ -48,6 +48,17 @@ pub struct ReceiverEndpointConfig {
     /// Largest request accepted, on the wire and after decompression.
     #[serde(default = "default_max_request_size")]
     pub max_request_size: ByteSize,
+    /// Spans one request may hold; more is refused (413 / `RESOURCE_EXHAUSTED`).
+    #[serde(default = "default_max_spans_per_request")]
+    pub max_spans_per_request: usize,
+    /// Attributes one resource, scope, span, event, link or kvlist value may hold; more
+    /// is refused (`processors.limits` truncates below this).
+    #[serde(default = "default_max_attributes_per_item")]
+    pub max_attributes_per_item: usize,
+    /// Memory one request may take decoded, estimated before decoding; more is refused.
+    /// Default: see [`max_decoded_size`](Self::max_decoded_size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_decoded_size: Option<ByteSize>,
     /// Connections open at once; a connection past it is closed as soon as it is accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -85,6 +96,9 @@ impl ReceiverEndpointConfig {
         Self {
             endpoint: endpoint.to_owned(),
             max_request_size: default_max_request_size(),
+            max_spans_per_request: default_max_spans_per_request(),
+            max_attributes_per_item: default_max_attributes_per_item(),
+            max_decoded_size: None,
             max_connections: default_max_connections(),
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: None,
@@ -101,6 +115,18 @@ impl ReceiverEndpointConfig {
             .unwrap_or(bounds::BODY_READ_TIMEOUT.default)
     }
 
+    /// `max_decoded_size`, or its default within `budget` (`memory_limit.budget`): 16
+    /// times `max_request_size`, at most what the budget holds beside such a body.
+    pub fn max_decoded_size(&self, budget: ByteSize) -> ByteSize {
+        self.max_decoded_size.unwrap_or_else(|| {
+            let body = self.max_request_size.0;
+            ByteSize(
+                body.saturating_mul(bounds::DECODED_PER_ENCODED)
+                    .min(budget.0.saturating_sub(body)),
+            )
+        })
+    }
+
     /// `idle_timeout`, or its default when left out.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout.unwrap_or(bounds::IDLE_TIMEOUT.default)
@@ -109,6 +135,14 @@ impl ReceiverEndpointConfig {
 
 fn default_max_request_size() -> ByteSize {
     bounds::MAX_REQUEST_SIZE.default
+}
+
+fn default_max_spans_per_request() -> usize {
+    bounds::MAX_SPANS_PER_REQUEST.default
+}
+
+fn default_max_attributes_per_item() -> usize {
+    bounds::MAX_ATTRIBUTES_PER_ITEM.default
 }
 
 fn default_max_connections() -> usize {

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use super::units::format_duration;
+use super::units::{ByteSize, format_duration};
 use super::{
     Config, ConfigError, ExporterConfig, ExporterProtocol, PolicyKind, ProcessorsConfig,
     ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig, bounds,
@@ -35,6 +35,7 @@ impl Config {
                 &mut errors,
             );
             receiver.validate_limits(key, &mut errors);
+            receiver.validate_decode_limits(key, self.memory_limit.budget(), &mut errors);
         }
         if let [(_, _, a, _), (_, _, b, _)] = listening[..]
             && a == b
@@ -74,6 +75,18 @@ impl Config {
         let memory = &self.memory_limit;
         bounds::MEMORY_SOFT.check("memory_limit.soft", memory.soft, &mut errors);
         bounds::MEMORY_HARD.check("memory_limit.hard", memory.hard, &mut errors);
+        if let Some(budget) = memory.budget {
+            bounds::MEMORY_BUDGET.check("memory_limit.budget", budget, &mut errors);
+            if budget.0 > memory.soft.0 {
+                errors.push(ConfigError::new(
+                    "memory_limit.budget",
+                    format!(
+                        "{budget} is above soft ({}): the resident-memory backstop would refuse first; keep the budget at most soft, e.g. half of it",
+                        memory.soft
+                    ),
+                ));
+            }
+        }
         if memory.soft.0 >= memory.hard.0 {
             errors.push(ConfigError::new(
                 "memory_limit",
@@ -96,6 +109,38 @@ impl Config {
 }
 
 impl ReceiverEndpointConfig {
+    /// Adds the problems of the per-request limits of the receiver at `key`, whose
+    /// requests are admitted against `budget`.
+    fn validate_decode_limits(&self, key: &str, budget: ByteSize, errors: &mut Vec<ConfigError>) {
+        bounds::MAX_SPANS_PER_REQUEST.check(
+            &format!("{key}.max_spans_per_request"),
+            self.max_spans_per_request,
+            errors,
+        );
+        bounds::MAX_ATTRIBUTES_PER_ITEM.check(
+            &format!("{key}.max_attributes_per_item"),
+            self.max_attributes_per_item,
+            errors,
+        );
+        if let Some(size) = self.max_decoded_size {
+            bounds::MAX_DECODED_SIZE.check(&format!("{key}.max_decoded_size"), size, errors);
+        }
+        let largest = self
+            .max_request_size
+            .0
+            .saturating_add(self.max_decoded_size(budget).0);
+        if self.max_decoded_size(budget).0 == 0 || largest > budget.0 {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "a request at max_request_size ({}) and max_decoded_size ({}) would not fit in memory_limit.budget ({budget}), so it could never be admitted; raise memory_limit.budget (or soft) or lower these",
+                    self.max_request_size,
+                    self.max_decoded_size(budget)
+                ),
+            ));
+        }
+    }
+
     /// Adds the problems of the connection limits of the receiver at `key`.
     fn validate_limits(&self, key: &str, errors: &mut Vec<ConfigError>) {
         bounds::MAX_CONNECTIONS.check(

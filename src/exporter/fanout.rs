@@ -81,7 +81,11 @@ mod tests {
 
     fn batch(names: &[&str]) -> Accepted {
         let batch = SpanBatch::from_request(crate::otlp::request_named(names));
-        Accepted { batch, ack: None }
+        Accepted {
+            batch,
+            ack: None,
+            memory: Default::default(),
+        }
     }
 
     /// Never answers: what it is given stays in flight.

@@ -1,7 +1,8 @@
 //! A validating scan of an encoded `ExportTraceServiceRequest` that allocates nothing:
 //! it checks what prost's decoder would check (wire types, lengths, UTF-8 of every
 //! string field, unknown fields and groups, nesting depth as prost counts it), checks
-//! span and trace id lengths, and counts spans.
+//! span and trace id lengths, counts spans and attributes, and estimates what decoding
+//! would allocate, so the receivers can refuse a request before it costs memory.
 //!
 //! It lets the agent forward a request's bytes as they came instead of decoding and
 //! re-encoding them when no stage reads the spans. It must accept exactly what prost
@@ -10,26 +11,63 @@
 //! the caller decodes with prost, which gives the precise error.
 
 /// What a scan found in a well-formed request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Scan {
     /// Spans in the request.
     pub spans: usize,
     /// Spans whose trace id is not 16 bytes or span id not 8 bytes, or all zero.
     pub invalid_ids: usize,
+    /// The most attributes held by one resource, scope, span, event, link or kvlist value.
+    pub most_attributes: usize,
+    /// What decoding the request into the generated types would allocate: each element of
+    /// a repeated message field twice its size, each string its length and a chunk header.
+    pub decoded_bytes: usize,
 }
 
 /// Scans `body`; `None` when it is not a request prost would decode.
 pub fn scan_request(body: &[u8]) -> Option<Scan> {
-    let mut scan = Scan {
-        spans: 0,
-        invalid_ids: 0,
+    let (scan, well_formed) = scan_prefix(body);
+    well_formed.then_some(scan)
+}
+
+/// Scans `body` up to its first fault, if it has one: what it holds up to there (what
+/// prost would have decoded, and allocated, before failing), and whether it had none.
+pub fn scan_prefix(body: &[u8]) -> (Scan, bool) {
+    let mut scan = Scan::default();
+    let well_formed = walk(body, Msg::Request, RECURSION_LIMIT, &mut scan);
+    (scan, well_formed)
+}
+
+/// The allocator's bookkeeping per allocation (glibc: 16 bytes, 32 at least).
+pub(super) const PER_ALLOCATION: usize = 32;
+
+/// What one element of a repeated field holding `message`, inside `parent`, costs decoded:
+/// its size twice over, as a `Vec` grows by doubling. Singular messages (a span's status,
+/// an attribute's value) live inline in their parent and cost nothing more.
+pub(super) fn element_cost(parent: Msg, message: Msg) -> usize {
+    use std::mem::size_of;
+    let size = match (parent, message) {
+        (_, Msg::ResourceSpans) => size_of::<super::ResourceSpans>(),
+        (_, Msg::ScopeSpans) => size_of::<super::ScopeSpans>(),
+        (_, Msg::Span) => size_of::<super::Span>(),
+        (_, Msg::Event) => size_of::<super::Event>(),
+        (_, Msg::Link) => size_of::<super::Link>(),
+        (_, Msg::KeyValue) => size_of::<super::KeyValue>(),
+        (_, Msg::EntityRef) => size_of::<super::EntityRef>(),
+        (Msg::ArrayValue, Msg::AnyValue) => size_of::<super::AnyValue>(),
+        _ => return 0,
     };
-    walk(body, Msg::Request, RECURSION_LIMIT, &mut scan).then_some(scan)
+    2 * size
+}
+
+/// What a decoded string or bytes value of `len` bytes costs: its own allocation.
+pub(super) fn string_cost(len: usize) -> usize {
+    if len == 0 { 0 } else { len + PER_ALLOCATION }
 }
 
 /// The messages of the trace schema whose fields the scan knows.
-#[derive(Clone, Copy)]
-enum Msg {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Msg {
     Request,
     ResourceSpans,
     Resource,
@@ -140,6 +178,7 @@ fn take<'a>(buf: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
 fn walk(mut buf: &[u8], message: Msg, budget: u32, scan: &mut Scan) -> bool {
     // Span ids, checked once the span's fields are all read (prost keeps the last value).
     let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
+    let mut attributes = 0;
     while !buf.is_empty() {
         let Some((number, wire_type)) = key(&mut buf) else {
             return false;
@@ -158,13 +197,22 @@ fn walk(mut buf: &[u8], message: Msg, budget: u32, scan: &mut Scan) -> bool {
                 };
                 match expected {
                     Field::Nested(inner) => {
-                        if matches!(inner, Msg::Span) {
-                            scan.spans += 1;
+                        match inner {
+                            Msg::Span => scan.spans += 1,
+                            // Every KeyValue field is an attribute of this message (or an
+                            // entry of this kvlist value).
+                            Msg::KeyValue => attributes += 1,
+                            _ => {}
                         }
+                        scan.decoded_bytes += element_cost(message, inner);
                         budget > 0 && walk(value, inner, budget - 1, scan)
                     }
-                    Field::Str => std::str::from_utf8(value).is_ok(),
+                    Field::Str => {
+                        scan.decoded_bytes += string_cost(value.len());
+                        std::str::from_utf8(value).is_ok()
+                    }
                     Field::Bytes => {
+                        scan.decoded_bytes += string_cost(value.len());
                         match (message, number) {
                             (Msg::Span, 1) => trace_id = value,
                             (Msg::Span, 2) => span_id = value,
@@ -183,6 +231,7 @@ fn walk(mut buf: &[u8], message: Msg, budget: u32, scan: &mut Scan) -> bool {
             return false;
         }
     }
+    scan.most_attributes = scan.most_attributes.max(attributes);
     if matches!(message, Msg::Span) {
         let valid = |id: &[u8], len: usize| id.len() == len && id.iter().any(|&b| b != 0);
         if !valid(trace_id, 16) || !valid(span_id, 8) {
@@ -290,19 +339,44 @@ mod tests {
     #[test]
     fn a_valid_request_is_counted() {
         let body = request(vec![full_span("a"), full_span("b")]).encode_to_vec();
-        assert_eq!(
-            scan_request(&body),
-            Some(Scan {
-                spans: 2,
-                invalid_ids: 0
-            })
+        let scan = scan_request(&body).expect("valid");
+        assert_eq!((scan.spans, scan.invalid_ids), (2, 0));
+        assert_eq!(scan.most_attributes, 7, "the span's seven");
+        assert_eq!(scan_request(&[]), Some(Scan::default()));
+    }
+
+    #[test]
+    fn attributes_are_counted_per_owner_and_kvlist() {
+        let mut span = full_span("a");
+        span.events[0].attributes = vec![key_value("e", Value::IntValue(1)); 9];
+        let kvlist = KeyValueList {
+            values: vec![key_value("k", Value::IntValue(1)); 12],
+        };
+        span.attributes.push(key_value("big", Value::KvlistValue(kvlist)));
+        let scan = scan_request(&request(vec![span]).encode_to_vec()).expect("valid");
+        assert_eq!(scan.most_attributes, 12, "the kvlist's entries");
+    }
+
+    #[test]
+    fn the_decoded_size_grows_with_what_decoding_allocates() {
+        let one = scan_request(&request(vec![full_span("a")]).encode_to_vec()).expect("valid");
+        let two = scan_request(&request(vec![full_span("a"), full_span("b")]).encode_to_vec())
+            .expect("valid");
+        let span_cost = two.decoded_bytes - one.decoded_bytes;
+        assert!(
+            span_cost > 2 * std::mem::size_of::<Span>(),
+            "a span costs its struct twice, its attributes and strings: {span_cost}"
         );
-        assert_eq!(
-            scan_request(&[]),
-            Some(Scan {
-                spans: 0,
-                invalid_ids: 0
-            })
+        // Empty spans are the cheapest on the wire and the dearest decoded.
+        let empty = vec![0x12, 0x00].repeat(1000);
+        let body = ld(1, &ld(2, &empty));
+        let scan = scan_request(&body).expect("valid");
+        assert_eq!(scan.spans, 1000);
+        assert!(
+            scan.decoded_bytes >= 1000 * std::mem::size_of::<Span>(),
+            "{} for {} bytes",
+            scan.decoded_bytes,
+            body.len()
         );
     }
 
@@ -328,13 +402,8 @@ mod tests {
         let mut zero = full_span("zero");
         zero.span_id = vec![0; 8];
         let body = request(vec![short, zero, full_span("ok")]).encode_to_vec();
-        assert_eq!(
-            scan_request(&body),
-            Some(Scan {
-                spans: 3,
-                invalid_ids: 2
-            })
-        );
+        let scan = scan_request(&body).expect("valid");
+        assert_eq!((scan.spans, scan.invalid_ids), (3, 2));
     }
 
     #[test]

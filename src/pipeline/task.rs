@@ -17,6 +17,7 @@ use crate::otlp::SpanBatch;
 use crate::processor::Processor;
 use crate::supervisor::panic_message;
 use crate::telemetry::Metrics;
+use crate::telemetry::memory::Reservation;
 use crate::telemetry::metrics::DropReason;
 
 /// A request a receiver accepted; with persistent queues, the share of its client's
@@ -26,6 +27,9 @@ pub struct Accepted {
     pub batch: SpanBatch,
     /// Confirmed once the spans are in every persistent queue.
     pub ack: Option<Ack>,
+    /// The request's share of the memory budget, given back once the pipeline has run
+    /// its stages and handed its spans on (to the batcher, whose size is bounded).
+    pub memory: Reservation,
 }
 
 /// The receivers' end of the pipeline's queue; it notes in the [`Ledger`] the spans it
@@ -148,12 +152,13 @@ impl<O: Outlet> Pipeline<O> {
             let flush_at = deadline;
             tokio::select! {
                 received = rx.recv() => {
-                    let Some(Accepted { mut batch, ack }) = received else { break };
+                    let Some(Accepted { mut batch, ack, memory }) = received else { break };
                     let in_hand = self.take(&batch, ack.as_ref());
                     if let Err(failure) = self.process(0, &mut batch) {
                         return self.fail(rx, failure, in_hand).await;
                     }
                     self.admit(batch, ack, &mut deadline).await;
+                    drop(memory);
                     // Clients waiting for the durable write are not kept waiting for the
                     // batch to fill: it leaves once no other request is there to join it.
                     if self.batching.has_waiting_clients() && rx.is_empty() {
@@ -195,7 +200,7 @@ impl<O: Outlet> Pipeline<O> {
         let mut lost = in_hand;
         // Unprocessed requests cannot skip the stages (redaction among them). Dropping
         // them drops their answers too: with persistent queues, those clients are refused.
-        while let Ok(Accepted { batch, ack }) = rx.try_recv() {
+        while let Ok(Accepted { batch, ack, .. }) = rx.try_recv() {
             lost += self.take(&batch, ack.as_ref());
         }
         self.flush().await;
@@ -364,7 +369,11 @@ mod tests {
     /// A request of spans named `names`, as a receiver hands it over.
     pub(crate) fn accepted(names: &[&str]) -> Accepted {
         let batch = SpanBatch::from_request(crate::otlp::request_named(names));
-        Accepted { batch, ack: None }
+        Accepted {
+            batch,
+            ack: None,
+            memory: Reservation::default(),
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -416,6 +425,7 @@ mod tests {
             tx.try_send(Accepted {
                 batch: SpanBatch::from_encoded(undecodable, 3),
                 ack: None,
+                memory: Reservation::default(),
             })
             .expect("send");
             tx.try_send(accepted(&["fine"])).expect("send");

@@ -15,6 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use bytes::Bytes;
 
+use super::body::{BodyReservation, ReservedBody};
 use super::conn::{ConnectionLimits, Gate};
 use super::{Intake, IntakeError, RETRY_AFTER, Refusal};
 use crate::otlp::grpc_codec::OtlpCodec;
@@ -77,8 +78,16 @@ impl UnaryService<Bytes> for Intake {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let intake = self.clone();
+        // What the body reserved of the memory budget while it arrived.
+        let memory = request
+            .extensions()
+            .get::<BodyReservation>()
+            .map_or_else(|| intake.reservation(), BodyReservation::take);
         Box::pin(async move {
-            match intake.accept_encoded(PROTOCOL, request.into_inner()).await {
+            match intake
+                .accept_encoded(PROTOCOL, request.into_inner(), memory)
+                .await
+            {
                 Ok(partial_success) => Ok(Response::new(ExportTraceServiceResponse {
                     partial_success,
                 })),
@@ -88,6 +97,8 @@ impl UnaryService<Bytes> for Intake {
                         .refused_request(PROTOCOL, RefusalReason::Undecodable);
                     Err(Status::invalid_argument(error.to_string()))
                 }
+                // Not retryable: without RetryInfo, OTLP clients drop it.
+                Err(IntakeError::OverLimit(over)) => Err(Status::resource_exhausted(over.to_string())),
                 Err(IntakeError::Refused(refusal)) => Err(refusal_status(&refusal)),
             }
         })
@@ -99,7 +110,7 @@ impl UnaryService<Bytes> for Intake {
 fn refusal_status(refusal: &Refusal) -> Status {
     let code = match refusal {
         Refusal::ShuttingDown { .. } => return Status::unavailable(refusal.to_string()),
-        Refusal::PipelineFull { .. } => Code::Unavailable,
+        Refusal::PipelineFull { .. } | Refusal::OverMemoryBudget { .. } => Code::Unavailable,
         Refusal::OverMemoryLimit { .. } | Refusal::NotQueued { .. } => Code::ResourceExhausted,
     };
     Status::with_error_details(
@@ -130,11 +141,23 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcReceiver {
         }
         let intake = self.intake.clone();
         let limit = self.max_request_size;
+        // The body's frames are reserved as they arrive; the handler takes the reservation over.
+        let memory = BodyReservation::new(intake.reservation());
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(memory.clone());
+        let request = http::Request::from_parts(parts, ReservedBody::new(body, memory.clone()));
         Box::pin(async move {
             let mut grpc = Grpc::new(OtlpCodec::<ExportTraceServiceResponse, Bytes>::default())
                 .accept_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(limit);
             let response = grpc.unary(intake.clone(), request).await;
+            if memory.refused() {
+                let refusal = Refusal::OverMemoryBudget { spans: 0 };
+                intake
+                    .metrics()
+                    .refused_request(PROTOCOL, refusal.reason());
+                return Ok(refusal_status(&refusal).into_http());
+            }
             Ok(relabel_refusals(response, &intake, limit))
         })
     }

@@ -22,11 +22,13 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::body::{BodyReservation, ReservedBody};
 use super::conn::{ConnectionLimits, Gate};
 use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal};
 use crate::config::format_duration;
-use crate::otlp::{ExportTraceServiceResponse, RpcStatus, json};
+use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceResponse, RpcStatus, json};
 use crate::telemetry::Metrics;
+use crate::telemetry::memory::Reservation;
 use crate::telemetry::metrics::{ConnectionReason, RefusalReason};
 
 const PROTOCOL: &str = "http";
@@ -288,12 +290,14 @@ enum Format {
     Json,
 }
 
-/// A refused request: its HTTP status, why, the counter reason, and when to retry.
+/// A refused request: its HTTP status, why, the counter reason, when to retry, and
+/// whether the intake already counted its spans.
 struct Rejection {
     status: StatusCode,
     message: String,
     reason: RefusalReason,
     retry_after: Option<u64>,
+    counted: bool,
 }
 
 impl Rejection {
@@ -303,6 +307,7 @@ impl Rejection {
             message: message.into(),
             reason,
             retry_after: None,
+            counted: false,
         }
     }
 
@@ -312,14 +317,43 @@ impl Rejection {
             Refusal::ShuttingDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::PipelineFull { .. }
             | Refusal::OverMemoryLimit { .. }
+            | Refusal::OverMemoryBudget { .. }
             | Refusal::NotQueued { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
-        let reason = refusal.reason();
         Self {
             status,
             message: refusal.to_string(),
-            reason,
+            reason: refusal.reason(),
             retry_after: Some(RETRY_DELAY.as_secs()),
+            counted: true,
+        }
+    }
+
+    /// The intake did not take the request.
+    fn from_intake(error: IntakeError) -> Self {
+        match error {
+            IntakeError::Undecodable(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                RefusalReason::Undecodable,
+                error.to_string(),
+            ),
+            IntakeError::OverLimit(_) => Self {
+                counted: true,
+                ..Self::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    RefusalReason::RequestLimit,
+                    error.to_string(),
+                )
+            },
+            IntakeError::Refused(refusal) => Self::refused(refusal),
+        }
+    }
+
+    /// The memory budget could not hold the body while it was read: retry later.
+    fn over_budget() -> Self {
+        Self {
+            counted: false,
+            ..Self::refused(Refusal::OverMemoryBudget { spans: 0 })
         }
     }
 }
@@ -336,43 +370,7 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
             return plain(rejection.status, rejection.message);
         }
     };
-    let accepted = match read_body(
-        &parts.headers,
-        body,
-        receiver.max_request_size,
-        receiver.limits.body_read_timeout,
-    )
-    .await
-    {
-        Err(rejection) => Err(rejection),
-        Ok(bytes) => match format {
-            Format::Protobuf => receiver
-                .intake
-                .accept_encoded(PROTOCOL, bytes)
-                .await
-                .map_err(|error| match error {
-                    IntakeError::Undecodable(_) => Rejection::new(
-                        StatusCode::BAD_REQUEST,
-                        RefusalReason::Undecodable,
-                        error.to_string(),
-                    ),
-                    IntakeError::Refused(refusal) => Rejection::refused(refusal),
-                }),
-            Format::Json => match json::decode_request(&bytes) {
-                Ok(request) => receiver
-                    .intake
-                    .accept(PROTOCOL, request)
-                    .await
-                    .map_err(Rejection::refused),
-                Err(e) => Err(Rejection::new(
-                    StatusCode::BAD_REQUEST,
-                    RefusalReason::Undecodable,
-                    format!("body is not a valid OTLP/JSON request: {e}"),
-                )),
-            },
-        },
-    };
-    match accepted {
+    match receive(&receiver, format, &parts.headers, body).await {
         Ok(partial_success) => {
             let response = ExportTraceServiceResponse { partial_success };
             let body = match format {
@@ -382,8 +380,7 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
             ([(CONTENT_TYPE, content_type(format))], body).into_response()
         }
         Err(rejection) => {
-            // Refusals were counted per span by the intake; the rest per request here.
-            if rejection.retry_after.is_none() {
+            if !rejection.counted {
                 receiver
                     .intake
                     .metrics()
@@ -395,6 +392,48 @@ async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Respo
                 rejection.message,
                 rejection.retry_after,
             )
+        }
+    }
+}
+
+/// Reads, admits, decodes when it must, and queues one request's body.
+async fn receive(
+    receiver: &HttpReceiver,
+    format: Format,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Option<ExportTracePartialSuccess>, Rejection> {
+    let intake = &receiver.intake;
+    let (bytes, mut memory) = read_body(
+        headers,
+        body,
+        intake.reservation(),
+        receiver.max_request_size,
+        receiver.limits.body_read_timeout,
+    )
+    .await?;
+    match format {
+        Format::Protobuf => intake
+            .accept_encoded(PROTOCOL, bytes, memory)
+            .await
+            .map_err(Rejection::from_intake),
+        Format::Json => {
+            let not_json = |e: json::JsonDecodeError| {
+                Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    RefusalReason::Undecodable,
+                    format!("body is not a valid OTLP/JSON request: {e}"),
+                )
+            };
+            let scan = json::scan_request(&bytes).map_err(not_json)?;
+            intake
+                .admit(PROTOCOL, &scan, bytes.len(), &mut memory)
+                .map_err(Rejection::from_intake)?;
+            let request = json::decode_request(&bytes).map_err(not_json)?;
+            intake
+                .accept(PROTOCOL, request, memory)
+                .await
+                .map_err(Rejection::refused)
         }
     }
 }
@@ -419,14 +458,16 @@ fn content_format(headers: &HeaderMap) -> Result<Format, Rejection> {
     }
 }
 
-/// Reads the body, refusing it as soon as it is over `limit`, on the wire or once
-/// decompressed, or when it has not all arrived within `timeout`.
+/// Reads the body into `memory`, refusing it as soon as it is over `limit`, on the wire
+/// or once decompressed, when it has not all arrived within `timeout`, or when the
+/// memory budget cannot hold it; gives back the body and what it holds of the budget.
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
+    memory: Reservation,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, Rejection> {
+) -> Result<(Bytes, Reservation), Rejection> {
     let too_large = |what: &str| {
         Rejection::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -443,7 +484,9 @@ async fn read_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large("body"));
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+    let shared = BodyReservation::new(memory);
+    let body = Limited::new(ReservedBody::new(body, shared.clone()), limit);
+    let collected = tokio::time::timeout(timeout, body.collect())
         .await
         .map_err(|_| {
             Rejection::new(
@@ -459,6 +502,8 @@ async fn read_body(
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 too_large("body")
+            } else if shared.refused() {
+                Rejection::over_budget()
             } else {
                 Rejection::new(
                     StatusCode::BAD_REQUEST,
@@ -468,30 +513,22 @@ async fn read_body(
             }
         })?
         .to_bytes();
+    let mut memory = shared.take();
     let encoding = headers
         .get(CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity")
         .trim();
     if encoding.eq_ignore_ascii_case("gzip") {
-        let mut decompressed = Vec::with_capacity(wire.len().saturating_mul(4).min(limit));
-        flate2::read::GzDecoder::new(&wire[..])
-            // One byte past the limit tells "too large" from "exactly at the limit".
-            .take(limit as u64 + 1)
-            .read_to_end(&mut decompressed)
-            .map_err(|e| {
-                Rejection::new(
-                    StatusCode::BAD_REQUEST,
-                    RefusalReason::Undecodable,
-                    format!("body is declared Content-Encoding: gzip but is not valid gzip: {e}"),
-                )
-            })?;
+        let decompressed = gunzip(&wire, limit, &mut memory)?;
         if decompressed.len() > limit {
             return Err(too_large("decompressed body"));
         }
-        Ok(decompressed.into())
+        // The compressed body is freed; the reservation keeps what remains.
+        memory.resize(decompressed.capacity() as u64);
+        Ok((decompressed.into(), memory))
     } else if encoding.eq_ignore_ascii_case("identity") || encoding.is_empty() {
-        Ok(wire)
+        Ok((wire, memory))
     } else {
         Err(Rejection::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -502,6 +539,35 @@ async fn read_body(
         ))
     }
 }
+
+/// Decompresses `wire` up to one byte past `limit` (which tells "too large" from "exactly
+/// at the limit"), reserving the growing buffer in `memory` beside the compressed body.
+fn gunzip(wire: &[u8], limit: usize, memory: &mut Reservation) -> Result<Vec<u8>, Rejection> {
+    let mut decoder = flate2::read::GzDecoder::new(wire).take(limit as u64 + 1);
+    let mut decompressed = Vec::new();
+    let mut chunk = vec![0; GUNZIP_CHUNK];
+    loop {
+        let read = decoder.read(&mut chunk).map_err(|e| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                RefusalReason::Undecodable,
+                format!("body is declared Content-Encoding: gzip but is not valid gzip: {e}"),
+            )
+        })?;
+        if read == 0 {
+            return Ok(decompressed);
+        }
+        decompressed.reserve(read);
+        let held = wire.len() + chunk.len() + decompressed.capacity();
+        if !memory.resize(held as u64) {
+            return Err(Rejection::over_budget());
+        }
+        decompressed.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// Bytes decompressed at a time.
+const GUNZIP_CHUNK: usize = 64 << 10;
 
 fn content_type(format: Format) -> HeaderValue {
     HeaderValue::from_static(match format {

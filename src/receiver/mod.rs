@@ -1,8 +1,11 @@
 //! OTLP receivers: gRPC and HTTP servers that decode requests and hand them to the pipeline.
 //!
-//! Both share [`Intake`], which validates spans, counts them and either queues them for
-//! the pipeline or refuses with an answer the client's SDK retries.
+//! Both share [`Intake`], which checks a request against its limits and the memory budget
+//! before decoding it, validates spans, counts them and either queues them for the
+//! pipeline or refuses with an answer the client's SDK retries (or, over a per-request
+//! limit, with one it does not).
 
+pub mod body;
 pub mod conn;
 pub mod grpc;
 pub mod http;
@@ -15,10 +18,11 @@ use tokio::sync::mpsc;
 use bytes::Bytes;
 use prost::Message;
 
+use crate::config::{ByteSize, ReceiverEndpointConfig};
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
 use crate::pipeline::{Accepted, Ack, Inlet, NotQueued};
 use crate::telemetry::Metrics;
-use crate::telemetry::memory::MemoryLimiter;
+use crate::telemetry::memory::{MemoryBudget, MemoryLimiter, Reservation};
 use crate::telemetry::metrics::RefusalReason;
 
 /// How long a refused client is asked to wait before retrying.
@@ -42,13 +46,22 @@ pub enum Refusal {
         /// Spans in the refused request.
         spans: usize,
     },
-    /// The agent is above its soft memory limit.
+    /// The agent's resident memory is above its soft limit.
     #[error(
         "the agent is above its memory limit ({spans} spans refused): its exporters are behind; retry after {}s",
         RETRY_AFTER.as_secs()
     )]
     OverMemoryLimit {
         /// Spans in the refused request.
+        spans: usize,
+    },
+    /// The memory budget is taken by requests in progress.
+    #[error(
+        "the agent's memory budget (memory_limit.budget) is taken by requests in progress; retry after {}s",
+        RETRY_AFTER.as_secs()
+    )]
+    OverMemoryBudget {
+        /// Spans in the refused request, 0 when it was refused before its body was read.
         spans: usize,
     },
     /// A persistent queue is full or could not be written.
@@ -71,6 +84,7 @@ impl Refusal {
             Self::PipelineFull { .. } => RefusalReason::PipelineFull,
             Self::ShuttingDown { .. } => RefusalReason::ShuttingDown,
             Self::OverMemoryLimit { .. } => RefusalReason::MemoryLimit,
+            Self::OverMemoryBudget { .. } => RefusalReason::MemoryBudget,
             Self::NotQueued {
                 reason: NotQueued::WriteFailed,
                 ..
@@ -80,12 +94,89 @@ impl Refusal {
     }
 }
 
+/// What one request may hold, checked on its scan before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Spans.
+    pub max_spans: usize,
+    /// Attributes of one resource, scope, span, event, link or kvlist value.
+    pub max_attributes: usize,
+    /// Bytes its decoded form may take, as the scan estimates them.
+    pub max_decoded_bytes: usize,
+}
+
+impl RequestLimits {
+    /// No limit: for tests of other things.
+    pub const NONE: Self = Self {
+        max_spans: usize::MAX,
+        max_attributes: usize::MAX,
+        max_decoded_bytes: usize::MAX,
+    };
+
+    /// The limits of a receiver configured as `config`, whose requests share `budget`.
+    pub fn from_config(config: &ReceiverEndpointConfig, budget: ByteSize) -> Self {
+        Self {
+            max_spans: config.max_spans_per_request,
+            max_attributes: config.max_attributes_per_item,
+            max_decoded_bytes: usize::try_from(config.max_decoded_size(budget).0)
+                .unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The first limit `scan` is over, named by its key under `receivers.otlp.<protocol>`.
+    fn check(&self, protocol: &str, scan: &wire::Scan) -> Result<(), OverLimit> {
+        let over = |what: String, key: &'static str, limit: usize| {
+            Err(OverLimit {
+                message: format!(
+                    "the request holds {what}, more than receivers.otlp.{protocol}.{key} ({limit}); send smaller batches (the SDK's max_export_batch_size) or raise the limit"
+                ),
+                spans: scan.spans,
+            })
+        };
+        if scan.spans > self.max_spans {
+            return over(
+                format!("{} spans", scan.spans),
+                "max_spans_per_request",
+                self.max_spans,
+            );
+        }
+        if scan.most_attributes > self.max_attributes {
+            return over(
+                format!(
+                    "{} attributes on one resource, scope, span, event, link or kvlist value",
+                    scan.most_attributes
+                ),
+                "max_attributes_per_item",
+                self.max_attributes,
+            );
+        }
+        if scan.decoded_bytes > self.max_decoded_bytes {
+            return over(
+                format!("{} bytes once decoded", scan.decoded_bytes),
+                "max_decoded_size",
+                self.max_decoded_bytes,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A request over one of its receiver's [`RequestLimits`]: sending it again will not help.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OverLimit {
+    message: String,
+    spans: usize,
+}
+
 /// The receivers' shared entrance to the pipeline.
 #[derive(Clone)]
 pub struct Intake {
     tx: Inlet,
     metrics: Arc<Metrics>,
     memory: Option<Arc<MemoryLimiter>>,
+    budget: Option<Arc<MemoryBudget>>,
+    limits: RequestLimits,
     durable: bool,
 }
 
@@ -96,6 +187,8 @@ impl Intake {
             tx,
             metrics,
             memory: None,
+            budget: None,
+            limits: RequestLimits::NONE,
             durable: false,
         }
     }
@@ -112,16 +205,60 @@ impl Intake {
         self
     }
 
+    /// Admits requests only while `budget` has room for them.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Refuses requests over `limits` (each receiver has its own).
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The agent's counters, for refusals a receiver counts itself.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Validates and queues a decoded request; `Ok` carries the partial success to report, if any.
+    /// A new request's empty share of the memory budget, grown as its body arrives.
+    pub fn reservation(&self) -> Reservation {
+        self.budget
+            .as_ref()
+            .map_or_else(Reservation::default, MemoryBudget::reservation)
+    }
+
+    /// Checks a request's `scan` against the limits, then grows its `memory` to hold its
+    /// body of `body_len` bytes and its decoded form.
+    pub fn admit(
+        &self,
+        protocol: &'static str,
+        scan: &wire::Scan,
+        body_len: usize,
+        memory: &mut Reservation,
+    ) -> Result<(), IntakeError> {
+        if let Err(over) = self.limits.check(protocol, scan) {
+            self.metrics
+                .refused_spans(protocol, RefusalReason::RequestLimit, over.spans as u64);
+            return Err(IntakeError::OverLimit(over));
+        }
+        if !memory.resize(body_len.saturating_add(scan.decoded_bytes) as u64) {
+            let refusal = Refusal::OverMemoryBudget { spans: scan.spans };
+            self.metrics
+                .refused_spans(protocol, refusal.reason(), scan.spans as u64);
+            return Err(refusal.into());
+        }
+        Ok(())
+    }
+
+    /// Validates and queues a decoded request, its decoding paid for by `memory`; `Ok`
+    /// carries the partial success to report, if any.
     pub async fn accept(
         &self,
         protocol: &'static str,
         request: ExportTraceServiceRequest,
+        memory: Reservation,
     ) -> Result<Option<ExportTracePartialSuccess>, Refusal> {
         let mut batch = SpanBatch::from_request(request);
         let partial = reject_invalid_spans(&mut batch).map(|(rejected, message)| {
@@ -132,38 +269,43 @@ impl Intake {
                 error_message: message,
             }
         });
-        self.queue(protocol, batch).await.map(|()| partial)
+        self.queue(protocol, batch, memory).await.map(|()| partial)
     }
 
-    /// Validates and queues an encoded request, keeping its bytes when it is well formed
-    /// and every span valid (the common case), decoding it otherwise.
+    /// Validates and queues an encoded request whose body `memory` holds, keeping its
+    /// bytes when it is well formed and every span valid (the common case), decoding it
+    /// otherwise. Nothing is decoded before the request is admitted.
     pub async fn accept_encoded(
         &self,
         protocol: &'static str,
         body: Bytes,
+        mut memory: Reservation,
     ) -> Result<Option<ExportTracePartialSuccess>, IntakeError> {
-        match wire::scan_request(&body) {
-            Some(scan) if scan.invalid_ids == 0 => Ok(self
-                .queue(protocol, SpanBatch::from_encoded(body, scan.spans))
-                .await
-                .map(|()| None)?),
-            // Invalid spans to filter out, or a body prost must judge (and name the problem of).
-            _ => {
-                let request =
-                    ExportTraceServiceRequest::decode(body).map_err(IntakeError::Undecodable)?;
-                Ok(self.accept(protocol, request).await?)
-            }
+        // A faulty body is admitted up to its fault: what prost decodes before it fails.
+        let (scan, well_formed) = wire::scan_prefix(&body);
+        self.admit(protocol, &scan, body.len(), &mut memory)?;
+        if well_formed && scan.invalid_ids == 0 {
+            let batch = SpanBatch::from_encoded(body, scan.spans);
+            return Ok(self.queue(protocol, batch, memory).await.map(|()| None)?);
         }
+        // Invalid spans to filter out, or a body prost must judge (and name the problem of).
+        let request = ExportTraceServiceRequest::decode(body).map_err(IntakeError::Undecodable)?;
+        Ok(self.accept(protocol, request, memory).await?)
     }
 
     /// Hands the batch to the pipeline, and with persistent queues waits until it is
     /// written; counts it as received or refused.
-    async fn queue(&self, protocol: &'static str, batch: SpanBatch) -> Result<(), Refusal> {
+    async fn queue(
+        &self,
+        protocol: &'static str,
+        batch: SpanBatch,
+        memory: Reservation,
+    ) -> Result<(), Refusal> {
         let spans = batch.span_count();
         if spans == 0 {
             return Ok(());
         }
-        let outcome = self.hand_over(batch, spans).await;
+        let outcome = self.hand_over(batch, spans, memory).await;
         match &outcome {
             Ok(()) => self.metrics.received(protocol, spans as u64),
             Err(refusal) => self
@@ -173,7 +315,12 @@ impl Intake {
         outcome
     }
 
-    async fn hand_over(&self, batch: SpanBatch, spans: usize) -> Result<(), Refusal> {
+    async fn hand_over(
+        &self,
+        batch: SpanBatch,
+        spans: usize,
+        memory: Reservation,
+    ) -> Result<(), Refusal> {
         if self.memory.as_ref().is_some_and(|m| m.over_limit()) {
             return Err(Refusal::OverMemoryLimit { spans });
         }
@@ -183,7 +330,7 @@ impl Intake {
         } else {
             (None, None)
         };
-        match self.tx.try_send(Accepted { batch, ack }) {
+        match self.tx.try_send(Accepted { batch, ack, memory }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => return Err(Refusal::PipelineFull { spans }),
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -208,6 +355,9 @@ pub enum IntakeError {
         hint = undecodable_hint(.0)
     )]
     Undecodable(prost::DecodeError),
+    /// The request is over a per-request limit (counted by the intake).
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
     /// The pipeline cannot take it now.
     #[error(transparent)]
     Refused(#[from] Refusal),
@@ -297,6 +447,7 @@ mod tests {
                     span("short", vec![1; 15], vec![2; 8]),
                     span("zero", vec![1; 16], vec![0; 8]),
                 ]),
+                Reservation::default(),
             )
             .await
             .expect("accepted")
@@ -318,9 +469,9 @@ mod tests {
         let (tx, _rx) = crate::pipeline::queue(1);
         let intake = Intake::new(tx, Arc::default());
         let ok = request(vec![span("a", vec![1; 16], vec![2; 8])]);
-        assert_eq!(intake.accept("grpc", ok.clone()).await, Ok(None));
+        assert_eq!(intake.accept("grpc", ok.clone(), Reservation::default()).await, Ok(None));
         assert_eq!(
-            intake.accept("grpc", ok).await,
+            intake.accept("grpc", ok, Reservation::default()).await,
             Err(Refusal::PipelineFull { spans: 1 })
         );
         assert!(intake.metrics().render().contains(
@@ -338,7 +489,7 @@ mod tests {
         ]);
         let body = Bytes::from(good.encode_to_vec());
         assert_eq!(
-            intake.accept_encoded("grpc", body.clone()).await.ok(),
+            intake.accept_encoded("grpc", body.clone(), Reservation::default()).await.ok(),
             Some(None)
         );
         let queued = rx.try_recv().expect("queued").batch;
@@ -353,7 +504,11 @@ mod tests {
             span("bad", vec![1; 3], vec![2; 8]),
         ]);
         let partial = intake
-            .accept_encoded("grpc", Bytes::from(mixed.encode_to_vec()))
+            .accept_encoded(
+                "grpc",
+                Bytes::from(mixed.encode_to_vec()),
+                Reservation::default(),
+            )
             .await
             .expect("accepted")
             .expect("partial success");
@@ -371,7 +526,11 @@ mod tests {
         );
 
         let error = intake
-            .accept_encoded("grpc", Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]))
+            .accept_encoded(
+                "grpc",
+                Bytes::from_static(&[0x0a, 0xff, 0xff, 0x01]),
+                Reservation::default(),
+            )
             .await;
         assert!(
             matches!(error, Err(IntakeError::Undecodable(_))),
@@ -404,13 +563,13 @@ mod tests {
         let (tx, mut rx) = crate::pipeline::queue(4);
         let intake = Intake::new(tx, Arc::default());
         assert_eq!(
-            intake.accept_encoded("grpc", deep_request(47)).await.ok(),
+            intake.accept_encoded("grpc", deep_request(47), Reservation::default()).await.ok(),
             Some(None)
         );
         assert_eq!(rx.try_recv().expect("queued").batch.span_count(), 1);
 
         let error = intake
-            .accept_encoded("grpc", deep_request(48))
+            .accept_encoded("grpc", deep_request(48), Reservation::default())
             .await
             .expect_err("refused");
         let message = error.to_string();
@@ -425,13 +584,117 @@ mod tests {
         );
     }
 
+    /// A request of `spans` empty spans: two bytes each on the wire, a few hundred decoded.
+    fn empty_spans(spans: usize) -> Vec<u8> {
+        ld(1, &ld(2, &[0x12, 0x00].repeat(spans)))
+    }
+
+    #[tokio::test]
+    async fn a_request_over_a_limit_is_refused_before_decoding_naming_the_key() {
+        let (tx, mut rx) = crate::pipeline::queue(4);
+        let limits = RequestLimits {
+            max_spans: 10,
+            max_attributes: 3,
+            max_decoded_bytes: 64 << 10,
+        };
+        let intake = Intake::new(tx, Arc::default()).with_limits(limits);
+        let many_attributes = {
+            let mut span = span("a", vec![1; 16], vec![2; 8]);
+            span.attributes = vec![crate::otlp::key_value("k", crate::otlp::Value::IntValue(1)); 4];
+            request(vec![span]).encode_to_vec()
+        };
+        let long_name = request(vec![span(&"x".repeat(100 << 10), vec![1; 16], vec![2; 8])]);
+        // Over the span limit, and faulty after its spans: refused on what comes before the fault.
+        let mut faulty = empty_spans(11);
+        faulty.push(0xff);
+        let cases = [
+            (empty_spans(11), "11 spans", "max_spans_per_request (10)"),
+            (faulty, "11 spans", "max_spans_per_request (10)"),
+            (many_attributes, "4 attributes", "max_attributes_per_item (3)"),
+            (
+                long_name.encode_to_vec(),
+                "bytes once decoded",
+                "max_decoded_size (65536)",
+            ),
+        ];
+        for (body, what, key) in cases {
+            let error = intake
+                .accept_encoded("http", Bytes::from(body), Reservation::default())
+                .await
+                .expect_err("over a limit");
+            let message = error.to_string();
+            assert!(matches!(error, IntakeError::OverLimit(_)), "{error:?}");
+            assert!(message.contains(what), "{message}");
+            assert!(
+                message.contains(&format!("receivers.otlp.http.{key}")),
+                "{message}"
+            );
+        }
+        assert!(rx.try_recv().is_err(), "nothing queued");
+        assert!(intake.metrics().render().contains(
+            "daena_agent_spans_refused_total{protocol=\"http\",reason=\"request_limit\"} 24\n"
+        ));
+        let at_limit = intake
+            .accept_encoded("http", Bytes::from(empty_spans(10)), Reservation::default())
+            .await
+            .expect("at the limit: admitted")
+            .expect("its spans have no ids");
+        assert_eq!(at_limit.rejected_spans, 10);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_budget_cannot_hold_now_is_told_to_retry_and_fits_later() {
+        let (tx, mut rx) = crate::pipeline::queue(4);
+        let budget = MemoryBudget::new(1 << 20);
+        let intake = Intake::new(tx, Arc::default()).with_budget(Arc::clone(&budget));
+        let spans = vec![span("s", vec![1; 16], vec![2; 8]); 1000];
+        let body = Bytes::from(request(spans).encode_to_vec());
+        let scan = wire::scan_request(&body).expect("valid");
+        let cost = (body.len() + scan.decoded_bytes) as u64;
+        assert!(cost < 1 << 20, "{cost}");
+
+        let mut other = intake.reservation();
+        assert!(other.grow((1 << 20) - cost + 1), "another request holds the rest");
+        let refused = intake
+            .accept_encoded("grpc", body.clone(), intake.reservation())
+            .await;
+        assert!(
+            matches!(
+                refused,
+                Err(IntakeError::Refused(Refusal::OverMemoryBudget { spans: 1000 }))
+            ),
+            "{refused:?}"
+        );
+        assert!(intake.metrics().render().contains(
+            "daena_agent_spans_refused_total{protocol=\"grpc\",reason=\"memory_budget\"} 1000\n"
+        ));
+
+        drop(other);
+        assert_eq!(
+            intake
+                .accept_encoded("grpc", body, intake.reservation())
+                .await
+                .ok(),
+            Some(None)
+        );
+        let queued = rx.try_recv().expect("queued");
+        assert_eq!(queued.memory.bytes(), cost, "the request's cost travels with it");
+        assert_eq!(budget.used(), cost);
+        drop(queued);
+        assert_eq!(budget.used(), 0, "given back once the pipeline is done with it");
+    }
+
     #[tokio::test]
     async fn an_empty_request_succeeds_without_queueing() {
         let (tx, mut rx) = crate::pipeline::queue(1);
         let intake = Intake::new(tx, Arc::default());
         assert_eq!(
             intake
-                .accept("grpc", ExportTraceServiceRequest::default())
+                .accept(
+                    "grpc",
+                    ExportTraceServiceRequest::default(),
+                    Reservation::default(),
+                )
                 .await,
             Ok(None)
         );

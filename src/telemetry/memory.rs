@@ -1,16 +1,113 @@
-//! The memory limiter: above the soft limit the receivers refuse new data (retryably), so
-//! the client keeps it and the agent's queues drain before it takes more.
+//! Memory limits: the [`MemoryBudget`] the receivers admit requests against, and the
+//! [`MemoryLimiter`] watching the resident set as a backstop.
 //!
-//! It watches the process's resident set (`VmRSS`) rather than counting allocations: that
-//! is what a container's memory limit kills on. On systems without `/proc` it never trips.
+//! The budget accounts for what a request costs while the agent holds it (its body being
+//! read and decompressed, its decoded form estimated before decoding, until the pipeline
+//! has batched it), so it measures exactly what admission controls and frees itself when
+//! requests finish. The resident set also counts what the allocator keeps after a spike,
+//! which no refusal can lower: the limiter refuses above the soft limit only as a backstop,
+//! for memory the budget does not see.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::Supervisor;
+
+/// Bytes that requests in the agent's hands may hold at once, summed over them.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// An empty reservation, to grow as a request's bytes arrive.
+    pub fn reservation(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            budget: Some(Arc::clone(self)),
+            bytes: 0,
+        }
+    }
+
+    fn try_take(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// One request's share of the [`MemoryBudget`], given back when it is dropped.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    budget: Option<Arc<MemoryBudget>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Holds `bytes` more, if the budget has them; otherwise holds what it held.
+    pub fn grow(&mut self, bytes: u64) -> bool {
+        self.resize(self.bytes.saturating_add(bytes))
+    }
+
+    /// Holds `total` bytes from now: shrinking always succeeds, growing when the budget has
+    /// the difference (otherwise it holds what it held).
+    pub fn resize(&mut self, total: u64) -> bool {
+        let Some(budget) = &self.budget else {
+            self.bytes = total;
+            return true;
+        };
+        if total > self.bytes {
+            if !budget.try_take(total - self.bytes) {
+                return false;
+            }
+        } else {
+            budget.give_back(self.bytes - total);
+        }
+        self.bytes = total;
+        true
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give_back(self.bytes);
+        }
+    }
+}
 
 /// How often the resident set is read.
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -127,6 +224,26 @@ pub fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_share_the_budget_and_give_back_when_dropped() {
+        let budget = MemoryBudget::new(100);
+        let mut first = budget.reservation();
+        assert!(first.grow(60));
+        let mut second = budget.reservation();
+        assert!(!second.grow(41), "60 + 41 is over 100");
+        assert_eq!(second.bytes(), 0, "a failed grow holds nothing more");
+        assert!(second.grow(40));
+        assert_eq!(budget.used(), 100);
+        assert!(first.resize(10), "shrinking always succeeds");
+        assert_eq!(budget.used(), 50);
+        drop(second);
+        assert_eq!(budget.used(), 10);
+        drop(first);
+        assert_eq!(budget.used(), 0);
+        assert!(!budget.reservation().grow(101), "more than the whole budget");
+        assert!(Reservation::default().grow(u64::MAX), "without a budget");
+    }
 
     #[test]
     fn refusing_starts_at_soft_and_stops_below_ninety_percent_of_it() {

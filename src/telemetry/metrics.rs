@@ -75,8 +75,12 @@ pub enum RefusalReason {
     PipelineFull,
     /// The agent was shutting down; the client was told to retry.
     ShuttingDown,
-    /// The agent was above its soft memory limit; the client was told to retry.
+    /// The agent's resident memory was above its soft limit; the client was told to retry.
     MemoryLimit,
+    /// The memory budget was taken by requests in progress; the client was told to retry.
+    MemoryBudget,
+    /// The request held more spans, attributes or decoded bytes than a per-request limit.
+    RequestLimit,
     /// A persistent queue was full; the client was told to retry.
     QueueFull,
     /// A persistent queue could not be written (disk full, I/O error); the client was told to retry.
@@ -99,6 +103,8 @@ impl RefusalReason {
             Self::PipelineFull => "pipeline_full",
             Self::ShuttingDown => "shutting_down",
             Self::MemoryLimit => "memory_limit",
+            Self::MemoryBudget => "memory_budget",
+            Self::RequestLimit => "request_limit",
             Self::QueueFull => "queue_full",
             Self::QueueWriteFailed => "queue_write_failed",
             Self::InvalidSpan => "invalid_span",

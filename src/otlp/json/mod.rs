@@ -7,9 +7,12 @@
 //! A first pass over the JSON tree fixes those and checks ids and enums, so an error
 //! names the path and the rule instead of a byte offset.
 
+mod scan;
+
 use serde_json::{Map, Value as Json};
 
 use super::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+pub use scan::scan_request;
 
 /// Why an OTLP/JSON body could not be decoded; the message names the JSON path and the rule broken.
 #[derive(Debug, thiserror::Error)]
