@@ -46,7 +46,7 @@ fn stages(c: &mut Criterion) {
             || request.clone(),
             |r| {
                 runtime
-                    .block_on(intake.accept("grpc", r))
+                    .block_on(intake.accept("grpc", r, intake.reservation()))
                     .expect("accepted");
                 rx.try_recv().expect("queued")
             },
