@@ -101,7 +101,9 @@ impl<T: Measure> Bound<T> {
         Row {
             key: self.key,
             when: self.when,
-            default: self.derived.map_or_else(|| self.default.show(), str::to_owned),
+            default: self
+                .derived
+                .map_or_else(|| self.default.show(), str::to_owned),
             range: self.range(),
         }
     }
@@ -157,17 +159,30 @@ pub const MAX_REQUEST_SIZE: Bound<ByteSize> =
     size("receivers.otlp.*.max_request_size", 8 * MIB, KIB, GIB);
 
 /// `receivers.otlp.*.max_spans_per_request`: a request holding more is refused.
-pub const MAX_SPANS_PER_REQUEST: Bound<usize> =
-    count("receivers.otlp.*.max_spans_per_request", 100_000, 1, 10_000_000);
+pub const MAX_SPANS_PER_REQUEST: Bound<usize> = count(
+    "receivers.otlp.*.max_spans_per_request",
+    100_000,
+    1,
+    10_000_000,
+);
 /// `receivers.otlp.*.max_attributes_per_item`: a request with a resource, scope, span,
 /// event, link or kvlist value holding more attributes is refused.
-pub const MAX_ATTRIBUTES_PER_ITEM: Bound<usize> =
-    count("receivers.otlp.*.max_attributes_per_item", 16_384, 1, 10_000_000);
+pub const MAX_ATTRIBUTES_PER_ITEM: Bound<usize> = count(
+    "receivers.otlp.*.max_attributes_per_item",
+    16_384,
+    1,
+    10_000_000,
+);
 /// `receivers.otlp.*.max_decoded_size`: the memory a request may take decoded, as the scan
 /// estimates it before decoding.
 pub const MAX_DECODED_SIZE: Bound<ByteSize> = Bound {
     derived: Some("16 × max_request_size, at most memory_limit.budget − max_request_size"),
-    ..size("receivers.otlp.*.max_decoded_size", 120 * MIB, KIB, 64 * GIB)
+    ..size(
+        "receivers.otlp.*.max_decoded_size",
+        120 * MIB,
+        KIB,
+        64 * GIB,
+    )
 };
 /// How many times its encoded size a request may take decoded, by default.
 pub const DECODED_PER_ENCODED: u64 = 16;

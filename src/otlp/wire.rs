@@ -20,7 +20,8 @@ pub struct Scan {
     /// The most attributes held by one resource, scope, span, event, link or kvlist value.
     pub most_attributes: usize,
     /// What decoding the request into the generated types would allocate: each element of
-    /// a repeated message field twice its size, each string its length and a chunk header.
+    /// a repeated message field three times its size, each string its length and a chunk
+    /// header (`tests/decode_cost.rs` measures it against a counting allocator).
     pub decoded_bytes: usize,
 }
 
@@ -42,8 +43,9 @@ pub fn scan_prefix(body: &[u8]) -> (Scan, bool) {
 pub(super) const PER_ALLOCATION: usize = 32;
 
 /// What one element of a repeated field holding `message`, inside `parent`, costs decoded:
-/// its size twice over, as a `Vec` grows by doubling. Singular messages (a span's status,
-/// an attribute's value) live inline in their parent and cost nothing more.
+/// its size three times over, as a `Vec` grows by doubling and while it moves the old and
+/// the new buffer are both live. Singular messages (a span's status, an attribute's value)
+/// live inline in their parent and cost nothing more.
 pub(super) fn element_cost(parent: Msg, message: Msg) -> usize {
     use std::mem::size_of;
     let size = match (parent, message) {
@@ -57,7 +59,7 @@ pub(super) fn element_cost(parent: Msg, message: Msg) -> usize {
         (Msg::ArrayValue, Msg::AnyValue) => size_of::<super::AnyValue>(),
         _ => return 0,
     };
-    2 * size
+    3 * size
 }
 
 /// What a decoded string or bytes value of `len` bytes costs: its own allocation.
@@ -352,7 +354,8 @@ mod tests {
         let kvlist = KeyValueList {
             values: vec![key_value("k", Value::IntValue(1)); 12],
         };
-        span.attributes.push(key_value("big", Value::KvlistValue(kvlist)));
+        span.attributes
+            .push(key_value("big", Value::KvlistValue(kvlist)));
         let scan = scan_request(&request(vec![span]).encode_to_vec()).expect("valid");
         assert_eq!(scan.most_attributes, 12, "the kvlist's entries");
     }
@@ -364,11 +367,11 @@ mod tests {
             .expect("valid");
         let span_cost = two.decoded_bytes - one.decoded_bytes;
         assert!(
-            span_cost > 2 * std::mem::size_of::<Span>(),
-            "a span costs its struct twice, its attributes and strings: {span_cost}"
+            span_cost > 3 * std::mem::size_of::<Span>(),
+            "a span costs its struct three times, its attributes and strings: {span_cost}"
         );
         // Empty spans are the cheapest on the wire and the dearest decoded.
-        let empty = vec![0x12, 0x00].repeat(1000);
+        let empty = [0x12, 0x00].repeat(1000);
         let body = ld(1, &ld(2, &empty));
         let scan = scan_request(&body).expect("valid");
         assert_eq!(scan.spans, 1000);

@@ -98,7 +98,9 @@ impl UnaryService<Bytes> for Intake {
                     Err(Status::invalid_argument(error.to_string()))
                 }
                 // Not retryable: without RetryInfo, OTLP clients drop it.
-                Err(IntakeError::OverLimit(over)) => Err(Status::resource_exhausted(over.to_string())),
+                Err(IntakeError::OverLimit(over)) => {
+                    Err(Status::resource_exhausted(over.to_string()))
+                }
                 Err(IntakeError::Refused(refusal)) => Err(refusal_status(&refusal)),
             }
         })
@@ -153,9 +155,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcReceiver {
             let response = grpc.unary(intake.clone(), request).await;
             if memory.refused() {
                 let refusal = Refusal::OverMemoryBudget { spans: 0 };
-                intake
-                    .metrics()
-                    .refused_request(PROTOCOL, refusal.reason());
+                intake.metrics().refused_request(PROTOCOL, refusal.reason());
                 return Ok(refusal_status(&refusal).into_http());
             }
             Ok(relabel_refusals(response, &intake, limit))

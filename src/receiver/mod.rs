@@ -469,7 +469,12 @@ mod tests {
         let (tx, _rx) = crate::pipeline::queue(1);
         let intake = Intake::new(tx, Arc::default());
         let ok = request(vec![span("a", vec![1; 16], vec![2; 8])]);
-        assert_eq!(intake.accept("grpc", ok.clone(), Reservation::default()).await, Ok(None));
+        assert_eq!(
+            intake
+                .accept("grpc", ok.clone(), Reservation::default())
+                .await,
+            Ok(None)
+        );
         assert_eq!(
             intake.accept("grpc", ok, Reservation::default()).await,
             Err(Refusal::PipelineFull { spans: 1 })
@@ -489,7 +494,10 @@ mod tests {
         ]);
         let body = Bytes::from(good.encode_to_vec());
         assert_eq!(
-            intake.accept_encoded("grpc", body.clone(), Reservation::default()).await.ok(),
+            intake
+                .accept_encoded("grpc", body.clone(), Reservation::default())
+                .await
+                .ok(),
             Some(None)
         );
         let queued = rx.try_recv().expect("queued").batch;
@@ -563,7 +571,10 @@ mod tests {
         let (tx, mut rx) = crate::pipeline::queue(4);
         let intake = Intake::new(tx, Arc::default());
         assert_eq!(
-            intake.accept_encoded("grpc", deep_request(47), Reservation::default()).await.ok(),
+            intake
+                .accept_encoded("grpc", deep_request(47), Reservation::default())
+                .await
+                .ok(),
             Some(None)
         );
         assert_eq!(rx.try_recv().expect("queued").batch.span_count(), 1);
@@ -610,7 +621,11 @@ mod tests {
         let cases = [
             (empty_spans(11), "11 spans", "max_spans_per_request (10)"),
             (faulty, "11 spans", "max_spans_per_request (10)"),
-            (many_attributes, "4 attributes", "max_attributes_per_item (3)"),
+            (
+                many_attributes,
+                "4 attributes",
+                "max_attributes_per_item (3)",
+            ),
             (
                 long_name.encode_to_vec(),
                 "bytes once decoded",
@@ -654,14 +669,19 @@ mod tests {
         assert!(cost < 1 << 20, "{cost}");
 
         let mut other = intake.reservation();
-        assert!(other.grow((1 << 20) - cost + 1), "another request holds the rest");
+        assert!(
+            other.grow((1 << 20) - cost + 1),
+            "another request holds the rest"
+        );
         let refused = intake
             .accept_encoded("grpc", body.clone(), intake.reservation())
             .await;
         assert!(
             matches!(
                 refused,
-                Err(IntakeError::Refused(Refusal::OverMemoryBudget { spans: 1000 }))
+                Err(IntakeError::Refused(Refusal::OverMemoryBudget {
+                    spans: 1000
+                }))
             ),
             "{refused:?}"
         );
@@ -678,10 +698,18 @@ mod tests {
             Some(None)
         );
         let queued = rx.try_recv().expect("queued");
-        assert_eq!(queued.memory.bytes(), cost, "the request's cost travels with it");
+        assert_eq!(
+            queued.memory.bytes(),
+            cost,
+            "the request's cost travels with it"
+        );
         assert_eq!(budget.used(), cost);
         drop(queued);
-        assert_eq!(budget.used(), 0, "given back once the pipeline is done with it");
+        assert_eq!(
+            budget.used(),
+            0,
+            "given back once the pipeline is done with it"
+        );
     }
 
     #[tokio::test]

@@ -32,7 +32,6 @@ impl MemoryBudget {
         })
     }
 
-
     /// The limit in bytes.
     pub fn limit(&self) -> u64 {
         self.limit
@@ -241,7 +240,10 @@ mod tests {
         assert_eq!(budget.used(), 10);
         drop(first);
         assert_eq!(budget.used(), 0);
-        assert!(!budget.reservation().grow(101), "more than the whole budget");
+        assert!(
+            !budget.reservation().grow(101),
+            "more than the whole budget"
+        );
         assert!(Reservation::default().grow(u64::MAX), "without a budget");
     }
 

@@ -12,8 +12,8 @@ const TREE_VALUE: usize = std::mem::size_of::<serde_json::Value>();
 /// Members per node of the B-tree a JSON object's map is made of.
 const BTREE_NODE_MEMBERS: usize = 11;
 /// One B-tree node: its keys, its values and its header.
-const BTREE_NODE: usize = BTREE_NODE_MEMBERS * (std::mem::size_of::<String>() + TREE_VALUE)
-    + 2 * PER_ALLOCATION;
+const BTREE_NODE: usize =
+    BTREE_NODE_MEMBERS * (std::mem::size_of::<String>() + TREE_VALUE) + 2 * PER_ALLOCATION;
 
 /// Scans an OTLP/JSON request; the error is the JSON syntax error decoding would meet.
 pub fn scan_request(body: &[u8]) -> Result<Scan, JsonDecodeError> {
