@@ -18,7 +18,7 @@ use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
 use crate::receiver::{Intake, RequestLimits};
 use crate::supervisor::{Supervisor, TaskFailure};
-use crate::telemetry::memory::{MemoryBudget, MemoryLimiter};
+use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
 use crate::telemetry::{self, Metrics};
 
@@ -183,7 +183,7 @@ impl Agent {
         let budget = config.memory_limit.budget();
         let mut intake = Intake::new(tx, Arc::clone(&metrics))
             .with_memory_limit(limiter)
-            .with_budget(MemoryBudget::new(budget.0));
+            .with_budget(metrics.memory_budget(budget.0));
         if config.exporters.values().any(|e| e.queue.persistent) {
             intake = intake.durable();
         }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::Supervisor;
@@ -20,16 +21,20 @@ use crate::supervisor::Supervisor;
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: u64,
-    used: AtomicU64,
+    /// Bytes reserved now; the gauge `/metrics` shows.
+    used: Gauge<u64, AtomicU64>,
 }
 
 impl MemoryBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            used: AtomicU64::new(0),
-        })
+        Self::counted_in(limit, Gauge::default())
+    }
+
+    /// A budget of `limit` bytes whose use is kept in `used` (shared with the metrics).
+    pub(super) fn counted_in(limit: u64, used: Gauge<u64, AtomicU64>) -> Arc<Self> {
+        used.set(0);
+        Arc::new(Self { limit, used })
     }
 
     /// The limit in bytes.
@@ -39,7 +44,7 @@ impl MemoryBudget {
 
     /// Bytes reserved now.
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.used.get()
     }
 
     /// An empty reservation, to grow as a request's bytes arrive.
@@ -52,6 +57,7 @@ impl MemoryBudget {
 
     fn try_take(&self, bytes: u64) -> bool {
         self.used
+            .inner()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(bytes).filter(|&total| total <= self.limit)
             })
@@ -59,7 +65,7 @@ impl MemoryBudget {
     }
 
     fn give_back(&self, bytes: u64) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.used.dec_by(bytes);
     }
 }
 

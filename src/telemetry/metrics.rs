@@ -2,12 +2,16 @@
 //!
 //! Counted per request or per batch, never per span, so they cost nothing on the hot path.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::memory::MemoryBudget;
 
 /// Labels of a receiver counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -197,6 +201,8 @@ pub struct Metrics {
     decided_early: Counter,
     queue_replayed: Family<ExporterLabels, Counter>,
     queue_damaged: Family<ExporterLabels, Counter>,
+    memory_budget_used: Gauge<u64, AtomicU64>,
+    memory_budget_limit: Gauge<u64, AtomicU64>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
     dropped_totals: [AtomicU64; 8],
 }
@@ -221,6 +227,8 @@ impl Default for Metrics {
         let decided_early = Counter::default();
         let queue_replayed = Family::default();
         let queue_damaged = Family::default();
+        let memory_budget_used = Gauge::default();
+        let memory_budget_limit = Gauge::default();
         registry.register(
             "spans_received",
             "Spans a receiver accepted and handed to the pipeline",
@@ -306,6 +314,16 @@ impl Default for Metrics {
             "Torn or corrupted records a persistent queue skipped",
             queue_damaged.clone(),
         );
+        registry.register(
+            "memory_budget_used_bytes",
+            "Bytes of requests being read, decoded and waiting for the pipeline, as reserved in memory_limit.budget",
+            memory_budget_used.clone(),
+        );
+        registry.register(
+            "memory_budget_bytes",
+            "memory_limit.budget: the bytes requests in hand may hold together",
+            memory_budget_limit.clone(),
+        );
         Self {
             registry,
             received_spans,
@@ -325,6 +343,8 @@ impl Default for Metrics {
             decided_early,
             queue_replayed,
             queue_damaged,
+            memory_budget_used,
+            memory_budget_limit,
             dropped_totals: Default::default(),
         }
     }
@@ -496,6 +516,13 @@ impl Metrics {
     /// Counts traces decided early because the buffer was full.
     pub fn decided_early(&self, count: u64) {
         self.decided_early.inc_by(count);
+    }
+
+    /// The memory budget of `limit` bytes the receivers admit requests against, its use
+    /// shown here.
+    pub fn memory_budget(&self, limit: u64) -> Arc<MemoryBudget> {
+        self.memory_budget_limit.set(limit);
+        MemoryBudget::counted_in(limit, self.memory_budget_used.clone())
     }
 
     /// The counters in the Prometheus text exposition format.

@@ -1,0 +1,206 @@
+//! Memory stays bounded under any input: requests that would decode to far more than
+//! they weigh are refused before decoding, bodies still arriving hold the memory budget,
+//! and a well-behaved client is served throughout and after.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// An agent forwarding to `sink`, its receivers as given, then `extra` (whole sections).
+fn yaml(sink: &Sink, receivers: &str, extra: &str) -> String {
+    format!(
+        "receivers:\n  otlp:\n{receivers}telemetry: {{ endpoint: 127.0.0.1:0 }}\nbatch: {{ timeout: 50ms }}\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://{}\n{extra}",
+        sink.addr
+    )
+}
+
+/// Both receivers with their defaults.
+const BOTH: &str = "    grpc: { endpoint: 127.0.0.1:0 }\n    http: { endpoint: 127.0.0.1:0 }\n";
+
+fn refused(protocol: &str, reason: &str) -> String {
+    format!("daena_agent_spans_refused_total{{protocol=\"{protocol}\",reason=\"{reason}\"}}")
+}
+
+/// `spans` empty spans in one request: two bytes each on the wire, hundreds decoded.
+fn empty_spans_protobuf(spans: usize) -> Vec<u8> {
+    fn ld(number: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![number << 3 | 2];
+        prost::encoding::encode_varint(payload.len() as u64, &mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+    ld(1, &ld(2, &[0x12, 0x00].repeat(spans)))
+}
+
+/// `spans` spans written `{}` in one OTLP/JSON request.
+fn empty_spans_json(spans: usize) -> Vec<u8> {
+    let mut body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":["#.to_vec();
+    body.extend(b"{},".repeat(spans));
+    body.pop();
+    body.extend(br#"]}]}]}"#);
+    body
+}
+
+#[tokio::test]
+async fn amplifying_requests_are_refused_before_decoding_within_bounded_memory() {
+    let sink = Sink::grpc().await;
+    let mut agent = AgentProcess::with_config(&yaml(&sink, BOTH, ""), "info", &[]);
+    let (grpc, http) = (agent.addr("OTLP/gRPC"), agent.addr("OTLP/HTTP"));
+    let idle_mib = agent.status_kib("VmRSS").expect("VmRSS") / 1024.0;
+
+    // Each about 8 KB of gzip, under max_request_size once gunzipped, and four at once.
+    let protobuf = Bytes::from(gzip(&empty_spans_protobuf(4_000_000)));
+    let json = gzip(&empty_spans_json(2_500_000));
+    assert!(protobuf.len() < 64 << 10 && json.len() < 64 << 10);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = format!("http://{http}/v1/traces");
+        let body = protobuf.to_vec();
+        calls.spawn(async move {
+            let headers = [
+                ("content-type", "application/x-protobuf"),
+                ("content-encoding", "gzip"),
+            ];
+            let (status, _, answer) = http_request("POST", &url, &headers, body).await;
+            (
+                status.to_string(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            )
+        });
+        let url = format!("http://{http}/v1/traces");
+        let body = json.clone();
+        calls.spawn(async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ];
+            let (status, _, answer) = http_request("POST", &url, &headers, body).await;
+            (
+                status.to_string(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            )
+        });
+        let url = format!("http://{grpc}");
+        let body = Bytes::from(empty_spans_protobuf(4_000_000));
+        calls.spawn(async move {
+            let status = grpc_export_bytes(url, body, true)
+                .await
+                .expect_err("refused");
+            (format!("{:?}", status.code()), status.message().to_owned())
+        });
+    }
+    let answers = calls.join_all().await;
+    for (status, message) in &answers {
+        assert!(
+            status == "413" || status == "ResourceExhausted",
+            "{status}: {message}"
+        );
+        assert!(
+            message.contains("more than receivers.otlp.")
+                && message.contains("max_spans_per_request (100000)"),
+            "the answer names the limit: {message}"
+        );
+    }
+    assert_eq!(
+        agent.counter(&refused("http", "request_limit")).await,
+        4 * (4_000_000 + 2_500_000)
+    );
+    assert_eq!(
+        agent.counter(&refused("grpc", "request_limit")).await,
+        4 * 4_000_000
+    );
+
+    // A well-behaved client is served, and nothing of the refused requests arrives.
+    grpc_export(format!("http://{grpc}"), council_request(5, 1), false)
+        .await
+        .expect("a normal request is accepted");
+    assert_eq!(sink.wait_for_spans(5).await.len(), 5);
+    let peak_mib = agent.peak_rss_mib();
+    println!(
+        "12 amplifying requests (4M/2.5M spans each) refused; RSS idle {idle_mib:.0} MiB, peak {peak_mib:.0} MiB"
+    );
+    // Decoded, one of them alone would take over 1 GiB (the issue measured 1,078 MiB).
+    assert!(
+        peak_mib < 256.0,
+        "peak RSS {peak_mib:.0} MiB must stay under memory_limit.soft"
+    );
+    assert_eq!(agent.terminate(), 0);
+}
+
+#[tokio::test]
+async fn bodies_being_received_hold_the_budget_until_they_end() {
+    let sink = Sink::grpc().await;
+    let agent = TestAgent::start(&yaml(
+        &sink,
+        "    http: { endpoint: 127.0.0.1:0, max_request_size: 512KiB, max_decoded_size: 256KiB }\n",
+        "memory_limit: { budget: 1MiB }\n",
+    ))
+    .await;
+    let addr = agent.http.expect("http receiver");
+    let used = "daena_agent_memory_budget_used_bytes";
+    assert_eq!(
+        agent.counter("daena_agent_memory_budget_bytes").await,
+        1 << 20
+    );
+
+    // Two bodies, each one byte short of its declared 512 KiB: together, all the budget
+    // but two bytes, held while the agent waits for the rest.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: agent\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+            512 << 10
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stream
+            .write_all(&vec![0; (512 << 10) - 1])
+            .await
+            .expect("write");
+        stalled.push(stream);
+    }
+    let held = agent.wait_for_counter(used, (1 << 20) - 2).await;
+    assert_eq!(held, (1 << 20) - 2, "every byte received is reserved");
+
+    let request = council_request(3, 7);
+    let (status, headers, _) = post_protobuf(&agent, &request).await;
+    assert_eq!(status, 429, "the budget is taken: retry later");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(
+        agent
+            .counter(
+                "daena_agent_requests_refused_total{protocol=\"http\",reason=\"memory_budget\"}"
+            )
+            .await,
+        1
+    );
+
+    // One sender gives up: its body's share comes back and the client is served.
+    drop(stalled.remove(0));
+    let started = Instant::now();
+    while agent.counter(used).await > 512 << 10 {
+        assert!(
+            started.elapsed() < WAIT,
+            "the closed body's share came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _, _) = post_protobuf(&agent, &request).await;
+    assert_eq!(status, 200);
+    let delivered = sink.wait_for_spans(3).await;
+    assert_eq!(delivered.len(), 3);
+    let sent: Vec<_> = request.resource_spans[0].scope_spans[0]
+        .spans
+        .iter()
+        .map(|s| s.span_id.clone())
+        .collect();
+    let ids: Vec<_> = delivered.iter().map(|(_, s)| s.span_id.clone()).collect();
+    assert_eq!(ids, sent);
+    drop(stalled);
+    agent.stop().await;
+}
