@@ -66,6 +66,8 @@ pub struct Agent {
     http: Option<TcpListener>,
     telemetry: Option<TcpListener>,
     metrics: Arc<Metrics>,
+    /// Hands the allocator's free memory back to the system (the binary's `malloc_trim`).
+    release_memory: Option<fn()>,
     /// Stages appended after the configured ones, to inject faults in tests.
     #[cfg(test)]
     extra_stages: Vec<Box<dyn crate::processor::Processor>>,
@@ -105,9 +107,17 @@ impl Agent {
             http,
             telemetry,
             metrics: Arc::default(),
+            release_memory: None,
             #[cfg(test)]
             extra_stages: Vec::new(),
         })
+    }
+
+    /// Calls `release` to hand the allocator's free memory back to the system after a
+    /// spike (the binary passes glibc's `malloc_trim`; the library has no unsafe code).
+    pub fn releasing_memory_with(mut self, release: fn()) -> Self {
+        self.release_memory = Some(release);
+        self
     }
 
     /// The bound OTLP/gRPC address, if that receiver is enabled.
@@ -139,6 +149,7 @@ impl Agent {
             http,
             telemetry,
             metrics,
+            release_memory,
             #[cfg(test)]
             extra_stages,
         } = self;
@@ -174,16 +185,19 @@ impl Agent {
         let pipeline = supervisor.spawn_service("pipeline", pipeline.run(inbox));
 
         let stop_receivers = CancellationToken::new();
+        let budget = config.memory_limit.budget();
+        let memory_budget = metrics.memory_budget(budget.0);
         let limiter = MemoryLimiter::start(
             config.memory_limit.soft.0,
             config.memory_limit.hard.0,
+            release_memory,
+            Arc::clone(&memory_budget),
             stop_receivers.clone(),
             &supervisor,
         );
-        let budget = config.memory_limit.budget();
         let mut intake = Intake::new(tx, Arc::clone(&metrics))
             .with_memory_limit(limiter)
-            .with_budget(metrics.memory_budget(budget.0));
+            .with_budget(memory_budget);
         if config.exporters.values().any(|e| e.queue.persistent) {
             intake = intake.durable();
         }

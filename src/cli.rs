@@ -78,7 +78,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let agent = Agent::bind(config).await?;
+        let agent = Agent::bind(config)
+            .await?
+            .releasing_memory_with(crate::malloc::release_free_memory);
         agent.run(shutdown_signal()).await?;
         Ok(())
     })

@@ -6,7 +6,7 @@
 mod cli;
 #[allow(
     unsafe_code,
-    reason = "mallopt is a C call; it sets a tunable before any thread exists"
+    reason = "mallopt and malloc_trim are C calls into glibc's allocator"
 )]
 mod malloc;
 

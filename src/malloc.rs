@@ -1,4 +1,4 @@
-//! The allocator's one setting, made before any thread starts: the crate's only unsafe code.
+//! The allocator's settings and its one release call: the crate's only unsafe code.
 
 /// Caps glibc's malloc at two arenas before any thread starts.
 ///
@@ -13,5 +13,18 @@ pub fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
+    }
+}
+
+/// Hands the memory glibc's malloc holds free back to the system.
+///
+/// glibc keeps freed small allocations in its arenas: after a burst the resident set stays
+/// at its peak (600 MiB measured) though the agent uses 20 MiB. `malloc_trim(0)` releases
+/// the free pages of every arena (the same process: 35 MiB; docs/reliability.md).
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes the arenas' locks itself and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -204,3 +204,110 @@ async fn bodies_being_received_hold_the_budget_until_they_end() {
     drop(stalled);
     agent.stop().await;
 }
+
+/// An OTLP/JSON request whose resource has `attributes` small attributes, and one span.
+fn wide_resource_json(attributes: usize, seed: usize) -> Vec<u8> {
+    let attributes: Vec<String> = (0..attributes)
+        .map(|i| format!(r#"{{"key":"k{i}","value":{{"stringValue":"v"}}}}"#))
+        .collect();
+    format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{}]}},"scopeSpans":[{{"spans":[{{"traceId":"{seed:032x}","spanId":"0102030405060708","name":"s","startTimeUnixNano":"1","endTimeUnixNano":"2"}}]}}]}}]}}"#,
+        attributes.join(","),
+    )
+    .into_bytes()
+}
+
+/// POSTs gzipped JSON, retrying (as an SDK does) while the agent answers 429, at most
+/// `attempts` times; returns the last status and answer.
+async fn post_json_retrying(url: &str, body: &[u8], attempts: usize) -> (u16, String) {
+    let headers = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
+    let body = gzip(body);
+    for _ in 1..attempts {
+        let (status, _, answer) = http_request("POST", url, &headers, body.clone()).await;
+        if status != 429 {
+            return (status, String::from_utf8_lossy(&answer).into_owned());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (status, _, answer) = http_request("POST", url, &headers, body).await;
+    (status, String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn after_a_burst_the_agent_serves_at_once_and_gives_its_memory_back() {
+    let sink = Sink::grpc().await;
+    let receivers = "    http: { endpoint: 127.0.0.1:0, max_attributes_per_item: 200000 }\n";
+    let mut agent = AgentProcess::with_config(&yaml(&sink, receivers, ""), "debug", &[]);
+    let url = format!("http://{}/v1/traces", agent.addr("OTLP/HTTP"));
+    let idle_mib = agent.status_kib("VmRSS").expect("VmRSS") / 1024.0;
+
+    // The burst that locked the agent out: four 8 MB JSON bodies (450 KB of gzip) of
+    // 180,000 resource attributes each. Decoded, each would take over 300 MiB: refused.
+    let mut burst = tokio::task::JoinSet::new();
+    for seed in 0..4 {
+        let url = url.clone();
+        burst.spawn(async move {
+            post_json_retrying(&url, &wide_resource_json(180_000, seed), 1).await
+        });
+    }
+    for (status, answer) in burst.join_all().await {
+        assert_eq!(status, 413, "{answer}");
+        assert!(answer.contains("max_decoded_size"), "{answer}");
+    }
+
+    // A burst the budget admits one request at a time (each about 80 MiB decoded): the
+    // others are told to retry, and all get through.
+    let mut burst = tokio::task::JoinSet::new();
+    for seed in 10..14 {
+        let url = url.clone();
+        burst.spawn(async move {
+            post_json_retrying(&url, &wide_resource_json(45_000, seed), 30).await
+        });
+    }
+    for (status, answer) in burst.join_all().await {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let peak_mib = agent.peak_rss_mib();
+
+    // A normal request right after is served.
+    let normal = council_request(5, 1);
+    let (status, _, _) = http_request(
+        "POST",
+        &url,
+        &[("content-type", "application/x-protobuf")],
+        prost::Message::encode_to_vec(&normal),
+    )
+    .await;
+    assert_eq!(status, 200, "served right after the burst");
+    assert_eq!(sink.wait_for_spans(4 + 5).await.len(), 9);
+
+    // And the memory the burst took goes back to the system.
+    let started = Instant::now();
+    let mut rss_mib = agent.status_kib("VmRSS").expect("VmRSS") / 1024.0;
+    while rss_mib > idle_mib + 48.0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_mib = agent.status_kib("VmRSS").expect("VmRSS") / 1024.0;
+    }
+    println!(
+        "RSS idle {idle_mib:.0} MiB, peak {peak_mib:.0} MiB, {rss_mib:.0} MiB {:.1} s after the burst",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        rss_mib <= idle_mib + 48.0,
+        "RSS {rss_mib:.0} MiB 10 s after the burst (idle {idle_mib:.0} MiB); logs:\n{}",
+        agent.logs()
+    );
+    assert!(
+        peak_mib < 256.0,
+        "peak {peak_mib:.0} MiB under memory_limit.soft"
+    );
+    assert!(
+        agent
+            .logs()
+            .contains("Handed freed memory back to the system")
+    );
+    assert_eq!(agent.terminate(), 0);
+}

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,7 @@ pub struct MemoryLimiter {
     soft: u64,
     hard: u64,
     over: AtomicBool,
+    above_hard: AtomicBool,
 }
 
 impl MemoryLimiter {
@@ -132,6 +133,7 @@ impl MemoryLimiter {
             soft,
             hard,
             over: AtomicBool::new(false),
+            above_hard: AtomicBool::new(false),
         }
     }
 
@@ -169,7 +171,8 @@ impl MemoryLimiter {
                 );
             }
         }
-        if rss >= self.hard {
+        let was_above_hard = self.above_hard.swap(rss >= self.hard, Ordering::Relaxed);
+        if rss >= self.hard && !was_above_hard {
             tracing::error!(
                 rss_mib = rss >> 20,
                 hard_mib = self.hard >> 20,
@@ -179,32 +182,98 @@ impl MemoryLimiter {
     }
 
     /// A limiter that has read the resident set once (so the first request already sees
-    /// it) and keeps reading it every 100 ms on a supervised task until `stop`.
+    /// it) and keeps reading it every 100 ms on a supervised task until `stop`; `release`,
+    /// if given, hands the allocator's free memory back to the system once the requests
+    /// holding `budget` are done (see [`Release`]).
     pub fn start(
         soft: u64,
         hard: u64,
+        release: Option<fn()>,
+        budget: Arc<MemoryBudget>,
         stop: CancellationToken,
         supervisor: &Supervisor,
     ) -> Arc<Self> {
         let limiter = Arc::new(Self::new(soft, hard));
-        if let Some(rss) = resident_bytes() {
+        let first = resident_bytes();
+        if let Some(rss) = first {
             limiter.update(rss);
         }
+        let mut release = release.map(|call| Release::new(call, first.unwrap_or(0)));
         let watched = Arc::clone(&limiter);
         supervisor.spawn_service("memory limiter", async move {
             let mut ticker = tokio::time::interval(INTERVAL);
+            // A late reading is read once, not followed by the readings it missed.
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {
-                        if let Some(rss) = resident_bytes() {
-                            watched.update(rss);
+                        let Some(mut rss) = resident_bytes() else { continue };
+                        if let Some(release) = release.as_mut()
+                            && release.due(rss, soft, budget.used(), Instant::now())
+                        {
+                            rss = release.run(rss).await;
                         }
+                        watched.update(rss);
                     }
                     () = stop.cancelled() => return Ok::<(), std::convert::Infallible>(()),
                 }
             }
         });
         limiter
+    }
+}
+
+/// Growth of the resident set since the last release that makes another one due.
+const RELEASE_GROWTH: u64 = 32 << 20;
+/// The least time between two releases.
+const RELEASE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Hands the allocator's free memory back to the system after a spike, so the resident
+/// set, which the backstop and a container's limit watch, follows what the agent holds.
+///
+/// glibc keeps what the agent frees: after a burst the resident set stays at its peak
+/// though nothing is held, and a limiter reading it would refuse forever. A release is due
+/// once the resident set has grown by [`RELEASE_GROWTH`] since the last one and the
+/// requests that grew it are done (the budget is idle), or when it reaches the soft limit
+/// (before refusing on it); at most every [`RELEASE_INTERVAL`].
+struct Release {
+    call: fn(),
+    /// The resident set after the last release.
+    floor: u64,
+    last: Option<Instant>,
+}
+
+impl Release {
+    fn new(call: fn(), rss: u64) -> Self {
+        Self {
+            call,
+            floor: rss,
+            last: None,
+        }
+    }
+
+    /// Whether to release now, at `rss` against the `soft` limit, with `budget_used`
+    /// bytes reserved by requests in hand.
+    fn due(&self, rss: u64, soft: u64, budget_used: u64, now: Instant) -> bool {
+        let spike_over = budget_used == 0 && rss >= self.floor.saturating_add(RELEASE_GROWTH);
+        (spike_over || rss >= soft) && self.last.is_none_or(|last| now >= last + RELEASE_INTERVAL)
+    }
+
+    /// Releases on a blocking thread (it walks the allocator's free lists) and returns the
+    /// resident set after it.
+    async fn run(&mut self, before: u64) -> u64 {
+        let started = Instant::now();
+        let _ = tokio::task::spawn_blocking(self.call).await;
+        let after = resident_bytes().unwrap_or(before);
+        tracing::debug!(
+            before_mib = before >> 20,
+            after_mib = after >> 20,
+            took_ms = started.elapsed().as_millis() as u64,
+            "Handed freed memory back to the system"
+        );
+        self.floor = after;
+        self.last = Some(Instant::now());
+        after
     }
 }
 
@@ -269,6 +338,41 @@ mod tests {
             limiter.update(mib << 20);
             assert_eq!(limiter.over_limit(), over, "at {mib} MiB");
         }
+    }
+
+    #[test]
+    fn a_release_is_due_once_a_spike_is_over_or_at_the_soft_limit() {
+        const MIB: u64 = 1 << 20;
+        let start = Instant::now();
+        let at = |secs: f64| start + Duration::from_secs_f64(secs);
+        let mut release = Release::new(|| {}, 20 * MIB);
+        assert!(
+            !release.due(51 * MIB, 256 * MIB, 0, at(0.0)),
+            "grown by less than 32 MiB"
+        );
+        assert!(
+            !release.due(600 * MIB, 700 * MIB, 1, at(0.0)),
+            "requests still hold the budget"
+        );
+        assert!(
+            release.due(600 * MIB, 700 * MIB, 0, at(0.0)),
+            "the spike is over"
+        );
+        release.floor = 35 * MIB;
+        release.last = Some(at(0.0));
+        assert!(
+            !release.due(300 * MIB, 256 * MIB, 0, at(0.5)),
+            "at most every second"
+        );
+        assert!(
+            release.due(300 * MIB, 256 * MIB, 1, at(1.0)),
+            "at the soft limit, busy or not"
+        );
+        assert!(
+            !release.due(66 * MIB, 256 * MIB, 0, at(5.0)),
+            "from the new floor"
+        );
+        assert!(release.due(67 * MIB, 256 * MIB, 0, at(5.0)));
     }
 
     #[test]
