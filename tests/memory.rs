@@ -311,3 +311,75 @@ async fn after_a_burst_the_agent_serves_at_once_and_gives_its_memory_back() {
     );
     assert_eq!(agent.terminate(), 0);
 }
+
+/// A request whose resource carries 512 attributes of 1 KiB over `traces` one-span traces.
+fn wide_resource_traces(traces: u32) -> daena_trace_agent::otlp::ExportTraceServiceRequest {
+    use daena_trace_agent::otlp::{Resource, ResourceSpans, ScopeSpans, Span, Value};
+    let resource = Resource {
+        attributes: (0..512)
+            .map(|i| {
+                kv(
+                    &format!("host.blob.{i}"),
+                    Value::StringValue("x".repeat(1024)),
+                )
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let spans = (0..traces)
+        .map(|t| Span {
+            trace_id: [t.to_be_bytes(), [1; 4], [2; 4], [3; 4]].concat(),
+            span_id: vec![1; 8],
+            name: "llm.call".into(),
+            ..Default::default()
+        })
+        .collect();
+    daena_trace_agent::otlp::ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_wide_resource_in_the_tail_sampler_and_a_span_of_repeated_keys_stay_cheap() {
+    use daena_trace_agent::otlp::Value;
+    let sink = Sink::grpc().await;
+    let receivers = "    grpc: { endpoint: 127.0.0.1:0, max_attributes_per_item: 400000 }\n";
+    let sampling = "processors:\n  sampling:\n    mode: tail\n    decision_wait: 500ms\n    policies:\n      - { name: all, type: ratio, ratio: 1.0 }\n";
+    let mut agent = AgentProcess::with_config(&yaml(&sink, receivers, sampling), "info", &[]);
+    let url = format!("http://{}", agent.addr("OTLP/gRPC"));
+
+    // 1,000 traces under one 512 KiB resource: held once, not once per trace (500 MiB).
+    grpc_export(url.clone(), wide_resource_traces(1_000), true)
+        .await
+        .expect("the wide request is accepted");
+    // One span with 300,000 copies of llm.cost: the daena stage's work stays linear.
+    let mut repeated = council_request(1, 9);
+    repeated.resource_spans[0].scope_spans[0].spans[0].attributes = (0..300_000)
+        .map(|i| kv("llm.cost", Value::IntValue(i)))
+        .collect();
+    grpc_export(url.clone(), repeated, true)
+        .await
+        .expect("the repeated-key span is accepted");
+    // Well-behaved clients meanwhile: accepted, and delivered.
+    for seed in 1..=5 {
+        grpc_export(url.clone(), council_request(2, seed), false)
+            .await
+            .expect("a normal request is accepted");
+    }
+    let delivered = sink.wait_for_spans(1_000 + 1 + 10).await;
+    assert_eq!(delivered.len(), 1_011);
+    let peak_mib = agent.peak_rss_mib();
+    println!("wide resource and repeated keys: peak RSS {peak_mib:.0} MiB");
+    assert!(
+        peak_mib < 256.0,
+        "peak {peak_mib:.0} MiB under memory_limit.soft"
+    );
+    assert_eq!(agent.terminate(), 0);
+}
