@@ -39,7 +39,7 @@ pub struct OtlpReceiverConfig {
 }
 
 /// One listening receiver, with the limits that keep hostile connections bounded
-/// (docs/reliability.md, "Hostile input: connections").
+/// (docs/reliability.md, "Hostile input").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverEndpointConfig {
