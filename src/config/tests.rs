@@ -475,6 +475,10 @@ const QUANTITIES: &[(&str, &str)] = &[
     ("memory_limit.soft", "256MiB"),
     ("memory_limit.hard", "320MiB"),
     ("shutdown_timeout", "10s"),
+    ("receivers.otlp.http.max_spans_per_request", "100000"),
+    ("receivers.otlp.http.max_attributes_per_item", "16384"),
+    ("receivers.otlp.http.max_decoded_size", "64MiB"),
+    ("memory_limit.budget", "128MiB"),
 ];
 
 /// A config setting every quantity, `values` in the order of [`QUANTITIES`].
@@ -487,12 +491,12 @@ fn config_with(values: &[String]) -> String {
         values[i].as_str()
     };
     format!(
-        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: {}, max_connections: {}, header_read_timeout: {}, body_read_timeout: {}, idle_timeout: {}, max_concurrent_streams: {}, keepalive_interval: {}, keepalive_timeout: {} }}\n\
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: {} }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: {}, max_connections: {}, header_read_timeout: {}, body_read_timeout: {}, idle_timeout: {}, max_concurrent_streams: {}, keepalive_interval: {}, keepalive_timeout: {}, max_spans_per_request: {}, max_attributes_per_item: {}, max_decoded_size: {} }}\n\
          exporters:\n  t:\n    protocol: console\n    timeout: {}\n    retry: {{ initial_interval: {}, max_interval: {}, max_elapsed: {} }}\n    queue: {{ max_spans: {}, max_bytes: {}, workers: {} }}\n  \
          disk:\n    protocol: console\n    queue: {{ persistent: true, dir: /nonexistent/daena-queue, max_spans: {}, max_bytes: {} }}\n\
          processors:\n  limits: {{ max_attribute_value_length: {}, max_attributes: {}, max_events: {}, max_links: {} }}\n  \
          sampling:\n    mode: tail\n    decision_wait: {}\n    max_traces: {}\n    max_buffered_spans: {}\n    max_buffered_bytes: {}\n    decision_cache: {}\n    policies:\n      - {{ name: slow, type: latency, threshold: {} }}\n\
-         batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
+         batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {}, budget: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
         v("receivers.otlp.grpc.max_request_size"),
         v("receivers.otlp.http.max_request_size"),
         v("receivers.otlp.http.max_connections"),
@@ -502,6 +506,9 @@ fn config_with(values: &[String]) -> String {
         v("receivers.otlp.http.max_concurrent_streams"),
         v("receivers.otlp.http.keepalive_interval"),
         v("receivers.otlp.http.keepalive_timeout"),
+        v("receivers.otlp.http.max_spans_per_request"),
+        v("receivers.otlp.http.max_attributes_per_item"),
+        v("receivers.otlp.http.max_decoded_size"),
         v("exporters.t.timeout"),
         v("exporters.t.retry.initial_interval"),
         v("exporters.t.retry.max_interval"),
@@ -527,6 +534,7 @@ fn config_with(values: &[String]) -> String {
         v("pipeline.max_pending_requests"),
         v("memory_limit.soft"),
         v("memory_limit.hard"),
+        v("memory_limit.budget"),
         v("shutdown_timeout"),
     )
 }
@@ -534,8 +542,19 @@ fn config_with(values: &[String]) -> String {
 /// Whether an error about `key` names it: by its key, or by the rule it breaks.
 fn names(error: &ConfigError, key: &str) -> bool {
     let text = format!("{}: {}", error.path, error.message);
+    // A receiver's request must fit in the budget: that rule names the receiver and the
+    // budget, and is broken by any of the sizes it weighs.
+    let receiver_fits = |receiver: &str| {
+        text.starts_with(&format!("{receiver}: a request at max_request_size"))
+            || text.starts_with(&format!("{receiver}: max_request_size ("))
+    };
     text.contains(key)
         || match key {
+            "receivers.otlp.grpc.max_request_size" => receiver_fits("receivers.otlp.grpc"),
+            "receivers.otlp.http.max_request_size" | "receivers.otlp.http.max_decoded_size" => {
+                receiver_fits("receivers.otlp.http")
+            }
+            "memory_limit.budget" => text.starts_with("memory_limit.budget"),
             "memory_limit.soft" | "memory_limit.hard" => text.starts_with("memory_limit: soft ("),
             "processors.sampling.policies[0].threshold" => {
                 text.starts_with("processors.sampling.policies[0]: type latency needs threshold")
@@ -643,6 +662,35 @@ fn http_only_timeouts_are_refused_on_the_grpc_receiver() {
     );
     assert!(
         text.contains("receivers.otlp.http.max_connections: 0 is too small; use 1 to 65536"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_memory_budget_defaults_to_half_of_soft_and_must_hold_a_whole_request() {
+    let config = load_text("memory_limit: { soft: 512MiB, hard: 600MiB }\n", &no_env)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.memory_limit.budget(), ByteSize(256 << 20));
+    let receiver = config.receivers.otlp.grpc.as_ref().expect("grpc on");
+    assert_eq!(
+        receiver.max_decoded_size(config.memory_limit.budget()),
+        ByteSize(128 << 20),
+        "16 × max_request_size"
+    );
+    let text = errors_of(
+        "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:0, max_decoded_size: 100MiB }\n    http: { endpoint: 127.0.0.1:0, max_request_size: 64MiB }\nmemory_limit: { soft: 100MiB, hard: 120MiB }\n",
+    );
+    assert!(
+        text.contains("receivers.otlp.grpc: a request at max_request_size (8MiB) and max_decoded_size (100MiB) would not fit in memory_limit.budget (50MiB, half of memory_limit.soft)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("receivers.otlp.http: max_request_size (64MiB) leaves no room in memory_limit.budget (50MiB, half of memory_limit.soft) to decode a request"),
+        "{text}"
+    );
+    let text = errors_of("memory_limit: { budget: 300MiB }\n");
+    assert!(
+        text.contains("memory_limit.budget: 300MiB is above memory_limit.soft (256MiB)"),
         "{text}"
     );
 }

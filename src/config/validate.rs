@@ -2,10 +2,10 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use super::units::{ByteSize, format_duration};
+use super::units::format_duration;
 use super::{
-    Config, ConfigError, ExporterConfig, ExporterProtocol, PolicyKind, ProcessorsConfig,
-    ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig, bounds,
+    Config, ConfigError, ExporterConfig, ExporterProtocol, MemoryLimitConfig, PolicyKind,
+    ProcessorsConfig, ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig, bounds,
 };
 
 impl Config {
@@ -35,7 +35,7 @@ impl Config {
                 &mut errors,
             );
             receiver.validate_limits(key, &mut errors);
-            receiver.validate_decode_limits(key, self.memory_limit.budget(), &mut errors);
+            receiver.validate_decode_limits(key, &self.memory_limit, &mut errors);
         }
         if let [(_, _, a, _), (_, _, b, _)] = listening[..]
             && a == b
@@ -81,7 +81,7 @@ impl Config {
                 errors.push(ConfigError::new(
                     "memory_limit.budget",
                     format!(
-                        "{budget} is above soft ({}): the resident-memory backstop would refuse first; keep the budget at most soft, e.g. half of it",
+                        "{budget} is above memory_limit.soft ({}): the resident-memory backstop would refuse first; keep the budget at most soft, e.g. half of it",
                         memory.soft
                     ),
                 ));
@@ -110,8 +110,13 @@ impl Config {
 
 impl ReceiverEndpointConfig {
     /// Adds the problems of the per-request limits of the receiver at `key`, whose
-    /// requests are admitted against `budget`.
-    fn validate_decode_limits(&self, key: &str, budget: ByteSize, errors: &mut Vec<ConfigError>) {
+    /// requests are admitted against `memory`'s budget.
+    fn validate_decode_limits(
+        &self,
+        key: &str,
+        memory: &MemoryLimitConfig,
+        errors: &mut Vec<ConfigError>,
+    ) {
         bounds::MAX_SPANS_PER_REQUEST.check(
             &format!("{key}.max_spans_per_request"),
             self.max_spans_per_request,
@@ -125,17 +130,26 @@ impl ReceiverEndpointConfig {
         if let Some(size) = self.max_decoded_size {
             bounds::MAX_DECODED_SIZE.check(&format!("{key}.max_decoded_size"), size, errors);
         }
-        let largest = self
-            .max_request_size
-            .0
-            .saturating_add(self.max_decoded_size(budget).0);
-        if self.max_decoded_size(budget).0 == 0 || largest > budget.0 {
+        let budget = memory.budget();
+        let budget_text = match memory.budget {
+            Some(_) => format!("memory_limit.budget ({budget})"),
+            None => format!("memory_limit.budget ({budget}, half of memory_limit.soft)"),
+        };
+        let decoded = self.max_decoded_size(budget);
+        if decoded.0 == 0 {
             errors.push(ConfigError::new(
                 key,
                 format!(
-                    "a request at max_request_size ({}) and max_decoded_size ({}) would not fit in memory_limit.budget ({budget}), so it could never be admitted; raise memory_limit.budget (or soft) or lower these",
-                    self.max_request_size,
-                    self.max_decoded_size(budget)
+                    "max_request_size ({}) leaves no room in {budget_text} to decode a request; raise memory_limit.budget (or soft) or lower max_request_size",
+                    self.max_request_size
+                ),
+            ));
+        } else if self.max_request_size.0.saturating_add(decoded.0) > budget.0 {
+            errors.push(ConfigError::new(
+                key,
+                format!(
+                    "a request at max_request_size ({}) and max_decoded_size ({decoded}) would not fit in {budget_text}, so it could never be admitted; raise memory_limit.budget (or soft) or lower these",
+                    self.max_request_size
                 ),
             ));
         }
