@@ -415,8 +415,14 @@ async fn a_full_pipeline_refuses_with_retryable_answers_and_counts() {
 
 #[tokio::test]
 async fn above_the_soft_memory_limit_clients_are_told_to_retry() {
-    // A soft limit below any process's resident set: the limiter trips at start-up.
-    let (agent, sink) = agent_with_grpc_sink("memory_limit: { soft: 1MiB, hard: 2MiB }\n").await;
+    // A soft limit below any process's resident set: the limiter trips at start-up. The
+    // budget (half of soft) must still hold a whole request, hence the small requests.
+    let sink = Sink::grpc().await;
+    let agent = TestAgent::start(&format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0, max_request_size: 64KiB }}\n    http: {{ endpoint: 127.0.0.1:0, max_request_size: 64KiB }}\ntelemetry: {{ endpoint: 127.0.0.1:0 }}\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://{}\nmemory_limit: {{ soft: 2MiB, hard: 3MiB }}\n",
+        sink.addr
+    ))
+    .await;
     let (status, headers, body) = post_protobuf(&agent, &council_request(2, 1)).await;
     assert_eq!(status, 429);
     assert_eq!(headers["retry-after"], "1");
