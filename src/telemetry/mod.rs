@@ -1,5 +1,6 @@
 //! The agent's own telemetry: its logs and the counters every stage keeps.
 
+pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod server;
