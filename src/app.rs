@@ -1,15 +1,17 @@
 //! Wiring only: builds the receivers, pipeline and exporters from the config, runs
 //! them, and stops them in order (receivers, then pipeline flush, then exporter drain).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, parse_listen_addr};
+use crate::config::{Config, ConfigErrors, parse_listen_addr};
 use crate::exporter::{self, ExporterHandle, Fanout};
 use crate::pipeline::{self, Batcher, Pipeline};
 use crate::processor;
@@ -20,6 +22,7 @@ use crate::receiver::{Intake, RequestLimits};
 use crate::supervisor::{Supervisor, TaskFailure};
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
+use crate::telemetry::reload::{ReloadHandle, ReloadRequests, reload_channel};
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -68,6 +71,10 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     /// Hands the allocator's free memory back to the system (the binary's `malloc_trim`).
     release_memory: Option<fn()>,
+    /// Loads the config file again, for a reload.
+    source: Option<ConfigSource>,
+    reload_handle: ReloadHandle,
+    reload_requests: ReloadRequests,
     /// Stages appended after the configured ones, to inject faults in tests.
     #[cfg(test)]
     extra_stages: Vec<Box<dyn crate::processor::Processor>>,
@@ -101,6 +108,7 @@ impl Agent {
             Some(endpoint) => Some(listen("telemetry.endpoint", endpoint).await?),
             None => None,
         };
+        let (reload_handle, reload_requests) = reload_channel();
         Ok(Self {
             config,
             grpc,
@@ -108,9 +116,27 @@ impl Agent {
             telemetry,
             metrics: Arc::default(),
             release_memory: None,
+            source: None,
+            reload_handle,
+            reload_requests,
             #[cfg(test)]
             extra_stages: Vec::new(),
         })
+    }
+
+    /// Reloads the config from `source` (the file the agent was started with) on request:
+    /// SIGHUP in the binary, `POST /-/reload` on the telemetry endpoint.
+    pub fn reloading_with(
+        mut self,
+        source: impl Fn() -> Result<Config, ConfigErrors> + Send + Sync + 'static,
+    ) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// A handle that asks the running agent to reload its config.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload_handle.clone()
     }
 
     /// Calls `release` to hand the allocator's free memory back to the system after a
@@ -150,6 +176,9 @@ impl Agent {
             telemetry,
             metrics,
             release_memory,
+            source,
+            reload_handle,
+            mut reload_requests,
             #[cfg(test)]
             extra_stages,
         } = self;
@@ -157,15 +186,17 @@ impl Agent {
         let abandon = CancellationToken::new();
         let mut handles: Vec<ExporterHandle> = Vec::new();
         let mut exporter_tasks = Vec::new();
+        let mut exporters = BTreeMap::new();
         for (name, exporter_config) in &config.exporters {
             let tasks = exporter::queue::Tasks {
                 metrics: Arc::clone(&metrics),
                 abandon: abandon.clone(),
                 supervisor: supervisor.clone(),
             };
-            let (handle, task) = exporter::start(name, exporter_config, tasks)?;
+            let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
             handles.push(handle);
             exporter_tasks.push(task);
+            exporters.insert(name.clone(), swappable);
         }
 
         let (tx, inbox) = pipeline::queue(config.pipeline.max_pending_requests);
@@ -182,6 +213,8 @@ impl Agent {
             Fanout::new(handles),
         )
         .with_metrics(Arc::clone(&metrics));
+        let (stages, stage_swaps) = mpsc::channel(1);
+        let pipeline = pipeline.with_stage_swaps(stage_swaps);
         let pipeline = supervisor.spawn_service("pipeline", pipeline.run(inbox));
 
         let stop_receivers = CancellationToken::new();
@@ -238,7 +271,12 @@ impl Agent {
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
                 "telemetry endpoint",
-                telemetry::server::serve(listener, Arc::clone(&metrics), stop_telemetry.clone()),
+                telemetry::server::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    reload_handle.clone(),
+                    stop_telemetry.clone(),
+                ),
             )
         });
 
@@ -248,14 +286,32 @@ impl Agent {
             describe_exporters(&config)
         );
 
-        tokio::select! {
-            () = shutdown => tracing::info!(
-                "Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}",
-                config.shutdown_timeout
-            ),
-            // The supervisor logged it; what follows is the same orderly stop.
-            _ = supervisor.failed() => {}
+        let mut reloader = Reloader {
+            current: config,
+            source,
+            stages,
+            exporters,
+            metrics: Arc::clone(&metrics),
+        };
+        drop(reload_handle);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!(
+                        "Shutting down: receivers stop, batched spans are flushed, exporters drain for up to {:?}",
+                        reloader.current.shutdown_timeout
+                    );
+                    break;
+                }
+                // The supervisor logged it; what follows is the same orderly stop.
+                _ = supervisor.failed() => break,
+                Some(answer) = reload_requests.next() => {
+                    let _ = answer.send(reloader.reload().await);
+                }
+            }
         }
+        let config = reloader.current;
         supervisor.stop();
         let deadline = Instant::now() + config.shutdown_timeout;
         stop_receivers.cancel();
@@ -443,5 +499,9 @@ fn describe_exporters(config: &Config) -> String {
         .join(", ")
 }
 
+mod reload;
 #[cfg(test)]
 mod tests;
+
+pub use reload::ConfigSource;
+use reload::Reloader;

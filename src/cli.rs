@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use daena_trace_agent::app::Agent;
 use daena_trace_agent::config::Config;
 use daena_trace_agent::telemetry;
+use daena_trace_agent::telemetry::reload::ReloadHandle;
 
 /// An OTLP trace sidecar for Daena services: receives spans over gRPC (4317) and
 /// HTTP (4318), batches them and forwards them to Jaeger, Tempo or Grafana Cloud.
@@ -60,7 +61,7 @@ impl Cli {
                     .log_level
                     .unwrap_or_else(|| config.telemetry.log_level.clone());
                 telemetry::init_logging(&level, config.telemetry.log_format);
-                match run(config) {
+                match run(config, self.config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => {
                         tracing::error!("{error:#}");
@@ -72,18 +73,44 @@ impl Cli {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the agent until SIGINT or SIGTERM; with a config `file`, SIGHUP reloads it.
+fn run(config: Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let agent = Agent::bind(config)
+        let mut agent = Agent::bind(config)
             .await?
             .releasing_memory_with(crate::malloc::release_free_memory);
+        if let Some(file) = file {
+            agent = agent.reloading_with(move || {
+                Config::load(Some(&file), &|name: &str| std::env::var(name).ok())
+            });
+        }
+        reload_on_hangup(agent.reload_handle());
         agent.run(shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// Reloads the config on every SIGHUP (the agent logs the outcome).
+fn reload_on_hangup(handle: ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("SIGHUP cannot be watched; reload with POST /-/reload instead");
+            return;
+        };
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let _ = handle.reload().await;
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(handle);
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits at once.

@@ -11,6 +11,7 @@ pub mod http;
 pub mod persistent;
 pub mod queue;
 pub mod retry;
+pub mod swap;
 mod transport;
 mod wait;
 
@@ -27,8 +28,9 @@ pub use fanout::Fanout;
 pub use grpc::OtlpGrpcExporter;
 pub use http::OtlpHttpExporter;
 pub use queue::ExporterHandle;
+pub use swap::{AnyExporter, SwappableExporter};
 
-use crate::config::{ExporterConfig, ExporterProtocol};
+use crate::config::ExporterConfig;
 use crate::otlp::{ExportTraceServiceRequest, SpanBatch};
 
 /// One batch ready for the exporters, shared by all of them: encoded and compressed at
@@ -195,26 +197,22 @@ pub enum BuildError {
     },
 }
 
-/// Builds the exporter `name` from its config and starts its supervised queue task, which
-/// returns the spans it left in its persistent queue when it stops.
+/// Starts the exporter `name` behind its queue (in memory, or on disk when
+/// `queue.persistent`): its handle for the fan-out, its task (which returns the spans it
+/// left on disk, if any), and the exporter itself, which a config reload may replace.
 pub fn start(
     name: &str,
     config: &ExporterConfig,
     tasks: queue::Tasks,
-) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
-    let started = match config.protocol {
-        ExporterProtocol::Grpc => {
-            queue::spawn(name, OtlpGrpcExporter::new(name, config)?, config, tasks)
+) -> Result<(ExporterHandle, JoinHandle<Option<u64>>, SwappableExporter), BuildError> {
+    let exporter = SwappableExporter::new(AnyExporter::build(name, config)?);
+    let (handle, task) = queue::spawn(name, exporter.clone(), config, tasks).map_err(|source| {
+        BuildError::Queue {
+            exporter: name.to_owned(),
+            source,
         }
-        ExporterProtocol::HttpProtobuf => {
-            queue::spawn(name, OtlpHttpExporter::new(name, config)?, config, tasks)
-        }
-        ExporterProtocol::Console => queue::spawn(name, ConsoleExporter::stdout(), config, tasks),
-    };
-    started.map_err(|source| BuildError::Queue {
-        exporter: name.to_owned(),
-        source,
-    })
+    })?;
+    Ok((handle, task, exporter))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::ack::Ack;
@@ -102,9 +102,18 @@ pub struct StageFailure {
     pub message: String,
 }
 
+/// New stages for a running pipeline (a config reload), and whom to tell once they run.
+pub struct StageSwap {
+    /// The stages that replace the running ones.
+    pub stages: Vec<Box<dyn Processor>>,
+    /// Told once the old stages have released what they held and the new ones run.
+    pub done: oneshot::Sender<()>,
+}
+
 /// The pipeline between the receivers and the exporters.
 pub struct Pipeline<O> {
     processors: Vec<Box<dyn Processor>>,
+    swaps: Option<mpsc::Receiver<StageSwap>>,
     batching: Batching,
     timeout: Duration,
     outlet: O,
@@ -122,6 +131,7 @@ impl<O: Outlet> Pipeline<O> {
     ) -> Self {
         Self {
             processors,
+            swaps: None,
             batching: Batching::new(batcher),
             timeout,
             outlet,
@@ -136,6 +146,12 @@ impl<O: Outlet> Pipeline<O> {
         self
     }
 
+    /// Takes new stages from `swaps` while it runs (see [`StageSwap`]).
+    pub fn with_stage_swaps(mut self, swaps: mpsc::Receiver<StageSwap>) -> Self {
+        self.swaps = Some(swaps);
+        self
+    }
+
     /// Runs until every receiver has dropped its sender, then flushes what is batched;
     /// returning drops the outlet, which lets the exporter queues drain and end. A stage
     /// that panics ends it early, with the panic, after what can still go was sent.
@@ -147,10 +163,21 @@ impl<O: Outlet> Pipeline<O> {
         let mut deadline: Option<Instant> = None;
         let mut release = tokio::time::interval(RELEASE_INTERVAL);
         release.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let holds = self.processors.iter().any(|p| p.holds_spans());
+        let mut holds = self.processors.iter().any(|p| p.holds_spans());
+        let mut swaps = self.swaps.take();
         loop {
             let flush_at = deadline;
             tokio::select! {
+                Some(swap) = next_swap(&mut swaps) => {
+                    // What the old stages hold (the tail sampler's traces) is decided and
+                    // passed on now: the new stages start empty, and nothing is lost.
+                    if let Err((failure, in_hand)) = self.release(&mut deadline, |p, out| p.release_all(out)).await {
+                        return self.fail(rx, failure, in_hand).await;
+                    }
+                    self.processors = swap.stages;
+                    holds = self.processors.iter().any(|p| p.holds_spans());
+                    let _ = swap.done.send(());
+                }
                 received = rx.recv() => {
                     let Some(Accepted { mut batch, ack, memory }) = received else { break };
                     let in_hand = self.take(&batch, ack.as_ref());
@@ -323,6 +350,20 @@ impl<O: Outlet> Pipeline<O> {
 /// How often stages that hold spans (tail sampling) are asked for what is due.
 const RELEASE_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The next stage swap, or never when there is no channel (or it closed).
+async fn next_swap(swaps: &mut Option<mpsc::Receiver<StageSwap>>) -> Option<StageSwap> {
+    match swaps {
+        Some(rx) => match rx.recv().await {
+            Some(swap) => Some(swap),
+            None => {
+                *swaps = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(deadline) = deadline {
         tokio::time::sleep_until(deadline).await;
@@ -409,6 +450,73 @@ mod tests {
             "the pipeline ends when the receivers are gone"
         );
         assert_eq!(recorder.0.lock().expect("lock")[1], vec!["LATE"]);
+    }
+
+    /// Holds every span until it is asked to release them all.
+    #[derive(Default)]
+    struct Hold(SpanBatch);
+
+    impl Processor for Hold {
+        fn name(&self) -> &'static str {
+            "hold"
+        }
+
+        fn process(&mut self, batch: &mut SpanBatch) {
+            let held = std::mem::take(batch).into_request();
+            let mut mine = std::mem::take(&mut self.0).into_request();
+            mine.resource_spans.extend(held.resource_spans);
+            self.0 = SpanBatch::from_request(mine);
+        }
+
+        fn holds_spans(&self) -> bool {
+            true
+        }
+
+        fn held_spans(&self) -> usize {
+            self.0.span_count()
+        }
+
+        fn release_all(&mut self, out: &mut SpanBatch) {
+            *out = std::mem::take(&mut self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn swapped_stages_release_what_the_old_ones_held_and_run_from_the_next_request() {
+        let recorder = Recorder::default();
+        let (tx, rx) = queue(8);
+        let (swaps, swapped) = mpsc::channel(1);
+        let pipeline = Pipeline::new(
+            vec![Box::new(Hold::default()), Box::new(Shout)],
+            Batcher::new(100, 1 << 20),
+            Duration::from_millis(10),
+            recorder.clone(),
+        )
+        .with_stage_swaps(swapped);
+        let task = tokio::spawn(pipeline.run(rx));
+        tx.try_send(accepted(&["scout"])).expect("send");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(recorder.0.lock().expect("lock").is_empty(), "held");
+
+        let (done, applied) = oneshot::channel();
+        swaps
+            .send(StageSwap {
+                stages: Vec::new(),
+                done,
+            })
+            .await
+            .expect("swap");
+        applied.await.expect("applied");
+        tx.try_send(accepted(&["debate"])).expect("send");
+        drop(tx);
+        assert!(matches!(task.await, Ok(Ok(()))));
+        let mut delivered = recorder.0.lock().expect("lock").concat();
+        delivered.sort();
+        assert_eq!(
+            delivered,
+            ["SCOUT", "debate"],
+            "the held span went through the old stages after it; the next ran none"
+        );
     }
 
     #[tokio::test]

@@ -65,6 +65,12 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Labels of a counter keyed by how something ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// Labels of a tail-sampling decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -203,6 +209,7 @@ pub struct Metrics {
     queue_damaged: Family<ExporterLabels, Counter>,
     memory_budget_used: Gauge<u64, AtomicU64>,
     memory_budget_limit: Gauge<u64, AtomicU64>,
+    config_reloads: Family<ResultLabels, Counter>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
     dropped_totals: [AtomicU64; 8],
 }
@@ -229,6 +236,10 @@ impl Default for Metrics {
         let queue_damaged = Family::default();
         let memory_budget_used = Gauge::default();
         let memory_budget_limit = Gauge::default();
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        for result in ["applied", "refused"] {
+            let _ = config_reloads.get_or_create(&ResultLabels { result });
+        }
         registry.register(
             "spans_received",
             "Spans a receiver accepted and handed to the pipeline",
@@ -324,6 +335,11 @@ impl Default for Metrics {
             "memory_limit.budget: the bytes requests in hand may hold together",
             memory_budget_limit.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP, POST /-/reload), by result (applied, refused)",
+            config_reloads.clone(),
+        );
         Self {
             registry,
             received_spans,
@@ -345,6 +361,7 @@ impl Default for Metrics {
             queue_damaged,
             memory_budget_used,
             memory_budget_limit,
+            config_reloads,
             dropped_totals: Default::default(),
         }
     }
@@ -523,6 +540,14 @@ impl Metrics {
     pub fn memory_budget(&self, limit: u64) -> Arc<MemoryBudget> {
         self.memory_budget_limit.set(limit);
         MemoryBudget::counted_in(limit, self.memory_budget_used.clone())
+    }
+
+    /// Counts a config reload, applied or refused.
+    pub fn config_reloaded(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// The counters in the Prometheus text exposition format.

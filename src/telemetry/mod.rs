@@ -3,6 +3,7 @@
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 
 pub use metrics::Metrics;

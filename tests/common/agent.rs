@@ -324,6 +324,15 @@ impl AgentProcess {
         }
     }
 
+    /// The config file the process was started with (rewrite it, then reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.config_dir
+            .as_ref()
+            .expect("started from YAML")
+            .path()
+            .join("agent.yaml")
+    }
+
     /// The process id, as `/proc` names it.
     pub fn pid(&self) -> String {
         self.child.id().to_string()
