@@ -140,14 +140,14 @@ mod tests {
     #[test]
     fn listeners_limits_and_queues_need_a_restart_transports_and_stages_do_not() {
         let old = config(
-            "exporters:\n  tempo: { protocol: grpc, endpoint: http://127.0.0.1:4317, headers: { x-scope-orgid: a } }\n",
+            "exporters:\n  tempo: { protocol: grpc, endpoint: http://127.0.0.1:14317, headers: { x-scope-orgid: a } }\n",
         );
         let transport = config(
-            "exporters:\n  tempo: { protocol: http/protobuf, endpoint: http://127.0.0.1:4318, headers: { x-scope-orgid: b } }\nprocessors: { redact: { enabled: false } }\n",
+            "exporters:\n  tempo: { protocol: http/protobuf, endpoint: http://127.0.0.1:14318, headers: { x-scope-orgid: b } }\nprocessors: { redact: { enabled: false } }\n",
         );
         assert_eq!(needs_restart(&old, &transport), Vec::<String>::new());
         let restart = config(
-            "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:4417 }\nbatch: { max_spans: 10 }\nexporters:\n  tempo: { protocol: grpc, endpoint: http://127.0.0.1:4317, queue: { workers: 2 } }\n  jaeger: { protocol: console }\n",
+            "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:4417 }\nbatch: { max_spans: 10 }\nexporters:\n  tempo: { protocol: grpc, endpoint: http://127.0.0.1:14317, queue: { workers: 2 } }\n  jaeger: { protocol: console }\n",
         );
         assert_eq!(
             needs_restart(&old, &restart),
