@@ -54,37 +54,21 @@ async fn amplifying_requests_are_refused_before_decoding_within_bounded_memory()
     let idle_mib = agent.status_kib("VmRSS").expect("VmRSS") / 1024.0;
 
     // Each about 8 KB of gzip, under max_request_size once gunzipped, and four at once.
-    let protobuf = Bytes::from(gzip(&empty_spans_protobuf(4_000_000)));
-    let json = gzip(&empty_spans_json(2_500_000));
-    assert!(protobuf.len() < 64 << 10 && json.len() < 64 << 10);
+    let protobuf = empty_spans_protobuf(4_000_000);
+    let json = empty_spans_json(2_500_000);
+    assert!(gzip(&protobuf).len() < 64 << 10 && gzip(&json).len() < 64 << 10);
     let mut calls = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let url = format!("http://{http}/v1/traces");
-        let body = protobuf.to_vec();
-        calls.spawn(async move {
-            let headers = [
-                ("content-type", "application/x-protobuf"),
-                ("content-encoding", "gzip"),
-            ];
-            let (status, _, answer) = http_request("POST", &url, &headers, body).await;
-            (
-                status.to_string(),
-                String::from_utf8_lossy(&answer).into_owned(),
-            )
-        });
-        let url = format!("http://{http}/v1/traces");
-        let body = json.clone();
-        calls.spawn(async move {
-            let headers = [
-                ("content-type", "application/json"),
-                ("content-encoding", "gzip"),
-            ];
-            let (status, _, answer) = http_request("POST", &url, &headers, body).await;
-            (
-                status.to_string(),
-                String::from_utf8_lossy(&answer).into_owned(),
-            )
-        });
+        for (content_type, body) in [
+            ("application/x-protobuf", protobuf.clone()),
+            ("application/json", json.clone()),
+        ] {
+            let url = format!("http://{http}/v1/traces");
+            calls.spawn(async move {
+                let (status, answer) = post_gzipped(&url, content_type, &body).await;
+                (status.to_string(), answer)
+            });
+        }
         let url = format!("http://{grpc}");
         let body = Bytes::from(empty_spans_protobuf(4_000_000));
         calls.spawn(async move {
@@ -220,20 +204,15 @@ fn wide_resource_json(attributes: usize, seed: usize) -> Vec<u8> {
 /// POSTs gzipped JSON, retrying (as an SDK does) while the agent answers 429, at most
 /// `attempts` times; returns the last status and answer.
 async fn post_json_retrying(url: &str, body: &[u8], attempts: usize) -> (u16, String) {
-    let headers = [
-        ("content-type", "application/json"),
-        ("content-encoding", "gzip"),
-    ];
-    let body = gzip(body);
+    let mut answer = post_gzipped(url, "application/json", body).await;
     for _ in 1..attempts {
-        let (status, _, answer) = http_request("POST", url, &headers, body.clone()).await;
-        if status != 429 {
-            return (status, String::from_utf8_lossy(&answer).into_owned());
+        if answer.0 != 429 {
+            break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+        answer = post_gzipped(url, "application/json", body).await;
     }
-    let (status, _, answer) = http_request("POST", url, &headers, body).await;
-    (status, String::from_utf8_lossy(&answer).into_owned())
+    answer
 }
 
 #[tokio::test]
@@ -314,7 +293,7 @@ async fn after_a_burst_the_agent_serves_at_once_and_gives_its_memory_back() {
 
 /// A request whose resource carries 512 attributes of 1 KiB over `traces` one-span traces.
 fn wide_resource_traces(traces: u32) -> daena_trace_agent::otlp::ExportTraceServiceRequest {
-    use daena_trace_agent::otlp::{Resource, ResourceSpans, ScopeSpans, Span, Value};
+    use daena_trace_agent::otlp::{Resource, Span, Value};
     let resource = Resource {
         attributes: (0..512)
             .map(|i| {
@@ -334,16 +313,7 @@ fn wide_resource_traces(traces: u32) -> daena_trace_agent::otlp::ExportTraceServ
             ..Default::default()
         })
         .collect();
-    daena_trace_agent::otlp::ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    request_with_resource(resource, spans)
 }
 
 #[tokio::test]

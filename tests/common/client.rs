@@ -126,6 +126,27 @@ pub async fn http_request(
     (status, headers, body)
 }
 
+/// One resource's `spans` in one scope, as an export request.
+pub fn request_with_resource(resource: Resource, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// POSTs `body` gzipped as `content_type` to `url`; returns the status and the answer as text.
+pub async fn post_gzipped(url: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    let headers = [("content-type", content_type), ("content-encoding", "gzip")];
+    let (status, _, answer) = http_request("POST", url, &headers, gzip(body)).await;
+    (status, String::from_utf8_lossy(&answer).into_owned())
+}
+
 /// POSTs a protobuf export request to the agent's OTLP/HTTP receiver.
 pub async fn post_protobuf(
     agent: &TestAgent,
