@@ -11,8 +11,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
@@ -22,19 +22,6 @@ use daena_trace_agent::otlp::{
     span_count,
 };
 use prost::Message;
-
-/// The Python of a virtualenv made by `scripts/test.sh`.
-fn python(venv: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(venv)
-        .join("bin/python");
-    assert!(
-        path.exists(),
-        "{} is missing: run the README's test command (scripts/test.sh), which creates the interop virtualenvs",
-        path.display()
-    );
-    path
-}
 
 /// One run of the SDK script: a trace (`daena`, `messy` or `mix`) sent with the OTLP
 /// exporter for `protocol` (`grpc`, `http`, `json`) to `endpoint`.
@@ -70,38 +57,17 @@ async fn run_sdk(venv: &str, runs: &[Run]) -> Vec<Vec<Bytes>> {
         })
         .collect();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/send_spans.py");
-    let log_path = dir.path().join("output.txt");
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(python(venv))
+    let mut command = Command::new(venv_python(venv));
+    command
         .arg(script)
         .arg(serde_json::Value::Array(jobs).to_string())
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-        .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("run python");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if started.elapsed() > SDK_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the SDK script did not finish within {SDK_DEADLINE:?}:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        .env_remove("OTEL_RESOURCE_ATTRIBUTES");
+    let (status, output) = run_bounded(command, SDK_DEADLINE).await;
     assert!(
         status.success(),
-        "the Python SDK could not export to the agent:\n{}",
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        "the Python SDK could not export to the agent:\n{output}"
     );
     outs.iter()
         .map(|out| {

@@ -7,13 +7,14 @@
 
 mod agent;
 mod client;
+mod python;
 mod sink;
 
 use std::time::Duration;
 
 // For the same reason a test binary may use nothing of one of these.
 #[allow(unused_imports)]
-pub use {agent::*, client::*, sink::*};
+pub use {agent::*, client::*, python::*, sink::*};
 
 /// The longest any test waits for something to arrive.
 pub const WAIT: Duration = Duration::from_secs(20);
