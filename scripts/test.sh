@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test of daena-trace-agent, the Python SDK interop tests included.
 # Installs what they need first: two virtualenvs with the pinned OpenTelemetry Python
-# SDK and exporters (the OTLP/JSON exporter pins older packages, so it has its own).
+# SDK and exporters (the OTLP/JSON exporter pins older packages, so it has its own), and
+# two with the validators of deploy/ (hadolint, the Kubernetes schemas, docker-compose).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python=${PYTHON:-python3}
 
-# Creates (or refreshes when its requirements changed) the virtualenv $1 from file $2.
+# Creates (or refreshes when its requirements changed) the virtualenv $1 from file $2;
+# packages given after them are built first, outside pip's build isolation (PyYAML 5
+# builds only with an old Cython and setuptools).
 venv() {
   local dir=$1 requirements=$2
+  shift 2
   local stamp="$dir/.requirements"
   if [ -x "$dir/bin/python" ] && [ -f "$stamp" ] && cmp -s "$requirements" "$stamp"; then
     return
@@ -17,12 +21,20 @@ venv() {
   echo "Installing $requirements into $dir"
   rm -rf "$dir"
   "$python" -m venv "$dir"
-  "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  local pip=("$dir/bin/python" -m pip install --quiet --disable-pip-version-check)
+  if [ $# -gt 0 ]; then
+    "${pip[@]}" "$@"
+    "${pip[@]}" --no-build-isolation -r "$requirements"
+  else
+    "${pip[@]}" -r "$requirements"
+  fi
   cp "$requirements" "$stamp"
 }
 
 venv .venv-interop tests/interop/requirements.txt
 venv .venv-interop-json tests/interop/requirements-json.txt
+venv .venv-deploy tests/deploy/requirements.txt
+venv .venv-compose tests/deploy/requirements-compose.txt "cython<3" "setuptools<70" wheel
 
 "$python" scripts/check-layering.py
 cargo test --locked --all-targets "$@"

@@ -207,17 +207,24 @@ fn the_example_config_is_valid() {
 }
 
 #[test]
-fn the_sidecar_config_in_deploy_is_valid_and_listens_on_all_interfaces() {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sidecar.yaml"));
-    let env = |name: &str| {
-        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "https://tempo.example.net:4317".to_owned())
-    };
-    let config = Config::load(Some(path), &env).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        config.receivers.otlp.grpc.map(|r| r.endpoint).as_deref(),
-        Some("0.0.0.0:4317")
-    );
-    assert_eq!(config.exporters["otlp"].protocol, ExporterProtocol::Grpc);
+fn the_image_config_listens_on_loopback_unless_told_to_listen_on_all_interfaces() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/docker/agent.yaml"
+    ));
+    for (listen_host, expected) in [(None, "127.0.0.1:4317"), (Some("0.0.0.0"), "0.0.0.0:4317")] {
+        let env = |name: &str| match name {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("https://tempo.example.net:4317".to_owned()),
+            "AGENT_LISTEN_HOST" => listen_host.map(str::to_owned),
+            _ => None,
+        };
+        let config = Config::load(Some(path), &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.receivers.otlp.grpc.map(|r| r.endpoint).as_deref(),
+            Some(expected)
+        );
+        assert_eq!(config.exporters["otlp"].protocol, ExporterProtocol::Grpc);
+    }
 }
 
 #[test]

@@ -1,0 +1,235 @@
+//! Everything under deploy/ is checked with the tools its users have: hadolint for the
+//! Dockerfile, the Kubernetes schemas (offline) for the manifests, docker-compose for the
+//! compose file, `daena-trace-agent check` for every agent config they carry, and a YAML
+//! parser for the configs of Tempo, Prometheus and Grafana. The validators come from the
+//! virtualenvs the README's test command creates.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// How long one validator may take.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A validator from the `.venv-deploy` or `.venv-compose` virtualenv.
+fn tool(venv: &str, name: &str) -> Command {
+    let python = venv_python(venv);
+    let mut command = Command::new(python.with_file_name(name));
+    command.current_dir(repo("."));
+    command
+}
+
+async fn assert_passes(command: Command) {
+    let shown = format!("{command:?}");
+    let (status, output) = run_bounded(command, DEADLINE).await;
+    assert!(status.success(), "{shown} failed:\n{output}");
+}
+
+fn yaml(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Runs `daena-trace-agent check` on `config`, with placeholder credentials for the
+/// `${VAR}` references the manifests fill from secrets.
+fn check_agent_config(name: &str, config: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, config).expect("write");
+    let env = [
+        (
+            "GRAFANA_CLOUD_OTLP_ENDPOINT",
+            "https://otlp-gateway.example.net/otlp",
+        ),
+        ("GRAFANA_CLOUD_INSTANCE_ID", "123456"),
+        ("GRAFANA_CLOUD_API_TOKEN", "glc_placeholder"),
+    ];
+    let (code, stdout, stderr) =
+        run_binary(&["check", "--config", path.to_str().expect("path")], &env);
+    assert_eq!(code, 0, "{name} does not pass check:\n{stdout}{stderr}");
+    assert!(
+        !stdout.contains("glc_placeholder"),
+        "{name}: check shows a secret"
+    );
+}
+
+#[tokio::test]
+async fn the_dockerfile_passes_hadolint_and_builds_what_the_readme_builds() {
+    let mut hadolint = tool(".venv-deploy", "hadolint");
+    hadolint.arg("deploy/Dockerfile");
+    assert_passes(hadolint).await;
+
+    let dockerfile = std::fs::read_to_string(repo("deploy/Dockerfile")).expect("Dockerfile");
+    let readme = std::fs::read_to_string(repo("README.md")).expect("README");
+    let build = "cargo build --release --locked";
+    assert!(
+        dockerfile.contains(&format!("RUN {build}\n")),
+        "the build stage runs `{build}`"
+    );
+    assert!(readme.contains(build), "the README documents `{build}`");
+    // The build context holds everything the manifest names: cargo refuses to build a
+    // package whose declared bench or test files are missing.
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).expect("Cargo.toml");
+    let mut needed = vec![
+        "Cargo.toml".to_owned(),
+        "Cargo.lock".to_owned(),
+        "src".to_owned(),
+    ];
+    let mut section = "";
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some(name) = line.strip_prefix("name = ")
+            && section == "[[bench]]"
+        {
+            needed.push(format!("benches/{}.rs", name.trim_matches('"')));
+        }
+    }
+    for path in needed {
+        assert!(
+            copied
+                .iter()
+                .any(|c| path == *c || path.starts_with(&format!("{c}/"))),
+            "deploy/Dockerfile does not copy {path} (copies {copied:?})"
+        );
+    }
+    assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("\"healthcheck\""));
+    assert!(dockerfile.contains("USER 65532"), "runs as a non-root user");
+    check_agent_config(
+        "deploy/docker/agent.yaml",
+        &std::fs::read_to_string(repo("deploy/docker/agent.yaml")).expect("config"),
+    );
+}
+
+#[tokio::test]
+async fn the_kubernetes_manifests_match_the_schemas_and_carry_valid_agent_configs() {
+    let manifests: Vec<PathBuf> = std::fs::read_dir(repo("deploy/kubernetes"))
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    let mut validate = tool(".venv-deploy", "kubernetes-validate");
+    validate.args(["--strict", "--quiet"]).args(&manifests);
+    assert_passes(validate).await;
+
+    let configmap = yaml(&repo("deploy/kubernetes/configmap.yaml"));
+    let configs = configmap["data"].as_object().expect("data");
+    assert!(configs.contains_key("agent.yaml") && configs.contains_key("agent-persistent.yaml"));
+    for (name, config) in configs {
+        check_agent_config(name, config.as_str().expect("text"));
+    }
+    // Each workload mounts a config the ConfigMap has, and limits the agent's memory
+    // above the hard limit of the configs (320MiB), so the agent refuses before it is killed.
+    for workload in [
+        "sidecar-classic.yaml",
+        "sidecar-native.yaml",
+        "statefulset-persistent.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo(&format!("deploy/kubernetes/{workload}")))
+            .expect("manifest");
+        let config = text
+            .split("/etc/daena-trace-agent/")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a --config argument");
+        assert!(configs.contains_key(config), "{workload} runs {config}");
+        assert!(text.contains("limits: { memory: 384Mi }"), "{workload}");
+        assert!(
+            text.contains("readOnlyRootFilesystem: true") && text.contains("runAsNonRoot: true")
+        );
+        for variable in [
+            "K8S_POD_NAME",
+            "K8S_NAMESPACE_NAME",
+            "K8S_NODE_NAME",
+            "K8S_POD_UID",
+        ] {
+            assert!(
+                text.contains(variable),
+                "{workload} sets {variable} from the downward API"
+            );
+        }
+    }
+    let native =
+        std::fs::read_to_string(repo("deploy/kubernetes/sidecar-native.yaml")).expect("manifest");
+    assert!(native.contains("initContainers") && native.contains("restartPolicy: Always"));
+}
+
+#[tokio::test]
+async fn the_compose_demo_is_valid_and_every_config_it_mounts_parses() {
+    let mut config = tool(".venv-compose", "docker-compose");
+    config.args(["-f", "deploy/docker-compose.yaml", "config", "-q"]);
+    assert_passes(config).await;
+
+    let compose = yaml(&repo("deploy/docker-compose.yaml"));
+    let services = compose["services"].as_object().expect("services");
+    for service in [
+        "daena-demo",
+        "agent",
+        "jaeger",
+        "tempo",
+        "prometheus",
+        "grafana",
+    ] {
+        assert!(services.contains_key(service), "{service}");
+    }
+    let agent_env = &services["agent"]["environment"]["AGENT_LISTEN_HOST"];
+    assert_eq!(
+        agent_env, "0.0.0.0",
+        "a separate container listens on all interfaces"
+    );
+    for (name, service) in services {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let source = volume
+                .as_str()
+                .expect("short volume syntax")
+                .split(':')
+                .next()
+                .expect("source");
+            let path = repo("deploy").join(source);
+            assert!(path.exists(), "{name} mounts {source}, which is missing");
+            if path.extension().is_some_and(|e| e == "yaml") {
+                yaml(&path);
+            }
+        }
+    }
+    check_agent_config(
+        "deploy/compose/agent.yaml",
+        &std::fs::read_to_string(repo("deploy/compose/agent.yaml")).expect("config"),
+    );
+    for provisioning in ["datasources/datasources.yaml", "dashboards/dashboards.yaml"] {
+        let parsed = yaml(&repo(&format!(
+            "deploy/grafana/provisioning/{provisioning}"
+        )));
+        assert_eq!(parsed["apiVersion"], 1, "{provisioning}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_leaves_room_above_the_hard_limit_and_keeps_the_queue() {
+    let unit =
+        std::fs::read_to_string(repo("deploy/systemd/daena-trace-agent.service")).expect("unit");
+    let config = std::fs::read_to_string(repo("deploy/systemd/config.yaml")).expect("config");
+    check_agent_config("deploy/systemd/config.yaml", &config);
+    assert!(unit.contains("MemoryMax=384M") && config.contains("hard: 320MiB"));
+    assert!(unit.contains("StateDirectory=daena-trace-agent"));
+    assert!(config.contains("dir: /var/lib/daena-trace-agent/queue"));
+    assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+}
