@@ -233,3 +233,76 @@ fn the_systemd_unit_leaves_room_above_the_hard_limit_and_keeps_the_queue() {
     assert!(config.contains("dir: /var/lib/daena-trace-agent/queue"));
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
 }
+
+/// The metric names a dashboard query reads: the words that name the agent's series.
+fn metric_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("daena_agent_") || word.starts_with("process_"))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
+    let text = std::fs::read_to_string(repo("deploy/grafana/daena-agent-dashboard.json"))
+        .expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "daena-trace-agent");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut queried = Vec::new();
+    for panel in panels {
+        assert!(
+            panel["title"].is_string() && panel["gridPos"].is_object(),
+            "{panel}"
+        );
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{}", panel["title"]);
+        for target in targets {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            queried.extend(metric_names(expr).into_iter().map(str::to_owned));
+        }
+    }
+    for wanted in [
+        "daena_agent_spans_received_total",
+        "daena_agent_spans_refused_total",
+        "daena_agent_spans_dropped_total",
+        "daena_agent_queue_spans",
+        "daena_agent_export_duration_seconds_bucket",
+        "daena_agent_sampling_traces_total",
+        "daena_agent_schema_errors_total",
+        "process_resident_memory_bytes",
+        "daena_agent_memory_soft_limit_bytes",
+    ] {
+        assert!(
+            queried.iter().any(|q| q == wanted),
+            "the dashboard shows {wanted}"
+        );
+    }
+
+    // A live agent after traffic: tail sampling on, so its series exist too.
+    let sink = Sink::grpc().await;
+    let agent = TestAgent::start(&agent_yaml(
+        &format!("  tempo:\n    protocol: grpc\n    endpoint: http://{}\n", sink.addr),
+        "processors:\n  sampling:\n    mode: tail\n    decision_wait: 100ms\n    policies: [{ name: all, type: ratio, ratio: 1.0 }]\n",
+    ))
+    .await;
+    grpc_export(agent.grpc_url(), council_request(5, 1), false)
+        .await
+        .expect("accepted");
+    sink.wait_for_spans(5).await;
+    agent
+        .wait_for_counter("daena_agent_spans_exported_total{exporter=\"tempo\"}", 5)
+        .await;
+    let metrics = agent.metrics().await;
+    let exported: Vec<&str> = metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    for name in &queried {
+        assert!(
+            exported.contains(&name.as_str()),
+            "the dashboard reads {name}, which the agent does not export:\n{metrics}"
+        );
+    }
+    agent.stop().await;
+}
