@@ -2,7 +2,9 @@
 //!
 //! For every input, neither `json::scan_request` nor `json::decode_request` panics, and
 //! whenever `decode_request` succeeds:
-//! - `scan_request` succeeds and its `spans` equals the decoded span count;
+//! - `scan_request` succeeds and its `spans` is at least the decoded span count: the scan
+//!   is the bound the receiver admits a request by, so it may count more (a member given
+//!   twice is counted twice, where the decoder keeps the last) but never fewer;
 //! - (cross-check) the decoded request, encoded as protobuf, is accepted by
 //!   `wire::scan_request` with the same span count.
 #![no_main]
@@ -27,9 +29,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let spans = span_count(&request);
     match scan {
-        Ok(scan) => assert_eq!(
-            scan.spans, spans,
-            "JSON scan counted {} spans, decode_request decoded {spans}",
+        Ok(scan) => assert!(
+            scan.spans >= spans,
+            "JSON scan counted {} spans, fewer than the {spans} decode_request decoded",
             scan.spans
         ),
         Err(error) => panic!("decode_request decoded {spans} spans but the JSON scan refused: {error}"),

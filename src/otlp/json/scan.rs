@@ -181,3 +181,32 @@ impl<'de> Visitor<'de> for Key {
         Ok((member, key.len()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_and_attributes_are_counted_by_where_they_sit() {
+        let body = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"a","value":{"stringValue":"x"}},{"key":"b","value":{"kvlistValue":{"values":[{"key":"c"},{"key":"d"},{"key":"e"}]}}}]},"scopeSpans":[{"spans":[{"name":"s","attributes":[]},{}]}]}]}"#;
+        let scan = scan_request(body).expect("valid JSON");
+        assert_eq!(scan.spans, 2);
+        assert_eq!(scan.most_attributes, 3, "the kvlist's entries");
+        assert!(scan.decoded_bytes > 2 * std::mem::size_of::<crate::otlp::Span>());
+    }
+
+    #[test]
+    fn a_member_given_twice_is_counted_twice_as_parsing_it_costs_both() {
+        // The decoder keeps the last copy; the bound counts both (found by fuzz/json_scan).
+        let body = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{}]}],"scopeSpans":[]}]}"#;
+        assert_eq!(scan_request(body).expect("valid JSON").spans, 1);
+        let decoded = crate::otlp::json::decode_request(body).expect("decodes");
+        assert_eq!(crate::otlp::span_count(&decoded.resource_spans), 0);
+    }
+
+    #[test]
+    fn what_is_not_json_is_refused_with_the_parser_s_reason() {
+        let error = scan_request(b"{\"resourceSpans\": [").expect_err("truncated");
+        assert!(error.to_string().contains("body is not valid JSON"), "{error}");
+    }
+}
