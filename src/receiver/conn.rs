@@ -20,6 +20,7 @@ use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::ReceiverEndpointConfig;
+use crate::log_limit::{LogLimit, REPEAT_INTERVAL};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ConnectionReason;
 
@@ -108,6 +109,8 @@ pub(super) struct Gate {
     permits: Arc<Semaphore>,
     max: u32,
     metrics: Arc<Metrics>,
+    /// Accept errors repeat every pause while their cause (e.g. no descriptor left) lasts.
+    accept_errors: LogLimit,
 }
 
 impl Gate {
@@ -123,6 +126,7 @@ impl Gate {
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
             metrics,
+            accept_errors: LogLimit::new(REPEAT_INTERVAL),
         }
     }
 
@@ -145,10 +149,13 @@ impl Gate {
                     }
                 },
                 Err(error) => {
-                    tracing::warn!(
-                        receiver = self.receiver,
-                        "cannot accept a connection: {error}; retrying in {ACCEPT_ERROR_PAUSE:?}"
-                    );
+                    if let Some(suppressed) = self.accept_errors.check() {
+                        tracing::warn!(
+                            receiver = self.receiver,
+                            suppressed,
+                            "cannot accept a connection: {error}; retrying every {ACCEPT_ERROR_PAUSE:?} (suppressed: accept errors not logged since the previous line)"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
