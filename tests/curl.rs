@@ -111,11 +111,14 @@ fn body_text(body: &[u8]) -> String {
     String::from_utf8_lossy(body).into_owned()
 }
 
-/// Runs the real `curl` against `url` (bounded); `None` when the machine has no curl.
-async fn curl(url: String) -> Option<(bool, String, String)> {
+/// Runs the real `curl` with `options` against `url` (bounded); `None` when the machine has
+/// no curl.
+async fn curl(options: &'static [&'static str], url: String) -> Option<(bool, String, String)> {
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "10", &url])
+            .args(["--silent", "--show-error", "--max-time", "10"])
+            .args(options)
+            .arg(&url)
             .output()
     })
     .await
@@ -134,18 +137,21 @@ async fn curl(url: String) -> Option<(bool, String, String)> {
 #[tokio::test]
 async fn the_real_curl_prints_the_line_on_both_ports() {
     let (agent, _sink) = agent_and_sink().await;
-    for (addr, line) in [
-        (agent.http.expect("http"), http_line()),
-        (agent.grpc.expect("grpc"), grpc_line()),
+    let (http, grpc) = (agent.http.expect("http"), agent.grpc.expect("grpc"));
+    // As the guide runs it (HTTP/1.1), and over HTTP/2 as a gRPC client's connection would be.
+    for (options, addr, line) in [
+        (&[][..], http, http_line()),
+        (&[][..], grpc, grpc_line()),
+        (&["--http2-prior-knowledge"][..], grpc, grpc_line()),
     ] {
-        let Some((success, stdout, stderr)) = curl(format!("http://{addr}")).await else {
+        let Some((success, stdout, stderr)) = curl(options, format!("http://{addr}")).await else {
             println!("no curl on this machine: only hyper's client asked");
             break;
         };
-        assert!(success, "curl failed against {addr}: {stderr}");
+        assert!(success, "curl {options:?} failed against {addr}: {stderr}");
         assert_eq!(
             stdout, line,
-            "curl's output against {addr}; stderr: {stderr}"
+            "curl {options:?}'s output against {addr}; stderr: {stderr}"
         );
     }
     // The gRPC port still serves gRPC once curl's HTTP/1 connection is gone.
