@@ -54,7 +54,8 @@ impl GrpcReceiver {
 
     /// Serves on `listener` until `stop` is cancelled, then finishes in-flight calls.
     ///
-    /// HTTP/1 requests are answered by [`answer_plain_http`] before any gRPC routing.
+    /// `GET /` and every HTTP/1 request are answered by `answer_plain_http` before any
+    /// gRPC routing.
     pub async fn serve(
         self,
         listener: TcpListener,
