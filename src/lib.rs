@@ -20,6 +20,8 @@
 //!   queue, in memory or on disk.
 //! - [`config`]: the YAML config, its defaults, validation and the `OTEL_EXPORTER_OTLP_*` fallback.
 //! - [`telemetry`]: the agent's own logs and counters.
+//! - [`log_limit`]: one line per interval for warnings that can repeat per request or
+//!   connection; it imports nothing of the crate, so every module may use it.
 //! - [`app`]: wiring only: builds the parts from the config and runs them until shutdown.
 
 #![forbid(unsafe_code)]
@@ -29,6 +31,7 @@
 pub mod app;
 pub mod config;
 pub mod exporter;
+pub mod log_limit;
 pub mod otlp;
 pub mod pipeline;
 pub mod processor;

@@ -178,7 +178,8 @@ async fn without_an_exporter_spans_are_printed_to_the_console() {
     .await;
     assert_eq!(status, 200);
     let started = Instant::now();
-    while agent.output().lines().count() < 3 {
+    // The resource's line, then one per span.
+    while agent.output().lines().count() < 4 {
         assert!(
             started.elapsed() < WAIT,
             "console printed: {}",
@@ -187,9 +188,15 @@ async fn without_an_exporter_spans_are_printed_to_the_console() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let output = agent.output();
-    let first = output.lines().next().expect("a line");
+    let mut lines = output.lines();
+    let resource = lines.next().expect("a line");
     assert!(
-        first.starts_with("daena-backend \"council.round\""),
+        resource.starts_with("resource {service.name=\"daena-backend\""),
+        "{resource}"
+    );
+    let first = lines.next().expect("a line");
+    assert!(
+        first.starts_with("daena-backend \"council.round\" kind=internal"),
         "{first}"
     );
     assert!(
@@ -355,7 +362,8 @@ async fn redacted_values_reach_neither_the_backend_nor_the_console_nor_the_logs(
         .expect("accepted");
     let spans = sink.wait_for_spans(2).await;
     let started = Instant::now();
-    while agent.output().lines().count() < 2 {
+    // The resource's line, then one per span.
+    while agent.output().lines().count() < 3 {
         assert!(
             started.elapsed() < WAIT,
             "console printed: {}",

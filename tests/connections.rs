@@ -380,3 +380,40 @@ async fn under_a_low_open_file_limit_a_flood_leaves_room_for_exports_and_metrics
         "open-file limit 128: {refused_count} flood connections refused, {accepted} spans accepted, {delivered} exported"
     );
 }
+
+#[tokio::test]
+async fn on_the_grpc_port_an_http1_head_that_stalls_is_closed_and_a_whole_one_answered_once() {
+    let sink = Sink::grpc().await;
+    let agent = TestAgent::start(&yaml(&sink, ", header_read_timeout: 500ms", "")).await;
+    let grpc = agent.grpc.expect("grpc");
+    let started = Instant::now();
+    let mut stalled = open(grpc, 5, b"GET / HTTP/1.1\r\nHost: agent\r\nUser-Ag").await;
+    // A whole head is answered, and its keep-alive connection closed after the one answer.
+    let mut whole = open(grpc, 1, b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .await
+        .remove(0);
+    let answer = read_until_closed(&mut whole, WAIT)
+        .await
+        .expect("answered and closed");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("OTLP/gRPC receiver"), "{text}");
+    for stream in &mut stalled {
+        assert!(
+            read_until_closed(stream, WAIT).await.is_some(),
+            "a stalled HTTP/1 connection was left open"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "closed before header_read_timeout: {:?}",
+        started.elapsed()
+    );
+    let closed = series("connections_closed", "grpc", "header_read_timeout");
+    assert_eq!(agent.wait_for_counter(&closed, 5).await, 5, "{closed}");
+    grpc_export(agent.grpc_url(), council_request(1, 1), false)
+        .await
+        .expect("gRPC served beside them");
+    assert_eq!(sink.wait_for_spans(1).await.len(), 1);
+    agent.stop().await;
+}

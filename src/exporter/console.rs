@@ -1,14 +1,19 @@
 //! Console exporter: one line per span on stdout, what a developer expects when no
 //! backend is configured.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Mutex;
 
-use super::{Delivered, ExportError, Exporter, Payload};
-use crate::otlp::{AnyValue, KeyValue, Resource, Span, Value};
+use prost::Message;
 
-/// Prints spans as `service span-name trace=… span=… parent=… duration=… status=… {attributes}`.
+use super::{Delivered, ExportError, Exporter, Payload};
+use crate::otlp::{AnyValue, KeyValue, Resource, ResourceSpans, Span, Value};
+
+/// Prints each resource of a batch once, as `resource {attributes}`, then one line per
+/// span of it: `service "name" kind=… trace=… span=… parent=… duration=…ms
+/// status=…("message") events=["name", …] {attributes}`.
 pub struct ConsoleExporter {
     out: Mutex<Box<dyn Write + Send>>,
 }
@@ -29,16 +34,7 @@ impl ConsoleExporter {
 
 impl Exporter for ConsoleExporter {
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        let mut text = String::new();
-        let mut printed = 0;
-        for rs in &payload.request().resource_spans {
-            let service = service_name(rs.resource.as_ref());
-            for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
-                format_span(&mut text, service, span);
-                text.push('\n');
-                printed += 1;
-            }
-        }
+        let (text, printed) = format_batch(&payload.request().resource_spans);
         let mut out = self.out.lock().map_err(|_| ExportError::Permanent {
             message: "console output is unusable after an earlier failure".into(),
         })?;
@@ -60,6 +56,45 @@ impl Exporter for ConsoleExporter {
             },
         })
     }
+}
+
+/// The batch's lines and how many spans they show: each distinct resource once, in the
+/// order it first appears, followed by the spans of every part of the batch it holds.
+fn format_batch(resource_spans: &[ResourceSpans]) -> (String, usize) {
+    // Equal resources have equal encodings; the batcher merges only adjacent ones.
+    let mut groups: Vec<(Option<&Resource>, Vec<&Span>)> = Vec::new();
+    let mut group_of: HashMap<Vec<u8>, usize> = HashMap::new();
+    for rs in resource_spans {
+        let key = rs
+            .resource
+            .as_ref()
+            .map(Message::encode_to_vec)
+            .unwrap_or_default();
+        let group = *group_of.entry(key).or_insert_with(|| {
+            groups.push((rs.resource.as_ref(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[group]
+            .1
+            .extend(rs.scope_spans.iter().flat_map(|ss| &ss.spans));
+    }
+    let mut text = String::new();
+    let mut printed = 0;
+    for (resource, spans) in groups.iter().filter(|(_, spans)| !spans.is_empty()) {
+        text.push_str("resource ");
+        write_attributes(
+            &mut text,
+            resource.map_or(&[][..], |r| r.attributes.as_slice()),
+        );
+        text.push('\n');
+        let service = service_name(*resource);
+        for span in spans {
+            format_span(&mut text, service, span);
+            text.push('\n');
+            printed += 1;
+        }
+    }
+    (text, printed)
 }
 
 fn service_name(resource: Option<&Resource>) -> &str {
@@ -86,10 +121,11 @@ fn format_span(out: &mut String, service: &str, span: &Span) {
         Some(2) => "error",
         _ => "unset",
     };
+    let _ = write!(out, "{service} {:?} kind=", span.name);
+    write_kind(out, span.kind);
     let _ = write!(
         out,
-        "{service} {:?} trace={} span={} parent={} duration={:.3}ms status={status}",
-        span.name,
+        " trace={} span={} parent={} duration={:.3}ms status={status}",
         const_hex::encode(&span.trace_id),
         const_hex::encode(&span.span_id),
         if span.parent_span_id.is_empty() {
@@ -99,11 +135,37 @@ fn format_span(out: &mut String, service: &str, span: &Span) {
         },
         duration_ns as f64 / 1e6,
     );
+    if let Some(message) = span.status.as_ref().map(|s| &s.message)
+        && !message.is_empty()
+    {
+        let _ = write!(out, "({message:?})");
+    }
     if !span.events.is_empty() {
-        let _ = write!(out, " events={}", span.events.len());
+        out.push_str(" events=[");
+        for (i, event) in span.events.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{:?}", event.name);
+        }
+        out.push(']');
     }
     out.push(' ');
     write_attributes(out, &span.attributes);
+}
+
+/// A span kind by its name in the OTLP enum, in lower case; a number OTLP does not
+/// define is printed as it came.
+fn write_kind(out: &mut String, kind: i32) {
+    let _ = match kind {
+        0 => write!(out, "unspecified"),
+        1 => write!(out, "internal"),
+        2 => write!(out, "server"),
+        3 => write!(out, "client"),
+        4 => write!(out, "producer"),
+        5 => write!(out, "consumer"),
+        other => write!(out, "{other}"),
+    };
 }
 
 fn write_attributes(out: &mut String, attributes: &[KeyValue]) {
@@ -149,7 +211,7 @@ fn write_value(out: &mut String, value: Option<&AnyValue>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::{ArrayValue, Status};
+    use crate::otlp::{ArrayValue, Event, Status};
 
     use crate::otlp::key_value as kv;
 
@@ -190,7 +252,13 @@ mod tests {
             delivered.message
         );
         let printed = String::from_utf8(out.0.lock().expect("lock").clone()).expect("utf-8");
-        assert_eq!(printed.lines().count(), 1, "{printed}");
+        assert_eq!(
+            printed,
+            format!(
+                "resource {{}}\n{}",
+                "unknown_service \"ok\" kind=unspecified trace= span= parent=- duration=0.000ms status=unset {}\n"
+            )
+        );
     }
 
     #[test]
@@ -199,12 +267,23 @@ mod tests {
             name: "council.round".into(),
             trace_id: vec![0xab; 16],
             span_id: vec![0x01; 8],
+            kind: 2,
             start_time_unix_nano: 1_000_000,
             end_time_unix_nano: 13_500_000,
             status: Some(Status {
                 code: 2,
-                message: String::new(),
+                message: "nbmf write failed: \"tier l3\" is full".into(),
             }),
+            events: vec![
+                Event {
+                    name: "retry".into(),
+                    ..Default::default()
+                },
+                Event {
+                    name: "exception".into(),
+                    ..Default::default()
+                },
+            ],
             attributes: vec![
                 kv("council.phase", Value::StringValue("scout".into())),
                 kv("llm.cas_hit", Value::BoolValue(true)),
@@ -224,7 +303,50 @@ mod tests {
         format_span(&mut line, "daena-backend", &span);
         assert_eq!(
             line,
-            "daena-backend \"council.round\" trace=abababababababababababababababab span=0101010101010101 parent=- duration=12.500ms status=error {council.phase=\"scout\", llm.cas_hit=true, n=3, tags=[0.5]}"
+            "daena-backend \"council.round\" kind=server trace=abababababababababababababababab span=0101010101010101 parent=- duration=12.500ms status=error(\"nbmf write failed: \\\"tier l3\\\" is full\") events=[\"retry\", \"exception\"] {council.phase=\"scout\", llm.cas_hit=true, n=3, tags=[0.5]}"
+        );
+    }
+
+    fn resource_spans(service: &str, pod: &str, names: &[&str]) -> ResourceSpans {
+        let mut rs = crate::otlp::request_named(names).resource_spans.remove(0);
+        rs.resource = Some(Resource {
+            attributes: vec![
+                kv("service.name", Value::StringValue(service.into())),
+                kv("k8s.pod.name", Value::StringValue(pod.into())),
+            ],
+            ..Default::default()
+        });
+        for (i, span) in rs.scope_spans[0].spans.iter_mut().enumerate() {
+            span.kind = i as i32 + 1;
+        }
+        rs
+    }
+
+    #[test]
+    fn each_resource_of_a_batch_is_printed_once_before_its_spans() {
+        let batch = [
+            resource_spans("council-api", "pod-1", &["round", "phase"]),
+            resource_spans("nbmf", "pod-2", &["write"]),
+            resource_spans("council-api", "pod-1", &["commit"]),
+            resource_spans("empty", "pod-3", &[]),
+        ];
+        let (text, printed) = format_batch(&batch);
+        assert_eq!(printed, 4);
+        let span = |service: &str, name: &str, kind: &str| {
+            format!(
+                "{service} \"{name}\" kind={kind} trace= span= parent=- duration=0.000ms status=unset {{}}"
+            )
+        };
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "resource {service.name=\"council-api\", k8s.pod.name=\"pod-1\"}".to_owned(),
+                span("council-api", "round", "internal"),
+                span("council-api", "phase", "server"),
+                span("council-api", "commit", "internal"),
+                "resource {service.name=\"nbmf\", k8s.pod.name=\"pod-2\"}".to_owned(),
+                span("nbmf", "write", "internal"),
+            ]
         );
     }
 }

@@ -16,7 +16,7 @@ use tonic_types::StatusExt;
 
 use super::http::{MAX_MESSAGE_CHARS, MAX_RESPONSE_BYTES};
 use super::retry::classify_grpc;
-use super::transport::{Destination, HttpVersions};
+use super::transport::{Destination, HttpVersions, error_chain};
 use super::{BuildError, Delivered, ExportError, Exporter, Payload};
 use crate::config::{Compression, ExporterConfig};
 use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
@@ -68,8 +68,9 @@ impl OtlpGrpcExporter {
             .await
             .map_err(|e| ExportError::Retryable {
                 message: format!(
-                    "the answer from {} broke off: {e}",
-                    self.destination.shown()
+                    "the answer from {} broke off: {}",
+                    self.destination.shown(),
+                    error_chain(&*e)
                 ),
                 retry_after: None,
             })?;

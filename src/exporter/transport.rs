@@ -2,6 +2,8 @@
 //! system roots unless `tls.ca_file` names the CA to trust), the configured headers, and
 //! the endpoint as logs may show it.
 
+use std::error::Error;
+use std::io;
 use std::sync::Arc;
 
 use hyper_rustls::HttpsConnector;
@@ -35,6 +37,8 @@ pub struct Destination {
     uri: Uri,
     /// The URL as logs may show it: without credentials.
     shown: String,
+    /// The `host:port` connections go to, for connection failures.
+    address: String,
     headers: HeaderMap,
     timeout: Duration,
 }
@@ -61,6 +65,7 @@ impl Destination {
         Ok(Self {
             client: client(name, config, versions)?,
             shown: without_credentials(&uri),
+            address: address_of(&uri),
             uri,
             headers: all,
             timeout: config.timeout,
@@ -82,9 +87,27 @@ impl Destination {
             .request(request)
             .await
             .map_err(|e| ExportError::Retryable {
-                message: format!("request to {} failed: {e}", self.shown),
+                message: self.failure(&e),
                 retry_after: None,
             })
+    }
+
+    /// What went wrong with a request the client could not complete, with the whole
+    /// chain of causes: `connect to 127.0.0.1:4317: connection refused`.
+    fn failure(&self, error: &hyper_util::client::legacy::Error) -> String {
+        // The client's own text ("client error (Connect)") names only the stage that
+        // failed; what failed is in its sources.
+        let cause = error
+            .source()
+            .map_or_else(|| error.to_string(), error_chain);
+        if error.is_connect() {
+            // hyper-util's connector says "tcp connect error" before the socket's error,
+            // which "connect to" already says.
+            let cause = cause.strip_prefix("tcp connect error: ").unwrap_or(&cause);
+            format!("connect to {}: {cause}", self.address)
+        } else {
+            format!("request to {} failed: {cause}", self.shown)
+        }
     }
 
     /// Runs one attempt within the exporter's timeout; running out of time is retryable.
@@ -141,6 +164,55 @@ fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderMap, 
         headers.insert(parsed_key, parsed_value);
     }
     Ok(headers)
+}
+
+/// The `host:port` a URL's requests connect to, the scheme's port when it names none.
+fn address_of(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    format!("{host}:{port}")
+}
+
+/// `error` and its sources as one line, `outer: inner: innermost`. A layer whose text is
+/// already in the line (a layer that prints its source's text itself) is not repeated,
+/// and an operating-system error reads as its description alone (`connection refused`).
+pub fn error_chain(error: &(dyn Error + 'static)) -> String {
+    let mut line = layer_text(error);
+    let mut next = error.source();
+    while let Some(source) = next {
+        let text = layer_text(source);
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        next = source.source();
+    }
+    line
+}
+
+/// One layer's own text: an OS error's description without its number, in lower case
+/// as the rest of the line (`Connection refused (os error 111)` → `connection refused`).
+fn layer_text(error: &(dyn Error + 'static)) -> String {
+    let text = error.to_string();
+    let Some(code) = error
+        .downcast_ref::<io::Error>()
+        .and_then(io::Error::raw_os_error)
+    else {
+        return text;
+    };
+    let description = text
+        .strip_suffix(&format!(" (os error {code})"))
+        .unwrap_or(&text);
+    let mut chars = description.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
 }
 
 /// The URL with any `user:password@` replaced, so it can be logged.
@@ -292,6 +364,81 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ExporterProtocol;
+    use crate::exporter::{Exporter, OtlpGrpcExporter, OtlpHttpExporter, Payload};
+
+    /// A loopback port nothing listens on: bound, read, and closed again.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    }
+
+    fn payload() -> Payload {
+        Payload::new(crate::otlp::SpanBatch::new(
+            crate::otlp::request_named(&["council.round"]).resource_spans,
+        ))
+    }
+
+    #[tokio::test]
+    async fn an_export_to_a_closed_port_names_the_address_and_the_refusal() {
+        let port = closed_port();
+        let endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let grpc = OtlpGrpcExporter::new(
+            "tempo",
+            &ExporterConfig::new(ExporterProtocol::Grpc, endpoint.clone()),
+        )
+        .expect("exporter");
+        let http = OtlpHttpExporter::new(
+            "grafana",
+            &ExporterConfig::new(ExporterProtocol::HttpProtobuf, endpoint),
+        )
+        .expect("exporter");
+        let expected = format!("connect to 127.0.0.1:{port}: connection refused");
+        for result in [grpc.export(&payload()).await, http.export(&payload()).await] {
+            match result {
+                Err(ExportError::Retryable { message, .. }) => {
+                    assert_eq!(message, expected);
+                }
+                other => panic!("expected a retryable failure, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_is_printed_whole_and_each_layer_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{text}")]
+        struct Layer {
+            text: &'static str,
+            source: Option<Box<dyn Error + Send + Sync>>,
+        }
+        let refused = io::Error::from_raw_os_error(111);
+        let chain = Layer {
+            text: "dns error",
+            source: Some(Box::new(Layer {
+                text: "lookup of tempo failed: no such host",
+                source: Some(Box::new(Layer {
+                    text: "no such host",
+                    source: Some(Box::new(refused)),
+                })),
+            })),
+        };
+        assert_eq!(
+            error_chain(&chain),
+            "dns error: lookup of tempo failed: no such host: connection refused"
+        );
+    }
+
+    #[test]
+    fn connections_go_to_the_urls_port_or_the_schemes() {
+        let address = |url: &str| address_of(&url.parse().expect("uri"));
+        assert_eq!(address("http://127.0.0.1:4317"), "127.0.0.1:4317");
+        assert_eq!(
+            address("https://user:pw@tempo.example.net/otlp"),
+            "tempo.example.net:443"
+        );
+        assert_eq!(address("http://[::1]/v1/traces"), "[::1]:80");
+    }
 
     #[test]
     fn credentials_in_the_url_are_not_shown() {

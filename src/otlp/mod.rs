@@ -8,6 +8,8 @@ pub mod json;
 use bytes::Bytes;
 use prost::Message;
 
+use crate::log_limit::{LogLimit, REPEAT_INTERVAL};
+
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -26,6 +28,9 @@ pub mod wire;
 pub const TRACE_SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 /// The gRPC path of `TraceService/Export`.
 pub const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A body the scan accepted that fails to decode would do so for every request of its kind.
+static UNDECODABLE_LOG: LogLimit = LogLimit::new(REPEAT_INTERVAL);
 
 /// The unit that flows through the pipeline: whole OTLP `ResourceSpans`, never re-modelled.
 ///
@@ -81,7 +86,9 @@ impl SpanBatch {
                 Ok(request) => self.decoded.extend(request.resource_spans),
                 Err(e) => {
                     self.undecodable += spans;
-                    tracing::error!(error = %e, spans, "A request the wire scan accepted failed to decode; its spans are lost (counted as dropped, reason undecodable)");
+                    if let Some(suppressed) = UNDECODABLE_LOG.check() {
+                        tracing::error!(error = %e, spans, suppressed, "A request the wire scan accepted failed to decode; its spans are lost (counted as dropped, reason undecodable; suppressed: such requests not logged since the previous line)");
+                    }
                 }
             }
         }

@@ -20,11 +20,12 @@ use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::ReceiverEndpointConfig;
+use crate::log_limit::{LogLimit, REPEAT_INTERVAL};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ConnectionReason;
 
-/// The length of the HTTP/2 connection preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
-const H2_PREFACE_LEN: usize = 24;
+/// The HTTP/2 connection preface, which a gRPC client sends first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long the accept loop waits after `accept` failed (e.g. out of descriptors), so that
 /// it does not spin while the condition lasts.
@@ -108,6 +109,8 @@ pub(super) struct Gate {
     permits: Arc<Semaphore>,
     max: u32,
     metrics: Arc<Metrics>,
+    /// Accept errors repeat every pause while their cause (e.g. no descriptor left) lasts.
+    accept_errors: LogLimit,
 }
 
 impl Gate {
@@ -123,6 +126,7 @@ impl Gate {
             permits: Arc::new(Semaphore::new(max as usize)),
             max,
             metrics,
+            accept_errors: LogLimit::new(REPEAT_INTERVAL),
         }
     }
 
@@ -145,10 +149,13 @@ impl Gate {
                     }
                 },
                 Err(error) => {
-                    tracing::warn!(
-                        receiver = self.receiver,
-                        "cannot accept a connection: {error}; retrying in {ACCEPT_ERROR_PAUSE:?}"
-                    );
+                    if let Some(suppressed) = self.accept_errors.check() {
+                        tracing::warn!(
+                            receiver = self.receiver,
+                            suppressed,
+                            "cannot accept a connection: {error}; retrying every {ACCEPT_ERROR_PAUSE:?} (suppressed: accept errors not logged since the previous line)"
+                        );
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                 }
             }
@@ -160,21 +167,21 @@ impl Gate {
         let _ = self.permits.acquire_many(self.max).await;
     }
 
-    /// The accepted connections as a stream for tonic, each closed if its HTTP/2 preface
-    /// does not arrive within `preface_timeout`.
+    /// The accepted connections as a stream for tonic, each closed if its opening (the
+    /// HTTP/2 preface, or an HTTP/1 request's head) does not arrive within `opening_timeout`.
     pub(super) fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
-        preface_timeout: Duration,
+        opening_timeout: Duration,
     ) -> impl Stream<Item = io::Result<Tracked>> {
         futures_util::stream::unfold((self, listener), move |(gate, listener)| async move {
             let (tcp, permit) = gate.accept(&listener).await;
             let tracked = Tracked {
                 tcp,
                 _permit: permit,
-                preface: Some((
-                    Box::pin(tokio::time::sleep(preface_timeout)),
-                    H2_PREFACE_LEN,
+                opening: Some((
+                    Box::pin(tokio::time::sleep(opening_timeout)),
+                    Opening::START,
                 )),
                 receiver: gate.receiver,
                 metrics: Arc::clone(&gate.metrics),
@@ -185,13 +192,14 @@ impl Gate {
 }
 
 /// An accepted gRPC connection: holds its place under `max_connections` until dropped, and
-/// fails its reads once the HTTP/2 preface is overdue, which hyper's HTTP/2 server does
-/// not time out by itself.
+/// fails its reads once its opening is overdue, which the server does not time out by
+/// itself: hyper's HTTP/2 server has no preface timeout, and tonic sets no timer for
+/// HTTP/1 (spoken on this port only to answer `curl`, one request per connection).
 pub(super) struct Tracked {
     tcp: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Until the preface has arrived: its deadline and how many of its bytes are missing.
-    preface: Option<(Pin<Box<Sleep>>, usize)>,
+    /// Until the opening has arrived: its deadline and how much of it has.
+    opening: Option<(Pin<Box<Sleep>>, Opening)>,
     receiver: &'static str,
     metrics: Arc<Metrics>,
 }
@@ -205,21 +213,87 @@ impl AsyncRead for Tracked {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
-        if let Some((deadline, missing)) = &mut this.preface {
-            *missing = missing.saturating_sub(buf.filled().len() - before);
-            if *missing == 0 {
-                this.preface = None;
+        if let Some((deadline, opening)) = &mut this.opening {
+            *opening = opening.read(&buf.filled()[before..]);
+            if *opening == Opening::Complete {
+                this.opening = None;
             } else if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
-                this.preface = None;
+                this.opening = None;
                 this.metrics
                     .closed_connection(this.receiver, ConnectionReason::HeaderReadTimeout);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the HTTP/2 connection preface did not arrive within header_read_timeout",
+                    "neither the HTTP/2 connection preface nor an HTTP/1 request's headers arrived within header_read_timeout",
                 )));
             }
         }
         polled
+    }
+}
+
+/// How much of a new connection's opening has arrived: the HTTP/2 preface, or, from the
+/// first byte that leaves it, the head of an HTTP/1 request (its request line and header
+/// lines, up to the empty line that ends them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// This many bytes of the HTTP/2 preface.
+    Preface(usize),
+    /// Part of an HTTP/1 request's head.
+    Http1Head {
+        /// Whether a byte other than a line end has arrived (empty lines before the
+        /// request line do not end the head).
+        content: bool,
+        /// Whether the current line is empty so far.
+        blank_line: bool,
+    },
+    /// All of it.
+    Complete,
+}
+
+impl Opening {
+    /// Nothing has arrived.
+    const START: Self = Self::Preface(0);
+
+    /// An HTTP/1 head of which nothing has arrived.
+    const HTTP1_START: Self = Self::Http1Head {
+        content: false,
+        blank_line: true,
+    };
+
+    /// The opening once `bytes` have arrived after what has.
+    fn read(self, bytes: &[u8]) -> Self {
+        bytes.iter().fold(self, |opening, &byte| opening.next(byte))
+    }
+
+    fn next(self, byte: u8) -> Self {
+        match self {
+            Self::Preface(matched) if H2_PREFACE[matched] == byte => {
+                if matched + 1 == H2_PREFACE.len() {
+                    Self::Complete
+                } else {
+                    Self::Preface(matched + 1)
+                }
+            }
+            // Not HTTP/2: the bytes so far began an HTTP/1 request.
+            Self::Preface(matched) => Self::HTTP1_START.read(&H2_PREFACE[..matched]).next(byte),
+            // hyper accepts lines ended by a bare `\n` as well as by `\r\n`.
+            Self::Http1Head {
+                content,
+                blank_line,
+            } => match byte {
+                b'\n' if content && blank_line => Self::Complete,
+                b'\n' => Self::Http1Head {
+                    content,
+                    blank_line: true,
+                },
+                b'\r' => self,
+                _ => Self::Http1Head {
+                    content: true,
+                    blank_line: false,
+                },
+            },
+            Self::Complete => Self::Complete,
+        }
     }
 }
 
@@ -281,6 +355,29 @@ mod tests {
         // Nothing left: one each, so that the receivers still serve someone.
         assert_eq!(cap_connections(&[512, 512], Some(64), 100), vec![1, 1]);
         assert_eq!(cap_connections(&[0, 512], Some(200), 100), vec![0, 100]);
+    }
+
+    #[test]
+    fn an_opening_is_complete_with_the_http2_preface_or_an_http1_head() {
+        let complete = |bytes: &[u8]| Opening::START.read(bytes) == Opening::Complete;
+        assert!(complete(H2_PREFACE));
+        assert!(!complete(&H2_PREFACE[..23]));
+        assert!(complete(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n"));
+        assert!(complete(b"GET / HTTP/1.1\nHost: agent\n\n"));
+        // POST shares its first byte with the preface.
+        assert!(complete(
+            b"POST /v1/traces HTTP/1.1\r\nContent-Length: 9\r\n\r\n"
+        ));
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: agent\r\n"));
+        assert!(!complete(b"POST /v1/traces HTTP/1.1\r\nContent-Ty"));
+        // Empty lines before a request line do not end its head.
+        assert!(!complete(b"\r\n\r\n\r\n"));
+        // Arriving in pieces changes nothing.
+        let pieces = [&b"G"[..], b"ET / HTTP/1.1\r", b"\n", b"\r", b"\n"];
+        let opening = pieces
+            .iter()
+            .fold(Opening::START, |opening, piece| opening.read(piece));
+        assert_eq!(opening, Opening::Complete);
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! OTLP/gRPC receiver: `TraceService/Export`, gzip accepted, size-limited.
+//!
+//! The port also speaks HTTP/1.1, only to answer `curl`: `GET /` says what listens here,
+//! any other HTTP/1 request gets a 404 naming the port's protocol, and an HTTP/1
+//! connection closes after its one answer.
 
 use std::convert::Infallible;
 use std::future::{Future, ready};
@@ -6,10 +10,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+use http::header::{CONNECTION, CONTENT_TYPE};
+use http::{HeaderValue, Method, StatusCode, Version};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::service::Routes;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -17,7 +26,7 @@ use bytes::Bytes;
 
 use super::body::{BodyReservation, ReservedBody};
 use super::conn::{ConnectionLimits, Gate};
-use super::{Intake, IntakeError, RETRY_AFTER, Refusal};
+use super::{Intake, IntakeError, RETRY_AFTER, Refusal, introduction};
 use crate::otlp::grpc_codec::OtlpCodec;
 use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME};
 use crate::telemetry::metrics::RefusalReason;
@@ -44,6 +53,9 @@ impl GrpcReceiver {
     }
 
     /// Serves on `listener` until `stop` is cancelled, then finishes in-flight calls.
+    ///
+    /// `GET /` and every HTTP/1 request are answered by `answer_plain_http` before any
+    /// gRPC routing.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -55,17 +67,65 @@ impl GrpcReceiver {
             limits.max_connections,
             Arc::clone(self.intake.metrics()),
         ));
+        let routes = Routes::new(self)
+            .into_axum_router()
+            .layer(axum::middleware::from_fn(answer_plain_http));
         tonic::transport::Server::builder()
+            .accept_http1(true)
             .max_concurrent_streams(limits.max_concurrent_streams)
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-            .add_service(self)
+            .add_routes(Routes::from(routes))
             .serve_with_incoming_shutdown(
                 gate.incoming(listener, limits.header_read_timeout),
                 stop.cancelled_owned(),
             )
             .await
     }
+}
+
+/// Answers what is not a gRPC call: `GET /` (what `curl` asks) with the receiver's one
+/// line, over either HTTP version, and any other HTTP/1 request with a 404 saying this port
+/// speaks gRPC over HTTP/2. Every HTTP/1 answer closes its connection, so that HTTP/1 here
+/// is one request whose head the connection gate timed, never a keep-alive connection
+/// outside its limits.
+async fn answer_plain_http(
+    request: axum::extract::Request,
+    next: Next,
+) -> axum::response::Response {
+    let http1 = request.version() < Version::HTTP_2;
+    let path = request.uri().path();
+    let send_to = TRACE_EXPORT_PATH.trim_start_matches('/');
+    let (status, text) = if path == "/" && matches!(*request.method(), Method::GET | Method::HEAD) {
+        (
+            StatusCode::OK,
+            introduction("OTLP/gRPC", &format!("send traces to {send_to}")),
+        )
+    } else if http1 {
+        (
+            StatusCode::NOT_FOUND,
+            format!(
+                "{path} is not served here: this port takes OTLP/gRPC over HTTP/2 ({send_to}); send OTLP/HTTP (http/protobuf) to the agent's OTLP/HTTP receiver (port 4318 by default)\n"
+            ),
+        )
+    } else {
+        return next.run(request).await;
+    };
+    let mut response = (
+        status,
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response();
+    if http1 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 impl NamedService for GrpcReceiver {

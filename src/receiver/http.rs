@@ -9,7 +9,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{BodyReservation, ReservedBody};
 use super::conn::{ConnectionLimits, Gate};
-use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal};
+use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal, introduction};
 use crate::config::format_duration;
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceResponse, RpcStatus, json};
 use crate::telemetry::Metrics;
@@ -55,17 +55,31 @@ impl HttpReceiver {
         }
     }
 
-    /// The routes: `/v1/traces` for POST, clear 404 and 405 answers for the rest.
+    /// The routes: `/v1/traces` for POST, `/` for GET (one line saying what answers, for
+    /// `curl`), clear 404 and 405 answers for the rest.
     pub fn router(self) -> Router {
         Router::new()
             .route(TRACES_PATH, post(export))
-            .method_not_allowed_fallback(|| async {
-                plain(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    format!(
-                        "{TRACES_PATH} accepts only POST with an OTLP ExportTraceServiceRequest"
-                    ),
-                )
+            .route(
+                "/",
+                get(|| async {
+                    plain(
+                        StatusCode::OK,
+                        introduction(
+                            "OTLP/HTTP",
+                            &format!("send traces with POST {TRACES_PATH} (protobuf or JSON)"),
+                        ),
+                    )
+                }),
+            )
+            .method_not_allowed_fallback(|request: Request| async move {
+                let path = request.uri().path();
+                let message = if path == TRACES_PATH {
+                    format!("{path} accepts only POST with an OTLP ExportTraceServiceRequest")
+                } else {
+                    format!("{path} answers only GET; send traces with POST {TRACES_PATH}")
+                };
+                plain(StatusCode::METHOD_NOT_ALLOWED, message)
             })
             .fallback(|request: Request| async move {
                 plain(

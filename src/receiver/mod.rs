@@ -28,6 +28,16 @@ use crate::telemetry::metrics::RefusalReason;
 /// How long a refused client is asked to wait before retrying.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The one line a receiver's port answers to `GET /`, so that the check the Daena tracing
+/// guide gives, `curl $OTEL_EXPORTER_OTLP_ENDPOINT`, shows the agent is there: which agent
+/// and version, which receiver, and how to send it traces.
+fn introduction(receiver: &str, how_to_send: &str) -> String {
+    format!(
+        "daena-trace-agent {}: {receiver} receiver; {how_to_send}\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// Why the pipeline could not take a request; the client should retry later.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
