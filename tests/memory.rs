@@ -19,6 +19,11 @@ fn yaml(sink: &Sink, receivers: &str, extra: &str) -> String {
     )
 }
 
+/// Held by the tests that load an agent process with heavy requests, one at a time: on a
+/// small machine two of them at once make each other's clients miss their deadlines, and
+/// each measures its own agent's peak memory.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Both receivers with their defaults.
 const BOTH: &str = "    grpc: { endpoint: 127.0.0.1:0 }\n    http: { endpoint: 127.0.0.1:0 }\n";
 
@@ -48,6 +53,7 @@ fn empty_spans_json(spans: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn amplifying_requests_are_refused_before_decoding_within_bounded_memory() {
+    let _heavy = HEAVY.lock().await;
     let sink = Sink::grpc().await;
     let mut agent = AgentProcess::with_config(&yaml(&sink, BOTH, ""), "info", &[]);
     let (grpc, http) = (agent.addr("OTLP/gRPC"), agent.addr("OTLP/HTTP"));
@@ -217,6 +223,7 @@ async fn post_json_retrying(url: &str, body: &[u8], attempts: usize) -> (u16, St
 
 #[tokio::test]
 async fn after_a_burst_the_agent_serves_at_once_and_gives_its_memory_back() {
+    let _heavy = HEAVY.lock().await;
     let sink = Sink::grpc().await;
     let receivers = "    http: { endpoint: 127.0.0.1:0, max_attributes_per_item: 200000 }\n";
     let mut agent = AgentProcess::with_config(&yaml(&sink, receivers, ""), "debug", &[]);
@@ -318,6 +325,7 @@ fn wide_resource_traces(traces: u32) -> daena_trace_agent::otlp::ExportTraceServ
 
 #[tokio::test]
 async fn a_wide_resource_in_the_tail_sampler_and_a_span_of_repeated_keys_stay_cheap() {
+    let _heavy = HEAVY.lock().await;
     use daena_trace_agent::otlp::Value;
     let sink = Sink::grpc().await;
     let receivers = "    grpc: { endpoint: 127.0.0.1:0, max_attributes_per_item: 400000 }\n";

@@ -207,6 +207,9 @@ mod tests {
     #[test]
     fn what_is_not_json_is_refused_with_the_parser_s_reason() {
         let error = scan_request(b"{\"resourceSpans\": [").expect_err("truncated");
-        assert!(error.to_string().contains("body is not valid JSON"), "{error}");
+        assert!(
+            error.to_string().contains("body is not valid JSON"),
+            "{error}"
+        );
     }
 }
