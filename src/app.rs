@@ -18,8 +18,10 @@ use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
 use crate::receiver::{Intake, RequestLimits};
 use crate::supervisor::{Supervisor, TaskFailure};
+use crate::telemetry::health::Health;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
+use crate::telemetry::server::{Phase, Telemetry};
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -66,6 +68,7 @@ pub struct Agent {
     http: Option<TcpListener>,
     telemetry: Option<TcpListener>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// Hands the allocator's free memory back to the system (the binary's `malloc_trim`).
     release_memory: Option<fn()>,
     /// Stages appended after the configured ones, to inject faults in tests.
@@ -107,6 +110,7 @@ impl Agent {
             http,
             telemetry,
             metrics: Arc::default(),
+            health: Arc::default(),
             release_memory: None,
             #[cfg(test)]
             extra_stages: Vec::new(),
@@ -140,6 +144,11 @@ impl Agent {
         Arc::clone(&self.metrics)
     }
 
+    /// Each exporter's health, as `/readyz` reads it.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
     /// Runs until `shutdown` completes, or until a task of the agent fails, then stops in
     /// order within `shutdown_timeout`. A failure is an error carrying the report.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<ShutdownReport, AppError> {
@@ -149,11 +158,17 @@ impl Agent {
             http,
             telemetry,
             metrics,
+            health,
             release_memory,
             #[cfg(test)]
             extra_stages,
         } = self;
         let supervisor = Supervisor::new();
+        let state = Arc::new(Telemetry::new(
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            supervisor.clone(),
+        ));
         let abandon = CancellationToken::new();
         let mut handles: Vec<ExporterHandle> = Vec::new();
         let mut exporter_tasks = Vec::new();
@@ -162,6 +177,7 @@ impl Agent {
                 metrics: Arc::clone(&metrics),
                 abandon: abandon.clone(),
                 supervisor: supervisor.clone(),
+                health: Arc::clone(&health),
             };
             let (handle, task) = exporter::start(name, exporter_config, tasks)?;
             handles.push(handle);
@@ -187,6 +203,7 @@ impl Agent {
         let stop_receivers = CancellationToken::new();
         let budget = config.memory_limit.budget();
         let memory_budget = metrics.memory_budget(budget.0);
+        metrics.memory_limits(config.memory_limit.soft.0, config.memory_limit.hard.0);
         let limiter = MemoryLimiter::start(
             config.memory_limit.soft.0,
             config.memory_limit.hard.0,
@@ -238,9 +255,10 @@ impl Agent {
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
                 "telemetry endpoint",
-                telemetry::server::serve(listener, Arc::clone(&metrics), stop_telemetry.clone()),
+                telemetry::server::serve(listener, Arc::clone(&state), stop_telemetry.clone()),
             )
         });
+        state.set_phase(Phase::Running);
 
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -257,6 +275,7 @@ impl Agent {
             _ = supervisor.failed() => {}
         }
         supervisor.stop();
+        state.set_phase(Phase::Stopping);
         let deadline = Instant::now() + config.shutdown_timeout;
         stop_receivers.cancel();
         // In-flight requests finish; past the deadline the servers are cut off.

@@ -82,7 +82,7 @@ impl Destination {
             .request(request)
             .await
             .map_err(|e| ExportError::Retryable {
-                message: format!("request to {} failed: {e}", self.shown),
+                message: format!("request to {} failed: {}", self.shown, error_chain(&e)),
                 retry_after: None,
             })
     }
@@ -104,6 +104,23 @@ impl Destination {
                 })
             })
     }
+}
+
+/// An error with its causes, e.g. `client error (Connect): tcp connect error: Connection
+/// refused (os error 111)`: the outermost alone hides why.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors already print their cause; it is said once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A pooled client for `config`'s endpoint; `versions` says what it may speak.
