@@ -418,9 +418,11 @@ impl Default for Metrics {
     }
 }
 
-/// Buckets of an export request's duration, 1 ms to about 33 s.
+/// Buckets of an export request's duration, 1 ms to 30 s.
 fn export_duration_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
 }
 
 /// Reasons a receiver counts refused spans for, by protocol.
