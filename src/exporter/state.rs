@@ -57,7 +57,7 @@ impl ExporterState {
                 exporter = %self.name,
                 outage = ?outage,
                 queued_spans,
-                "Export recovered after {}: the backend accepts batches again; {queued_spans} spans waiting in the queue are being delivered",
+                "Export recovered after {}: the backend accepts batches again ({queued_spans} spans waiting in the queue)",
                 humantime::format_duration(round_to_millis(outage))
             );
         }
@@ -69,7 +69,7 @@ impl ExporterState {
             tracing::warn!(
                 exporter = %self.name,
                 error,
-                "Export failing: {error}; batches are retried as configured and /readyz answers 503 until an export succeeds"
+                "Export failing; batches are retried as configured and /readyz answers 503 until an export succeeds"
             );
         }
     }
