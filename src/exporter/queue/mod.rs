@@ -97,9 +97,12 @@ impl ExporterHandle {
     /// Waits until the queue may take `payload` (or no longer takes anything); the pipeline
     /// waits here only when every exporter is full.
     pub async fn room(&self, payload: &Payload) {
-        self.state.filled(Filled::Blocking);
         match &*self.inlet {
-            QueueInput::Memory(queue) => queue.0.room(payload).await,
+            QueueInput::Memory(queue) => {
+                self.state.filled(Filled::Blocking);
+                queue.0.room(payload).await;
+            }
+            // The writer being behind is not a full queue: the writer reports that.
             QueueInput::Disk(writer) => {
                 // The permit goes back at once: only the pipeline sends, so the room stays.
                 let _ = writer.reserve().await;
