@@ -282,6 +282,43 @@ async fn readiness_follows_the_backend_while_liveness_stays_up() {
     agent.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_makes_the_agent_not_ready_until_it_drains() {
+    let sink = Sink::grpc().await;
+    sink.close_gate();
+    // One-span batches into a queue of two, exported one at a time: one batch held in
+    // flight at the backend and two queued fill it, and the next makes the pipeline wait.
+    let yaml = format!(
+        "receivers:\n  otlp:\n    grpc: {{ endpoint: 127.0.0.1:0 }}\ntelemetry: {{ endpoint: 127.0.0.1:0 }}\nbatch: {{ max_spans: 1, timeout: 50ms }}\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://{}\n    compression: none\n    timeout: 1m\n    retry: {{ initial_interval: 20ms, max_interval: 100ms }}\n    queue: {{ max_spans: 2, workers: 1 }}\n{NO_PROCESSORS}",
+        sink.addr
+    );
+    let agent = TestAgent::start(&yaml).await;
+    wait_for_status(&agent, "/readyz", 200).await;
+    for seed in 1..=4 {
+        grpc_export(agent.grpc_url(), council_request(1, seed), false)
+            .await
+            .expect("accepted");
+    }
+    let body = wait_for_status(&agent, "/readyz", 503).await;
+    assert_eq!(
+        body,
+        r#"{"ready":false,"reasons":[{"exporter":"tempo","queue_full":true}]}"#
+    );
+    assert_eq!(
+        counter_value(
+            &agent.metrics().await,
+            "daena_agent_queue_spans{exporter=\"tempo\"}"
+        ),
+        2
+    );
+    assert_eq!(get(&agent, "/healthz").await.0, 200);
+
+    sink.release_held_and_open_gate();
+    sink.wait_for_spans(4).await;
+    wait_for_status(&agent, "/readyz", 200).await;
+    agent.stop().await;
+}
+
 /// `GET /metrics` on a new connection; the status line, or `None` when the connection
 /// was closed without an answer (or none came within two seconds).
 async fn raw_get(addr: std::net::SocketAddr) -> Option<String> {
