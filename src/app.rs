@@ -20,9 +20,11 @@ use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
 use crate::receiver::{Intake, RequestLimits};
 use crate::supervisor::{Supervisor, TaskFailure};
+use crate::telemetry::health::Health;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
 use crate::telemetry::reload::{ReloadHandle, ReloadRequests, reload_channel};
+use crate::telemetry::server::{Phase, Telemetry};
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -69,6 +71,7 @@ pub struct Agent {
     http: Option<TcpListener>,
     telemetry: Option<TcpListener>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// Hands the allocator's free memory back to the system (the binary's `malloc_trim`).
     release_memory: Option<fn()>,
     /// Loads the config file again, for a reload.
@@ -115,6 +118,7 @@ impl Agent {
             http,
             telemetry,
             metrics: Arc::default(),
+            health: Arc::default(),
             release_memory: None,
             source: None,
             reload_handle,
@@ -166,6 +170,11 @@ impl Agent {
         Arc::clone(&self.metrics)
     }
 
+    /// Each exporter's health, as `/readyz` reads it.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
+    }
+
     /// Runs until `shutdown` completes, or until a task of the agent fails, then stops in
     /// order within `shutdown_timeout`. A failure is an error carrying the report.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<ShutdownReport, AppError> {
@@ -175,6 +184,7 @@ impl Agent {
             http,
             telemetry,
             metrics,
+            health,
             release_memory,
             source,
             reload_handle,
@@ -183,6 +193,10 @@ impl Agent {
             extra_stages,
         } = self;
         let supervisor = Supervisor::new();
+        let state = Arc::new(
+            Telemetry::new(Arc::clone(&metrics), Arc::clone(&health), supervisor.clone())
+                .with_reload(reload_handle.clone()),
+        );
         let abandon = CancellationToken::new();
         let mut handles: Vec<ExporterHandle> = Vec::new();
         let mut exporter_tasks = Vec::new();
@@ -192,6 +206,7 @@ impl Agent {
                 metrics: Arc::clone(&metrics),
                 abandon: abandon.clone(),
                 supervisor: supervisor.clone(),
+                health: Arc::clone(&health),
             };
             let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
             handles.push(handle);
@@ -220,6 +235,7 @@ impl Agent {
         let stop_receivers = CancellationToken::new();
         let budget = config.memory_limit.budget();
         let memory_budget = metrics.memory_budget(budget.0);
+        metrics.memory_limits(config.memory_limit.soft.0, config.memory_limit.hard.0);
         let limiter = MemoryLimiter::start(
             config.memory_limit.soft.0,
             config.memory_limit.hard.0,
@@ -271,14 +287,10 @@ impl Agent {
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
                 "telemetry endpoint",
-                telemetry::server::serve(
-                    listener,
-                    Arc::clone(&metrics),
-                    reload_handle.clone(),
-                    stop_telemetry.clone(),
-                ),
+                telemetry::server::serve(listener, Arc::clone(&state), stop_telemetry.clone()),
             )
         });
+        state.set_phase(Phase::Running);
 
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -313,6 +325,7 @@ impl Agent {
         }
         let config = reloader.current;
         supervisor.stop();
+        state.set_phase(Phase::Stopping);
         let deadline = Instant::now() + config.shutdown_timeout;
         stop_receivers.cancel();
         // In-flight requests finish; past the deadline the servers are cut off.

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
-    /// Where `/metrics` is served; `null` turns it off.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `null` turns it off.
     pub endpoint: Option<String>,
     /// `trace`, `debug`, `info`, `warn` or `error`.
     pub log_level: String,

@@ -11,6 +11,7 @@ pub mod http;
 pub mod persistent;
 pub mod queue;
 pub mod retry;
+pub mod state;
 pub mod swap;
 mod transport;
 mod wait;

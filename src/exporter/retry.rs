@@ -7,6 +7,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::state::ExporterState;
 use super::{ExportError, Exporter, Payload};
 use crate::config::RetryConfig;
 use crate::telemetry::Metrics;
@@ -64,25 +65,46 @@ pub enum Delivery {
     Abandoned,
 }
 
+/// Where an exporter's attempts are counted and reported.
+pub struct Reporting<'a> {
+    /// The exporter's name.
+    pub name: &'a str,
+    /// The agent's counters.
+    pub metrics: &'a Metrics,
+    /// The exporter's health, told every attempt's outcome.
+    pub state: &'a ExporterState,
+}
+
 /// Exports `payload` until it is delivered, refused, out of retries or abandoned,
-/// counting every outcome but abandonment, which the caller handles.
+/// counting every outcome but abandonment, which the caller handles, and reporting each
+/// attempt's outcome to the exporter's health.
 pub async fn deliver<E: Exporter>(
-    name: &str,
     exporter: &E,
     payload: &Payload,
     policy: &RetryPolicy,
-    metrics: &Metrics,
+    reporting: &Reporting<'_>,
     abandon: &CancellationToken,
 ) -> Delivery {
+    let Reporting {
+        name,
+        metrics,
+        state,
+    } = *reporting;
     let spans = payload.spans() as u64;
     let started = Instant::now();
     let mut attempt = 0;
     loop {
+        let attempt_started = Instant::now();
         let result = tokio::select! {
             biased;
             () = abandon.cancelled() => return Delivery::Abandoned,
             result = exporter.export(payload) => result,
         };
+        metrics.export_took(name, attempt_started.elapsed());
+        match &result {
+            Ok(_) => state.succeeded(),
+            Err(error) => state.failed(&error.to_string()),
+        }
         let (message, retry_after) = match result {
             Ok(delivered) => {
                 let rejected = delivered.rejected_spans.min(spans);
@@ -114,7 +136,8 @@ pub async fn deliver<E: Exporter>(
             return Delivery::Dropped;
         }
         metrics.export_failed(name, true);
-        tracing::warn!(exporter = name, error = %message, retry_in = ?delay, "Export failed; will retry");
+        // The outage was logged once when it began: a line per retry would only repeat it.
+        tracing::debug!(exporter = name, error = %message, retry_in = ?delay, "Export failed; will retry");
         tokio::select! {
             biased;
             () = abandon.cancelled() => return Delivery::Abandoned,
@@ -310,6 +333,22 @@ mod tests {
         }
     }
 
+    /// The health of exporter `t`, and the state its attempts are reported to.
+    fn exporter_state() -> (crate::telemetry::health::Health, ExporterState) {
+        let health = crate::telemetry::health::Health::default();
+        let state = ExporterState::new(
+            std::sync::Arc::from("t"),
+            health.register("t"),
+            std::sync::Arc::new(crate::exporter::queue::memory::BoundedQueue::new(
+                10,
+                1 << 20,
+                crate::config::OnFull::Block,
+            )),
+            (10, 1 << 20),
+        );
+        (health, state)
+    }
+
     fn payload() -> Payload {
         let batch = SpanBatch::new(vec![crate::otlp::ResourceSpans {
             scope_spans: vec![crate::otlp::ScopeSpans {
@@ -331,16 +370,23 @@ mod tests {
             Ok(Delivered::default()),
         ]);
         let metrics = Metrics::default();
+        let (health, state) = exporter_state();
         let delivery = deliver(
-            "t",
             &exporter,
             &payload(),
             &policy(Duration::from_secs(60)),
-            &metrics,
+            &Reporting {
+                name: "t",
+                metrics: &metrics,
+                state: &state,
+            },
             &CancellationToken::new(),
         )
         .await;
         assert_eq!(delivery, Delivery::Sent { retried: true });
+        let status = &health.exporters()[0];
+        assert!(!status.failing(), "the success ended the outage");
+        assert_eq!(status.last_error.as_deref(), Some("busy"));
         let calls = exporter.calls.lock().expect("lock").clone();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[1] - calls[0], Duration::from_secs(7));
@@ -361,16 +407,21 @@ mod tests {
             message: "bad".into(),
         })]);
         let metrics = Metrics::default();
+        let (health, state) = exporter_state();
         let delivery = deliver(
-            "t",
             &exporter,
             &payload(),
             &policy(Duration::from_secs(60)),
-            &metrics,
+            &Reporting {
+                name: "t",
+                metrics: &metrics,
+                state: &state,
+            },
             &CancellationToken::new(),
         )
         .await;
         assert_eq!(delivery, Delivery::Dropped);
+        assert!(health.exporters()[0].failing(), "a refusal is a failure");
         assert_eq!(exporter.calls.lock().expect("lock").len(), 1);
         assert!(metrics.render().contains(
             "daena_agent_spans_dropped_total{stage=\"exporter/t\",reason=\"rejected\"} 3"
@@ -388,12 +439,16 @@ mod tests {
         let exporter = scripted((0..50).map(|_| unavailable()).collect());
         let metrics = Metrics::default();
         let started = Instant::now();
+        let (_health, state) = exporter_state();
         let delivery = deliver(
-            "t",
             &exporter,
             &payload(),
             &policy(Duration::from_secs(20)),
-            &metrics,
+            &Reporting {
+                name: "t",
+                metrics: &metrics,
+                state: &state,
+            },
             &CancellationToken::new(),
         )
         .await;

@@ -257,6 +257,7 @@ impl<O: Outlet> Pipeline<O> {
     /// Sends what the batcher holds.
     async fn flush(&mut self) {
         if let Some((batch, acks)) = self.batching.flush() {
+            self.metrics.batch_sent(batch.span_count());
             self.outlet.send(batch, acks).await;
         }
         self.ledger.hold(self.held());
@@ -336,6 +337,7 @@ impl<O: Outlet> Pipeline<O> {
         let undecodable = self.batching.take_undecodable();
         self.count_undecodable(undecodable);
         for (batch, acks) in leaving {
+            self.metrics.batch_sent(batch.span_count());
             self.outlet.send(batch, acks).await;
         }
         self.ledger.hold(self.held());

@@ -41,6 +41,10 @@ impl DaenaNormaliser {
     /// Builds the stage from its config, whose `resource_from_env_values`
     /// [`Config::load`](crate::config::Config::load) has filled.
     pub fn new(config: &DaenaConfig, metrics: Arc<Metrics>) -> Self {
+        // Every schema key shows at 0 from the start, so an alert on its rate sees 0.
+        for field in SCHEMA {
+            metrics.schema_errors(field.key, 0);
+        }
         // A static resource attribute wins over one read from the environment.
         let mut resource: Vec<(String, String)> = config
             .resource_from_env_values

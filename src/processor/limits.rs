@@ -29,6 +29,10 @@ pub struct Limiter {
 impl Limiter {
     /// Builds the stage from its (validated) config.
     pub fn new(config: &LimitsConfig, metrics: Arc<Metrics>) -> Self {
+        // Every kind shows at 0 from the start, so an alert on its rate sees 0.
+        for kind in KINDS {
+            metrics.limited(kind, 0);
+        }
         Self {
             max_value_length: config.max_attribute_value_length.max(TRUNCATED.len() + 4),
             max_attributes: config.max_attributes,

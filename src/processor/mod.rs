@@ -43,6 +43,10 @@ pub fn build(config: &ProcessorsConfig, metrics: &Arc<Metrics>) -> Vec<Box<dyn P
     // Head sampling reads only trace ids, so it goes first and the stages never see the
     // spans it drops; tail policies read attributes, so the tail sampler goes last.
     let sampling = config.sampling.as_ref();
+    if let Some(sampling) = sampling {
+        let policies: Vec<&str> = sampling.policies.iter().map(|p| p.name.as_str()).collect();
+        metrics.declare_sampling(&policies);
+    }
     if let Some(head) = sampling.filter(|s| s.mode == SamplingMode::Head) {
         let sampler = HeadSampler::new(head.ratio.unwrap_or(1.0), Arc::clone(metrics));
         order.push(sampler.name());

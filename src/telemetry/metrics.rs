@@ -1,17 +1,29 @@
 //! Counters for what the agent accepted, refused, sent and dropped, by reason.
 //!
 //! Counted per request or per batch, never per span, so they cost nothing on the hot path.
+//! Every family is declared from the start, and every label set the agent knows of (each
+//! protocol, exporter and reason) is present at 0 before anything happens, so that a
+//! `rate()` alert sees 0 rather than no data. Gauges cheaper to read than to keep (queue
+//! depths, the resident set) are read at scrape time by collectors.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use super::memory::MemoryBudget;
+use super::memory::{MemoryBudget, resident_bytes};
+
+/// The receivers' protocols, as the `protocol` and `receiver` labels name them.
+const PROTOCOLS: [&str; 2] = ["grpc", "http"];
 
 /// Labels of a receiver counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +88,12 @@ struct ResultLabels {
 struct DecisionLabels {
     policy: String,
     outcome: &'static str,
+}
+
+/// Labels of the build-information series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 /// Why a receiver refused spans or a request.
@@ -210,13 +228,22 @@ pub struct Metrics {
     memory_budget_used: Gauge<u64, AtomicU64>,
     memory_budget_limit: Gauge<u64, AtomicU64>,
     config_reloads: Family<ResultLabels, Counter>,
+    memory_soft_limit: Gauge<u64, AtomicU64>,
+    memory_hard_limit: Gauge<u64, AtomicU64>,
+    batch_spans: Histogram,
+    export_duration: Family<ExporterLabels, Histogram, fn() -> Histogram>,
+    /// Each exporter's queue, read at scrape time.
+    queues: Arc<QueueDepths>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
     dropped_totals: [AtomicU64; 8],
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("daena_agent");
+        let mut root = Registry::default();
+        // The standard process gauge keeps its standard, unprefixed name.
+        root.register_collector(Box::new(ResidentMemory));
+        let registry = root.sub_registry_with_prefix("daena_agent");
         let received_spans = Family::default();
         let refused_spans = Family::default();
         let refused_requests = Family::default();
@@ -240,6 +267,12 @@ impl Default for Metrics {
         for result in ["applied", "refused"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
         }
+        let memory_soft_limit = Gauge::default();
+        let memory_hard_limit = Gauge::default();
+        let batch_spans = Histogram::new(exponential_buckets(1.0, 4.0, 11));
+        let export_duration: Family<ExporterLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(export_duration_histogram);
+        let queues = Arc::new(QueueDepths::default());
         registry.register(
             "spans_received",
             "Spans a receiver accepted and handed to the pipeline",
@@ -340,8 +373,36 @@ impl Default for Metrics {
             "Config reloads (SIGHUP, POST /-/reload), by result (applied, refused)",
             config_reloads.clone(),
         );
-        Self {
-            registry,
+        registry.register(
+            "memory_soft_limit_bytes",
+            "memory_limit.soft: above this resident set the receivers refuse new spans",
+            memory_soft_limit.clone(),
+        );
+        registry.register(
+            "memory_hard_limit_bytes",
+            "memory_limit.hard: the resident set at which the agent logs an error",
+            memory_hard_limit.clone(),
+        );
+        registry.register(
+            "batch_spans",
+            "Spans in each batch the pipeline hands to the exporters",
+            batch_spans.clone(),
+        );
+        registry.register(
+            "export_duration_seconds",
+            "Time of each export request to a backend (every attempt, failed ones included)",
+            export_duration.clone(),
+        );
+        registry.register(
+            "build",
+            "The agent's version",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        registry.register_collector(Box::new(Arc::clone(&queues)));
+        let metrics = Self {
+            registry: root,
             received_spans,
             refused_spans,
             refused_requests,
@@ -362,12 +423,264 @@ impl Default for Metrics {
             memory_budget_used,
             memory_budget_limit,
             config_reloads,
+            memory_soft_limit,
+            memory_hard_limit,
+            batch_spans,
+            export_duration,
+            queues,
             dropped_totals: Default::default(),
+        };
+        metrics.declare_receivers();
+        metrics
+    }
+}
+
+/// Buckets of an export request's duration, 1 ms to 30 s.
+fn export_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+/// Reasons a receiver counts refused spans for, by protocol.
+const SPAN_REFUSALS: [RefusalReason; 8] = [
+    RefusalReason::PipelineFull,
+    RefusalReason::ShuttingDown,
+    RefusalReason::MemoryLimit,
+    RefusalReason::MemoryBudget,
+    RefusalReason::RequestLimit,
+    RefusalReason::QueueFull,
+    RefusalReason::QueueWriteFailed,
+    RefusalReason::InvalidSpan,
+];
+
+/// Reasons both receivers count refused requests for.
+const REQUEST_REFUSALS: [RefusalReason; 3] = [
+    RefusalReason::Undecodable,
+    RefusalReason::TooLarge,
+    RefusalReason::MemoryBudget,
+];
+
+/// Reasons only the HTTP receiver counts refused requests for.
+const HTTP_REQUEST_REFUSALS: [RefusalReason; 3] = [
+    RefusalReason::RequestLimit,
+    RefusalReason::UnsupportedMediaType,
+    RefusalReason::BodyReadTimeout,
+];
+
+/// Reasons an exporter drops spans for.
+const EXPORTER_DROPS: [DropReason; 7] = [
+    DropReason::Rejected,
+    DropReason::PartiallyRejected,
+    DropReason::RetriesExhausted,
+    DropReason::Shutdown,
+    DropReason::QueueFull,
+    DropReason::Damaged,
+    DropReason::AgentFailure,
+];
+
+/// Reasons the pipeline drops acknowledged spans for.
+const PIPELINE_DROPS: [DropReason; 3] = [
+    DropReason::Shutdown,
+    DropReason::AgentFailure,
+    DropReason::Undecodable,
+];
+
+/// What waits in an exporter's queue, read when `/metrics` is scraped.
+pub trait QueueDepth: Send + Sync {
+    /// Spans and bytes waiting now (in memory: encoded bytes; on disk: segment bytes).
+    fn depth(&self) -> (u64, u64);
+}
+
+/// Every exporter's queue by name, rendered as `queue_spans` and `queue_bytes` gauges.
+#[derive(Default)]
+struct QueueDepths(Mutex<Vec<(String, Arc<dyn QueueDepth>)>>);
+
+impl std::fmt::Debug for QueueDepths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueDepths")
+    }
+}
+
+impl QueueDepths {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Arc<dyn QueueDepth>)>> {
+        // A list replaced whole per exporter: a panic cannot leave it half-written.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Collector for QueueDepths {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let depths: Vec<(String, (u64, u64))> = self
+            .lock()
+            .iter()
+            .map(|(name, queue)| (name.clone(), queue.depth()))
+            .collect();
+        let families = [
+            (
+                "queue_spans",
+                "Spans waiting in each exporter's queue, in memory or on disk",
+            ),
+            (
+                "queue_bytes",
+                "Bytes waiting in each exporter's queue, in memory or on disk",
+            ),
+        ];
+        for (i, (name, help)) in families.into_iter().enumerate() {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (exporter, (spans, bytes)) in &depths {
+                let labels = ExporterLabels {
+                    exporter: exporter.clone(),
+                };
+                let value = if i == 0 { *spans } else { *bytes };
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
         }
+        Ok(())
+    }
+}
+
+/// `process_resident_memory_bytes`, read from `/proc` at each scrape.
+#[derive(Debug)]
+struct ResidentMemory;
+
+impl Collector for ResidentMemory {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(resident_bytes().unwrap_or(0));
+        let metric = encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            None,
+            ConstGauge::<u64>::TYPE,
+        )?;
+        gauge.encode(metric)
     }
 }
 
 impl Metrics {
+    /// Creates every receiver series at 0: each protocol, and each reason it can refuse for.
+    fn declare_receivers(&self) {
+        for protocol in PROTOCOLS {
+            self.received(protocol, 0);
+            for reason in SPAN_REFUSALS {
+                self.refused_spans(protocol, reason, 0);
+            }
+            for reason in REQUEST_REFUSALS {
+                self.refused_request_series(protocol, reason);
+            }
+            let reasons = [
+                ConnectionReason::MaxConnections,
+                ConnectionReason::HeaderReadTimeout,
+            ];
+            for reason in reasons {
+                let labels = ConnectionLabels {
+                    receiver: protocol,
+                    reason: reason.label(),
+                };
+                drop(self.refused_connections.get_or_create(&labels));
+                drop(self.closed_connections.get_or_create(&labels));
+            }
+        }
+        for reason in HTTP_REQUEST_REFUSALS {
+            self.refused_request_series("http", reason);
+        }
+        for reason in [
+            ConnectionReason::IdleTimeout,
+            ConnectionReason::KeepaliveTimeout,
+        ] {
+            let labels = ConnectionLabels {
+                receiver: "http",
+                reason: reason.label(),
+            };
+            drop(self.closed_connections.get_or_create(&labels));
+        }
+        drop(self.closed_connections.get_or_create(&ConnectionLabels {
+            receiver: "grpc",
+            reason: ConnectionReason::KeepaliveTimeout.label(),
+        }));
+        for reason in PIPELINE_DROPS {
+            let labels = DropLabels {
+                stage: "pipeline".to_owned(),
+                reason: reason.label(),
+            };
+            drop(self.dropped_spans.get_or_create(&labels));
+        }
+    }
+
+    fn refused_request_series(&self, protocol: &'static str, reason: RefusalReason) {
+        let labels = RefusalLabels {
+            protocol,
+            reason: reason.label(),
+        };
+        drop(self.refused_requests.get_or_create(&labels));
+    }
+
+    /// Creates the exporter's series at 0 and shows its queue's depth from now on.
+    pub fn declare_exporter(&self, exporter: &str, queue: Arc<dyn QueueDepth>) {
+        let labels = ExporterLabels {
+            exporter: exporter.to_owned(),
+        };
+        drop(self.exported_spans.get_or_create(&labels));
+        drop(self.export_duration.get_or_create(&labels));
+        drop(self.queue_replayed.get_or_create(&labels));
+        drop(self.queue_damaged.get_or_create(&labels));
+        for kind in ["retried", "final"] {
+            drop(self.export_failures.get_or_create(&FailureLabels {
+                exporter: exporter.to_owned(),
+                kind,
+            }));
+        }
+        for reason in EXPORTER_DROPS {
+            drop(self.dropped_spans.get_or_create(&DropLabels {
+                stage: format!("exporter/{exporter}"),
+                reason: reason.label(),
+            }));
+        }
+        let mut queues = self.queues.lock();
+        queues.retain(|(name, _)| name != exporter);
+        queues.push((exporter.to_owned(), queue));
+    }
+
+    /// Creates the sampling series at 0: spans kept and dropped, late spans, and the tail
+    /// sampler's decisions for each of its `policies`.
+    pub fn declare_sampling(&self, policies: &[&str]) {
+        for kind in ["kept", "dropped"] {
+            drop(self.sampled_spans.get_or_create(&KindLabels { kind }));
+            drop(self.late_spans.get_or_create(&KindLabels { kind }));
+        }
+        let kept = policies.iter().copied().chain(["coherent_by"]);
+        for policy in kept {
+            drop(self.sampling_decisions.get_or_create(&DecisionLabels {
+                policy: policy.to_owned(),
+                outcome: "kept",
+            }));
+        }
+        drop(self.sampling_decisions.get_or_create(&DecisionLabels {
+            policy: "none".to_owned(),
+            outcome: "dropped",
+        }));
+    }
+
+    /// Shows the memory limits the limiter applies.
+    pub fn memory_limits(&self, soft: u64, hard: u64) {
+        self.memory_soft_limit.set(soft);
+        self.memory_hard_limit.set(hard);
+    }
+
+    /// Notes a batch the pipeline hands to the exporters.
+    pub fn batch_sent(&self, spans: usize) {
+        self.batch_spans.observe(spans as f64);
+    }
+
+    /// Notes how long one export request to a backend took.
+    pub fn export_took(&self, exporter: &str, took: Duration) {
+        self.export_duration
+            .get_or_create(&ExporterLabels {
+                exporter: exporter.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// Counts spans a receiver accepted.
     pub fn received(&self, protocol: &'static str, spans: u64) {
         self.received_spans
@@ -581,5 +894,51 @@ mod tests {
         assert!(text.contains(
             "daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"rejected\"} 7"
         ));
+    }
+
+    struct Fixed;
+
+    impl QueueDepth for Fixed {
+        fn depth(&self) -> (u64, u64) {
+            (12, 3400)
+        }
+    }
+
+    #[test]
+    fn every_family_is_declared_and_known_series_start_at_zero() {
+        let metrics = Metrics::default();
+        metrics.declare_exporter("tempo", Arc::new(Fixed));
+        metrics.memory_limits(256 << 20, 320 << 20);
+        let text = metrics.render();
+        for family in [
+            "# TYPE daena_agent_spans_received counter",
+            "# TYPE daena_agent_export_failures counter",
+            "# TYPE daena_agent_queue_spans gauge",
+            "# TYPE daena_agent_queue_bytes gauge",
+            "# TYPE daena_agent_batch_spans histogram",
+            "# TYPE daena_agent_export_duration_seconds histogram",
+            "# TYPE daena_agent_build info",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(text.contains(family), "{family} in\n{text}");
+        }
+        for series in [
+            "daena_agent_spans_received_total{protocol=\"grpc\"} 0",
+            "daena_agent_spans_refused_total{protocol=\"http\",reason=\"memory_limit\"} 0",
+            "daena_agent_spans_dropped_total{stage=\"exporter/tempo\",reason=\"retries_exhausted\"} 0",
+            "daena_agent_spans_dropped_total{stage=\"pipeline\",reason=\"agent_failure\"} 0",
+            "daena_agent_export_failures_total{exporter=\"tempo\",kind=\"final\"} 0",
+            "daena_agent_queue_spans{exporter=\"tempo\"} 12",
+            "daena_agent_queue_bytes{exporter=\"tempo\"} 3400",
+            "daena_agent_export_duration_seconds_count{exporter=\"tempo\"} 0",
+            "daena_agent_memory_soft_limit_bytes 268435456",
+            concat!(
+                "daena_agent_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
     }
 }

@@ -12,6 +12,7 @@ use crate::exporter::Payload;
 use crate::exporter::wait::wait_for;
 use crate::otlp::SpanBatch;
 use crate::pipeline::NotQueued;
+use crate::telemetry::metrics::QueueDepth;
 
 /// A [`SegmentLog`] shared by the exporter's writer and its workers.
 pub struct PersistentQueue {
@@ -96,5 +97,12 @@ impl PersistentQueue {
     /// Spans on disk not yet acknowledged by the backend.
     pub fn spans(&self) -> usize {
         self.lock().log.spans()
+    }
+}
+
+impl QueueDepth for PersistentQueue {
+    fn depth(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.log.spans() as u64, state.log.disk_bytes())
     }
 }

@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use crate::config::OnFull;
 use crate::exporter::Payload;
 use crate::exporter::wait::wait_for;
+use crate::telemetry::metrics::QueueDepth;
 
 /// Closes the queue when the last handle is dropped, so the worker drains and ends.
 pub struct Closer(pub Arc<BoundedQueue>);
@@ -155,6 +156,13 @@ impl BoundedQueue {
         drop(state);
         self.changed.notify_waiters();
         spans
+    }
+}
+
+impl QueueDepth for BoundedQueue {
+    fn depth(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.spans as u64, state.bytes as u64)
     }
 }
 

@@ -8,7 +8,6 @@ pub mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -19,12 +18,14 @@ use self::worker::{Backlog, Worker};
 use self::writer::{Appending, write_loop};
 use super::persistent::{LogOptions, OpenError, PersistentQueue};
 use super::retry::RetryPolicy;
+use super::state::{ExporterState, Filled};
 use super::{Exporter, Payload};
 use crate::config::{ExporterConfig, OnFull};
 use crate::pipeline::{Ack, NotQueued};
 use crate::supervisor::Supervisor;
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::DropReason;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::{DropReason, QueueDepth};
 
 /// The pipeline's end of one exporter's queue; the queue closes when the last clone drops.
 #[derive(Clone)]
@@ -32,8 +33,8 @@ pub struct ExporterHandle {
     name: Arc<str>,
     inlet: Arc<QueueInput>,
     metrics: Arc<Metrics>,
-    /// Whether the exporter sheds batches its peers took, so that the change is logged once.
-    shedding: Arc<AtomicBool>,
+    /// Whether its queue is full, reported to its health and logged once per change.
+    state: Arc<ExporterState>,
 }
 
 /// Where a handle puts batches.
@@ -67,11 +68,14 @@ impl ExporterHandle {
                 Err(mpsc::error::TrySendError::Closed(())) => Offered::Closed,
             },
         };
-        let taken = match offered {
+        match offered {
             Offered::Taken { dropped } => {
                 if dropped > 0 {
                     self.metrics
                         .dropped(&self.name, DropReason::QueueFull, dropped);
+                    self.state.filled(Filled::DroppingOldest);
+                } else {
+                    self.state.maybe_drained();
                 }
                 true
             }
@@ -87,17 +91,18 @@ impl ExporterHandle {
                 );
                 true
             }
-        };
-        if taken && self.shedding.swap(false, Ordering::Relaxed) {
-            tracing::info!(exporter = %self.name, "The exporter's queue has room again; it takes new batches");
         }
-        taken
     }
 
-    /// Waits until the queue may take `payload` (or no longer takes anything).
+    /// Waits until the queue may take `payload` (or no longer takes anything); the pipeline
+    /// waits here only when every exporter is full.
     pub async fn room(&self, payload: &Payload) {
         match &*self.inlet {
-            QueueInput::Memory(queue) => queue.0.room(payload).await,
+            QueueInput::Memory(queue) => {
+                self.state.filled(Filled::Blocking);
+                queue.0.room(payload).await;
+            }
+            // The writer being behind is not a full queue: the writer reports that.
             QueueInput::Disk(writer) => {
                 // The permit goes back at once: only the pipeline sends, so the room stays.
                 let _ = writer.reserve().await;
@@ -110,9 +115,7 @@ impl ExporterHandle {
     pub fn shed(&self, payload: &Payload) {
         self.metrics
             .dropped(&self.name, DropReason::QueueFull, payload.spans() as u64);
-        if !self.shedding.swap(true, Ordering::Relaxed) {
-            tracing::warn!(exporter = %self.name, "The exporter's queue is full while other exporters have room: its new batches are dropped (counted as queue_full) until it catches up");
-        }
+        self.state.filled(Filled::Shedding);
     }
 }
 
@@ -140,6 +143,8 @@ pub struct Tasks {
     pub abandon: CancellationToken,
     /// Watches the tasks: a panic in one fails the agent.
     pub supervisor: Supervisor,
+    /// Where each exporter reports its health, for `/readyz`.
+    pub health: Arc<Health>,
 }
 
 /// Starts the queue task for `exporter` (opening its persistent queue under
@@ -156,12 +161,24 @@ pub fn spawn<E: Exporter>(
         metrics,
         abandon,
         supervisor,
+        health,
     } = tasks;
     let queue = &config.queue;
     let name: Arc<str> = Arc::from(name);
-    let (inlet, backlog) = match &queue.dir {
+    let bounds = (queue.span_limit() as u64, queue.byte_limit());
+    let new_state = |depth: Arc<dyn QueueDepth>| {
+        metrics.declare_exporter(&name, Arc::clone(&depth));
+        Arc::new(ExporterState::new(
+            Arc::clone(&name),
+            health.register(&name),
+            depth,
+            bounds,
+        ))
+    };
+    let (inlet, backlog, state) = match &queue.dir {
         Some(dir) if queue.persistent => {
             let disk = open_persistent(&name, &dir.join(dir_name(&name)), config, &metrics)?;
+            let state = new_state(Arc::clone(&disk) as Arc<dyn QueueDepth>);
             let (tx, rx) = mpsc::channel(WRITER_QUEUE);
             supervisor.spawn(
                 format!("exporter {name} (persistent queue writer)"),
@@ -170,9 +187,10 @@ pub fn spawn<E: Exporter>(
                     rx,
                     Arc::clone(&name),
                     Arc::clone(&metrics),
+                    Arc::clone(&state),
                 ),
             );
-            (QueueInput::Disk(tx), Backlog::Disk(disk))
+            (QueueInput::Disk(tx), Backlog::Disk(disk), state)
         }
         _ => {
             let memory = Arc::new(BoundedQueue::new(
@@ -180,9 +198,11 @@ pub fn spawn<E: Exporter>(
                 usize::try_from(queue.byte_limit()).unwrap_or(usize::MAX),
                 queue.on_full,
             ));
+            let state = new_state(Arc::clone(&memory) as Arc<dyn QueueDepth>);
             (
                 QueueInput::Memory(Closer(Arc::clone(&memory))),
                 Backlog::Memory(memory),
+                state,
             )
         }
     };
@@ -190,7 +210,7 @@ pub fn spawn<E: Exporter>(
         name: Arc::clone(&name),
         inlet: Arc::new(inlet),
         metrics: Arc::clone(&metrics),
-        shedding: Arc::default(),
+        state: Arc::clone(&state),
     };
     let worker = Worker {
         name: Arc::clone(&name),
@@ -201,6 +221,7 @@ pub fn spawn<E: Exporter>(
         metrics,
         abandon,
         supervisor: supervisor.clone(),
+        state,
     };
     let task = supervisor.spawn(format!("exporter {name}"), worker.run(backlog));
     Ok((handle, task))

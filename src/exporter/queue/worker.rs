@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::memory::BoundedQueue;
 use crate::exporter::persistent::{PersistentQueue, Record};
-use crate::exporter::retry::{Delivery, RetryPolicy, deliver};
+use crate::exporter::retry::{Delivery, Reporting, RetryPolicy, deliver};
+use crate::exporter::state::ExporterState;
 use crate::exporter::{Exporter, Payload};
 use crate::supervisor::Supervisor;
 use crate::telemetry::Metrics;
@@ -54,6 +55,8 @@ pub struct Worker<E> {
     pub(super) metrics: Arc<Metrics>,
     pub(super) abandon: CancellationToken,
     pub(super) supervisor: Supervisor,
+    /// Its health and queue state, reported per attempt and per batch taken.
+    pub(super) state: Arc<ExporterState>,
 }
 
 impl<E: Exporter> Worker<E> {
@@ -95,6 +98,7 @@ impl<E: Exporter> Worker<E> {
                     () = self.abandon.cancelled() => break 'feed,
                     Some(joined) = in_flight.join_next() => {
                         limit = self.next_limit(limit, joined.ok());
+                        self.state.maybe_drained();
                     }
                 }
             }
@@ -106,6 +110,7 @@ impl<E: Exporter> Worker<E> {
                     None => break,
                 },
             };
+            self.state.maybe_drained();
             in_flight.spawn(self.export(entry));
             while let Some(joined) = in_flight.try_join_next() {
                 limit = self.next_limit(limit, joined.ok());
@@ -135,6 +140,7 @@ impl<E: Exporter> Worker<E> {
             self.abandon.clone(),
             self.supervisor.clone(),
         );
+        let state = Arc::clone(&self.state);
         let in_memory = match &entry {
             Entry::Memory(payload) => payload.spans() as u64,
             Entry::Disk(..) => 0,
@@ -175,7 +181,18 @@ impl<E: Exporter> Worker<E> {
                     }
                 },
             };
-            let delivery = deliver(&name, &*exporter, &payload, &policy, &metrics, &abandon).await;
+            let delivery = deliver(
+                &*exporter,
+                &payload,
+                &policy,
+                &Reporting {
+                    name: &name,
+                    metrics: &metrics,
+                    state: &state,
+                },
+                &abandon,
+            )
+            .await;
             match on_disk {
                 Some((queue, record)) if delivery != Delivery::Abandoned => queue.done(&record),
                 None if delivery == Delivery::Abandoned => {

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use super::refuse;
 use crate::exporter::Payload;
 use crate::exporter::persistent::PersistentQueue;
+use crate::exporter::state::{ExporterState, Filled};
 use crate::pipeline::{Ack, NotQueued};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::DropReason;
@@ -30,6 +31,7 @@ pub async fn write_loop(
     mut rx: mpsc::Receiver<Appending>,
     name: Arc<str>,
     metrics: Arc<Metrics>,
+    state: Arc<ExporterState>,
 ) {
     let mut group = Vec::with_capacity(WRITE_GROUP);
     while rx.recv_many(&mut group, WRITE_GROUP).await > 0 {
@@ -48,10 +50,18 @@ pub async fn write_loop(
                 Ok(dropped) => {
                     if dropped > 0 {
                         metrics.dropped(&name, DropReason::QueueFull, dropped as u64);
+                        state.filled(Filled::DroppingOldest);
+                    } else {
+                        state.maybe_drained();
                     }
                     appending.acks.into_iter().for_each(Ack::confirm);
                 }
-                Err(reason) => refuse(&name, &metrics, appending.acks, reason, spans),
+                Err(reason) => {
+                    if reason == NotQueued::Full {
+                        state.filled(Filled::RefusingClients);
+                    }
+                    refuse(&name, &metrics, appending.acks, reason, spans);
+                }
             }
         }
     }
