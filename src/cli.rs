@@ -68,8 +68,10 @@ impl Cli {
                     || "no config file (defaults and environment)".to_owned(),
                     |p| p.display().to_string(),
                 );
-                println!("# {source}: valid. Effective config (secrets masked):");
-                println!("{}", config.masked().to_yaml().trim_end());
+                say(&format!(
+                    "# {source}: valid. Effective config (secrets masked):\n{}",
+                    config.masked().to_yaml().trim_end()
+                ));
                 ExitCode::SUCCESS
             }
             Some(Command::Healthcheck) => healthcheck(&config),
@@ -156,15 +158,15 @@ fn healthcheck(config: &Config) -> ExitCode {
         });
     match answer {
         Ok((200, _)) => {
-            println!("ready");
+            say("ready");
             ExitCode::SUCCESS
         }
         Ok((status, body)) => {
-            println!("not ready: {}", describe_not_ready(status, &body));
+            say(&format!("not ready: {}", describe_not_ready(status, &body)));
             ExitCode::FAILURE
         }
         Err(error) => {
-            println!("not ready: cannot reach http://{addr}/readyz: {error:#}");
+            say(&format!("not ready: cannot reach http://{addr}/readyz: {error:#}"));
             ExitCode::FAILURE
         }
     }
@@ -241,6 +243,13 @@ fn describe_not_ready(status: u16, body: &[u8]) -> String {
         })
         .collect();
     described.join("; ")
+}
+
+/// Prints a line to standard output; a reader that went away (`check | head`) is not an
+/// error worth a panic, which `println!` would make of it.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 /// Completes on the first SIGINT or SIGTERM; a second one exits at once.

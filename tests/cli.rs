@@ -55,6 +55,22 @@ fn check_prints_the_effective_config_with_every_secret_masked() {
 }
 
 #[test]
+fn check_into_a_reader_that_stops_early_exits_cleanly() {
+    // `check | head -1`: the reader goes away before the config is printed.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let mut child = binary_command(&["check", "--config", path], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
 fn check_reports_every_error_at_once_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = "exporters:\n  tempo:\n    protocol: grpc\n  broken:\n    protocol: http/protobuf\n    endpoint: ftp://nowhere\nbatch: { max_spans: 0 }\n";
