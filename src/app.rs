@@ -20,6 +20,7 @@ use crate::receiver::{Intake, RequestLimits};
 use crate::supervisor::{Supervisor, TaskFailure};
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
+use crate::telemetry::mix::DaenaMix;
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -171,8 +172,9 @@ impl Agent {
         let (tx, inbox) = pipeline::queue(config.pipeline.max_pending_requests);
         let ledger = inbox.ledger();
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
+        let mix = Arc::new(DaenaMix::default());
         #[cfg_attr(not(test), allow(unused_mut))]
-        let mut processors = processor::build(&config.processors, &metrics);
+        let mut processors = processor::build(&config.processors, &metrics, &mix);
         #[cfg(test)]
         processors.extend(extra_stages);
         let pipeline = Pipeline::new(

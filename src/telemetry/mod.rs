@@ -1,8 +1,10 @@
-//! The agent's own telemetry: its logs and the counters every stage keeps.
+//! The agent's own telemetry: its logs, the counters every stage keeps, and the Daena mix
+//! of recent spans.
 
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod mix;
 pub mod server;
 
 pub use metrics::Metrics;
