@@ -18,9 +18,11 @@ use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
 use crate::receiver::{Intake, RequestLimits};
 use crate::supervisor::{Supervisor, TaskFailure};
+use crate::telemetry::health::Health;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
 use crate::telemetry::mix::DaenaMix;
+use crate::telemetry::status::{self, MemoryLimits};
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -237,10 +239,26 @@ impl Agent {
             ));
         }
         let stop_telemetry = CancellationToken::new();
+        let limits = MemoryLimits {
+            soft: config.memory_limit.soft.0,
+            hard: config.memory_limit.hard.0,
+            budget: budget.0,
+        };
+        let status = status::routes(
+            Arc::clone(&metrics),
+            Arc::new(Health::default()),
+            mix,
+            limits,
+        );
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
                 "telemetry endpoint",
-                telemetry::server::serve(listener, Arc::clone(&metrics), stop_telemetry.clone()),
+                telemetry::server::serve(
+                    listener,
+                    Arc::clone(&metrics),
+                    status,
+                    stop_telemetry.clone(),
+                ),
             )
         });
 

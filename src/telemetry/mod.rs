@@ -1,11 +1,12 @@
-//! The agent's own telemetry: its logs, the counters every stage keeps, and the Daena mix
-//! of recent spans.
+//! The agent's own telemetry: its logs, the counters every stage keeps, and the status
+//! page that shows them to a person.
 
 pub mod health;
 pub mod memory;
 pub mod metrics;
 pub mod mix;
 pub mod server;
+pub mod status;
 
 pub use metrics::Metrics;
 

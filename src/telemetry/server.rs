@@ -13,6 +13,7 @@ use super::Metrics;
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    status: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let router = Router::new().route(
@@ -30,7 +31,7 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, router)
+    axum::serve(listener, router.merge(status))
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
 }
