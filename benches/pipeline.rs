@@ -90,7 +90,7 @@ fn stages(c: &mut Criterion) {
         ("processor_limits", only(false, false, true)),
     ];
     for (label, config) in configs {
-        let mut processors = processor::build(&config, &Arc::default());
+        let mut processors = processor::build(&config, &Arc::default(), &Arc::default());
         group.bench_function(label, |b| {
             b.iter_batched(
                 // Decoded as the pipeline decodes it (a clone would size every Vec exactly).
@@ -139,7 +139,11 @@ fn repeated_keys(c: &mut Criterion) {
     use daena_trace_agent::otlp::{ResourceSpans, ScopeSpans, Span, Value, key_value};
     let mut group = c.benchmark_group("one_span_of_repeated_keys");
     group.sample_size(10);
-    let mut processors = processor::build(&ProcessorsConfig::default(), &Arc::default());
+    let mut processors = processor::build(
+        &ProcessorsConfig::default(),
+        &Arc::default(),
+        &Arc::default(),
+    );
     for n in [1_000usize, 10_000, 100_000] {
         let span = Span {
             name: "llm.call".into(),

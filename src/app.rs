@@ -23,8 +23,10 @@ use crate::supervisor::{Supervisor, TaskFailure};
 use crate::telemetry::health::Health;
 use crate::telemetry::memory::MemoryLimiter;
 use crate::telemetry::metrics::DropReason;
+use crate::telemetry::mix::DaenaMix;
 use crate::telemetry::reload::{ReloadHandle, ReloadRequests, reload_channel};
 use crate::telemetry::server::{Phase, Telemetry};
+use crate::telemetry::status::{self, MemoryLimits};
 use crate::telemetry::{self, Metrics};
 
 /// Why the agent could not start or had to stop.
@@ -194,8 +196,12 @@ impl Agent {
         } = self;
         let supervisor = Supervisor::new();
         let state = Arc::new(
-            Telemetry::new(Arc::clone(&metrics), Arc::clone(&health), supervisor.clone())
-                .with_reload(reload_handle.clone()),
+            Telemetry::new(
+                Arc::clone(&metrics),
+                Arc::clone(&health),
+                supervisor.clone(),
+            )
+            .with_reload(reload_handle.clone()),
         );
         let abandon = CancellationToken::new();
         let mut handles: Vec<ExporterHandle> = Vec::new();
@@ -217,8 +223,9 @@ impl Agent {
         let (tx, inbox) = pipeline::queue(config.pipeline.max_pending_requests);
         let ledger = inbox.ledger();
         let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
+        let mix = Arc::new(DaenaMix::default());
         #[cfg_attr(not(test), allow(unused_mut))]
-        let mut processors = processor::build(&config.processors, &metrics);
+        let mut processors = processor::build(&config.processors, &metrics, &mix);
         #[cfg(test)]
         processors.extend(extra_stages);
         let pipeline = Pipeline::new(
@@ -284,10 +291,26 @@ impl Agent {
             ));
         }
         let stop_telemetry = CancellationToken::new();
+        let limits = MemoryLimits {
+            soft: config.memory_limit.soft.0,
+            hard: config.memory_limit.hard.0,
+            budget: budget.0,
+        };
+        let status = status::routes(
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+            Arc::clone(&mix),
+            limits,
+        );
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
                 "telemetry endpoint",
-                telemetry::server::serve(listener, Arc::clone(&state), stop_telemetry.clone()),
+                telemetry::server::serve(
+                    listener,
+                    Arc::clone(&state),
+                    status,
+                    stop_telemetry.clone(),
+                ),
             )
         });
         state.set_phase(Phase::Running);
@@ -304,6 +327,7 @@ impl Agent {
             stages,
             exporters,
             metrics: Arc::clone(&metrics),
+            mix: Arc::clone(&mix),
         };
         drop(reload_handle);
         tokio::pin!(shutdown);

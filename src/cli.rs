@@ -166,7 +166,9 @@ fn healthcheck(config: &Config) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(error) => {
-            say(&format!("not ready: cannot reach http://{addr}/readyz: {error:#}"));
+            say(&format!(
+                "not ready: cannot reach http://{addr}/readyz: {error:#}"
+            ));
             ExitCode::FAILURE
         }
     }

@@ -13,6 +13,7 @@ use crate::exporter::{AnyExporter, SwappableExporter};
 use crate::pipeline::StageSwap;
 use crate::processor;
 use crate::telemetry::Metrics;
+use crate::telemetry::mix::DaenaMix;
 use crate::telemetry::reload::{ReloadError, ReloadOutcome};
 
 /// Loads the config file again, as the agent was started with it.
@@ -25,6 +26,8 @@ pub(super) struct Reloader {
     pub(super) stages: mpsc::Sender<StageSwap>,
     pub(super) exporters: BTreeMap<String, SwappableExporter>,
     pub(super) metrics: Arc<Metrics>,
+    /// The Daena mix the status page shows, fed by the daena stage (old and new).
+    pub(super) mix: Arc<DaenaMix>,
 }
 
 impl Reloader {
@@ -59,7 +62,7 @@ impl Reloader {
         if new.processors != self.current.processors {
             let (done, swapped) = oneshot::channel();
             let swap = StageSwap {
-                stages: processor::build(&new.processors, &self.metrics),
+                stages: processor::build(&new.processors, &self.metrics, &self.mix),
                 done,
             };
             self.stages

@@ -13,6 +13,7 @@ use super::{SpanStage, flush_counts, work};
 use crate::config::DaenaConfig;
 use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, Value, key_value};
 use crate::telemetry::Metrics;
+use crate::telemetry::mix::{DaenaMix, MixTally};
 
 /// The span attribute naming the Daena component a span belongs to.
 pub const COMPONENT: &str = "daena.component";
@@ -35,12 +36,17 @@ pub struct DaenaNormaliser {
     /// Schema errors of the current batch, per schema row; flushed to the metrics per batch.
     errors: [u64; FIELDS],
     keys: KeyCache<KeyClass>,
+    /// The status page's Daena mix, given this stage's tally once per batch.
+    mix: Arc<DaenaMix>,
+    /// The current batch's spans per component, council phase and LLM model.
+    tally: MixTally,
 }
 
 impl DaenaNormaliser {
     /// Builds the stage from its config, whose `resource_from_env_values`
-    /// [`Config::load`](crate::config::Config::load) has filled.
-    pub fn new(config: &DaenaConfig, metrics: Arc<Metrics>) -> Self {
+    /// [`Config::load`](crate::config::Config::load) has filled; it counts the spans it
+    /// sees in `mix`.
+    pub fn new(config: &DaenaConfig, metrics: Arc<Metrics>, mix: Arc<DaenaMix>) -> Self {
         // Every schema key shows at 0 from the start, so an alert on its rate sees 0.
         for field in SCHEMA {
             metrics.schema_errors(field.key, 0);
@@ -65,6 +71,8 @@ impl DaenaNormaliser {
             metrics,
             errors: [0; FIELDS],
             keys: KeyCache::new(),
+            mix,
+            tally: MixTally::default(),
         }
     }
 
@@ -137,6 +145,11 @@ impl DaenaNormaliser {
         }
 
         let component = found.component(&span.name);
+        self.tally.span(
+            component,
+            canonical_string(span, &found, &failed, row::COUNCIL_PHASE),
+            canonical_string(span, &found, &failed, row::LLM_MODEL),
+        );
         if self.semconv_mirror {
             mirror(span, &found, &failed);
         }
@@ -202,6 +215,10 @@ impl SpanStage for DaenaNormaliser {
         flush_counts(&mut self.errors, SCHEMA.iter().map(|f| f.key), |key, n| {
             metrics.schema_errors(key, n);
         });
+        if !self.tally.is_empty() {
+            self.mix.add(&self.tally);
+            self.tally.reset();
+        }
     }
 }
 
@@ -301,15 +318,24 @@ impl Found {
     }
 }
 
+/// The string value of schema `row` on `span` once normalised; `None` when the span lacks
+/// it or its value could not be normalised.
+fn canonical_string<'a>(
+    span: &'a Span,
+    found: &Found,
+    failed: &[bool; FIELDS],
+    row: usize,
+) -> Option<&'a str> {
+    let (i, _) = found.rows[row]?;
+    if failed[row] {
+        return None;
+    }
+    string_of(&span.attributes[i])
+}
+
 /// Adds the `gen_ai.*` and `messaging.*` attributes the span lacks.
 fn mirror(span: &mut Span, found: &Found, failed: &[bool; FIELDS]) {
-    let value_of = |row: usize| -> Option<String> {
-        let (i, _) = found.rows[row]?;
-        if failed[row] {
-            return None;
-        }
-        string_of(&span.attributes[i]).map(str::to_owned)
-    };
+    let value_of = |row: usize| canonical_string(span, found, failed, row).map(str::to_owned);
     let mut added = Vec::new();
     if let Some(model) = value_of(row::LLM_MODEL).filter(|_| !found.mirrors[0]) {
         added.push(key_value(MIRRORS[0], Value::StringValue(model)));

@@ -20,16 +20,23 @@ use std::sync::Arc;
 use crate::config::{ProcessorsConfig, SamplingMode};
 use crate::otlp::{Resource, Span, SpanBatch};
 use crate::telemetry::Metrics;
+use crate::telemetry::mix::DaenaMix;
 
 /// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
 /// others see canonical keys), redact (before limits, so a cut can never leave half a
-/// secret behind), limits. Head sampling runs before them, tail sampling after.
-pub fn build(config: &ProcessorsConfig, metrics: &Arc<Metrics>) -> Vec<Box<dyn Processor>> {
+/// secret behind), limits. Head sampling runs before them, tail sampling after. The daena
+/// stage counts the spans it sees in `mix`, for the status page.
+pub fn build(
+    config: &ProcessorsConfig,
+    metrics: &Arc<Metrics>,
+    mix: &Arc<DaenaMix>,
+) -> Vec<Box<dyn Processor>> {
     let mut stages: Vec<Box<dyn SpanStage>> = Vec::new();
     if config.daena.enabled {
         stages.push(Box::new(DaenaNormaliser::new(
             &config.daena,
             Arc::clone(metrics),
+            Arc::clone(mix),
         )));
     }
     if config.redact.enabled {
@@ -192,7 +199,7 @@ mod tests {
     /// `attributes`, its name making it a Daena `llm` span.
     fn work_on(attributes: Vec<KeyValue>) -> u64 {
         let metrics = Arc::new(Metrics::default());
-        let mut stages = build(&ProcessorsConfig::default(), &metrics);
+        let mut stages = build(&ProcessorsConfig::default(), &metrics, &Arc::default());
         let mut batch = SpanBatch::new(vec![crate::otlp::ResourceSpans {
             scope_spans: vec![ScopeSpans {
                 spans: vec![Span {

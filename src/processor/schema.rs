@@ -67,6 +67,8 @@ pub const FIELDS: usize = SCHEMA.len();
 
 /// Rows the stage refers to by name.
 pub mod row {
+    /// `council.phase`.
+    pub const COUNCIL_PHASE: usize = 0;
     /// `message_bus.operation`.
     pub const BUS_OPERATION: usize = 3;
     /// `message_bus.topic`.

@@ -1,10 +1,13 @@
-//! The agent's own telemetry: its logs and the counters every stage keeps.
+//! The agent's own telemetry: its logs, the counters every stage keeps, and the status
+//! page that shows them to a person.
 
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod mix;
 pub mod reload;
 pub mod server;
+pub mod status;
 
 pub use metrics::Metrics;
 

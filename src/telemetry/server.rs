@@ -256,14 +256,16 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
         .into_response()
 }
 
-/// Serves the telemetry routes on `listener` until `stop` is cancelled, at most
+/// Serves the telemetry routes, and the status page's (`status`), on `listener` until
+/// `stop` is cancelled, at most
 /// [`MAX_CONNECTIONS`] connections at once.
 pub async fn serve(
     listener: TcpListener,
     telemetry: Arc<Telemetry>,
+    status: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let router = router(telemetry);
+    let router = router(telemetry).merge(status);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

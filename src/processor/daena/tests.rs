@@ -16,7 +16,7 @@ fn s(text: &str) -> Value {
 }
 
 fn stage(config: &DaenaConfig) -> DaenaNormaliser {
-    DaenaNormaliser::new(config, Arc::new(Metrics::default()))
+    DaenaNormaliser::new(config, Arc::new(Metrics::default()), Arc::default())
 }
 
 /// The stage as the pipeline runs it.
@@ -191,7 +191,11 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
         ("llm.model", Value::BoolValue(true)),
     ];
     let metrics = Arc::new(Metrics::default());
-    let mut stage = DaenaNormaliser::new(&DaenaConfig::default(), Arc::clone(&metrics));
+    let mut stage = DaenaNormaliser::new(
+        &DaenaConfig::default(),
+        Arc::clone(&metrics),
+        Arc::default(),
+    );
     for (key, input) in table {
         let mut span = span_with("op", &[(key, input.clone())]);
         stage.normalise_span(&mut span);
@@ -246,6 +250,55 @@ fn the_component_comes_from_the_families_then_the_span_name() {
             "{name} {input:?}"
         );
     }
+}
+
+#[test]
+fn each_batch_adds_its_canonical_components_phases_and_models_to_the_mix() {
+    let mix = Arc::new(DaenaMix::default());
+    let stage = DaenaNormaliser::new(
+        &DaenaConfig::default(),
+        Arc::new(Metrics::default()),
+        Arc::clone(&mix),
+    );
+    let mut pass = SpanPass::new(vec![Box::new(stage)]);
+    let spans = [
+        span_with("council.phase", &[("Council_Phase", s(" SCOUT "))]),
+        span_with("council.phase", &[("council.phase", s("debate"))]),
+        span_with("council.phase", &[("council.phase", s("lunch"))]),
+        span_with("llm.exchange", &[("llm.model", s(" gpt-4o "))]),
+        span_with("llm.exchange", &[("llm.model", Value::IntValue(4))]),
+        span_with("checkpoint", &[]),
+    ];
+    let mut batch = SpanBatch::new(vec![ResourceSpans {
+        scope_spans: vec![ScopeSpans {
+            spans: spans.to_vec(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }]);
+    pass.process(&mut batch);
+    let shown = |top: &crate::telemetry::mix::TopValues| {
+        top.values
+            .iter()
+            .map(|v| (v.value.clone(), v.spans))
+            .collect::<Vec<_>>()
+    };
+    let mix = mix.snapshot();
+    assert_eq!(mix.spans, 6);
+    assert_eq!(
+        shown(&mix.components),
+        [
+            ("council".to_owned(), 3),
+            ("llm".to_owned(), 2),
+            ("other".to_owned(), 1)
+        ]
+    );
+    assert_eq!(
+        shown(&mix.council_phases),
+        [("debate".to_owned(), 1), ("scout".to_owned(), 1)],
+        "canonical values only; one that cannot be normalised is not a phase"
+    );
+    assert_eq!(shown(&mix.llm_models), [("gpt-4o".to_owned(), 1)]);
 }
 
 #[test]
@@ -343,7 +396,7 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
             override_existing: *override_existing,
             ..config.clone()
         };
-        let stage = DaenaNormaliser::new(&config, Arc::new(Metrics::default()));
+        let stage = DaenaNormaliser::new(&config, Arc::new(Metrics::default()), Arc::default());
         let mut resource = Resource {
             attributes: input.iter().map(|(k, v)| key_value(*k, s(v))).collect(),
             ..Default::default()
@@ -375,6 +428,7 @@ fn the_resource_is_enriched_without_replacing_unless_told() {
             ..DaenaConfig::default()
         },
         Arc::new(Metrics::default()),
+        Arc::default(),
     );
     let mut resource = Resource {
         attributes: vec![key_value("service.name", s("chat"))],
