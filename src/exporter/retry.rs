@@ -10,8 +10,16 @@ use tokio_util::sync::CancellationToken;
 use super::state::ExporterState;
 use super::{ExportError, Exporter, Payload};
 use crate::config::RetryConfig;
+use crate::log_limit::{LogLimit, REPEAT_INTERVAL};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::DropReason;
+
+// Lines that can come once per batch (a backend refusing every batch, say, on a 401): the
+// first is logged, then one per interval with the count left out; the drop counters keep
+// every batch. (`suppressed` counts across exporters; the metrics have them by exporter.)
+static PARTIAL_LOG: LogLimit = LogLimit::new(REPEAT_INTERVAL);
+static REFUSED_LOG: LogLimit = LogLimit::new(REPEAT_INTERVAL);
+static EXHAUSTED_LOG: LogLimit = LogLimit::new(REPEAT_INTERVAL);
 
 /// How an exporter retries a failed batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +119,9 @@ pub async fn deliver<E: Exporter>(
                 metrics.exported(name, spans - rejected);
                 if rejected > 0 || !delivered.message.is_empty() {
                     metrics.dropped(name, DropReason::PartiallyRejected, rejected);
-                    tracing::warn!(exporter = name, rejected_spans = rejected, backend_message = %delivered.message, "Backend accepted the batch but rejected some spans");
+                    if let Some(suppressed) = PARTIAL_LOG.check() {
+                        tracing::warn!(exporter = name, rejected_spans = rejected, backend_message = %delivered.message, suppressed, "Backend accepted the batch but rejected some spans");
+                    }
                 }
                 return Delivery::Sent {
                     retried: attempt > 0,
@@ -120,7 +130,9 @@ pub async fn deliver<E: Exporter>(
             Err(ExportError::Permanent { message }) => {
                 metrics.export_failed(name, false);
                 metrics.dropped(name, DropReason::Rejected, spans);
-                tracing::error!(exporter = name, spans, error = %message, "Backend refused the batch; dropped without retry");
+                if let Some(suppressed) = REFUSED_LOG.check() {
+                    tracing::error!(exporter = name, spans, error = %message, suppressed, "Backend refused the batch; dropped without retry");
+                }
                 return Delivery::Dropped;
             }
             Err(ExportError::Retryable {
@@ -132,7 +144,9 @@ pub async fn deliver<E: Exporter>(
         if !policy.enabled || started.elapsed() + delay > policy.max_elapsed {
             metrics.export_failed(name, false);
             metrics.dropped(name, DropReason::RetriesExhausted, spans);
-            tracing::error!(exporter = name, spans, error = %message, attempts = attempt + 1, "Export failed and retries are exhausted; batch dropped");
+            if let Some(suppressed) = EXHAUSTED_LOG.check() {
+                tracing::error!(exporter = name, spans, error = %message, attempts = attempt + 1, suppressed, "Export failed and retries are exhausted; batch dropped");
+            }
             return Delivery::Dropped;
         }
         metrics.export_failed(name, true);
