@@ -5,6 +5,11 @@
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+/// How long a failed attempt keeps its exporter failing without another attempt: retries
+/// come at least every `retry.max_interval` (30 s by default) while an outage lasts, so an
+/// exporter that stopped trying (its batches dropped, nothing new to send) is ready again.
+pub const FAILING_WINDOW: Duration = Duration::from_secs(120);
+
 use serde::Serialize;
 
 /// Every exporter's health, in the order they were registered.
@@ -41,6 +46,8 @@ pub struct ExporterHealth {
 struct State {
     /// When the current outage began (the first failure after a success), if failing.
     failing_since: Option<(Instant, SystemTime)>,
+    /// When the last attempt failed.
+    last_failure: Option<Instant>,
     last_error: Option<(String, SystemTime)>,
     last_success: Option<SystemTime>,
     queue_full: bool,
@@ -89,6 +96,7 @@ impl ExporterHealth {
         let mut state = self.lock();
         let now = SystemTime::now();
         state.last_error = Some((error.to_owned(), now));
+        state.last_failure = Some(Instant::now());
         if state.failing_since.is_some() {
             return None;
         }
@@ -101,12 +109,23 @@ impl ExporterHealth {
         self.lock().queue_full = full;
     }
 
-    /// The exporter's health now.
+    /// The exporter's health now: failing while its outage lasts and its last failed
+    /// attempt is less than [`FAILING_WINDOW`] old.
     pub fn status(&self) -> ExporterStatus {
+        self.status_at(Instant::now())
+    }
+
+    fn status_at(&self, now: Instant) -> ExporterStatus {
         let state = self.lock();
+        let recent = state
+            .last_failure
+            .is_some_and(|at| now.saturating_duration_since(at) < FAILING_WINDOW);
         ExporterStatus {
             exporter: self.name.clone(),
-            failing_since: state.failing_since.map(|(_, at)| rfc3339(at)),
+            failing_since: state
+                .failing_since
+                .filter(|_| recent)
+                .map(|(_, at)| rfc3339(at)),
             last_error: state.last_error.as_ref().map(|(error, _)| error.clone()),
             last_error_at: state.last_error.as_ref().map(|&(_, at)| rfc3339(at)),
             last_success_at: state.last_success.map(rfc3339),
@@ -183,6 +202,20 @@ mod tests {
         );
         tempo.set_queue_full(true);
         assert!(health.exporters()[0].failing(), "a full queue is not ready");
+    }
+
+    #[test]
+    fn an_exporter_that_stopped_trying_is_not_failing_after_the_window() {
+        let health = Health::default();
+        let tempo = health.register("tempo");
+        let _ = tempo.failed("connection refused");
+        let now = Instant::now();
+        assert!(tempo.status_at(now + FAILING_WINDOW / 2).failing());
+        let later = tempo.status_at(now + FAILING_WINDOW + Duration::from_secs(1));
+        assert!(!later.failing(), "no attempt for the whole window");
+        assert_eq!(later.last_error.as_deref(), Some("connection refused"));
+        let _ = tempo.failed("connection refused");
+        assert!(tempo.status().failing(), "a new attempt failed");
     }
 
     #[test]
