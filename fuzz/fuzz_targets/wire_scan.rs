@@ -7,18 +7,9 @@
 //! - when both accept, `scan.spans` equals the number of spans prost decoded.
 #![no_main]
 
-use daena_trace_agent::otlp::{ExportTraceServiceRequest, wire};
+use daena_trace_agent::otlp::{ExportTraceServiceRequest, span_count, wire};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-
-fn span_count(request: &ExportTraceServiceRequest) -> usize {
-    request
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len())
-        .sum()
-}
 
 fuzz_target!(|data: &[u8]| {
     let scan = wire::scan_request(data);
@@ -34,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
 
     match (scan, ExportTraceServiceRequest::decode(data)) {
         (Some(scan), Ok(request)) => {
-            let spans = span_count(&request);
+            let spans = span_count(&request.resource_spans);
             assert_eq!(
                 scan.spans, spans,
                 "scan counted {} spans, prost decoded {spans}",
@@ -47,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         }
         (None, Ok(request)) => panic!(
             "scan refused (prefix {prefix:?}) but prost decoded {} spans",
-            span_count(&request)
+            span_count(&request.resource_spans)
         ),
     }
 });
