@@ -701,3 +701,20 @@ fn the_memory_budget_defaults_to_half_of_soft_and_must_hold_a_whole_request() {
         "{text}"
     );
 }
+
+#[test]
+fn a_line_break_in_a_header_value_is_refused_without_showing_the_value() {
+    let text = errors_of(
+        "exporters:\n  tempo:\n    protocol: grpc\n    endpoint: https://tempo.example.net:443\n    headers:\n      authorization: \"Bearer s3cr3t\\r\\nx-injected: 1\"\n",
+    );
+    assert!(
+        text.contains(
+            "exporters.tempo.headers.authorization: the value holds a line break (CR or LF)"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cr3t"),
+        "the value stays out of the message: {text}"
+    );
+}

@@ -215,6 +215,16 @@ fn validate_exporter(
     receivers: &[(&str, &str, SocketAddr, &String)],
     errors: &mut Vec<ConfigError>,
 ) {
+    // A line break in a header value would let it add headers of its own to every export
+    // request; the value itself is never shown (it is usually a credential).
+    for (name, value) in &exporter.headers {
+        if value.contains(['\r', '\n']) {
+            errors.push(ConfigError::new(
+                format!("{key}.headers.{name}"),
+                "the value holds a line break (CR or LF), which would inject headers into every export request; remove it",
+            ));
+        }
+    }
     let endpoint_key = format!("{key}.endpoint");
     let given = [
         ("endpoint", exporter.endpoint.is_some()),
