@@ -137,8 +137,8 @@ impl SegmentLog {
             dir: dir.to_owned(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(io_error)?;
-        let lock = OpenOptions::new()
+        create_private_dir(dir).map_err(io_error)?;
+        let lock = private_file()
             .create(true)
             .truncate(false)
             .write(true)
@@ -149,7 +149,7 @@ impl SegmentLog {
                 dir: dir.to_owned(),
             });
         }
-        let cursor = OpenOptions::new()
+        let cursor = private_file()
             .create(true)
             .truncate(false)
             .read(true)
@@ -385,7 +385,7 @@ impl SegmentLog {
         let Some(segment) = self.segments.get_mut(&id.segment) else {
             return;
         };
-        let appended = OpenOptions::new()
+        let appended = private_file()
             .create(true)
             .append(true)
             .open(done_path(&self.dir, id.segment))
@@ -671,8 +671,40 @@ fn segment_numbers(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(numbers)
 }
 
+/// Options for a file of the queue: readable by the agent's user only (0600), as spans may
+/// carry prompts and users' data.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `dir` (and its parents) for the agent's user only (0700); an existing one that
+/// others can read or enter is kept, with a warning.
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:o}"),
+                "The persistent queue's directory is open to other users; spans may hold prompts and users' data: chmod 700 it"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn create_segment(dir: &Path, seq: u64, fsync: Fsync) -> io::Result<File> {
-    let mut file = OpenOptions::new()
+    let mut file = private_file()
         .create_new(true)
         .append(true)
         .open(segment_path(dir, seq))?;

@@ -453,3 +453,37 @@ proptest! {
         prop_assert_eq!(drain(&mut log), expected);
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn the_queue_is_readable_by_the_agent_s_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("queue").join("tempo");
+    let (mut log, _) = SegmentLog::open(&dir, options(1 << 30)).expect("open");
+    assert_eq!(log.append(&payload("a", 1)), Ok(0));
+    log.sync().expect("sync");
+    let record = log.take_next().expect("a");
+    log.done(&record);
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    assert_eq!(
+        mode(&parent.path().join("queue")),
+        0o700,
+        "created parents too"
+    );
+    for entry in std::fs::read_dir(&dir).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    drop(log);
+    // A directory others can read is used as it is (with a warning), not refused.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    assert!(SegmentLog::open(&dir, options(1 << 30)).is_ok());
+}
