@@ -20,6 +20,8 @@
 //!   queue, in memory or on disk.
 //! - [`config`]: the YAML config, its defaults, validation and the `OTEL_EXPORTER_OTLP_*` fallback.
 //! - [`telemetry`]: the agent's own logs and counters.
+//! - [`accept`]: accepting connections under a cap, for the receivers and the telemetry
+//!   endpoint; it imports only `log_limit`.
 //! - [`log_limit`]: one line per interval for warnings that can repeat per request or
 //!   connection; it imports nothing of the crate, so every module may use it.
 //! - [`app`]: wiring only: builds the parts from the config and runs them until shutdown.
@@ -28,6 +30,7 @@
 // Input from outside never unwraps: every failure is an answer or a counted drop.
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod accept;
 pub mod app;
 pub mod config;
 pub mod exporter;

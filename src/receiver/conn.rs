@@ -15,21 +15,17 @@ use std::time::Duration;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::accept::ConnectionCap;
 use crate::config::ReceiverEndpointConfig;
-use crate::log_limit::{LogLimit, REPEAT_INTERVAL};
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::ConnectionReason;
 
 /// The HTTP/2 connection preface, which a gRPC client sends first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// How long the accept loop waits after `accept` failed (e.g. out of descriptors), so that
-/// it does not spin while the condition lasts.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The connection limits of one receiver, as it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,11 +102,9 @@ pub fn cap_connections(wanted: &[usize], limit: Option<u64>, reserve: u64) -> Ve
 /// Counts a receiver's open connections and refuses those past its limit.
 pub(super) struct Gate {
     receiver: &'static str,
-    permits: Arc<Semaphore>,
+    cap: ConnectionCap,
     max: u32,
     metrics: Arc<Metrics>,
-    /// Accept errors repeat every pause while their cause (e.g. no descriptor left) lasts.
-    accept_errors: LogLimit,
 }
 
 impl Gate {
@@ -123,48 +117,26 @@ impl Gate {
         let max = u32::try_from(max_connections).unwrap_or(u32::MAX);
         Self {
             receiver,
-            permits: Arc::new(Semaphore::new(max as usize)),
+            cap: ConnectionCap::new(receiver, max as usize),
             max,
             metrics,
-            accept_errors: LogLimit::new(REPEAT_INTERVAL),
         }
     }
 
     /// The next connection within the limit, with the permit it holds while open; those
     /// past the limit are closed and counted.
     pub(super) async fn accept(&self, listener: &TcpListener) -> (TcpStream, OwnedSemaphorePermit) {
-        loop {
-            match listener.accept().await {
-                Ok((tcp, _)) => match Arc::clone(&self.permits).try_acquire_owned() {
-                    Ok(permit) => {
-                        // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs hold
-                        // answers back for up to 40 ms.
-                        let _ = tcp.set_nodelay(true);
-                        return (tcp, permit);
-                    }
-                    Err(_) => {
-                        self.metrics
-                            .refused_connection(self.receiver, ConnectionReason::MaxConnections);
-                        drop(tcp);
-                    }
-                },
-                Err(error) => {
-                    if let Some(suppressed) = self.accept_errors.check() {
-                        tracing::warn!(
-                            receiver = self.receiver,
-                            suppressed,
-                            "cannot accept a connection: {error}; retrying every {ACCEPT_ERROR_PAUSE:?} (suppressed: accept errors not logged since the previous line)"
-                        );
-                    }
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                }
-            }
-        }
+        self.cap
+            .accept(listener, || {
+                self.metrics
+                    .refused_connection(self.receiver, ConnectionReason::MaxConnections);
+            })
+            .await
     }
 
     /// Waits until every connection let in has closed.
     pub(super) async fn closed(&self) {
-        let _ = self.permits.acquire_many(self.max).await;
+        let _ = self.cap.permits().acquire_many(self.max).await;
     }
 
     /// The accepted connections as a stream for tonic, each closed if its opening (the

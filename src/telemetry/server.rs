@@ -16,13 +16,13 @@ use axum::routing::{get, post};
 use http::StatusCode;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
 use super::health::Health;
 use super::reload::{ReloadError, ReloadHandle};
+use crate::accept::ConnectionCap;
 use crate::supervisor::Supervisor;
 
 /// Connections the telemetry endpoint serves at once; more are closed as soon as accepted.
@@ -31,8 +31,6 @@ pub const MAX_CONNECTIONS: usize = 32;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a connection is kept open: a scraper reconnects, an idle holder is let go.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// How long the accept loop waits after `accept` failed (e.g. out of descriptors).
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where the agent is in its life, for readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +264,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let router = router(telemetry).merge(status);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let cap = ConnectionCap::new("telemetry endpoint", MAX_CONNECTIONS);
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -274,7 +272,7 @@ pub async fn serve(
     loop {
         let (tcp, permit) = tokio::select! {
             () = stop.cancelled() => return Ok(()),
-            accepted = accept(&listener, &permits) => accepted,
+            accepted = cap.accept(&listener, || {}) => accepted,
         };
         let router = router.clone();
         let builder = builder.clone();
@@ -288,29 +286,6 @@ pub async fn serve(
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
             drop(permit);
         });
-    }
-}
-
-/// The next connection within the cap, with its permit; those past it are closed at once.
-async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-) -> (TcpStream, OwnedSemaphorePermit) {
-    loop {
-        match listener.accept().await {
-            Ok((tcp, _)) => {
-                if let Ok(permit) = Arc::clone(permits).try_acquire_owned() {
-                    let _ = tcp.set_nodelay(true);
-                    return (tcp, permit);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(
-                    "telemetry endpoint: cannot accept a connection: {error}; retrying in {ACCEPT_ERROR_PAUSE:?}"
-                );
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-            }
-        }
     }
 }
 
