@@ -404,7 +404,7 @@ fn yaml_errors_point_at_the_original_text_and_never_show_a_secret() {
     assert!(!text.contains("tokensecret"), "{text}");
     assert!(
         text.contains(
-            "agent.yaml:6:26: exporters.t.retry.multiplier: \"${TOKEN}\" is not a number\n      |     retry: { multiplier: ***, max_intervall: *** }\n      |                          ^"
+            "agent.yaml:6:26: exporters.t.retry.multiplier: \"${TOKEN}\" is not a number\n      |     retry: { multiplier: \"${TOKEN}\", max_intervall: *** }\n      |                          ^"
         ),
         "a multi-line value above and a secret before do not move the position: {text}"
     );

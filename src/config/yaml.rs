@@ -186,7 +186,7 @@ fn is_secret_path(path: &KeyPath) -> bool {
     )
 }
 
-/// `line` with every scalar that is not a key replaced by `***`, and where the caret for
+/// `line` with every scalar that is not a key (nor only `${VAR}`) replaced by `***`, and where the caret for
 /// the 1-based character `column` goes in it. Snippets show only indentation, keys and
 /// YAML's punctuation: a value (or a comment) on the line may be a secret.
 fn without_values(line: &str, column: usize) -> (String, usize) {
@@ -241,7 +241,8 @@ fn without_values(line: &str, column: usize) -> (String, usize) {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
                 expect_key = false;
-                shown.push_str(if is_key { &text } else { MASK });
+                let shows = is_key || only_references(&text);
+                shown.push_str(if shows { &text } else { MASK });
             }
         }
         if caret.is_none() && column <= end {
@@ -251,6 +252,21 @@ fn without_values(line: &str, column: usize) -> (String, usize) {
     }
     let caret = caret.unwrap_or_else(|| shown.chars().count() + 1);
     (shown, caret)
+}
+
+/// Whether a scalar as written is nothing but `${VAR}` references: names, not values.
+fn only_references(scalar: &str) -> bool {
+    let mut rest = scalar.trim_matches(['"', '\'']);
+    if rest.is_empty() {
+        return false;
+    }
+    while let Some(after) = rest.strip_prefix("${") {
+        match after.find('}') {
+            Some(end) => rest = &after[end + 1..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// Where the scalar starting at `start` ends: its closing quote, or for a plain scalar
@@ -752,6 +768,10 @@ mod tests {
             ("      Bearer abc: def", "      ***: ***"),
             ("  - [a, b]", "  - [***, ***]"),
             ("  {endpoint:http://h:4317}", "  {***}"),
+            ("    timeout: ${TIMEOUT}", "    timeout: ${TIMEOUT}"),
+            ("    x: \"${A}${B}\"", "    x: \"${A}${B}\""),
+            ("    x: \"Bearer ${TOKEN}\"", "    x: ***"),
+            ("    x: ${A}tail", "    x: ***"),
         ] {
             assert_eq!(without_values(line, 1).0, expected, "{line}");
         }
@@ -759,11 +779,11 @@ mod tests {
 
     #[test]
     fn the_caret_points_at_the_start_of_what_is_shown_there() {
-        let line = "    retry: { multiplier: \"${TOKEN}\", max_intervall: 1s }";
+        let line = "    retry: { multiplier: \"a b\", max_intervall: 1s }";
         let (shown, caret) = without_values(line, 26);
         assert_eq!(shown, "    retry: { multiplier: ***, max_intervall: *** }");
         assert_eq!(&shown[caret - 1..caret + 2], "***");
-        let (shown, caret) = without_values(line, 38);
+        let (shown, caret) = without_values(line, 34);
         assert_eq!(&shown[caret - 1..], "max_intervall: *** }");
         assert_eq!(
             without_values("a: b", 99).1,
