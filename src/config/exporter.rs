@@ -8,11 +8,11 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::url::split_userinfo;
+use super::url::{mask_url, split_userinfo};
 use super::{ByteSize, Secret, bounds, units};
 
 /// One destination.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterConfig {
     /// `grpc`, `http/protobuf` or `console`.
@@ -47,6 +47,27 @@ pub struct ExporterConfig {
     /// Why this exporter exists when it was built from the environment.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+}
+
+/// Written out by hand so the URLs show masked, as everywhere else: a `{:?}` in a panic
+/// or a log line must not print `user:password@` or `?api_key=`.
+impl fmt::Debug for ExporterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let masked = |url: &Option<String>| url.as_deref().map(mask_url);
+        f.debug_struct("ExporterConfig")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &masked(&self.endpoint))
+            .field("traces_endpoint", &masked(&self.traces_endpoint))
+            .field("headers", &self.headers)
+            .field("auth", &self.auth)
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("retry", &self.retry)
+            .field("queue", &self.queue)
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 fn default_timeout() -> Duration {

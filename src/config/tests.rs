@@ -777,6 +777,15 @@ fn credentials_in_the_url_become_a_basic_header_and_leave_the_url() {
         !shown.contains("hunter2") && !shown.contains("k3y"),
         "{shown}"
     );
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("hunter2") && !debug.contains("k3y"),
+        "{debug}"
+    );
+    assert!(
+        debug.contains("https://inst:***@otlp.example.net"),
+        "{debug}"
+    );
 }
 
 #[test]
