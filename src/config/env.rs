@@ -84,7 +84,9 @@ pub fn exporter_from_env(
     }
     if let Some((var, headers)) = variable(env, "HEADERS") {
         match parse_headers(&headers) {
-            Ok(parsed) => exporter.headers = parsed.into_iter().collect(),
+            Ok(parsed) => {
+                exporter.headers = parsed.into_iter().map(|(k, v)| (k, v.into())).collect();
+            }
             Err(message) => errors.push(ConfigError::new(var, message)),
         }
     }
@@ -268,14 +270,14 @@ mod tests {
             ),
         ])
         .expect("valid");
-        assert_eq!(e.headers["authorization"], "Basic dXNlcjpwYXNz");
-        assert_eq!(e.headers["x-scope-orgid"], "daena");
+        assert_eq!(e.headers["authorization"].expose(), "Basic dXNlcjpwYXNz");
+        assert_eq!(e.headers["x-scope-orgid"].expose(), "daena");
         let (_, e) = from(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otlp.example.net"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic abc="),
         ])
         .expect("valid");
-        assert_eq!(e.headers["authorization"], "Basic abc=");
+        assert_eq!(e.headers["authorization"].expose(), "Basic abc=");
     }
 
     #[test]

@@ -8,10 +8,11 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, bounds, units};
+use super::url::{mask_url, split_userinfo};
+use super::{ByteSize, Secret, bounds, units};
 
 /// One destination.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterConfig {
     /// `grpc`, `http/protobuf` or `console`.
@@ -22,9 +23,9 @@ pub struct ExporterConfig {
     /// http/protobuf only: the full URL to POST to, used as-is (instead of `endpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traces_endpoint: Option<String>,
-    /// Headers sent with every request; values may use `${VAR}`.
+    /// Headers sent with every request; values may use `${VAR}` and are never shown.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Credentials turned into an `Authorization` header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
@@ -46,6 +47,27 @@ pub struct ExporterConfig {
     /// Why this exporter exists when it was built from the environment.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+}
+
+/// Written out by hand so the URLs show masked, as everywhere else: a `{:?}` in a panic
+/// or a log line must not print `user:password@` or `?api_key=`.
+impl fmt::Debug for ExporterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let masked = |url: &Option<String>| url.as_deref().map(mask_url);
+        f.debug_struct("ExporterConfig")
+            .field("protocol", &self.protocol)
+            .field("endpoint", &masked(&self.endpoint))
+            .field("traces_endpoint", &masked(&self.traces_endpoint))
+            .field("headers", &self.headers)
+            .field("auth", &self.auth)
+            .field("compression", &self.compression)
+            .field("timeout", &self.timeout)
+            .field("tls", &self.tls)
+            .field("retry", &self.retry)
+            .field("queue", &self.queue)
+            .field("origin", &self.origin)
+            .finish()
+    }
 }
 
 fn default_timeout() -> Duration {
@@ -79,23 +101,45 @@ impl ExporterConfig {
             return Some(url.clone());
         }
         let endpoint = self.endpoint.as_deref()?;
-        if self.protocol != ExporterProtocol::HttpProtobuf || endpoint.ends_with("/v1/traces") {
+        // A query (`?api_key=...`) stays after the path.
+        let (base, query) = endpoint.split_at(endpoint.find(['?', '#']).unwrap_or(endpoint.len()));
+        if self.protocol != ExporterProtocol::HttpProtobuf || base.ends_with("/v1/traces") {
             return Some(endpoint.to_owned());
         }
-        Some(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+        Some(format!("{}/v1/traces{query}", base.trim_end_matches('/')))
     }
 
-    /// Headers to send, lower-cased, including the `Authorization` built from `auth.basic`.
-    pub fn request_headers(&self) -> Vec<(String, String)> {
-        let mut headers: Vec<(String, String)> = self
+    /// The URL the HTTP client gets: [`export_url`](Self::export_url) without its
+    /// `user:password@`, which goes in the `Authorization` header instead, so neither the
+    /// client's logs nor an HTTP/2 `:authority` ever carry it.
+    pub fn request_url(&self) -> Option<String> {
+        self.export_url().map(|url| split_userinfo(&url).0)
+    }
+
+    /// Headers to send, lower-cased, including the `Authorization: Basic` built from
+    /// `auth.basic` or from the URL's `user:password@` (as the Collector's exporters do).
+    pub fn request_headers(&self) -> Vec<(String, Secret)> {
+        let mut headers: Vec<(String, Secret)> = self
             .headers
             .iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
             .collect();
-        if let Some(basic) = self.auth.as_ref().and_then(|a| a.basic.as_ref()) {
+        let basic = self
+            .auth
+            .as_ref()
+            .and_then(|a| a.basic.as_ref())
+            .map(|b| (b.username.clone(), b.password.clone()))
+            .or_else(|| {
+                let url = self.export_url()?;
+                split_userinfo(&url).1.map(|c| (c.username, c.password))
+            });
+        if let Some((username, password)) = basic {
             let credentials = base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", basic.username, basic.password));
-            headers.push(("authorization".into(), format!("Basic {credentials}")));
+                .encode(format!("{username}:{}", password.expose()));
+            headers.push((
+                "authorization".into(),
+                Secret::new(format!("Basic {credentials}")),
+            ));
         }
         headers
     }
@@ -151,7 +195,7 @@ pub struct BasicAuthConfig {
     /// The user name (Grafana Cloud: the instance id).
     pub username: String,
     /// The password (Grafana Cloud: the API token); never shown.
-    pub password: String,
+    pub password: Secret,
 }
 
 /// TLS settings for `https://` endpoints; the system roots are trusted by default.

@@ -10,8 +10,10 @@ mod mask;
 mod pipeline;
 mod processors;
 mod receivers;
+mod secret;
 mod telemetry;
 pub mod units;
+mod url;
 mod validate;
 mod yaml;
 
@@ -32,8 +34,10 @@ pub use processors::{
     RedactConfig, SamplingConfig, SamplingMode,
 };
 pub use receivers::{OtlpReceiverConfig, ReceiverEndpointConfig, ReceiversConfig};
+pub use secret::Secret;
 pub use telemetry::{LogFormat, TelemetryConfig};
 pub use units::{ByteSize, format_duration};
+pub use url::mask_url;
 pub use validate::parse_listen_addr;
 
 /// The whole config file; every key is optional.

@@ -69,8 +69,8 @@ fn unknown_keys_are_refused_with_name_and_position() {
     assert!(text.contains("agent.yaml:4:"), "{text}");
     assert!(text.contains("endpiont"), "{text}");
     assert!(
-        text.contains("endpiont: http://tempo:4317"),
-        "the line is shown: {text}"
+        text.contains("|     endpiont: ***\n      |     ^"),
+        "the line is shown, its value masked: {text}"
     );
 }
 
@@ -166,7 +166,7 @@ fn an_exporter_pointing_at_our_own_receiver_is_refused() {
 
 #[test]
 fn masked_config_shows_no_secret() {
-    let yaml = "exporters:\n  g:\n    protocol: http/protobuf\n    endpoint: https://user:urlpass@otlp.example.net/otlp\n    headers: { authorization: \"Bearer ${TOKEN}\" }\n  h:\n    protocol: grpc\n    endpoint: https://tempo.example.net:443\n    auth: { basic: { username: inst, password: basicpass } }\n";
+    let yaml = "exporters:\n  g:\n    protocol: http/protobuf\n    endpoint: https://user:urlpass@otlp.example.net/otlp\n    headers: { x-api-token: \"Bearer ${TOKEN}\" }\n  h:\n    protocol: grpc\n    endpoint: https://tempo.example.net:443\n    auth: { basic: { username: inst, password: basicpass } }\n";
     let env = |name: &str| (name == "TOKEN").then(|| "tokensecret".to_owned());
     let config = load_text(yaml, &env).expect("valid");
     let shown = config.masked().to_yaml();
@@ -180,7 +180,7 @@ fn masked_config_shows_no_secret() {
     assert!(shown.contains("inst"), "{shown}");
     // The real config still carries them, for the exporters.
     assert_eq!(
-        config.exporters["g"].headers["authorization"],
+        config.exporters["g"].headers["x-api-token"].expose(),
         "Bearer tokensecret"
     );
 }
@@ -368,7 +368,7 @@ fn every_yaml_error_is_listed_in_one_run_with_its_key_position_and_line() {
         "batch:\n  max_spans: 10\n  colour: blue\nexporters:\n  tempo:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    timeout: fast\n    retry: { max_intervall: 30s, multiplier: quick, enabled: maybe }\n  broken:\n    protocol: zipkin\nprocessors:\n  sampling:\n    mode: tail\n    policies:\n      - { name: slow, type: latency, threshold: 2 }\n      - { name: errors, typo: errors }\nmemory_limit:\n  soft: 1MiB\n  soft: 2MiB\n",
     );
     for expected in [
-        "agent.yaml:3:3: batch.colour: unknown field `colour`, expected one of max_spans, max_bytes, timeout; fix the spelling or remove the key\n      |   colour: blue",
+        "agent.yaml:3:3: batch.colour: unknown field `colour`, expected one of max_spans, max_bytes, timeout; fix the spelling or remove the key\n      |   colour: ***\n      |   ^",
         "agent.yaml:8:14: exporters.tempo.timeout: \"fast\" is not a duration",
         "agent.yaml:9:14: exporters.tempo.retry.max_intervall: unknown field `max_intervall`",
         "agent.yaml:9:46: exporters.tempo.retry.multiplier: quick is not a number",
@@ -377,7 +377,7 @@ fn every_yaml_error_is_listed_in_one_run_with_its_key_position_and_line() {
         "processors.sampling.policies[0].threshold: \"2\" has no unit; write e.g. 2s or 2ms",
         "processors.sampling.policies[1].typo: unknown field `typo`",
         "processors.sampling.policies[1]: missing field `type`; add it",
-        "agent.yaml:20:3: memory_limit: duplicate key \"soft\"; keep one of them\n      |   soft: 2MiB",
+        "agent.yaml:20:3: memory_limit: duplicate key \"soft\"; keep one of them\n      |   soft: ***\n      |   ^",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -404,7 +404,7 @@ fn yaml_errors_point_at_the_original_text_and_never_show_a_secret() {
     assert!(!text.contains("tokensecret"), "{text}");
     assert!(
         text.contains(
-            "agent.yaml:6:26: exporters.t.retry.multiplier: \"${TOKEN}\" is not a number\n      |     retry: { multiplier: \"${TOKEN}\", max_intervall: 1s }"
+            "agent.yaml:6:26: exporters.t.retry.multiplier: \"${TOKEN}\" is not a number\n      |     retry: { multiplier: \"${TOKEN}\", max_intervall: *** }\n      |                          ^"
         ),
         "a multi-line value above and a secret before do not move the position: {text}"
     );
@@ -717,4 +717,100 @@ fn a_line_break_in_a_header_value_is_refused_without_showing_the_value() {
         !text.contains("s3cr3t"),
         "the value stays out of the message: {text}"
     );
+}
+
+#[test]
+fn a_yaml_error_on_a_line_holding_a_secret_names_the_place_but_not_the_value() {
+    // A misspelt key under auth.basic: the error names the line, column and key.
+    let text = errors_of(
+        "exporters:\n  g:\n    protocol: grpc\n    endpoint: https://tempo.example.net:443\n    auth:\n      basic: { username: inst, pasword: hunter2-typo }\n",
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("agent.yaml:6:32: exporters.g.auth.basic.pasword: unknown field `pasword`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("basic: { username: ***, pasword: *** }"),
+        "{text}"
+    );
+    // Broken YAML: an unterminated quote after a token.
+    let text = errors_of(
+        "exporters:\n  g:\n    protocol: grpc\n    headers:\n      authorization: \"Bearer hunter2-quote\n",
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("agent.yaml:"), "{text}");
+    // A header value of the wrong type under a secret key: what is written is not repeated.
+    let text = errors_of(
+        "exporters:\n  g:\n    protocol: grpc\n    endpoint: https://tempo.example.net:443\n    headers: { x-key: [hunter2-list] }\n",
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("exporters.g.headers.x-key"), "{text}");
+}
+
+#[test]
+fn credentials_in_the_url_become_a_basic_header_and_leave_the_url() {
+    let config = load_text(
+        "exporters:\n  g:\n    protocol: http/protobuf\n    endpoint: https://inst:hunter2@otlp.example.net/otlp?api_key=k3y\n",
+        &no_env,
+    )
+    .expect("valid");
+    let exporter = &config.exporters["g"];
+    assert_eq!(
+        exporter.request_url().as_deref(),
+        Some("https://otlp.example.net/otlp/v1/traces?api_key=k3y")
+    );
+    let headers = exporter.request_headers();
+    assert_eq!(headers.len(), 1);
+    assert_eq!(headers[0].0, "authorization");
+    assert_eq!(
+        headers[0].1.expose(),
+        "Basic aW5zdDpodW50ZXIy",
+        "inst:hunter2"
+    );
+    let shown = config.masked().to_yaml();
+    assert!(
+        shown.contains("https://inst:***@otlp.example.net/otlp?api_key=***"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("k3y"),
+        "{shown}"
+    );
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("hunter2") && !debug.contains("k3y"),
+        "{debug}"
+    );
+    assert!(
+        debug.contains("https://inst:***@otlp.example.net"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn url_credentials_with_another_authorization_are_refused() {
+    let text = errors_of(
+        "exporters:\n  g:\n    protocol: grpc\n    endpoint: https://inst:hunter2@tempo.example.net:443\n    auth: { basic: { username: inst, password: other } }\n",
+    );
+    assert!(
+        text.contains("exporters.g.endpoint: the URL holds user:password@"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[test]
+fn a_bad_url_is_reported_masked() {
+    for url in [
+        "https://inst:hunter2@tempo example.net",
+        "ftp://inst:hunter2@tempo.example.net?token=hunter2",
+        "https://h:4317/ bad?api_key=hunter2",
+    ] {
+        let text = errors_of(&format!(
+            "exporters:\n  g:\n    protocol: grpc\n    endpoint: \"{url}\"\n"
+        ));
+        assert!(text.contains("exporters.g.endpoint"), "{text}");
+        assert!(!text.contains("hunter2"), "{url}: {text}");
+    }
 }

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use super::units::format_duration;
+use super::url::{mask_url, split_userinfo};
 use super::{
     Config, ConfigError, ExporterConfig, ExporterProtocol, MemoryLimitConfig, PolicyKind,
     ProcessorsConfig, ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig, bounds,
@@ -218,7 +219,7 @@ fn validate_exporter(
     // A line break in a header value would let it add headers of its own to every export
     // request; the value itself is never shown (it is usually a credential).
     for (name, value) in &exporter.headers {
-        if value.contains(['\r', '\n']) {
+        if value.expose().contains(['\r', '\n']) {
             errors.push(ConfigError::new(
                 format!("{key}.headers.{name}"),
                 "the value holds a line break (CR or LF), which would inject headers into every export request; remove it",
@@ -258,7 +259,7 @@ fn validate_exporter(
                 Err(message) => errors.push(ConfigError::new(&url_key, message)),
                 Ok(parsed) => {
                     if let Some(message) = self_loop(&parsed, receivers, exporter.origin.is_some()) {
-                        errors.push(ConfigError::new(&url_key, format!("{url} {message}")));
+                        errors.push(ConfigError::new(&url_key, format!("{} {message}", mask_url(&url))));
                     }
                     if exporter.tls != TlsConfig::default() && !parsed.https {
                         errors.push(ConfigError::new(format!("{key}.tls"), "tls applies only to https:// endpoints; use https:// or remove tls"));
@@ -275,7 +276,7 @@ fn validate_exporter(
                 "is not a valid header name (letters, digits and -)",
             ));
         }
-        if http::HeaderValue::from_str(value).is_err() {
+        if http::HeaderValue::from_str(value.expose()).is_err() {
             // The value may be a secret: say what is wrong, never what it is.
             errors.push(ConfigError::new(&header_key, "the value holds characters a header cannot carry (line breaks or control characters)"));
         }
@@ -287,6 +288,25 @@ fn validate_exporter(
                 "both an authorization header and auth.basic are set; keep one",
             ));
         }
+    }
+    let url_credentials = exporter
+        .export_url()
+        .is_some_and(|url| split_userinfo(&url).1.is_some());
+    let header_auth = exporter
+        .headers
+        .keys()
+        .any(|name| name.eq_ignore_ascii_case("authorization"));
+    let basic_auth = exporter.auth.as_ref().is_some_and(|a| a.basic.is_some());
+    if url_credentials && (header_auth || basic_auth) {
+        let field = if exporter.traces_endpoint.is_some() {
+            "traces_endpoint"
+        } else {
+            "endpoint"
+        };
+        errors.push(ConfigError::new(
+            format!("{key}.{field}"),
+            "the URL holds user:password@ (sent as an Authorization: Basic header) and an authorization header or auth.basic is set too; keep one",
+        ));
     }
     if exporter.auth.as_ref().is_some_and(|a| a.basic.is_none()) {
         errors.push(ConfigError::new(
@@ -385,8 +405,10 @@ struct ExportUrl {
     port: u16,
 }
 
-fn parse_url(endpoint: &str) -> Result<ExportUrl, String> {
-    let uri: http::Uri = endpoint.parse().map_err(|e| {
+/// Parses an exporter URL; messages show it masked, as it may hold credentials.
+fn parse_url(url: &str) -> Result<ExportUrl, String> {
+    let endpoint = mask_url(url);
+    let uri: http::Uri = url.parse().map_err(|e| {
         format!("{endpoint:?} is not a URL ({e}); write e.g. https://tempo.example.net:443")
     })?;
     let https = match uri.scheme_str() {

@@ -18,6 +18,8 @@ use serde::de::{
 };
 
 use super::interpolate::{Expanded, interpolate};
+use super::secret::MASK;
+use super::url::is_secret_name;
 use super::{Config, ConfigError, bounds};
 
 /// Runs after which the remaining errors are left for the next `check`.
@@ -119,7 +121,11 @@ fn report(
         .filter(|l| l.line() > 0)
         .and_then(|l| offset_of(&expanded.text, l.line(), l.column()))
         .map(|offset| expanded.original_offset(offset));
-    let written = offset.map_or("the value", |offset| written_at(original, offset));
+    // Under a secret-looking key the message says what is wrong but not what is written.
+    let written = match offset {
+        Some(offset) if !is_secret_path(at) => written_at(original, offset),
+        _ => "the value",
+    };
     let mut message = match error {
         serde_saphyr::Error::InvalidBooleanStrict { .. } => {
             format!("{written} is not true or false")
@@ -163,13 +169,161 @@ fn report(
     match offset.map(|offset| position_of(original, offset)) {
         Some((line, column)) => {
             let source_line = original.lines().nth(line - 1).unwrap_or_default();
+            let (shown, caret) = without_values(source_line.trim_end(), column);
             ConfigError::new(
                 format!("{}:{line}:{column}", path.display()),
-                format!("{key}{message}\n      | {}", source_line.trim_end()),
+                format!("{key}{message}\n      | {shown}\n      | {:>caret$}", "^"),
             )
         }
         None => ConfigError::new(path.display().to_string(), format!("{key}{message}")),
     }
+}
+
+/// Whether a key on `path` may hold a secret: under `headers`, or named like one.
+fn is_secret_path(path: &KeyPath) -> bool {
+    path.0.iter().any(
+        |segment| matches!(segment, Segment::Key(key) if key == "headers" || is_secret_name(key)),
+    )
+}
+
+/// `line` with every scalar that is not a key (nor only `${VAR}`) replaced by `***`, and where the caret for
+/// the 1-based character `column` goes in it. Snippets show only indentation, keys and
+/// YAML's punctuation: a value (or a comment) on the line may be a secret.
+fn without_values(line: &str, column: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    let mut shown = String::new();
+    let mut caret = None;
+    let mut flow_depth = 0usize;
+    // A key is only the first scalar of a block line, list item or flow entry, so in
+    // `token: abc: def` only `token` is shown.
+    let mut expect_key = true;
+    let mut i = 0;
+    let blank_or_end = |at: usize| chars.get(at).is_none_or(|c| c.is_whitespace());
+    while i < chars.len() {
+        let here = shown.chars().count() + 1;
+        let c = chars[i];
+        let mut end = i + 1;
+        match c {
+            ' ' | '\t' => shown.push(c),
+            '{' | '[' => {
+                flow_depth += 1;
+                expect_key = true;
+                shown.push(c);
+            }
+            '}' | ']' => {
+                flow_depth = flow_depth.saturating_sub(1);
+                shown.push(c);
+            }
+            ',' if flow_depth > 0 => {
+                expect_key = true;
+                shown.push(c);
+            }
+            '-' | '?' if blank_or_end(i + 1) => {
+                expect_key = true;
+                shown.push(c);
+            }
+            ':' if ends_key(&chars, i, flow_depth) => {
+                expect_key = false;
+                shown.push(c);
+            }
+            '#' if i == 0 || chars[i - 1].is_whitespace() => {
+                end = chars.len();
+                shown.push_str("# ***");
+            }
+            _ => {
+                end = scalar_end(&chars, i, flow_depth);
+                let text: String = chars[i..end].iter().collect();
+                let colon = chars[end..].iter().position(|c| *c != ' ').map(|p| end + p);
+                let is_key = expect_key
+                    && colon.is_some_and(|at| ends_key(&chars, at, flow_depth))
+                    && text
+                        .trim_matches(['"', '\''])
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
+                expect_key = false;
+                let shows = is_key || only_references(&text);
+                shown.push_str(if shows { &text } else { MASK });
+            }
+        }
+        if caret.is_none() && column <= end {
+            caret = Some(here);
+        }
+        i = end;
+    }
+    let caret = caret.unwrap_or_else(|| shown.chars().count() + 1);
+    (shown, caret)
+}
+
+/// Whether a scalar as written is nothing but `${VAR}` references: names, not values.
+fn only_references(scalar: &str) -> bool {
+    let mut rest = scalar.trim_matches(['"', '\'']);
+    if rest.is_empty() {
+        return false;
+    }
+    while let Some(after) = rest.strip_prefix("${") {
+        match after.find('}') {
+            Some(end) => rest = &after[end + 1..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// Where the scalar starting at `start` ends: its closing quote, or for a plain scalar
+/// the `: ` or ` #` after it (and in a flow collection a `,`, `[`, `]`, `{` or `}`).
+fn scalar_end(chars: &[char], start: usize, flow_depth: usize) -> usize {
+    match chars[start] {
+        quote @ ('"' | '\'') => {
+            let mut i = start + 1;
+            while i < chars.len() {
+                if quote == '"' && chars[i] == '\\' {
+                    i += 2;
+                    continue;
+                }
+                if chars[i] == quote {
+                    // '' inside single quotes is a quote, not the end.
+                    if quote == '\'' && chars.get(i + 1) == Some(&'\'') {
+                        i += 2;
+                        continue;
+                    }
+                    return i + 1;
+                }
+                i += 1;
+            }
+            chars.len()
+        }
+        _ => {
+            let mut i = start;
+            while i < chars.len() {
+                let ends = match chars[i] {
+                    ':' => ends_key(chars, i, flow_depth),
+                    '#' => i > start && chars[i - 1].is_whitespace(),
+                    ',' | '[' | ']' | '{' | '}' => flow_depth > 0,
+                    _ => false,
+                };
+                if ends {
+                    break;
+                }
+                i += 1;
+            }
+            // Spaces before a `:` or `#` are not the scalar's.
+            while i > start + 1 && chars[i - 1] == ' ' {
+                i -= 1;
+            }
+            i.max(start + 1)
+        }
+    }
+}
+
+/// Whether the `:` at `at` ends a key: followed by a blank or the line's end, or in a
+/// flow collection by the entry's end (`{a:}`); `http://h:4317` holds no key.
+fn ends_key(chars: &[char], at: usize, flow_depth: usize) -> bool {
+    chars[at] == ':'
+        && match chars.get(at + 1) {
+            None => true,
+            Some(c) if c.is_whitespace() => true,
+            Some(c) => flow_depth > 0 && ",[]{}".contains(*c),
+        }
 }
 
 /// The scalar written at `offset` of the original text, as written (`${VAR}` included).
@@ -589,5 +743,77 @@ impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for RecoverSeq<'_, '_, '_, A> {
 
     fn size_hint(&self) -> Option<usize> {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snippet_keeps_keys_and_punctuation_but_no_value() {
+        for (line, expected) in [
+            ("    password: hunter2", "    password: ***"),
+            ("  - name: slow", "  - name: ***"),
+            ("exporters:", "exporters:"),
+            (
+                "    headers: { authorization: \"Bearer s3cr3t\", x-b: 'it''s' }",
+                "    headers: { authorization: ***, x-b: *** }",
+            ),
+            (
+                "    endpoint: https://u:pw@h:4317/x # old: t0ken",
+                "    endpoint: *** # ***",
+            ),
+            ("    token: abc: def", "    token: ***: ***"),
+            ("      Bearer abc: def", "      ***: ***"),
+            ("  - [a, b]", "  - [***, ***]"),
+            ("  {endpoint:http://h:4317}", "  {***}"),
+            ("    timeout: ${TIMEOUT}", "    timeout: ${TIMEOUT}"),
+            ("    x: \"${A}${B}\"", "    x: \"${A}${B}\""),
+            ("    x: \"Bearer ${TOKEN}\"", "    x: ***"),
+            ("    x: ${A}tail", "    x: ***"),
+        ] {
+            assert_eq!(without_values(line, 1).0, expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn the_caret_points_at_the_start_of_what_is_shown_there() {
+        let line = "    retry: { multiplier: \"a b\", max_intervall: 1s }";
+        let (shown, caret) = without_values(line, 26);
+        assert_eq!(shown, "    retry: { multiplier: ***, max_intervall: *** }");
+        assert_eq!(&shown[caret - 1..caret + 2], "***");
+        let (shown, caret) = without_values(line, 34);
+        assert_eq!(&shown[caret - 1..], "max_intervall: *** }");
+        assert_eq!(
+            without_values("a: b", 99).1,
+            7,
+            "past the end: after the line"
+        );
+    }
+
+    #[test]
+    fn keys_named_like_secrets_hide_what_is_written() {
+        let path =
+            |keys: &[&str]| KeyPath(keys.iter().map(|k| Segment::Key((*k).to_owned())).collect());
+        assert!(is_secret_path(&path(&[
+            "exporters",
+            "t",
+            "headers",
+            "x-org"
+        ])));
+        assert!(is_secret_path(&path(&[
+            "exporters",
+            "t",
+            "auth",
+            "basic",
+            "password"
+        ])));
+        assert!(!is_secret_path(&path(&[
+            "exporters",
+            "t",
+            "retry",
+            "multiplier"
+        ])));
     }
 }

@@ -43,8 +43,10 @@ impl OtlpGrpcExporter {
         if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
             headers.insert("grpc-timeout", value);
         }
-        let endpoint = config.export_url().unwrap_or_default();
-        let url = format!("{}{TRACE_EXPORT_PATH}", endpoint.trim_end_matches('/'));
+        let endpoint = config.request_url().unwrap_or_default();
+        // The method's path goes before a query (`?api_key=...`), which is kept.
+        let (base, query) = endpoint.split_at(endpoint.find(['?', '#']).unwrap_or(endpoint.len()));
+        let url = format!("{}{TRACE_EXPORT_PATH}{query}", base.trim_end_matches('/'));
         Ok(Self {
             destination: Destination::new(name, config, &url, HttpVersions::Http2, headers)?,
             gzip,

@@ -35,7 +35,7 @@ impl OtlpHttpExporter {
         if gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let url = config.export_url().unwrap_or_default();
+        let url = config.request_url().unwrap_or_default();
         Ok(Self {
             destination: Destination::new(name, config, &url, HttpVersions::Any, headers)?,
             gzip,

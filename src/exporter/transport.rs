@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::{BuildError, Delivered, ExportError};
-use crate::config::{ExporterConfig, TlsConfig};
+use crate::config::{ExporterConfig, TlsConfig, mask_url};
 
 /// The client both exporters send with.
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -35,7 +35,7 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct Destination {
     client: HttpClient,
     uri: Uri,
-    /// The URL as logs may show it: without credentials.
+    /// The URL as logs may show it: secret query values masked.
     shown: String,
     /// The `host:port` connections go to, for connection failures.
     address: String,
@@ -44,7 +44,8 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// A destination for exporter `name` at `url`, sending `headers` plus the configured ones.
+    /// A destination for exporter `name` at `url` (with no `user:password@`: see
+    /// [`ExporterConfig::request_url`]), sending `headers` plus the configured ones.
     pub fn new(
         name: &str,
         config: &ExporterConfig,
@@ -52,9 +53,10 @@ impl Destination {
         versions: HttpVersions,
         headers: HeaderMap,
     ) -> Result<Self, BuildError> {
+        let shown = mask_url(url);
         let uri: Uri = url.parse().map_err(|e| BuildError::Endpoint {
             exporter: name.to_owned(),
-            message: format!("{url:?} is not a valid URL: {e}"),
+            message: format!("{shown:?} is not a valid URL: {e}"),
         })?;
         let mut all = configured_headers(name, config)?;
         all.extend(headers);
@@ -64,7 +66,7 @@ impl Destination {
         );
         Ok(Self {
             client: client(name, config, versions)?,
-            shown: without_credentials(&uri),
+            shown,
             address: address_of(&uri),
             uri,
             headers: all,
@@ -72,7 +74,7 @@ impl Destination {
         })
     }
 
-    /// The URL without credentials, for messages.
+    /// The URL with secret query values masked, for messages.
     pub fn shown(&self) -> &str {
         &self.shown
     }
@@ -158,7 +160,7 @@ fn configured_headers(name: &str, config: &ExporterConfig) -> Result<HeaderMap, 
         };
         let parsed_key = HeaderName::from_bytes(key.as_bytes())
             .map_err(|_| header_error("not a valid header name"))?;
-        let mut parsed_value = HeaderValue::from_str(&value)
+        let mut parsed_value = HeaderValue::from_str(value.expose())
             .map_err(|_| header_error("the value holds characters a header cannot carry"))?;
         parsed_value.set_sensitive(true);
         headers.insert(parsed_key, parsed_value);
@@ -213,18 +215,6 @@ fn layer_text(error: &(dyn Error + 'static)) -> String {
     chars.next().map_or_else(String::new, |first| {
         first.to_lowercase().chain(chars).collect()
     })
-}
-
-/// The URL with any `user:password@` replaced, so it can be logged.
-fn without_credentials(uri: &Uri) -> String {
-    match uri.authority() {
-        Some(authority) if authority.as_str().contains('@') => {
-            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-            uri.to_string()
-                .replacen(authority.as_str(), &format!("***@{host}"), 1)
-        }
-        _ => uri.to_string(),
-    }
 }
 
 /// Which HTTP versions the connector offers (gRPC needs HTTP/2 only).
@@ -438,18 +428,5 @@ mod tests {
             "tempo.example.net:443"
         );
         assert_eq!(address("http://[::1]/v1/traces"), "[::1]:80");
-    }
-
-    #[test]
-    fn credentials_in_the_url_are_not_shown() {
-        let uri: Uri = "https://user:s3cret@otlp.example.net/otlp/v1/traces"
-            .parse()
-            .expect("uri");
-        assert_eq!(
-            without_credentials(&uri),
-            "https://***@otlp.example.net/otlp/v1/traces"
-        );
-        let plain: Uri = "http://tempo:4318/v1/traces".parse().expect("uri");
-        assert_eq!(without_credentials(&plain), "http://tempo:4318/v1/traces");
     }
 }
