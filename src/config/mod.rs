@@ -10,6 +10,7 @@ mod mask;
 mod pipeline;
 mod processors;
 mod receivers;
+mod security;
 mod telemetry;
 pub mod units;
 mod validate;
@@ -32,6 +33,7 @@ pub use processors::{
     RedactConfig, SamplingConfig, SamplingMode,
 };
 pub use receivers::{OtlpReceiverConfig, ReceiverEndpointConfig, ReceiversConfig};
+pub use security::{BearerToken, ReceiverAuthConfig, SecurityFileError, ServerTlsConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};
 pub use units::{ByteSize, format_duration};
 pub use validate::parse_listen_addr;
