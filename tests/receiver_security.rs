@@ -337,6 +337,53 @@ async fn clients_trusting_the_ca_are_served_over_tls_and_plaintext_is_refused() 
 }
 
 #[tokio::test]
+async fn a_stalled_handshake_is_closed_after_header_read_timeout_and_holds_no_one_back() {
+    let (sink, files, pki) = (Sink::grpc().await, Files::new(), Pki::new("server CA"));
+    let settings = format!(
+        "header_read_timeout: 500ms, {}",
+        tls_settings(&files, &pki.leaf(), None)
+    );
+    let agent = TestAgent::start(&yaml_with(&sink, &settings)).await;
+    let client = client_config(&pki.ca_pem(), None);
+    for (receiver, addr) in [("grpc", agent.grpc), ("http", agent.http)] {
+        let addr = addr.expect("receiver");
+        // TCP open, no ClientHello.
+        let mut stalled = TcpStream::connect(addr).await.expect("connect");
+        let started = Instant::now();
+        match receiver {
+            "grpc" => drop(
+                grpc_call(addr, Some(Arc::clone(&client)), None, 1)
+                    .await
+                    .expect("served beside a stalled handshake"),
+            ),
+            _ => {
+                let (status, _, _) = https_post(addr, Arc::clone(&client), &[], body(1))
+                    .await
+                    .expect("served beside a stalled handshake");
+                assert_eq!(status, 200);
+            }
+        }
+        let mut rest = Vec::new();
+        let closed_after = tokio::time::timeout(WAIT, stalled.read_to_end(&mut rest))
+            .await
+            .map(|_| started.elapsed())
+            .expect("the stalled connection is closed");
+        assert!(
+            closed_after >= Duration::from_millis(400),
+            "{receiver}: closed after {closed_after:?}, before header_read_timeout"
+        );
+        assert_eq!(
+            agent
+                .counter(&closed(receiver, "header_read_timeout"))
+                .await,
+            1,
+            "{receiver}"
+        );
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() {
     let (sink, files) = (Sink::grpc().await, Files::new());
     let (server_ca, client_ca, other_ca) = (
