@@ -690,9 +690,10 @@ fn check_reports_an_unusable_token_file_without_its_contents() {
 
 // ---------------------------------------------------------------- the Python SDK
 
-/// Exports one span with the real Python SDK over `protocol` to `endpoint`, with
-/// `OTEL_EXPORTER_OTLP_HEADERS` set to `headers` if given; whether the SDK reported success.
-async fn python_sdk_export(protocol: &str, endpoint: &str, headers: Option<&str>) -> bool {
+/// Exports one span with the real Python SDK over `protocol` to `endpoint`, with the
+/// `OTEL_EXPORTER_OTLP_*` variables `env`; whether the SDK reported success, and what it
+/// printed.
+async fn python_sdk_export(protocol: &str, endpoint: &str, env: &[(&str, &str)]) -> (bool, String) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/send_with_token.py");
     let mut command = std::process::Command::new(venv_python(".venv-interop"));
     command
@@ -701,16 +702,19 @@ async fn python_sdk_export(protocol: &str, endpoint: &str, headers: Option<&str>
         .arg(endpoint)
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
-        .env_remove("OTEL_EXPORTER_OTLP_HEADERS");
-    if let Some(headers) = headers {
-        command.env("OTEL_EXPORTER_OTLP_HEADERS", headers);
-    }
+        .env_remove("OTEL_EXPORTER_OTLP_HEADERS")
+        .env_remove("OTEL_EXPORTER_OTLP_INSECURE")
+        // `requests` lets these replace the CA file the HTTP exporter gives its session
+        // (OTEL_EXPORTER_OTLP_CERTIFICATE); a machine's own must not decide the test.
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .envs(env.iter().copied());
     let (status, output) = run_bounded(command, Duration::from_secs(60)).await;
     assert!(
         matches!(status.code(), Some(0 | 2)),
         "the SDK script failed:\n{output}"
     );
-    status.success()
+    (status.success(), output)
 }
 
 #[tokio::test]
@@ -719,15 +723,17 @@ async fn the_python_sdk_is_refused_without_the_token_and_served_with_it() {
     let token_file = files.write("token", "sdk-token-2468\n");
     let settings = format!("auth: {{ bearer_token_file: {} }}", token_file.display());
     let agent = TestAgent::start(&yaml_with(&sink, &settings)).await;
-    let header = "authorization=Bearer%20sdk-token-2468";
+    let header = [(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "authorization=Bearer%20sdk-token-2468",
+    )];
     for (protocol, endpoint) in [("grpc", agent.grpc_url()), ("http", agent.http_url())] {
+        let (served, output) = python_sdk_export(protocol, &endpoint, &[]).await;
+        assert!(!served, "{protocol}: refused without the header:\n{output}");
+        let (served, output) = python_sdk_export(protocol, &endpoint, &header).await;
         assert!(
-            !python_sdk_export(protocol, &endpoint, None).await,
-            "{protocol}: refused without the header"
-        );
-        assert!(
-            python_sdk_export(protocol, &endpoint, Some(header)).await,
-            "{protocol}: served with OTEL_EXPORTER_OTLP_HEADERS"
+            served,
+            "{protocol}: served with OTEL_EXPORTER_OTLP_HEADERS:\n{output}"
         );
     }
     assert_eq!(sink.wait_for_spans(2).await.len(), 2);
@@ -735,5 +741,50 @@ async fn the_python_sdk_is_refused_without_the_token_and_served_with_it() {
         let refused = series("requests_refused", protocol, "unauthenticated");
         assert_eq!(agent.counter(&refused).await, 1, "{protocol}");
     }
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn the_python_sdk_exports_over_mutual_tls_with_the_token_from_its_environment() {
+    let (sink, files) = (Sink::grpc().await, Files::new());
+    let (server_ca, client_ca) = (Pki::new("server CA"), Pki::new("client CA"));
+    let token_file = files.write("token", "sdk-token-1357");
+    let settings = format!(
+        "{}, auth: {{ bearer_token_file: {} }}",
+        tls_settings(&files, &server_ca.leaf(), Some(&client_ca)),
+        token_file.display()
+    );
+    let agent = TestAgent::start(&yaml_with(&sink, &settings)).await;
+    let service = client_ca.leaf();
+    let ca = files.write("agent-ca.crt", &server_ca.ca_pem());
+    let cert = files.write("service.crt", &service.cert);
+    let key = files.write("service.key", &service.key);
+    let (ca, cert, key) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let env = [
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", cert.as_str()),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", key.as_str()),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20sdk-token-1357",
+        ),
+    ];
+    let grpc = format!("https://localhost:{}", agent.grpc.expect("grpc").port());
+    let http = format!(
+        "https://localhost:{}/v1/traces",
+        agent.http.expect("http").port()
+    );
+    for (protocol, endpoint) in [("grpc", grpc), ("http", http)] {
+        let (served, output) = python_sdk_export(protocol, &endpoint, &env).await;
+        assert!(
+            served,
+            "{protocol}: served over mTLS with the token:\n{output}"
+        );
+    }
+    assert_eq!(sink.wait_for_spans(2).await.len(), 2);
     agent.stop().await;
 }

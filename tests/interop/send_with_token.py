@@ -1,5 +1,7 @@
-"""Exports one span with the real OpenTelemetry Python SDK, its headers taken from the
-environment (OTEL_EXPORTER_OTLP_HEADERS) as a Daena service sets them.
+"""Exports one span with the real OpenTelemetry Python SDK, its headers and TLS files taken
+from the environment (OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_CERTIFICATE,
+OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_KEY) as a Daena service
+sets them; an https:// ENDPOINT is reached over TLS.
 
 Usage: send_with_token.py PROTOCOL ENDPOINT, PROTOCOL being "grpc" or "http".
 Prints the export result; exits 0 if the export succeeded, 2 if it failed.
@@ -35,7 +37,7 @@ def exporter(protocol, endpoint):
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=5)
+        return OTLPSpanExporter(endpoint=endpoint, timeout=5)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(endpoint=endpoint, timeout=5)
