@@ -22,6 +22,8 @@ use crate::telemetry::metrics::ConnectionReason;
 #[derive(Debug)]
 pub struct ServerTls {
     receiver: &'static str,
+    /// Whether clients must present a certificate (`client_ca_file`).
+    mutual: bool,
     config: Arc<Watched<rustls::ServerConfig>>,
     /// Failed handshakes repeat per connection while their cause lasts.
     failures: LogLimit,
@@ -36,15 +38,22 @@ impl ServerTls {
         config: &ServerTlsConfig,
     ) -> Result<Self, SecurityFileError> {
         let files = config.files();
+        let mutual = config.client_ca_file.is_some();
         let config = config.clone();
         let config = Watched::start(format!("the TLS certificate of {key}"), files, move || {
             config.load()
         })?;
         Ok(Self {
             receiver,
+            mutual,
             config,
             failures: LogLimit::new(REPEAT_INTERVAL),
         })
+    }
+
+    /// Whether clients must present a certificate signed by `client_ca_file`.
+    pub fn is_mutual(&self) -> bool {
+        self.mutual
     }
 
     /// The TLS side of `tcp`, once its handshake is done with the current config; `None`
@@ -58,6 +67,15 @@ impl ServerTls {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.get());
         match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => Some(tls),
+            // The client closed without an alert: a TCP probe or port check, or a client that
+            // went away; not a TLS failure worth a warning.
+            Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(
+                    receiver = self.receiver,
+                    "connection closed before its TLS handshake: {error}"
+                );
+                None
+            }
             Ok(Err(error)) => {
                 metrics.closed_connection(self.receiver, ConnectionReason::TlsHandshake);
                 if let Some(suppressed) = self.failures.check() {
