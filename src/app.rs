@@ -284,7 +284,13 @@ impl Agent {
                 tracing::warn!("{warning}");
             }
         }
-        let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
+        let listening = describe_listeners(
+            [
+                (grpc.as_ref(), &grpc_security),
+                (http.as_ref(), &http_security),
+            ],
+            telemetry.as_ref(),
+        );
         let [grpc_limits, http_limits] = connection_limits(&config);
         if let (Some(listener), Some(receiver), Some(limits)) =
             (grpc, &config.receivers.otlp.grpc, grpc_limits)
@@ -526,19 +532,24 @@ fn connection_limits(config: &Config) -> [Option<ConnectionLimits>; 2] {
     limits
 }
 
+/// The start-up line's listeners: the gRPC and HTTP receivers, each with what its clients
+/// must bring (TLS, bearer token), then the telemetry endpoint.
 fn describe_listeners(
-    grpc: Option<&TcpListener>,
-    http: Option<&TcpListener>,
+    [(grpc, grpc_security), (http, http_security)]: [(Option<&TcpListener>, &Security); 2],
     telemetry: Option<&TcpListener>,
 ) -> String {
     let addr = |l: Option<&TcpListener>| {
         l.and_then(|l| l.local_addr().ok())
             .map_or_else(|| "off".to_owned(), |a| a.to_string())
     };
+    let receiver = |l: Option<&TcpListener>, security: &Security| match l {
+        Some(_) => format!("{}{}", addr(l), security.describe()),
+        None => addr(l),
+    };
     format!(
         "OTLP/gRPC on {}, OTLP/HTTP on {}, metrics on {}",
-        addr(grpc),
-        addr(http),
+        receiver(grpc, grpc_security),
+        receiver(http, http_security),
         addr(telemetry)
     )
 }

@@ -91,6 +91,24 @@ impl Security {
     }
 }
 
+impl Security {
+    /// What clients must bring, for the start-up line: e.g. ` (mTLS, bearer token)`;
+    /// empty when the receiver has neither `tls` nor `auth`.
+    pub fn describe(&self) -> String {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|tls| if tls.is_mutual() { "mTLS" } else { "TLS" });
+        let auth = self.auth.as_ref().map(|_| "bearer token");
+        let parts: Vec<&str> = tls.into_iter().chain(auth).collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
 /// The warning to log at start-up when the receiver configured at `key` listens beyond
 /// loopback with neither `tls` nor `auth`: anyone who can reach it can send spans.
 pub fn exposure_warning(key: &str, config: &ReceiverEndpointConfig) -> Option<String> {
