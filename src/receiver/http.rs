@@ -188,7 +188,12 @@ async fn serve_connection(
         None => MaybeTls::Plain(tcp),
         Some(tls) => {
             let deadline = Instant::now() + limits.header_read_timeout;
-            match tls.accept(tcp, deadline, &metrics).await {
+            // A stop does not wait for a handshake: nothing was asked yet.
+            let handshake = tokio::select! {
+                tls = tls.accept(tcp, deadline, &metrics) => tls,
+                () = stop.cancelled() => None,
+            };
+            match handshake {
                 Some(tls) => MaybeTls::Tls(Box::new(tls)),
                 None => return,
             }
