@@ -384,6 +384,49 @@ async fn a_stalled_handshake_is_closed_after_header_read_timeout_and_holds_no_on
 }
 
 #[tokio::test]
+async fn curl_over_tls_gets_the_introduction_on_the_grpc_port_without_a_token() {
+    let (sink, files, pki) = (Sink::grpc().await, Files::new(), Pki::new("server CA"));
+    let token_file = files.write("token", "curl-token");
+    let settings = format!(
+        "{}, auth: {{ bearer_token_file: {} }}",
+        tls_settings(&files, &pki.leaf(), None),
+        token_file.display()
+    );
+    let agent = TestAgent::start(&yaml_with(&sink, &settings)).await;
+    // What curl offers over https: HTTP/1.1 when asked for it.
+    let mut config = (*client_config(&pki.ca_pem(), None)).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = tls_connect(agent.grpc.expect("grpc"), Arc::new(config))
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP/1.1");
+    tokio::spawn(connection);
+    let request = http::Request::get("/")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("in time")
+        .expect("answer");
+    assert_eq!(response.status(), 200);
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert!(
+        String::from_utf8_lossy(&text).contains("OTLP/gRPC receiver"),
+        "{text:?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn mutual_tls_serves_only_clients_with_a_certificate_from_the_client_ca() {
     let (sink, files) = (Sink::grpc().await, Files::new());
     let (server_ca, client_ca, other_ca) = (
