@@ -18,7 +18,7 @@ use crate::processor;
 use crate::receiver::conn::{ConnectionLimits, cap_connections, open_file_limit, open_files};
 use crate::receiver::grpc::GrpcReceiver;
 use crate::receiver::http::HttpReceiver;
-use crate::receiver::{Intake, RequestLimits};
+use crate::receiver::{Intake, RequestLimits, Security, SecurityError, exposure_warning};
 use crate::supervisor::{Supervisor, TaskFailure};
 use crate::telemetry::health::Health;
 use crate::telemetry::memory::MemoryLimiter;
@@ -50,6 +50,9 @@ pub enum AppError {
         /// What is wrong.
         message: String,
     },
+    /// A receiver's `tls` or `auth` file could not be used (normally caught by validation).
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     /// An exporter could not be built.
     #[error(transparent)]
     Exporter(#[from] exporter::BuildError),
@@ -72,6 +75,8 @@ pub struct Agent {
     grpc: Option<TcpListener>,
     http: Option<TcpListener>,
     telemetry: Option<TcpListener>,
+    /// The receivers' TLS and auth, loaded at bind so that a bad file stops the start.
+    security: [Security; 2],
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     /// Hands the allocator's free memory back to the system (the binary's `malloc_trim`).
@@ -113,12 +118,23 @@ impl Agent {
             Some(endpoint) => Some(listen("telemetry.endpoint", endpoint).await?),
             None => None,
         };
+        let security = [
+            ("grpc", "receivers.otlp.grpc", &receivers.grpc),
+            ("http", "receivers.otlp.http", &receivers.http),
+        ]
+        .map(|(receiver, key, config)| match config {
+            Some(config) => Security::start(receiver, key, config),
+            None => Ok(Security::default()),
+        });
+        let [grpc_security, http_security] = security;
+        let security = [grpc_security?, http_security?];
         let (reload_handle, reload_requests) = reload_channel();
         Ok(Self {
             config,
             grpc,
             http,
             telemetry,
+            security,
             metrics: Arc::default(),
             health: Arc::default(),
             release_memory: None,
@@ -185,6 +201,7 @@ impl Agent {
             grpc,
             http,
             telemetry,
+            security: [grpc_security, http_security],
             metrics,
             health,
             release_memory,
@@ -258,7 +275,22 @@ impl Agent {
             intake = intake.durable();
         }
         let mut servers = Vec::new();
-        let listening = describe_listeners(grpc.as_ref(), http.as_ref(), telemetry.as_ref());
+        let receivers = &config.receivers.otlp;
+        for (key, receiver) in [
+            ("receivers.otlp.grpc", &receivers.grpc),
+            ("receivers.otlp.http", &receivers.http),
+        ] {
+            if let Some(warning) = receiver.as_ref().and_then(|r| exposure_warning(key, r)) {
+                tracing::warn!("{warning}");
+            }
+        }
+        let listening = describe_listeners(
+            [
+                (grpc.as_ref(), &grpc_security),
+                (http.as_ref(), &http_security),
+            ],
+            telemetry.as_ref(),
+        );
         let [grpc_limits, http_limits] = connection_limits(&config);
         if let (Some(listener), Some(receiver), Some(limits)) =
             (grpc, &config.receivers.otlp.grpc, grpc_limits)
@@ -269,7 +301,8 @@ impl Agent {
                     .with_limits(RequestLimits::from_config(receiver, budget)),
                 receiver.max_request_size.0 as usize,
                 limits,
-            );
+            )
+            .with_security(grpc_security);
             servers.push(supervisor.spawn_service(
                 "OTLP/gRPC receiver",
                 server.serve(listener, stop_receivers.clone()),
@@ -284,7 +317,8 @@ impl Agent {
                     .with_limits(RequestLimits::from_config(receiver, budget)),
                 receiver.max_request_size.0 as usize,
                 limits,
-            );
+            )
+            .with_security(http_security);
             servers.push(supervisor.spawn_service(
                 "OTLP/HTTP receiver",
                 server.serve(listener, stop_receivers.clone()),
@@ -498,19 +532,24 @@ fn connection_limits(config: &Config) -> [Option<ConnectionLimits>; 2] {
     limits
 }
 
+/// The start-up line's listeners: the gRPC and HTTP receivers, each with what its clients
+/// must bring (TLS, bearer token), then the telemetry endpoint.
 fn describe_listeners(
-    grpc: Option<&TcpListener>,
-    http: Option<&TcpListener>,
+    [(grpc, grpc_security), (http, http_security)]: [(Option<&TcpListener>, &Security); 2],
     telemetry: Option<&TcpListener>,
 ) -> String {
     let addr = |l: Option<&TcpListener>| {
         l.and_then(|l| l.local_addr().ok())
             .map_or_else(|| "off".to_owned(), |a| a.to_string())
     };
+    let receiver = |l: Option<&TcpListener>, security: &Security| match l {
+        Some(_) => format!("{}{}", addr(l), security.describe()),
+        None => addr(l),
+    };
     format!(
         "OTLP/gRPC on {}, OTLP/HTTP on {}, metrics on {}",
-        addr(grpc),
-        addr(http),
+        receiver(grpc, grpc_security),
+        receiver(http, http_security),
         addr(telemetry)
     )
 }

@@ -11,6 +11,7 @@ mod pipeline;
 mod processors;
 mod receivers;
 mod secret;
+mod security;
 mod telemetry;
 pub mod units;
 mod url;
@@ -35,6 +36,7 @@ pub use processors::{
 };
 pub use receivers::{OtlpReceiverConfig, ReceiverEndpointConfig, ReceiversConfig};
 pub use secret::Secret;
+pub use security::{ReceiverAuthConfig, SecurityFileError, ServerTlsConfig};
 pub use telemetry::{LogFormat, TelemetryConfig};
 pub use units::{ByteSize, format_duration};
 pub use url::mask_url;

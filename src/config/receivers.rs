@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, bounds, units};
+use super::{ByteSize, ReceiverAuthConfig, ServerTlsConfig, bounds, units};
 
 /// The receivers section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,12 @@ pub struct ReceiverEndpointConfig {
     /// A PING unanswered for this long closes the connection (its peer is gone).
     #[serde(default = "default_keepalive_timeout", with = "units::duration")]
     pub keepalive_timeout: Duration,
+    /// Server TLS (and mTLS with `client_ca_file`); plaintext when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
+    /// Bearer-token authentication of span intake; none when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ReceiverAuthConfig>,
 }
 
 impl ReceiverEndpointConfig {
@@ -106,6 +112,8 @@ impl ReceiverEndpointConfig {
             max_concurrent_streams: default_max_concurrent_streams(),
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
+            tls: None,
+            auth: None,
         }
     }
 

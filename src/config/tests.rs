@@ -789,6 +789,37 @@ fn credentials_in_the_url_become_a_basic_header_and_leave_the_url() {
 }
 
 #[test]
+fn receiver_tls_and_auth_need_their_files_and_take_no_other_key() {
+    let missing_key = errors_of(
+        "receivers:\n  otlp:\n    grpc:\n      endpoint: 127.0.0.1:4317\n      tls: { cert_file: /tls/server.crt }\n",
+    );
+    assert!(missing_key.contains("key_file"), "{missing_key}");
+    let unknown = errors_of(
+        "receivers:\n  otlp:\n    http:\n      endpoint: 127.0.0.1:4318\n      auth: { token_file: /run/token }\n",
+    );
+    assert!(
+        unknown.contains("unknown field `token_file`, expected one of bearer_token_file"),
+        "{unknown}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unreadable = dir.path().join("absent-token");
+    let errors = errors_of(&format!(
+        "receivers:\n  otlp:\n    http:\n      endpoint: 127.0.0.1:4318\n      auth: {{ bearer_token_file: {} }}\n      tls: {{ cert_file: {}, key_file: {} }}\n",
+        unreadable.display(),
+        dir.path().join("absent.crt").display(),
+        dir.path().join("absent.key").display(),
+    ));
+    assert!(
+        errors.contains("receivers.otlp.http.auth.bearer_token_file: cannot read"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("receivers.otlp.http.tls.cert_file: cannot read"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn url_credentials_with_another_authorization_are_refused() {
     let text = errors_of(
         "exporters:\n  g:\n    protocol: grpc\n    endpoint: https://inst:hunter2@tempo.example.net:443\n    auth: { basic: { username: inst, password: other } }\n",
@@ -813,4 +844,23 @@ fn a_bad_url_is_reported_masked() {
         assert!(text.contains("exporters.g.endpoint"), "{text}");
         assert!(!text.contains("hunter2"), "{url}: {text}");
     }
+}
+
+#[test]
+fn a_bearer_token_is_read_trimmed_and_never_shown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token");
+    let auth = ReceiverAuthConfig {
+        bearer_token_file: file.clone(),
+    };
+    std::fs::write(&file, "\n  t0ken-value \r\n").expect("write");
+    let token = auth.read_token().expect("a token");
+    assert_eq!(token.expose(), "t0ken-value");
+    assert_eq!(format!("{token:?}"), "***");
+    std::fs::write(&file, "two words").expect("write");
+    let error = auth.read_token().expect_err("a space");
+    assert_eq!(error.field, "bearer_token_file");
+    assert!(!error.message.contains("two"), "{error}");
+    std::fs::write(&file, "\n").expect("write");
+    assert!(auth.read_token().is_err(), "empty");
 }

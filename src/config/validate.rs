@@ -37,6 +37,7 @@ impl Config {
             );
             receiver.validate_limits(key, &mut errors);
             receiver.validate_decode_limits(key, &self.memory_limit, &mut errors);
+            receiver.validate_security(key, &mut errors);
         }
         if let [(_, _, a, _), (_, _, b, _)] = listening[..]
             && a == b
@@ -110,6 +111,28 @@ impl Config {
 }
 
 impl ReceiverEndpointConfig {
+    /// Adds the problems of the `tls` and `auth` files of the receiver at `key`: each must
+    /// load as the running receiver loads it (certificate and key parse and match, the
+    /// token file holds a token).
+    fn validate_security(&self, key: &str, errors: &mut Vec<ConfigError>) {
+        if let Some(tls) = &self.tls
+            && let Err(e) = tls.load()
+        {
+            errors.push(ConfigError::new(
+                format!("{key}.tls.{}", e.field),
+                e.message,
+            ));
+        }
+        if let Some(auth) = &self.auth
+            && let Err(e) = auth.read_token()
+        {
+            errors.push(ConfigError::new(
+                format!("{key}.auth.{}", e.field),
+                e.message,
+            ));
+        }
+    }
+
     /// Adds the problems of the per-request limits of the receiver at `key`, whose
     /// requests are admitted against `memory`'s budget.
     fn validate_decode_limits(

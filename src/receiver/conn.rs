@@ -12,13 +12,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::tls::{MaybeTls, ServerTls};
 use crate::accept::ConnectionCap;
 use crate::config::ReceiverEndpointConfig;
 use crate::telemetry::Metrics;
@@ -140,26 +142,55 @@ impl Gate {
     }
 
     /// The accepted connections as a stream for tonic, each closed if its opening (the
-    /// HTTP/2 preface, or an HTTP/1 request's head) does not arrive within `opening_timeout`.
+    /// HTTP/2 preface, or an HTTP/1 request's head) does not arrive within `opening_timeout`
+    /// of its accept. With `tls`, each connection's handshake must also be done within
+    /// that time; handshakes run side by side, so a slow one holds no other back.
     pub(super) fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
         opening_timeout: Duration,
+        tls: Option<Arc<ServerTls>>,
     ) -> impl Stream<Item = io::Result<Tracked>> {
-        futures_util::stream::unfold((self, listener), move |(gate, listener)| async move {
-            let (tcp, permit) = gate.accept(&listener).await;
-            let tracked = Tracked {
-                tcp,
-                _permit: permit,
-                opening: Some((
-                    Box::pin(tokio::time::sleep(opening_timeout)),
-                    Opening::START,
-                )),
-                receiver: gate.receiver,
-                metrics: Arc::clone(&gate.metrics),
-            };
-            Some((Ok(tracked), (gate, listener)))
+        let handshakes = FuturesUnordered::new();
+        let state = (self, listener, handshakes);
+        futures_util::stream::unfold(state, move |(gate, listener, mut handshakes)| {
+            let tls = tls.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        (tcp, permit) = gate.accept(&listener) => {
+                            let deadline = Instant::now() + opening_timeout;
+                            let Some(tls) = &tls else {
+                                let tracked = gate.track(MaybeTls::Plain(tcp), permit, deadline);
+                                return Some((Ok(tracked), (gate, listener, handshakes)));
+                            };
+                            let (tls, metrics) = (Arc::clone(tls), Arc::clone(&gate.metrics));
+                            handshakes.push(async move {
+                                let tls = tls.accept(tcp, deadline, &metrics).await?;
+                                Some((MaybeTls::Tls(Box::new(tls)), permit, deadline))
+                            });
+                        }
+                        Some(done) = handshakes.next(), if !handshakes.is_empty() => {
+                            if let Some((io, permit, deadline)) = done {
+                                let tracked = gate.track(io, permit, deadline);
+                                return Some((Ok(tracked), (gate, listener, handshakes)));
+                            }
+                        }
+                    }
+                }
+            }
         })
+    }
+
+    /// A connection let in, its opening due by `deadline`.
+    fn track(&self, io: MaybeTls, permit: OwnedSemaphorePermit, deadline: Instant) -> Tracked {
+        Tracked {
+            io,
+            _permit: permit,
+            opening: Some((Box::pin(tokio::time::sleep_until(deadline)), Opening::START)),
+            receiver: self.receiver,
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 }
 
@@ -168,7 +199,7 @@ impl Gate {
 /// itself: hyper's HTTP/2 server has no preface timeout, and tonic sets no timer for
 /// HTTP/1 (spoken on this port only to answer `curl`, one request per connection).
 pub(super) struct Tracked {
-    tcp: TcpStream,
+    io: MaybeTls,
     _permit: OwnedSemaphorePermit,
     /// Until the opening has arrived: its deadline and how much of it has.
     opening: Option<(Pin<Box<Sleep>>, Opening)>,
@@ -184,7 +215,7 @@ impl AsyncRead for Tracked {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Some((deadline, opening)) = &mut this.opening {
             *opening = opening.read(&buf.filled()[before..]);
             if *opening == Opening::Complete {
@@ -275,15 +306,15 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -291,11 +322,11 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 }
 
@@ -303,7 +334,7 @@ impl Connected for Tracked {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.tcp.connect_info()
+        self.io.tcp().connect_info()
     }
 }
 

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use super::body::{BodyReservation, ReservedBody};
 use super::conn::{ConnectionLimits, Gate};
-use super::{Intake, IntakeError, RETRY_AFTER, Refusal, introduction};
+use super::{Intake, IntakeError, RETRY_AFTER, Refusal, Security, introduction};
 use crate::otlp::grpc_codec::OtlpCodec;
 use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH, TRACE_SERVICE_NAME};
 use crate::telemetry::metrics::RefusalReason;
@@ -39,6 +39,7 @@ pub struct GrpcReceiver {
     intake: Intake,
     max_request_size: usize,
     limits: ConnectionLimits,
+    security: Security,
 }
 
 impl GrpcReceiver {
@@ -49,7 +50,14 @@ impl GrpcReceiver {
             intake,
             max_request_size,
             limits,
+            security: Security::default(),
         }
+    }
+
+    /// Requires the TLS handshake and bearer token `security` holds.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// Serves on `listener` until `stop` is cancelled, then finishes in-flight calls.
@@ -62,6 +70,7 @@ impl GrpcReceiver {
         stop: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
         let limits = self.limits;
+        let tls = self.security.tls.clone();
         let gate = Arc::new(Gate::new(
             PROTOCOL,
             limits.max_connections,
@@ -77,7 +86,7 @@ impl GrpcReceiver {
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .add_routes(Routes::from(routes))
             .serve_with_incoming_shutdown(
-                gate.incoming(listener, limits.header_read_timeout),
+                gate.incoming(listener, limits.header_read_timeout, tls),
                 stop.cancelled_owned(),
             )
             .await
@@ -202,6 +211,17 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcReceiver {
             return Box::pin(ready(Ok(status.into_http())));
         }
         let intake = self.intake.clone();
+        // Before the body is read: an unauthenticated client costs no decoding.
+        if let Some(auth) = &self.security.auth
+            && let Err(refusal) = auth.check(request.headers())
+        {
+            intake
+                .metrics()
+                .refused_request(PROTOCOL, RefusalReason::Unauthenticated);
+            return Box::pin(ready(Ok(
+                Status::unauthenticated(refusal.to_string()).into_http()
+            )));
+        }
         let limit = self.max_request_size;
         // The body's frames are reserved as they arrive; the handler takes the reservation over.
         let memory = BodyReservation::new(intake.reservation());

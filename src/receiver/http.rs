@@ -11,7 +11,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::body::{BodyReservation, ReservedBody};
 use super::conn::{ConnectionLimits, Gate};
-use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal, introduction};
+use super::tls::{MaybeTls, ServerTls};
+use super::{Intake, IntakeError, RETRY_AFTER as RETRY_DELAY, Refusal, Security, introduction};
 use crate::config::format_duration;
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceResponse, RpcStatus, json};
 use crate::telemetry::Metrics;
@@ -42,6 +43,7 @@ pub struct HttpReceiver {
     intake: Intake,
     max_request_size: usize,
     limits: ConnectionLimits,
+    security: Security,
 }
 
 impl HttpReceiver {
@@ -52,7 +54,14 @@ impl HttpReceiver {
             intake,
             max_request_size,
             limits,
+            security: Security::default(),
         }
+    }
+
+    /// Requires the TLS handshake and bearer token `security` holds.
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// The routes: `/v1/traces` for POST, `/` for GET (one line saying what answers, for
@@ -106,6 +115,7 @@ impl HttpReceiver {
         let metrics = Arc::clone(self.intake.metrics());
         let gate = Gate::new(PROTOCOL, limits.max_connections, Arc::clone(&metrics));
         let builder = Arc::new(server_builder(&limits));
+        let tls = self.security.tls.clone();
         let router = self.router();
         loop {
             let (tcp, permit) = tokio::select! {
@@ -121,6 +131,7 @@ impl HttpReceiver {
                     limits,
                     metrics: Arc::clone(&metrics),
                     stop: stop.clone(),
+                    tls: tls.clone(),
                 },
             ));
         }
@@ -152,6 +163,8 @@ struct Connection {
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    /// The handshake to do first, when the receiver has `tls`.
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// Serves one connection until it closes, a limit closes it, or the receiver stops (then
@@ -167,8 +180,25 @@ async fn serve_connection(
         limits,
         metrics,
         stop,
+        tls,
     } = connection;
+    // From the accept: the handshake counts against the time for the first request's headers.
     let activity = Arc::new(Activity::new());
+    let io = match tls {
+        None => MaybeTls::Plain(tcp),
+        Some(tls) => {
+            let deadline = Instant::now() + limits.header_read_timeout;
+            // A stop does not wait for a handshake: nothing was asked yet.
+            let handshake = tokio::select! {
+                tls = tls.accept(tcp, deadline, &metrics) => tls,
+                () = stop.cancelled() => None,
+            };
+            match handshake {
+                Some(tls) => MaybeTls::Tls(Box::new(tls)),
+                None => return,
+            }
+        }
+    };
     let service = {
         let activity = Arc::clone(&activity);
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -181,7 +211,7 @@ async fn serve_connection(
             }
         })
     };
-    let served = builder.serve_connection(TokioIo::new(tcp), service);
+    let served = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     let mut stopping = false;
     loop {
@@ -374,6 +404,24 @@ impl Rejection {
 
 async fn export(State(receiver): State<HttpReceiver>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // Before the body is read: an unauthenticated client costs no decoding.
+    if let Some(auth) = &receiver.security.auth
+        && let Err(refusal) = auth.check(&parts.headers)
+    {
+        receiver
+            .intake
+            .metrics()
+            .refused_request(PROTOCOL, RefusalReason::Unauthenticated);
+        let status = StatusCode::UNAUTHORIZED;
+        let mut response = match content_format(&parts.headers) {
+            Ok(format) => status_response(format, status, refusal.to_string(), None),
+            Err(_) => plain(status, refusal.to_string()),
+        };
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
     let format = match content_format(&parts.headers) {
         Ok(format) => format,
         Err(rejection) => {
@@ -625,6 +673,7 @@ fn grpc_code(status: StatusCode) -> i32 {
         }
         StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
         StatusCode::REQUEST_TIMEOUT => tonic::Code::DeadlineExceeded as i32,
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated as i32,
         _ => tonic::Code::Unknown as i32,
     }
 }

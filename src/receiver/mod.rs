@@ -5,10 +5,13 @@
 //! pipeline or refuses with an answer the client's SDK retries (or, over a per-request
 //! limit, with one it does not).
 
+pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod grpc;
 pub mod http;
+pub mod tls;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +21,7 @@ use tokio::sync::mpsc;
 use bytes::Bytes;
 use prost::Message;
 
-use crate::config::{ByteSize, ReceiverEndpointConfig};
+use crate::config::{ByteSize, ReceiverEndpointConfig, parse_listen_addr};
 use crate::otlp::{ExportTracePartialSuccess, ExportTraceServiceRequest, SpanBatch, wire};
 use crate::pipeline::{Accepted, Ack, Inlet, NotQueued};
 use crate::telemetry::Metrics;
@@ -36,6 +39,87 @@ fn introduction(receiver: &str, how_to_send: &str) -> String {
         "daena-trace-agent {}: {receiver} receiver; {how_to_send}\n",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// A receiver's TLS and bearer-token authentication, each on when configured.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The TLS handshake every connection must complete.
+    pub tls: Option<Arc<tls::ServerTls>>,
+    /// The token every span-intake request must carry.
+    pub auth: Option<auth::BearerAuth>,
+}
+
+/// A receiver's `tls` or `auth` file that cannot be used at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SecurityError {
+    /// The key of the file, e.g. `receivers.otlp.grpc.tls.key_file`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl Security {
+    /// Loads the files the receiver `receiver` configured at `key` (e.g.
+    /// `receivers.otlp.grpc`) names, and watches them for changes from now on.
+    pub fn start(
+        receiver: &'static str,
+        key: &str,
+        config: &ReceiverEndpointConfig,
+    ) -> Result<Self, SecurityError> {
+        let failed = |section: &str, e: crate::config::SecurityFileError| SecurityError {
+            key: format!("{key}.{section}.{}", e.field),
+            message: e.message,
+        };
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| tls::ServerTls::start(receiver, &format!("{key}.tls"), tls))
+            .transpose()
+            .map_err(|e| failed("tls", e))?;
+        let auth = config
+            .auth
+            .as_ref()
+            .map(|auth| auth::BearerAuth::start(&format!("{key}.auth"), auth))
+            .transpose()
+            .map_err(|e| failed("auth", e))?;
+        Ok(Self {
+            tls: tls.map(Arc::new),
+            auth,
+        })
+    }
+}
+
+impl Security {
+    /// What clients must bring, for the start-up line: e.g. ` (mTLS, bearer token)`;
+    /// empty when the receiver has neither `tls` nor `auth`.
+    pub fn describe(&self) -> String {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|tls| if tls.is_mutual() { "mTLS" } else { "TLS" });
+        let auth = self.auth.as_ref().map(|_| "bearer token");
+        let parts: Vec<&str> = tls.into_iter().chain(auth).collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// The warning to log at start-up when the receiver configured at `key` listens beyond
+/// loopback with neither `tls` nor `auth`: anyone who can reach it can send spans.
+pub fn exposure_warning(key: &str, config: &ReceiverEndpointConfig) -> Option<String> {
+    let addr = parse_listen_addr(&config.endpoint).ok()?;
+    if addr.ip().is_loopback() || config.tls.is_some() || config.auth.is_some() {
+        return None;
+    }
+    Some(format!(
+        "{key} listens on {} without tls or auth: anyone who can reach that address can send spans in plaintext; add {key}.auth.bearer_token_file (and {key}.tls with cert_file and key_file), or listen on 127.0.0.1 when the services run beside the agent",
+        config.endpoint
+    ))
 }
 
 /// Why the pipeline could not take a request; the client should retry later.
@@ -432,7 +516,43 @@ fn id_problem(field: &str, id: &[u8], len: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ReceiverAuthConfig, ReceiversConfig, ServerTlsConfig};
     use crate::otlp::Span;
+
+    #[test]
+    fn listening_beyond_loopback_without_tls_or_auth_is_warned_about() {
+        let Some(mut receiver) = ReceiversConfig::default().otlp.grpc else {
+            panic!("a default gRPC receiver");
+        };
+        let key = "receivers.otlp.grpc";
+        for endpoint in ["127.0.0.1:4317", "[::1]:4317", "localhost:4317"] {
+            receiver.endpoint = endpoint.to_owned();
+            assert_eq!(exposure_warning(key, &receiver), None, "{endpoint}");
+        }
+        for endpoint in ["0.0.0.0:4317", "[::]:4317", "10.1.2.3:4317"] {
+            receiver.endpoint = endpoint.to_owned();
+            let warning = exposure_warning(key, &receiver).unwrap_or_default();
+            assert!(warning.contains(endpoint), "{warning}");
+            assert!(warning.contains("anyone who can reach"), "{warning}");
+            assert!(
+                warning.contains("receivers.otlp.grpc.auth.bearer_token_file"),
+                "{warning}"
+            );
+            assert!(warning.contains("receivers.otlp.grpc.tls"), "{warning}");
+        }
+        receiver.endpoint = "0.0.0.0:4317".to_owned();
+        receiver.auth = Some(ReceiverAuthConfig {
+            bearer_token_file: "/run/secrets/token".into(),
+        });
+        assert_eq!(exposure_warning(key, &receiver), None, "with auth");
+        receiver.auth = None;
+        receiver.tls = Some(ServerTlsConfig {
+            cert_file: "/tls/cert.pem".into(),
+            key_file: "/tls/key.pem".into(),
+            client_ca_file: None,
+        });
+        assert_eq!(exposure_warning(key, &receiver), None, "with tls");
+    }
 
     fn span(name: &str, trace_id: Vec<u8>, span_id: Vec<u8>) -> Span {
         Span {

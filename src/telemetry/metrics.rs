@@ -123,6 +123,8 @@ pub enum RefusalReason {
     UnsupportedMediaType,
     /// The body did not arrive within `body_read_timeout` (answered 408).
     BodyReadTimeout,
+    /// The request lacked the bearer token `auth` requires (answered 401 / `UNAUTHENTICATED`).
+    Unauthenticated,
 }
 
 impl RefusalReason {
@@ -140,6 +142,7 @@ impl RefusalReason {
             Self::TooLarge => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BodyReadTimeout => "body_read_timeout",
+            Self::Unauthenticated => "unauthenticated",
         }
     }
 }
@@ -155,6 +158,8 @@ pub enum ConnectionReason {
     IdleTimeout,
     /// An HTTP/2 PING went unanswered for `keepalive_timeout`.
     KeepaliveTimeout,
+    /// The TLS handshake failed: not TLS, or a client certificate the receiver refuses.
+    TlsHandshake,
 }
 
 impl ConnectionReason {
@@ -164,6 +169,7 @@ impl ConnectionReason {
             Self::HeaderReadTimeout => "header_read_timeout",
             Self::IdleTimeout => "idle_timeout",
             Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -455,10 +461,11 @@ const SPAN_REFUSALS: [RefusalReason; 8] = [
 ];
 
 /// Reasons both receivers count refused requests for.
-const REQUEST_REFUSALS: [RefusalReason; 3] = [
+const REQUEST_REFUSALS: [RefusalReason; 4] = [
     RefusalReason::Undecodable,
     RefusalReason::TooLarge,
     RefusalReason::MemoryBudget,
+    RefusalReason::Unauthenticated,
 ];
 
 /// Reasons only the HTTP receiver counts refused requests for.
@@ -580,6 +587,10 @@ impl Metrics {
                 drop(self.refused_connections.get_or_create(&labels));
                 drop(self.closed_connections.get_or_create(&labels));
             }
+            drop(self.closed_connections.get_or_create(&ConnectionLabels {
+                receiver: protocol,
+                reason: ConnectionReason::TlsHandshake.label(),
+            }));
         }
         for reason in HTTP_REQUEST_REFUSALS {
             self.refused_request_series("http", reason);
