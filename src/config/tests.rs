@@ -864,3 +864,14 @@ fn a_bearer_token_is_read_trimmed_and_never_shown() {
     std::fs::write(&file, "\n").expect("write");
     assert!(auth.read_token().is_err(), "empty");
 }
+
+#[test]
+fn a_key_read_from_a_variable_is_shown_as_its_reference() {
+    // Found by the config_yaml fuzz target: the key path showed the variable's value.
+    let env = |name: &str| (name == "DAENA_TOKEN").then(|| "tok-CANARY-5e8a1b9c".to_owned());
+    let text = load_text("exporters:\n  \"${DAENA_TOKEN}\": 1\n", &env)
+        .expect_err("must be refused")
+        .to_string();
+    assert!(!text.contains("CANARY"), "{text}");
+    assert!(text.contains("exporters.${DAENA_TOKEN}:"), "{text}");
+}

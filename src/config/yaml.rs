@@ -148,16 +148,6 @@ fn report(
         }
         _ => strip_location(&error.to_string()).to_owned(),
     };
-    // Longest first, so a value that contains another is hidden whole.
-    let mut secrets: Vec<_> = expanded
-        .substitutions
-        .iter()
-        .filter(|s| s.value.len() >= 4)
-        .collect();
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
-    for s in secrets {
-        message = message.replace(&s.value, &s.reference);
-    }
     if let Some(range) = bounds::range_at(at) {
         message = format!("{message}; use {range}");
     }
@@ -166,17 +156,34 @@ fn report(
     } else {
         format!("{at}: ")
     };
+    // The key path too: a key may have come from a variable (`"${TOKEN}": 1`).
+    let message = hide_substitutions(&format!("{key}{message}"), expanded);
     match offset.map(|offset| position_of(original, offset)) {
         Some((line, column)) => {
             let source_line = original.lines().nth(line - 1).unwrap_or_default();
             let (shown, caret) = without_values(source_line.trim_end(), column);
             ConfigError::new(
                 format!("{}:{line}:{column}", path.display()),
-                format!("{key}{message}\n      | {shown}\n      | {:>caret$}", "^"),
+                format!("{message}\n      | {shown}\n      | {:>caret$}", "^"),
             )
         }
-        None => ConfigError::new(path.display().to_string(), format!("{key}{message}")),
+        None => ConfigError::new(path.display().to_string(), message),
     }
+}
+
+/// `text` with every value read from the environment (of 4 bytes or more: shorter ones
+/// would replace ordinary words and numbers) shown as the reference it replaced.
+fn hide_substitutions(text: &str, expanded: &Expanded) -> String {
+    // Longest first, so a value that contains another is hidden whole.
+    let mut secrets: Vec<_> = expanded
+        .substitutions
+        .iter()
+        .filter(|s| s.value.len() >= 4)
+        .collect();
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
+    secrets
+        .into_iter()
+        .fold(text.to_owned(), |text, s| text.replace(&s.value, &s.reference))
 }
 
 /// Whether a key on `path` may hold a secret: under `headers`, or named like one.
