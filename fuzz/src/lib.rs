@@ -137,7 +137,8 @@ pub fn gzip_body(data: &[u8]) {
         return;
     };
     let json = mode & GZIP_JSON != 0;
-    let limit = GZIP_LIMITS[usize::from(mode >> 2) % GZIP_LIMITS.len()];
+    let index = usize::from(mode >> 2) % GZIP_LIMITS.len();
+    let limit = GZIP_LIMITS[index];
     let wire = if mode & GZIP_COMPRESS != 0 {
         gzip(rest)
     } else {
@@ -158,10 +159,6 @@ pub fn gzip_body(data: &[u8]) {
         .body(Body::from(wire))
         .expect("a well-formed request");
     HTTP.with(|http| {
-        let index = GZIP_LIMITS
-            .iter()
-            .position(|&l| l == limit)
-            .expect("a listed limit");
         let mut router = http.routers[index].clone();
         let (status, body) = http.runtime.block_on(async {
             poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut router, cx))
