@@ -121,17 +121,25 @@ pub const GZIP_COMPRESS: u8 = 2;
 /// byte: the largest lets a gzip bomb inflate far, the smallest puts small bodies at the
 /// limit (1 KiB is the smallest the config accepts).
 pub const GZIP_LIMITS: [usize; 4] = [1 << 20, 64 << 10, 4 << 10, 1 << 10];
+/// Mode bit of [`gzip_body`]'s first byte: the receiver's memory budget is
+/// [`GZIP_TIGHT_BUDGET`] (else large enough never to refuse).
+pub const GZIP_TIGHT: u8 = 16;
+/// A memory budget that holds the receiver's 64 KiB decompression buffer beside a small
+/// body, and not much more, so decompression and admission run out of it.
+pub const GZIP_TIGHT_BUDGET: u64 = 96 << 10;
 
 /// The OTLP/HTTP receiver's gzip path, through its real router (`HttpReceiver::router`,
 /// no socket): `POST /v1/traces` with `Content-Encoding: gzip`.
 ///
 /// Input: one mode byte ([`GZIP_JSON`], [`GZIP_COMPRESS`], the limit in bits 2–3, see
-/// [`GZIP_LIMITS`]), then the body. Asserts that the answer is what the receiver's rules
-/// say, computed independently with flate2 and prost: 413 when the body on the wire or
-/// once decompressed is over the limit, 400 when it is not gzip or not a request, else
-/// 200; that the answer's body is a well-formed OTLP answer in the request's format; that
-/// the spans queued plus the spans reported rejected are the spans decoded; and that
-/// the memory budget is wholly given back once the pipeline dropped the request.
+/// [`GZIP_LIMITS`], [`GZIP_TIGHT`]), then the body. Asserts that the answer is what the
+/// receiver's rules say, computed independently with flate2 and prost: 413 when the body
+/// on the wire or once decompressed is over the limit, 400 when it is not gzip or not a
+/// request, else 200; under the tight budget, 429 (retry later) is a right answer too.
+/// That the answer's body is a well-formed OTLP answer in the request's format; that the
+/// spans queued plus the spans reported rejected are the spans decoded, and a refused
+/// request queued none; and that the memory budget is wholly given back once the
+/// pipeline dropped the request.
 pub fn gzip_body(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -158,8 +166,9 @@ pub fn gzip_body(data: &[u8]) {
         .header(CONTENT_LENGTH, wire.len())
         .body(Body::from(wire))
         .expect("a well-formed request");
+    let tight = mode & GZIP_TIGHT != 0;
     HTTP.with(|http| {
-        let mut router = http.routers[index].clone();
+        let mut router = http.routers[usize::from(tight)][index].clone();
         let (status, body) = http.runtime.block_on(async {
             poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut router, cx))
                 .await
@@ -175,14 +184,14 @@ pub fn gzip_body(data: &[u8]) {
         while let Ok(accepted) = http.inbox.borrow_mut().try_recv() {
             queued += accepted.batch.span_count();
         }
-        assert_eq!(
-            status,
-            expected,
-            "limit {limit}: expected {expected}, the receiver answered {status}: {}",
+        let over_budget = tight && status == StatusCode::TOO_MANY_REQUESTS;
+        assert!(
+            status == expected || over_budget,
+            "limit {limit}, tight budget {tight}: expected {expected}, the receiver answered {status}: {}",
             String::from_utf8_lossy(&body)
         );
         match decoded {
-            Some(request) => {
+            Some(request) if !over_budget => {
                 let rejected = if json {
                     let answer: serde_json::Value =
                         serde_json::from_slice(&body).expect("a JSON answer");
@@ -203,7 +212,7 @@ pub fn gzip_body(data: &[u8]) {
                     "{queued} spans queued and {rejected} rejected, of {spans} decoded"
                 );
             }
-            None => {
+            _ => {
                 let message = if json {
                     let answer: serde_json::Value =
                         serde_json::from_slice(&body).expect("a JSON error answer");
@@ -218,7 +227,7 @@ pub fn gzip_body(data: &[u8]) {
             }
         }
         assert_eq!(
-            http.budget.used(),
+            http.budgets[usize::from(tight)].used(),
             0,
             "the memory budget still holds bytes after the request was dropped"
         );
@@ -265,13 +274,14 @@ fn gzip(body: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip into memory")
 }
 
-/// One HTTP receiver per limit in [`GZIP_LIMITS`], all feeding one pipeline queue that
-/// the harness empties after each request, with a budget large enough never to refuse.
+/// One HTTP receiver per limit in [`GZIP_LIMITS`] and budget (the first large enough
+/// never to refuse, the second [`GZIP_TIGHT_BUDGET`]), all feeding one pipeline queue
+/// that the harness empties after each request.
 struct HttpReceivers {
     runtime: tokio::runtime::Runtime,
-    routers: Vec<Router>,
+    routers: [Vec<Router>; 2],
     inbox: RefCell<Inbox>,
-    budget: Arc<MemoryBudget>,
+    budgets: [Arc<MemoryBudget>; 2],
 }
 
 impl HttpReceivers {
@@ -281,8 +291,10 @@ impl HttpReceivers {
             .build()
             .expect("a tokio runtime");
         let (inlet, inbox) = queue(4);
-        let budget = MemoryBudget::new(1 << 40);
-        let intake = Intake::new(inlet, Arc::default()).with_budget(Arc::clone(&budget));
+        let budgets = [
+            MemoryBudget::new(1 << 40),
+            MemoryBudget::new(GZIP_TIGHT_BUDGET),
+        ];
         let limits = ConnectionLimits {
             max_connections: 1,
             header_read_timeout: Duration::from_secs(10),
@@ -292,15 +304,18 @@ impl HttpReceivers {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
         };
-        let routers = GZIP_LIMITS
-            .iter()
-            .map(|&limit| HttpReceiver::new(intake.clone(), limit, limits).router())
-            .collect();
+        let routers = budgets.clone().map(|budget| {
+            let intake = Intake::new(inlet.clone(), Arc::default()).with_budget(budget);
+            GZIP_LIMITS
+                .iter()
+                .map(|&limit| HttpReceiver::new(intake.clone(), limit, limits).router())
+                .collect()
+        });
         Self {
             runtime,
             routers,
             inbox: RefCell::new(inbox),
-            budget,
+            budgets,
         }
     }
 }
