@@ -1,10 +1,7 @@
 //! The fuzz harnesses on stable Rust: every seed and regression input of each target
 //! (`fuzz/seeds/<target>/`, `fuzz/regressions/<target>/`), then proptest inputs (mutated
 //! seeds and random bytes), through the same functions the cargo-fuzz targets call.
-//!
-//! A crash whose fix is not in yet is kept in `fuzz/regressions/<target>/open/`: those
-//! inputs must still fail (see `fuzz/README.md`), so the test says when a fix lands and
-//! the file moves up to `fuzz/regressions/<target>/`, where it must pass.
+//! Every crash a fuzzer found is a regression input here, and passes since its fix.
 
 #[path = "../fuzz/src/lib.rs"]
 mod harness;
@@ -77,19 +74,6 @@ fn mutants(target: &str) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![3 => mutated, 1 => prop::collection::vec(any::<u8>(), 0..512)]
 }
 
-/// Every input of `fuzz/regressions/<target>/open/` still fails `harness`.
-fn still_open(target: &str, harness: fn(&[u8])) {
-    for path in inputs("regressions", &format!("{target}/open")) {
-        let data = std::fs::read(path.as_path()).expect("read an input");
-        let outcome = std::panic::catch_unwind(|| harness(&data));
-        assert!(
-            outcome.is_err(),
-            "{} passes now: move it to fuzz/regressions/{target}/ and update fuzz/README.md",
-            path.display()
-        );
-    }
-}
-
 macro_rules! fuzz_tests {
     ($($target:ident: $cases:expr;)*) => {
         mod seeds {
@@ -97,14 +81,6 @@ macro_rules! fuzz_tests {
                 #[test]
                 fn $target() {
                     super::replay(stringify!($target), super::harness::$target);
-                }
-            )*
-        }
-        mod open_findings {
-            $(
-                #[test]
-                fn $target() {
-                    super::still_open(stringify!($target), super::harness::$target);
                 }
             )*
         }

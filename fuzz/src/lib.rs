@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use daena_trace_agent::config::{Config, Fsync};
 use daena_trace_agent::exporter::persistent::{
-    LogOptions, MAGIC, Recovery, SegmentLog, read_record,
+    LogOptions, MAGIC, MAX_SEGMENT, Recovery, SegmentLog, read_record,
 };
 use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, RpcStatus, json, span_count, wire,
@@ -466,7 +466,7 @@ fn load_headers(headers: &str) -> Result<Vec<(String, String)>, String> {
     Ok(exporter
         .headers
         .iter()
-        .map(|(name, value)| (name.clone(), value.clone()))
+        .map(|(name, value)| (name.clone(), value.expose().to_owned()))
         .collect())
 }
 
@@ -559,7 +559,14 @@ pub fn queue_segment(data: &[u8]) {
         std::fs::write(dir.join(format!("{seq:020}.done")), bytes).expect("write the done file");
     }
 
-    let (expected, damaged) = read_segment(&segment, seq, cursor.unwrap_or((0, 0)), &done);
+    // A cursor past MAX_SEGMENT is unreadable: recovery starts from the beginning.
+    let from = cursor.filter(|(segment, _)| *segment <= MAX_SEGMENT);
+    let (expected, damaged) = if seq > MAX_SEGMENT {
+        // Not a number the queue gives out: damaged whatever it holds.
+        (Vec::new(), true)
+    } else {
+        read_segment(&segment, seq, from.unwrap_or((0, 0)), &done)
+    };
     let options = LogOptions {
         max_bytes: 1 << 30,
         max_spans: usize::MAX,

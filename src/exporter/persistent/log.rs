@@ -27,6 +27,12 @@ use crate::pipeline::NotQueued;
 pub const MAGIC: &[u8; 8] = b"DAENAQ1\n";
 /// Bytes of a record's frame before its payload.
 const HEADER: u64 = 12;
+
+/// The highest segment number the queue gives out: numbering starts at 1, so it is never
+/// reached (one segment a second for 10^11 years). A segment file or cursor numbered past
+/// it was not written by the queue, and is treated as damaged rather than counted on
+/// (adding one to `u64::MAX` overflowed: found by the `queue_segment` fuzz target).
+pub const MAX_SEGMENT: u64 = 1 << 62;
 /// Batches kept in memory as well as on disk, so a backend that keeps up is sent batches
 /// without reading them back; beyond this, records are read from their segment.
 const HOT_BYTES: usize = 8 << 20;
@@ -192,10 +198,9 @@ impl SegmentLog {
         // Past every segment and the cursor, so new records always sort after the
         // acknowledged prefix, even when every old segment was deleted.
         let writer_seq = segments
-            .keys()
+            .range(..=MAX_SEGMENT)
             .next_back()
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |(seq, _)| *seq)
             .max(acked_to.segment)
             + 1;
         let mut log = Self {
@@ -498,6 +503,14 @@ fn scan_segment(
     };
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut magic = [0u8; MAGIC.len()];
+    if seq > MAX_SEGMENT {
+        scan.damage = Some(Damage {
+            offset: 0,
+            skipped: len,
+            problem: "the segment's number is past any the queue gives out",
+        });
+        return Ok(scan);
+    }
     // A segment cut off before its magic was written is empty, not damaged.
     if len == 0 {
         return Ok(scan);
@@ -594,8 +607,12 @@ fn read_cursor(file: &File) -> RecordId {
     let mut offset = [0u8; 8];
     segment.copy_from_slice(&buf[0..8]);
     offset.copy_from_slice(&buf[8..16]);
+    let segment = u64::from_le_bytes(segment);
+    if segment > MAX_SEGMENT {
+        return start;
+    }
     RecordId {
-        segment: u64::from_le_bytes(segment),
+        segment,
         offset: u64::from_le_bytes(offset),
     }
 }

@@ -7,5 +7,7 @@
 pub mod log;
 pub mod queue;
 
-pub use log::{LogOptions, MAGIC, OpenError, Record, RecordId, Recovery, SegmentLog, read_record};
+pub use log::{
+    LogOptions, MAGIC, MAX_SEGMENT, OpenError, Record, RecordId, Recovery, SegmentLog, read_record,
+};
 pub use queue::PersistentQueue;
