@@ -181,9 +181,9 @@ fn hide_substitutions(text: &str, expanded: &Expanded) -> String {
         .filter(|s| s.value.len() >= 4)
         .collect();
     secrets.sort_by_key(|s| std::cmp::Reverse(s.value.len()));
-    secrets
-        .into_iter()
-        .fold(text.to_owned(), |text, s| text.replace(&s.value, &s.reference))
+    secrets.into_iter().fold(text.to_owned(), |text, s| {
+        text.replace(&s.value, &s.reference)
+    })
 }
 
 /// Whether a key on `path` may hold a secret: under `headers`, or named like one.
