@@ -501,6 +501,14 @@ impl ProcessorsConfig {
                 ));
             }
         }
+        for (i, pattern) in self.redact.patterns.iter().enumerate() {
+            if pattern.trim().len() < 3 || pattern.trim().contains(char::is_whitespace) {
+                errors.push(ConfigError::new(
+                    format!("processors.redact.patterns[{i}]"),
+                    format!("{pattern:?} is not a key prefix of 3 or more characters without spaces, e.g. dk_live_"),
+                ));
+            }
+        }
         let limits = &self.limits;
         for (bound, value) in [
             (
