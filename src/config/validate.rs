@@ -494,7 +494,7 @@ impl ProcessorsConfig {
             ));
         }
         for (i, key) in self.redact.keys.iter().enumerate() {
-            if key.split(['.', '_', '-']).all(str::is_empty) {
+            if !key.chars().any(char::is_alphanumeric) {
                 errors.push(ConfigError::new(
                     format!("processors.redact.keys[{i}]"),
                     format!("{key:?} has no word to match; write e.g. token or api_key"),

@@ -221,22 +221,23 @@ fn fold(c: char) -> char {
 pub fn words(key: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut word = String::new();
-    let chars: Vec<char> = key.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
+    let mut chars = key.chars().peekable();
+    let mut prev = ' ';
+    while let Some(c) = chars.next() {
         if !c.is_alphanumeric() {
             if !word.is_empty() {
                 out.push(std::mem::take(&mut word));
             }
-            continue;
-        }
-        if c.is_uppercase() && i > 0 && !word.is_empty() {
-            let prev = chars[i - 1];
-            let next_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
-            if prev.is_lowercase() || prev.is_numeric() || (prev.is_uppercase() && next_lower) {
-                out.push(std::mem::take(&mut word));
+        } else {
+            if c.is_uppercase() && !word.is_empty() {
+                let next_lower = chars.peek().is_some_and(|n| n.is_lowercase());
+                if prev.is_lowercase() || prev.is_numeric() || (prev.is_uppercase() && next_lower) {
+                    out.push(std::mem::take(&mut word));
+                }
             }
+            word.extend(c.to_lowercase());
         }
-        word.extend(c.to_lowercase());
+        prev = c;
     }
     if !word.is_empty() {
         out.push(word);

@@ -490,6 +490,12 @@ mod tests {
                 "KeyError: 'token'",
                 "KeyError: 'token'".into(),
             ),
+            (At::SpanName, "auth:login", "auth:login".into()),
+            (
+                At::Span("log"),
+                "password: hunter2",
+                format!("password: {R}"),
+            ),
             (
                 At::Span("llm.prompt"),
                 "not-an-email@ and user@localhost and @handle",
@@ -733,6 +739,50 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn the_work_grows_linearly_with_hostile_repetitions() {
+        let inputs = [
+            ("note", "bearer="),
+            ("note", "Token%20"),
+            ("note", "password=password="),
+            ("note", "eyJ0eXAiOiJKV1Qi."),
+            ("note", "a://b:c@"),
+            ("note", "ghp_sk-"),
+            ("note", "x:x="),
+            ("llm.prompt", "\u{e9}@\u{e9}."),
+        ];
+        for (key, unit) in inputs {
+            let work = |n: usize| {
+                let mut attributes = vec![key_value(key, string(&unit.repeat(n)))];
+                let mut redactor = redactor();
+                super::super::work_of(|| redactor.redact(&mut attributes))
+            };
+            let (small, large) = (work(2_000), work(8_000));
+            // Linear work is 4 times as much for 4 times the input; quadratic, 16.
+            assert!(
+                small > 0 && large * 10 <= small * 45,
+                "{unit}: {small} then {large}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_nested_too_deep_is_replaced_whole() {
+        let mut value = string("Bearer abcdefgh12");
+        for _ in 0..=MAX_DEPTH {
+            value = Value::ArrayValue(crate::otlp::ArrayValue {
+                values: vec![AnyValue { value: Some(value) }],
+            });
+        }
+        let mut attributes = vec![key_value("note", value)];
+        redactor().redact(&mut attributes);
+        let mut at = attributes[0].value.as_ref().and_then(|v| v.value.as_ref());
+        while let Some(Value::ArrayValue(array)) = at {
+            at = array.values[0].value.as_ref();
+        }
+        assert_eq!(at, Some(&string(REDACTED)));
     }
 
     #[test]

@@ -101,14 +101,17 @@ const PATTERN_BODY: usize = 8;
 /// Finds secrets inside text, as configured.
 pub struct Scanner {
     /// `Bearer`, `Basic` and `Token` credentials.
-    pub schemes: bool,
+    schemes: bool,
     /// Known and configured key prefixes.
-    pub api_keys: bool,
-    pub jwts: bool,
+    api_keys: bool,
+    jwts: bool,
     /// URL userinfo passwords and `name=value` pairs with a secret name.
-    pub credentials: bool,
+    credentials: bool,
     /// Configured prefixes, lower-case.
     patterns: Vec<Vec<u8>>,
+    /// The bytes a known or configured prefix starts with, in either case: other word
+    /// starts are not compared with the prefixes at all.
+    first: [bool; 256],
 }
 
 impl Scanner {
@@ -120,16 +123,27 @@ impl Scanner {
         credentials: bool,
         patterns: &[String],
     ) -> Self {
+        let patterns: Vec<Vec<u8>> = patterns
+            .iter()
+            .map(|p| p.trim().to_ascii_lowercase().into_bytes())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut first = [false; 256];
+        let prefixes = PREFIXES.iter().chain([&GOOGLE]).map(|p| p.text);
+        for b in prefixes
+            .chain(patterns.iter().map(Vec::as_slice))
+            .filter_map(|p| p.first())
+        {
+            first[usize::from(b.to_ascii_lowercase())] = true;
+            first[usize::from(b.to_ascii_uppercase())] = true;
+        }
         Self {
             schemes,
             api_keys,
             jwts,
             credentials,
-            patterns: patterns
-                .iter()
-                .map(|p| p.trim().to_ascii_lowercase().into_bytes())
-                .filter(|p| !p.is_empty())
-                .collect(),
+            patterns,
+            first,
         }
     }
 
@@ -177,7 +191,7 @@ impl Scanner {
         // ends where it does.
         let mut run_end = 0;
         for i in 0..bytes.len() {
-            if !bytes[i].is_ascii_alphanumeric() || i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
+            if !self.first[usize::from(bytes[i])] || i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
                 continue;
             }
             let rest = &bytes[i..];
@@ -373,11 +387,12 @@ fn key_values(text: &str, rules: &KeyRules, found: &mut Vec<Found>) {
         if colon && bytes[at + 1..].starts_with(b"//") {
             continue;
         }
-        let name_end = if at > 0 && matches!(bytes[at - 1], b'"' | b'\'') {
-            at - 1
-        } else {
-            at
-        };
+        let quoted = at > 0 && matches!(bytes[at - 1], b'"' | b'\'');
+        // `name:value` without a space or quotes is a label (`auth:login`), not a field.
+        if colon && !quoted && !matches!(bytes.get(at + 1), Some(b' ' | b'\t')) {
+            continue;
+        }
+        let name_end = if quoted { at - 1 } else { at };
         // Names are short: looking back at most 64 bytes keeps this linear.
         let name_start = name_end
             - bytes[..name_end]
