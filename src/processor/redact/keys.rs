@@ -93,11 +93,20 @@ impl KeyRules {
     /// whole (the last one also plural), among the key's words, and no word says the key
     /// is about the secret (a count, a size, a type) rather than the secret itself.
     pub fn secret(&self, key: &str) -> bool {
+        self.classify(key).0
+    }
+
+    /// Whether a key names a secret (see [`KeyRules::secret`]) and whether it holds LLM
+    /// prompt or response text: an `llm` word, or `gen_ai` first, and one of the text words.
+    pub fn classify(&self, key: &str) -> (bool, bool) {
         let key = normalise(key);
-        if !self.allow.is_empty() && self.allow.contains(&key.to_lowercase()) {
-            return false;
-        }
-        self.secret_words(&words(&key))
+        let key_words = words(&key);
+        let llm = key_words.iter().any(|w| w == "llm")
+            || key_words.first().is_some_and(|w| w == "gen")
+                && key_words.get(1).is_some_and(|w| w == "ai");
+        let llm_text = llm && key_words.iter().any(|w| LLM_TEXT.contains(&w.as_str()));
+        let allowed = !self.allow.is_empty() && self.allow.contains(&key.to_lowercase());
+        (!allowed && self.secret_words(&key_words), llm_text)
     }
 
     /// Whether `name` in `name=value` (a query parameter, a log field) names a secret:
@@ -132,16 +141,6 @@ impl KeyRules {
                 })
         })
     }
-}
-
-/// Whether a key holds LLM prompt or response text: an `llm` word, or `gen_ai` first,
-/// and one of the text words.
-pub fn llm_text(key: &str) -> bool {
-    let key_words = words(&normalise(key));
-    let llm = key_words.iter().any(|w| w == "llm")
-        || key_words.first().is_some_and(|w| w == "gen")
-            && key_words.get(1).is_some_and(|w| w == "ai");
-    llm && key_words.iter().any(|w| LLM_TEXT.contains(&w.as_str()))
 }
 
 /// Zero-width characters (and the soft hyphen) that render as nothing.

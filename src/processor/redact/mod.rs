@@ -94,9 +94,10 @@ impl Redactor {
             let class = self.keys.get(&kv.key, |key| {
                 let mut found = Vec::new();
                 scanner.find(key, false, rules, &mut found);
+                let (secret, llm_text) = rules.classify(key);
                 KeyClass {
-                    secret: rules.secret(key),
-                    llm_text: keys::llm_text(key),
+                    secret,
+                    llm_text,
                     holds_secret: !found.is_empty(),
                 }
             });

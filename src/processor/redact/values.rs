@@ -1,9 +1,10 @@
 //! Secrets inside text: `Bearer`/`Basic`/`Token` credentials, known API-key prefixes,
 //! JWTs, URL userinfo passwords, `name=value` pairs with a secret name, e-mail addresses.
 //!
-//! Each pattern first asks `memchr` for a byte it cannot do without, so most values are
-//! never scanned byte by byte. Every scan is linear in the text: a run measured once is
-//! not measured again from a later start inside it (`sk-sk-sk-…`, `bearer=bearer=…`).
+//! One pass over the text notes which trigger bytes it holds; a pattern is only looked for
+//! when the bytes it cannot do without are there, so most values are scanned once, cheaply.
+//! Every scan is linear in the text: a run measured once is not measured again from a
+//! later start inside it (`sk-sk-sk-…`, `bearer=bearer=…`).
 
 use super::keys::KeyRules;
 use super::{REDACTED, work};
@@ -98,6 +99,41 @@ const GOOGLE: Prefix = Prefix {
 /// The shortest body of a configured prefix.
 const PATTERN_BODY: usize = 8;
 
+/// Bits of [`triggers`]: a separator after `Bearer`/`Basic`/`Token`.
+const SEPARATOR: u8 = 1;
+/// A byte every known key prefix holds (`-`, `_`, or the `A` of `AKIA`, `ASIA`, `AIza`).
+const KEY_MARK: u8 = 2;
+/// The `J` of a JWT's `eyJ`.
+const CAPITAL_J: u8 = 4;
+const COLON: u8 = 8;
+const SLASH: u8 = 16;
+const EQUALS: u8 = 32;
+const AT: u8 = 64;
+
+/// Which trigger bytes `bytes` holds, as bits. Comparisons without branches, so the
+/// compiler checks many bytes at once.
+fn triggers(bytes: &[u8]) -> u8 {
+    let (mut space, mut key, mut j, mut colon, mut slash, mut equals, mut at) =
+        (false, false, false, false, false, false, false);
+    for &b in bytes {
+        space |= (b == b' ') | (b == b'\t') | (b == b'%');
+        key |= (b == b'-') | (b == b'_') | (b == b'A');
+        j |= b == b'J';
+        colon |= b == b':';
+        slash |= b == b'/';
+        equals |= b == b'=';
+        at |= b == b'@';
+    }
+    let bit = |on: bool, bit: u8| if on { bit } else { 0 };
+    bit(space | colon | equals, SEPARATOR)
+        | bit(key, KEY_MARK)
+        | bit(j, CAPITAL_J)
+        | bit(colon, COLON)
+        | bit(slash, SLASH)
+        | bit(equals, EQUALS)
+        | bit(at, AT)
+}
+
 /// Finds secrets inside text, as configured.
 pub struct Scanner {
     /// `Bearer`, `Basic` and `Token` credentials.
@@ -109,9 +145,9 @@ pub struct Scanner {
     credentials: bool,
     /// Configured prefixes, lower-case.
     patterns: Vec<Vec<u8>>,
-    /// The bytes a known or configured prefix starts with, in either case: other word
-    /// starts are not compared with the prefixes at all.
-    first: [bool; 256],
+    /// The first two bytes of each known or configured prefix, lower-case: a word start
+    /// without one of them is not compared with the prefixes at all.
+    starts: Vec<[u8; 2]>,
 }
 
 impl Scanner {
@@ -128,22 +164,22 @@ impl Scanner {
             .map(|p| p.trim().to_ascii_lowercase().into_bytes())
             .filter(|p| !p.is_empty())
             .collect();
-        let mut first = [false; 256];
-        let prefixes = PREFIXES.iter().chain([&GOOGLE]).map(|p| p.text);
-        for b in prefixes
+        let mut starts: Vec<[u8; 2]> = PREFIXES
+            .iter()
+            .chain([&GOOGLE])
+            .map(|p| p.text)
             .chain(patterns.iter().map(Vec::as_slice))
-            .filter_map(|p| p.first())
-        {
-            first[usize::from(b.to_ascii_lowercase())] = true;
-            first[usize::from(b.to_ascii_uppercase())] = true;
-        }
+            .map(|p| [p.first(), p.get(1)].map(|b| b.map_or(0, u8::to_ascii_lowercase)))
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
         Self {
             schemes,
             api_keys,
             jwts,
             credentials,
             patterns,
-            first,
+            starts,
         }
     }
 
@@ -156,31 +192,31 @@ impl Scanner {
             return;
         }
         work(bytes.len());
-        if self.schemes
-            && bytes.len() >= 12
-            && (memchr::memchr3(b' ', b':', b'=', bytes).is_some()
-                || memchr::memchr2(b'\t', b'%', bytes).is_some())
-        {
+        // One pass notes which trigger bytes the text holds: for the short values most
+        // attributes have, cheaper than a `memchr` call per pattern.
+        let seen = triggers(bytes);
+        if seen == 0 && self.patterns.is_empty() {
+            return;
+        }
+        if self.schemes && bytes.len() >= 12 && seen & SEPARATOR != 0 {
             schemes(bytes, found);
         }
-        if self.api_keys
-            && (!self.patterns.is_empty()
-                || bytes.len() >= 15 && memchr::memchr3(b'-', b'_', b'A', bytes).is_some())
+        if self.api_keys && (!self.patterns.is_empty() || bytes.len() >= 15 && seen & KEY_MARK != 0)
         {
             self.prefixed(bytes, found);
         }
-        if self.jwts && bytes.len() >= 20 && memchr::memmem::find(bytes, b"eyJ").is_some() {
+        if self.jwts && bytes.len() >= 20 && seen & CAPITAL_J != 0 {
             jwts(bytes, found);
         }
         if self.credentials {
-            if memchr::memmem::find(bytes, b"://").is_some() {
+            if seen & (COLON | SLASH) == COLON | SLASH {
                 userinfo(bytes, found);
             }
-            if memchr::memchr2(b'=', b':', bytes).is_some() {
+            if seen & (COLON | EQUALS) != 0 {
                 key_values(text, rules, found);
             }
         }
-        if emails && memchr::memchr(b'@', bytes).is_some() {
+        if emails && seen & AT != 0 {
             emails_in(text, found);
         }
     }
@@ -191,7 +227,12 @@ impl Scanner {
         // ends where it does.
         let mut run_end = 0;
         for i in 0..bytes.len() {
-            if !self.first[usize::from(bytes[i])] || i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
+            if i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
+                continue;
+            }
+            let pair =
+                [bytes[i], bytes.get(i + 1).copied().unwrap_or(0)].map(|b| b.to_ascii_lowercase());
+            if !self.starts.contains(&pair) {
                 continue;
             }
             let rest = &bytes[i..];
