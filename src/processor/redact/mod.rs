@@ -743,6 +743,45 @@ mod tests {
     }
 
     #[test]
+    fn configured_prefixes_are_masked_allowed_keys_stay_and_bad_ones_are_refused() {
+        let config = RedactConfig {
+            patterns: vec!["dk_live_".into()],
+            allow_keys: vec!["Session.Token ".into()],
+            ..RedactConfig::default()
+        };
+        let mut attributes = vec![
+            key_value("note", string("key DK_LIVE_abcdefgh12 and dk_live_short")),
+            key_value("session.token", string("kept")),
+            key_value("session.tokens", string("hunter2")),
+        ];
+        Redactor::new(&config, Arc::new(Metrics::default())).redact(&mut attributes);
+        let values: Vec<_> = attributes
+            .iter()
+            .map(|kv| kv.value.clone().and_then(|v| v.value))
+            .collect();
+        assert_eq!(
+            values,
+            [
+                Some(string("key [REDACTED] and dk_live_short")),
+                Some(string("kept")),
+                Some(string(REDACTED)),
+            ]
+        );
+        let mut config = crate::config::Config::default();
+        config.processors.redact.patterns = vec!["dk_live_".into(), "x".into(), "a b".into()];
+        config.processors.redact.keys = vec!["token".into(), "@@".into()];
+        let paths: Vec<String> = config.validate().into_iter().map(|e| e.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "processors.redact.keys[1]",
+                "processors.redact.patterns[1]",
+                "processors.redact.patterns[2]",
+            ]
+        );
+    }
+
+    #[test]
     fn the_work_grows_linearly_with_hostile_repetitions() {
         let inputs = [
             ("note", "bearer="),
