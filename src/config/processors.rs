@@ -95,35 +95,58 @@ pub struct RedactConfig {
     /// Runs the stage.
     pub enabled: bool,
     /// Words of attribute keys whose values are replaced by `[REDACTED]`. A pattern
-    /// matches whole words of the key (words split at `.`, `_`, `-`), ignoring case:
-    /// `token` matches `x-auth-token` but not `gen_ai.usage.input_tokens`.
+    /// matches whole words of the key (split at non-letters and camelCase humps, the last
+    /// word also plural), ignoring case, after folding look-alike letters: `token`
+    /// matches `x-auth-token` and `accessTokens` but not `gen_ai.usage.input_tokens`.
     pub keys: Vec<String>,
-    /// `Authorization`-style `Bearer <token>` inside any string value.
+    /// Keys kept readable whatever their words (exact, compared after the same folding).
+    pub allow_keys: Vec<String>,
+    /// `Bearer`, `Basic` and `Token` credentials inside any string value.
     pub bearer_tokens: bool,
-    /// `sk-…`-style API keys inside any string value.
+    /// Keys with a well-known prefix (`sk-`, `ghp_`, `AKIA`…) inside any string value.
     pub api_keys: bool,
+    /// JSON Web Tokens (`eyJ….….…`) inside any string value.
+    pub jwts: bool,
+    /// URL passwords (`://user:pass@`) and `name=value` pairs with a secret name.
+    pub credentials: bool,
     /// E-mail addresses inside prompt/response/completion text of `llm.*` and `gen_ai.*`.
     pub emails_in_llm_text: bool,
+    /// Extra literal key prefixes (e.g. `dk_live_`), masked with what follows them.
+    pub patterns: Vec<String>,
 }
 
 impl Default for RedactConfig {
     fn default() -> Self {
         let keys = [
             "authorization",
+            "auth",
             "cookie",
             "password",
             "passwd",
+            "pwd",
+            "passphrase",
             "secret",
             "token",
             "api_key",
             "apikey",
+            "credential",
+            "private_key",
+            "privatekey",
+            "jwt",
+            "bearer",
+            "connection_string",
+            "connectionstring",
         ];
         Self {
             enabled: true,
             keys: keys.into_iter().map(str::to_owned).collect(),
+            allow_keys: Vec::new(),
             bearer_tokens: true,
             api_keys: true,
+            jwts: true,
+            credentials: true,
             emails_in_llm_text: true,
+            patterns: Vec::new(),
         }
     }
 }

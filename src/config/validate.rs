@@ -539,10 +539,18 @@ impl ProcessorsConfig {
             ));
         }
         for (i, key) in self.redact.keys.iter().enumerate() {
-            if key.split(['.', '_', '-']).all(str::is_empty) {
+            if !key.chars().any(char::is_alphanumeric) {
                 errors.push(ConfigError::new(
                     format!("processors.redact.keys[{i}]"),
                     format!("{key:?} has no word to match; write e.g. token or api_key"),
+                ));
+            }
+        }
+        for (i, pattern) in self.redact.patterns.iter().enumerate() {
+            if pattern.trim().len() < 3 || pattern.trim().contains(char::is_whitespace) {
+                errors.push(ConfigError::new(
+                    format!("processors.redact.patterns[{i}]"),
+                    format!("{pattern:?} is not a key prefix of 3 or more characters without spaces, e.g. dk_live_"),
                 ));
             }
         }

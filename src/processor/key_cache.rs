@@ -1,8 +1,9 @@
-//! A small direct-mapped cache from attribute keys to what a stage decided about them.
+//! A small two-way set-associative cache from attribute keys to what a stage decided about them.
 //!
 //! Spans repeat the same few dozen keys; classifying a key (schema lookup, secret-word
-//! match) costs tens of nanoseconds, a cache hit a hash and one comparison. Bounded: a
-//! colliding key replaces the entry, so memory never grows with the keys seen, and keys
+//! match) costs tens of nanoseconds to microseconds, a cache hit a hash and one or two
+//! comparisons. Bounded: each key may sit in one of two slots, and a third colliding key
+//! replaces an entry, so memory never grows with the keys seen, and keys
 //! longer than [`MAX_KEY`] are classified every time rather than kept, so neither does it
 //! grow with their length. A span of all-distinct keys costs a classification and a copy
 //! of each key into a slot's reused buffer: linear, and allocation-free once warm.
@@ -30,19 +31,29 @@ impl<T: Copy> KeyCache<T> {
 
     /// What `classify` says about `key`, computed at most once while the key stays cached.
     pub fn get(&mut self, key: &str, classify: impl FnOnce(&str) -> T) -> T {
-        let (cached, slot) = &mut self.slots[hash(key.as_bytes()) & (SLOTS - 1)];
-        match slot {
-            Some(value) if *cached == key => *value,
-            _ => {
-                let value = classify(key);
-                if key.len() <= MAX_KEY {
-                    cached.clear();
-                    cached.push_str(key);
-                    *slot = Some(value);
-                }
-                value
+        // Two slots per key (a pair): two keys of a span that share a slot would otherwise
+        // evict each other at every span.
+        let first = hash(key.as_bytes()) & (SLOTS - 1);
+        for at in [first, first ^ 1] {
+            if let (cached, Some(value)) = &self.slots[at]
+                && cached == key
+            {
+                return *value;
             }
         }
+        let value = classify(key);
+        if key.len() <= MAX_KEY {
+            let at = if self.slots[first].1.is_some() && self.slots[first ^ 1].1.is_none() {
+                first ^ 1
+            } else {
+                first
+            };
+            let (cached, slot) = &mut self.slots[at];
+            cached.clear();
+            cached.push_str(key);
+            *slot = Some(value);
+        }
+        value
     }
 }
 

@@ -18,7 +18,7 @@ pub use tail::TailSampler;
 use std::sync::Arc;
 
 use crate::config::{ProcessorsConfig, SamplingMode};
-use crate::otlp::{Resource, Span, SpanBatch};
+use crate::otlp::{InstrumentationScope, Resource, Span, SpanBatch};
 use crate::telemetry::Metrics;
 use crate::telemetry::mix::DaenaMix;
 
@@ -104,6 +104,10 @@ pub trait SpanStage: Send + 'static {
     fn name(&self) -> &'static str;
     /// Works on a resource before its spans.
     fn resource(&mut self, resource: &mut Resource);
+    /// Works on an instrumentation scope before its spans.
+    fn scope(&mut self, _scope: &mut InstrumentationScope) {}
+    /// Works on a resource's or a scope's schema URL.
+    fn schema_url(&mut self, _url: &mut String) {}
     /// Works on one span in place.
     fn span(&mut self, span: &mut Span);
     /// Called after each batch: the place to hand per-batch counts to the metrics.
@@ -134,8 +138,15 @@ impl Processor for SpanPass {
                 .get_or_insert_with(Resource::default);
             for stage in &mut self.stages {
                 stage.resource(resource);
+                stage.schema_url(&mut resource_spans.schema_url);
             }
             for scope_spans in &mut resource_spans.scope_spans {
+                for stage in &mut self.stages {
+                    if let Some(scope) = scope_spans.scope.as_mut() {
+                        stage.scope(scope);
+                    }
+                    stage.schema_url(&mut scope_spans.schema_url);
+                }
                 for span in &mut scope_spans.spans {
                     for stage in &mut self.stages {
                         stage.span(span);
