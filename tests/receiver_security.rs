@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use daena_trace_agent::config::Config;
-use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
-use daena_trace_agent::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
+use daena_trace_agent::otlp::ExportTraceServiceResponse;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use prost::Message;
@@ -220,11 +219,6 @@ async fn grpc_call(
             None => endpoint.connect().await,
         }
         .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
-        let mut client = tonic::client::Grpc::new(channel);
-        client
-            .ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
         let mut request =
             tonic::Request::new(Bytes::from(council_request(spans, 7).encode_to_vec()));
         if let Some(value) = authorization {
@@ -232,14 +226,7 @@ async fn grpc_call(
                 .metadata_mut()
                 .insert("authorization", value.parse().expect("metadata"));
         }
-        client
-            .unary(
-                request,
-                http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-                OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner)
+        grpc_unary(channel, request, false).await
     };
     tokio::time::timeout(WAIT, call)
         .await

@@ -171,6 +171,31 @@ pub async fn grpc_export(
     grpc_export_bytes(url, Bytes::from(request.encode_to_vec()), gzip).await
 }
 
+/// One OTLP/gRPC export call of `request` (its message gzipped on the wire if `gzip`) on
+/// `channel`, without a deadline of its own: callers bound it.
+pub async fn grpc_unary(
+    channel: tonic::transport::Channel,
+    request: tonic::Request<Bytes>,
+    gzip: bool,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let mut client = tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20);
+    if gzip {
+        client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
+    client
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+            OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
+        )
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// Sends `body` as it is as the message of an OTLP/gRPC export call (gzipped on the wire
 /// if `gzip`) on a new connection, within [`GRPC_DEADLINE`]: an agent that cannot be
 /// reached is `UNAVAILABLE`, one that does not answer in time `DEADLINE_EXCEEDED` or
@@ -190,24 +215,9 @@ pub async fn grpc_export_bytes(
             .connect()
             .await
             .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
-        let mut client = tonic::client::Grpc::new(channel).max_encoding_message_size(64 << 20);
-        if gzip {
-            client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-        }
-        client
-            .ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(format!("not ready: {e}")))?;
         let mut request = tonic::Request::new(body);
         request.set_timeout(GRPC_DEADLINE);
-        client
-            .unary(
-                request,
-                http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-                OtlpCodec::<Bytes, ExportTraceServiceResponse>::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner)
+        grpc_unary(channel, request, gzip).await
     };
     tokio::time::timeout(GRPC_DEADLINE + Duration::from_secs(1), call)
         .await
