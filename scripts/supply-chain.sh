@@ -11,7 +11,8 @@ install() {
   local tool=$1 version=$2
   if ! cargo "${tool#cargo-}" --version 2>/dev/null | grep -q " $version"; then
     echo "Installing $tool $version"
-    cargo install --locked --quiet "$tool" --version "$version"
+    # One target directory for both, so the crates they share are built once.
+    cargo install --locked --quiet --target-dir target/tools "$tool" --version "$version"
   fi
 }
 
