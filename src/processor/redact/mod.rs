@@ -166,6 +166,13 @@ impl Redactor {
         if self.found.is_empty() {
             return None;
         }
+        Some(self.masked(text))
+    }
+
+    /// `text` with the secrets found in it masked. Out of line: most texts hold none, and
+    /// [`Self::mask`] stays small, cheap to call for each of them.
+    #[inline(never)]
+    fn masked(&mut self, text: &str) -> String {
         // By start, then the longest first, then the lowest kind: overlaps count once.
         self.found
             .sort_unstable_by_key(|&(start, end, kind)| (start, std::cmp::Reverse(end), kind));
@@ -181,7 +188,7 @@ impl Redactor {
             self.counts[kind as usize] += 1;
         }
         masked.push_str(&text[at..]);
-        Some(masked)
+        masked
     }
 }
 

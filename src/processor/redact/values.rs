@@ -1,8 +1,9 @@
 //! Secrets inside text: `Bearer`/`Basic`/`Token` credentials, known API-key prefixes,
 //! JWTs, URL userinfo passwords, `name=value` pairs with a secret name, e-mail addresses.
 //!
-//! One pass over the text notes which trigger bytes it holds; a pattern is only looked for
-//! when the bytes it cannot do without are there, so most values are scanned once, cheaply.
+//! One pass over the text notes which classes of bytes it holds (one table look-up per
+//! byte); a pattern is only looked for when the bytes and letters it cannot do without are
+//! there, so most values are scanned once, cheaply.
 //! Every scan is linear in the text: a run measured once is not measured again from a
 //! later start inside it (`sk-sk-sk-…`, `bearer=bearer=…`).
 
@@ -99,40 +100,91 @@ const GOOGLE: Prefix = Prefix {
 /// The shortest body of a configured prefix.
 const PATTERN_BODY: usize = 8;
 
-/// Bits of [`triggers`]: a separator after `Bearer`/`Basic`/`Token`.
-const SEPARATOR: u8 = 1;
-/// A byte every known key prefix holds (`-`, `_`, or the `A` of `AKIA`, `ASIA`, `AIza`).
-const KEY_MARK: u8 = 2;
+// Bits of [`CLASS`]: what a byte may take part in. Each pattern is only looked for when
+// the text holds every class of byte it cannot do without.
+/// A space, a tab or the `%` of `%20`: with `:` and `=`, what follows `Bearer`/`Basic`/`Token`.
+const SPACE: u32 = 1;
+/// `-` or `_`: every known key prefix but AWS's and Google's holds one.
+const KEY_SEPARATOR: u32 = 1 << 1;
+/// The `A` that starts `AKIA`, `ASIA` and `AIza`.
+const CAPITAL_A: u32 = 1 << 2;
 /// The `J` of a JWT's `eyJ`.
-const CAPITAL_J: u8 = 4;
-const COLON: u8 = 8;
-const SLASH: u8 = 16;
-const EQUALS: u8 = 32;
-const AT: u8 = 64;
+const CAPITAL_J: u32 = 1 << 3;
+const COLON: u32 = 1 << 4;
+const SLASH: u32 = 1 << 5;
+const EQUALS: u32 = 1 << 6;
+const AT: u32 = 1 << 7;
+// Letters in either case, which the scheme words and key prefixes are made of.
+const LETTER_B: u32 = 1 << 8;
+const LETTER_G: u32 = 1 << 9;
+const LETTER_H: u32 = 1 << 10;
+const LETTER_K: u32 = 1 << 11;
+const LETTER_R: u32 = 1 << 12;
+const LETTER_S: u32 = 1 << 13;
+const LETTER_T: u32 = 1 << 14;
+const LETTER_X: u32 = 1 << 15;
 
-/// Which trigger bytes `bytes` holds, as bits. Comparisons without branches, so the
-/// compiler checks many bytes at once.
-fn triggers(bytes: &[u8]) -> u8 {
-    let (mut space, mut key, mut j, mut colon, mut slash, mut equals, mut at) =
-        (false, false, false, false, false, false, false);
-    for &b in bytes {
-        space |= (b == b' ') | (b == b'\t') | (b == b'%');
-        key |= (b == b'-') | (b == b'_') | (b == b'A');
-        j |= b == b'J';
-        colon |= b == b':';
-        slash |= b == b'/';
-        equals |= b == b'=';
-        at |= b == b'@';
+/// The classes of each byte value, looked up once per byte.
+const CLASS: [u32; 256] = {
+    let mut class = [0; 256];
+    class[b' ' as usize] = SPACE;
+    class[b'\t' as usize] = SPACE;
+    class[b'%' as usize] = SPACE;
+    class[b'-' as usize] = KEY_SEPARATOR;
+    class[b'_' as usize] = KEY_SEPARATOR;
+    class[b'J' as usize] = CAPITAL_J;
+    class[b':' as usize] = COLON;
+    class[b'/' as usize] = SLASH;
+    class[b'=' as usize] = EQUALS;
+    class[b'@' as usize] = AT;
+    let letters = [
+        (b'b', LETTER_B),
+        (b'g', LETTER_G),
+        (b'h', LETTER_H),
+        (b'k', LETTER_K),
+        (b'r', LETTER_R),
+        (b's', LETTER_S),
+        (b't', LETTER_T),
+        (b'x', LETTER_X),
+    ];
+    let mut i = 0;
+    while i < letters.len() {
+        let (letter, bit) = letters[i];
+        class[letter as usize] = bit;
+        class[letter.to_ascii_uppercase() as usize] = bit;
+        i += 1;
     }
-    let bit = |on: bool, bit: u8| if on { bit } else { 0 };
-    bit(space | colon | equals, SEPARATOR)
-        | bit(key, KEY_MARK)
-        | bit(j, CAPITAL_J)
-        | bit(colon, COLON)
-        | bit(slash, SLASH)
-        | bit(equals, EQUALS)
-        | bit(at, AT)
+    class[b'A' as usize] = CAPITAL_A;
+    class
+};
+
+/// The classes of the bytes `bytes` holds: one table look-up per byte.
+fn classes(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0, |seen, &b| seen | CLASS[b as usize])
 }
+
+/// What `Bearer`, `Basic` and `Token` hold, at the least.
+const SCHEME_NEEDS: [u32; 3] = [
+    LETTER_B | LETTER_R,
+    LETTER_B | LETTER_S,
+    LETTER_T | LETTER_K,
+];
+
+/// What the known prefixes with a `-` or `_` hold, at the least (`sk`, `rk`, `gh`, `x`),
+/// and the shortest key each family matches (`sk_live_` and 10 characters, `ghp_` and 20,
+/// `xoxb-` and 10).
+const PREFIX_NEEDS: [(u32, usize); 4] = [
+    (KEY_SEPARATOR | LETTER_S | LETTER_K, 18),
+    (KEY_SEPARATOR | LETTER_R | LETTER_K, 18),
+    (KEY_SEPARATOR | LETTER_G | LETTER_H, 24),
+    (KEY_SEPARATOR | LETTER_X, 15),
+];
+
+/// The shortest AWS or Google key: `AKIA` and 16 characters.
+const SHORTEST_CAPITAL_A_KEY: usize = 20;
+
+/// The most letters and digits a known prefix has before its first `-` or `_` (`github_`).
+const LONGEST_WORD: usize = 6;
 
 /// Finds secrets inside text, as configured.
 pub struct Scanner {
@@ -192,94 +244,132 @@ impl Scanner {
             return;
         }
         work(bytes.len());
-        // One pass notes which trigger bytes the text holds: for the short values most
+        // One pass notes which classes of bytes the text holds: for the short values most
         // attributes have, cheaper than a `memchr` call per pattern.
-        let seen = triggers(bytes);
-        if seen == 0 && self.patterns.is_empty() {
-            return;
-        }
-        if self.schemes && bytes.len() >= 12 && seen & SEPARATOR != 0 {
+        let seen = classes(bytes);
+        let has = |bits: u32| seen & bits == bits;
+        let separator = seen & (SPACE | COLON | EQUALS) != 0;
+        // The scans are kept out of line: most texts need none of them, and this function
+        // stays small, cheap to enter and leave.
+        if self.schemes && bytes.len() >= 12 && separator && SCHEME_NEEDS.into_iter().any(has) {
             schemes(bytes, found);
         }
-        if self.api_keys && (!self.patterns.is_empty() || bytes.len() >= 15 && seen & KEY_MARK != 0)
-        {
+        let known_key = PREFIX_NEEDS
+            .into_iter()
+            .any(|(needs, shortest)| bytes.len() >= shortest && has(needs))
+            || bytes.len() >= SHORTEST_CAPITAL_A_KEY && has(CAPITAL_A);
+        if self.api_keys && (known_key || !self.patterns.is_empty()) {
             self.prefixed(bytes, found);
         }
-        if self.jwts && bytes.len() >= 20 && seen & CAPITAL_J != 0 {
+        if self.jwts && bytes.len() >= 20 && has(CAPITAL_J) {
             jwts(bytes, found);
         }
         if self.credentials {
-            if seen & (COLON | SLASH) == COLON | SLASH {
+            if has(COLON | SLASH) {
                 userinfo(bytes, found);
             }
             if seen & (COLON | EQUALS) != 0 {
                 key_values(text, rules, found);
             }
         }
-        if emails && seen & AT != 0 {
+        if emails && has(AT) {
             emails_in(text, found);
         }
     }
 
     /// Keys with a known or configured prefix, at the start of a word.
+    #[inline(never)] // see `Scanner::find`
     fn prefixed(&self, bytes: &[u8], found: &mut Vec<Found>) {
         // The end of the run of key characters last measured: a prefix inside that run
         // ends where it does.
         let mut run_end = 0;
-        for i in 0..bytes.len() {
-            if i > 0 && bytes[i - 1].is_ascii_alphanumeric() {
-                continue;
+        let word_start = |i: usize| i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        if !self.patterns.is_empty() {
+            // A configured prefix may be any text: every word start is compared.
+            for i in (0..bytes.len()).filter(|&i| word_start(i)) {
+                self.prefix_at(bytes, i, &mut run_end, found);
             }
-            let pair =
-                [bytes[i], bytes.get(i + 1).copied().unwrap_or(0)].map(|b| b.to_ascii_lowercase());
-            if !self.starts.contains(&pair) {
-                continue;
-            }
-            let rest = &bytes[i..];
-            let configured = self.patterns.iter().find_map(|p| {
-                (rest.len() > p.len() && rest[..p.len()].eq_ignore_ascii_case(p)).then_some((
-                    p.len(),
-                    PATTERN_BODY,
-                    Kind::ApiKey,
-                ))
-            });
-            let known = PREFIXES.iter().chain([&GOOGLE]).find_map(|p| {
-                let n = p.text.len();
-                let matches = rest.len() > n
-                    && if p.exact_case {
-                        &rest[..n] == p.text
-                    } else {
-                        rest[..n].eq_ignore_ascii_case(p.text)
-                    };
-                match p.body {
-                    _ if !matches => None,
-                    Body::AtLeast(min) => Some((n, min, Kind::ApiKey)),
-                    Body::Aws => {
-                        let body = &rest[n..];
-                        let aws = body.len() >= 16
-                            && body[..16]
-                                .iter()
-                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-                            && !body.get(16).is_some_and(u8::is_ascii_alphanumeric);
-                        aws.then_some((n, 16, Kind::ApiKey))
-                    }
-                }
-            });
-            let Some((n, min, kind)) = known.or(configured) else {
-                continue;
-            };
-            let start = i + n;
-            if run_end <= start {
-                let run = bytes[start..]
+            return;
+        }
+        // A known prefix is `A` at a word start (`AKIA`, `ASIA`, `AIza`), or has a `-` or
+        // `_` at most six letters or digits after its word start: only the word starts
+        // found from these bytes are compared. They come in order, each once.
+        let mut next = 0;
+        for at in memchr::memchr3_iter(b'-', b'_', b'A', bytes) {
+            let start = if bytes[at] == b'A' {
+                at
+            } else {
+                let word = bytes[..at]
                     .iter()
-                    .take_while(|b| is_key_byte(**b))
+                    .rev()
+                    .take(LONGEST_WORD + 1)
+                    .take_while(|b| b.is_ascii_alphanumeric())
                     .count();
-                work(run);
-                run_end = start + run;
+                work(word);
+                if word == 0 || word > LONGEST_WORD {
+                    continue;
+                }
+                at - word
+            };
+            if start >= next && word_start(start) {
+                next = start + 1;
+                self.prefix_at(bytes, start, &mut run_end, found);
             }
-            if run_end - start >= min {
-                found.push((i, run_end, kind));
+        }
+    }
+
+    /// A key with a known or configured prefix at word start `i`; `run_end` as in
+    /// [`Self::prefixed`].
+    fn prefix_at(&self, bytes: &[u8], i: usize, run_end: &mut usize, found: &mut Vec<Found>) {
+        let pair =
+            [bytes[i], bytes.get(i + 1).copied().unwrap_or(0)].map(|b| b.to_ascii_lowercase());
+        if !self.starts.contains(&pair) {
+            return;
+        }
+        let rest = &bytes[i..];
+        let configured = self.patterns.iter().find_map(|p| {
+            (rest.len() > p.len() && rest[..p.len()].eq_ignore_ascii_case(p)).then_some((
+                p.len(),
+                PATTERN_BODY,
+                Kind::ApiKey,
+            ))
+        });
+        let known = PREFIXES.iter().chain([&GOOGLE]).find_map(|p| {
+            let n = p.text.len();
+            let matches = rest.len() > n
+                && if p.exact_case {
+                    &rest[..n] == p.text
+                } else {
+                    rest[..n].eq_ignore_ascii_case(p.text)
+                };
+            match p.body {
+                _ if !matches => None,
+                Body::AtLeast(min) => Some((n, min, Kind::ApiKey)),
+                Body::Aws => {
+                    let body = &rest[n..];
+                    let aws = body.len() >= 16
+                        && body[..16]
+                            .iter()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                        && !body.get(16).is_some_and(u8::is_ascii_alphanumeric);
+                    aws.then_some((n, 16, Kind::ApiKey))
+                }
             }
+        });
+        let Some((n, min, kind)) = known.or(configured) else {
+            return;
+        };
+        let start = i + n;
+        if *run_end <= start {
+            let run = bytes[start..]
+                .iter()
+                .take_while(|b| is_key_byte(**b))
+                .count();
+            work(run);
+            *run_end = start + run;
+        }
+        if *run_end - start >= min {
+            found.push((i, *run_end, kind));
         }
     }
 }
@@ -296,6 +386,7 @@ fn is_token_byte(b: u8) -> bool {
 /// tabs, `:`, `=`, `%20`): at least 8 token characters; after `Basic` and `Token` it must
 /// also look generated (a digit, an inner capital, or base64 `+/=`), so prose such as
 /// "token expired" or "basic information" stays.
+#[inline(never)] // see `Scanner::find`
 fn schemes(bytes: &[u8], found: &mut Vec<Found>) {
     let mut run_end = 0;
     for i in 0..bytes.len() {
@@ -352,6 +443,7 @@ fn is_base64url(b: u8) -> bool {
 }
 
 /// JWTs: `eyJ…` (a base64url JSON header), `.`, a payload, `.`, a signature (possibly empty).
+#[inline(never)] // see `Scanner::find`
 fn jwts(bytes: &[u8], found: &mut Vec<Found>) {
     let segment = |from: usize| {
         let n = bytes[from..]
@@ -381,6 +473,7 @@ fn jwts(bytes: &[u8], found: &mut Vec<Found>) {
 }
 
 /// The password of `scheme://user:password@host`; the user name stays.
+#[inline(never)] // see `Scanner::find`
 fn userinfo(bytes: &[u8], found: &mut Vec<Found>) {
     for at in memchr::memmem::find_iter(bytes, b"://") {
         let start = at + 3;
@@ -420,6 +513,7 @@ fn ends_value(b: u8) -> bool {
 /// (`?password=…`, `client_secret=…`, `X-Amz-Signature=…`), up to the first space, `&`,
 /// quote or delimiter. A `Bearer`/`Basic`/`Token` value is left to [`schemes`], which
 /// masks the credential after it.
+#[inline(never)] // see `Scanner::find`
 fn key_values(text: &str, rules: &KeyRules, found: &mut Vec<Found>) {
     let bytes = text.as_bytes();
     let mut value_end = 0;
@@ -483,6 +577,7 @@ fn key_values(text: &str, rules: &KeyRules, found: &mut Vec<Found>) {
 
 /// E-mail addresses `local@domain.tld`, Unicode (IDN) local parts and domains included;
 /// a host without a dot (`user@localhost`) is not one.
+#[inline(never)] // see `Scanner::find`
 fn emails_in(text: &str, found: &mut Vec<Found>) {
     let bytes = text.as_bytes();
     for at in memchr::memchr_iter(b'@', bytes) {
@@ -517,6 +612,53 @@ fn emails_in(text: &str, found: &mut Vec<Found>) {
                 at + 1 + domain_text.len(),
                 Kind::Email,
             ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gates in [`Scanner::find`] must never skip a text a pattern could match: each
+    /// scheme word and known prefix, in any case, holds the classes its gate asks for.
+    #[test]
+    fn every_scheme_word_and_known_prefix_passes_its_gate() {
+        let passes = |text: &[u8], needs: &[u32]| {
+            let seen = classes(text);
+            needs.iter().any(|n| n & !seen == 0)
+        };
+        for word in [&b"bearer"[..], b"basic", b"token"] {
+            for cased in [word.to_ascii_lowercase(), word.to_ascii_uppercase()] {
+                assert!(passes(&cased, &SCHEME_NEEDS), "{cased:?}");
+            }
+        }
+        for p in PREFIXES.iter().chain([&GOOGLE]) {
+            let shortest = p.text.len()
+                + match p.body {
+                    Body::AtLeast(min) => min,
+                    Body::Aws => 16,
+                };
+            if p.exact_case {
+                assert!(p.text.starts_with(b"A"), "{:?}", p.text);
+                assert!(shortest >= SHORTEST_CAPITAL_A_KEY, "{:?}", p.text);
+                continue;
+            }
+            let word = p
+                .text
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count();
+            assert!(word <= LONGEST_WORD, "{:?}", p.text);
+            for cased in [p.text.to_ascii_lowercase(), p.text.to_ascii_uppercase()] {
+                let seen = classes(&cased);
+                assert!(
+                    PREFIX_NEEDS
+                        .iter()
+                        .any(|&(needs, least)| needs & !seen == 0 && least <= shortest),
+                    "{cased:?}"
+                );
+            }
         }
     }
 }
