@@ -10,7 +10,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use daena_trace_agent::config::ProcessorsConfig;
+use daena_trace_agent::config::schema::{SchemaRow, Spellings, ValueType};
+use daena_trace_agent::config::{ProcessorsConfig, located};
 use daena_trace_agent::otlp::{ExportTraceServiceRequest, SpanBatch, json};
 use daena_trace_agent::pipeline::Batcher;
 use daena_trace_agent::processor;
@@ -86,6 +87,7 @@ fn stages(c: &mut Criterion) {
     let configs = [
         ("processors_daena_redact_limits", only(true, true, true)),
         ("processor_daena", only(true, false, false)),
+        ("processor_daena_extended_schema", extended_schema()),
         ("processor_redact", only(false, true, false)),
         ("processor_limits", only(false, false, true)),
     ];
@@ -135,6 +137,48 @@ fn stages(c: &mut Criterion) {
 
 /// One span of `n` copies of a schema variant key (`llm.cost`), through all three stages:
 /// the cost must grow linearly with `n` (issue #12).
+/// The daena stage alone, its schema extended by config as a Daena team would: two keys
+/// the traffic carries, a replaced built-in row, and rows of a new family with a mirror.
+fn extended_schema() -> ProcessorsConfig {
+    let row = |key: &str, value_type: ValueType| SchemaRow {
+        key: key.to_owned(),
+        value_type,
+        values: Vec::new(),
+        spellings: Vec::new(),
+        aliases: Vec::new(),
+        family: None,
+        mirror: None,
+    };
+    let mut config = ProcessorsConfig::default();
+    config.redact.enabled = false;
+    config.limits.enabled = false;
+    config.daena.schema = [
+        row("council.agents", ValueType::Int),
+        row("council.votes", ValueType::Int),
+        SchemaRow {
+            values: ["l1", "l2", "l3", "l4"].map(String::from).to_vec(),
+            spellings: vec![Spellings {
+                value: "l4".into(),
+                spellings: vec!["archive".into()],
+            }],
+            ..row("nbmf.tier", ValueType::OneOf)
+        },
+        SchemaRow {
+            mirror: Some("gen_ai.tool.name".into()),
+            aliases: vec!["tool.id".into()],
+            ..row("tool.name", ValueType::Text)
+        },
+        row("tool.duration_ms", ValueType::Double),
+        row("llm.temperature", ValueType::Double),
+        row("agent.role", ValueType::Text),
+        row("agent.id", ValueType::Id),
+    ]
+    .into_iter()
+    .map(located)
+    .collect();
+    config
+}
+
 fn repeated_keys(c: &mut Criterion) {
     use daena_trace_agent::otlp::{ResourceSpans, ScopeSpans, Span, Value, key_value};
     let mut group = c.benchmark_group("one_span_of_repeated_keys");

@@ -425,7 +425,18 @@ async fn python_sdk_spellings_arrive_canonical_mirrored_and_redacted() {
         "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n",
         sink.addr
     );
-    let processors = "processors:\n  daena:\n    service_name: council-api\n    resource_attributes: { deployment.environment.name: interop }\n";
+    let processors = "processors:
+  daena:
+    service_name: council-api
+    resource_attributes: { deployment.environment.name: interop }
+    schema:
+      - key: tool.name
+        type: one_of
+        values: [search]
+        spellings: [{ value: search, as: [web_search] }]
+        aliases: [tool.id]
+        mirror: gen_ai.tool.name
+";
     let agent = TestAgent::start(&agent_yaml(&exporters, processors)).await;
     let run = Run {
         protocol: "grpc",
@@ -453,6 +464,12 @@ async fn python_sdk_spellings_arrive_canonical_mirrored_and_redacted() {
     let table: &[(&str, &str, Option<Value>)] = &[
         ("council.round", "council.round_id", text("42")),
         ("council.round", "council.department", text("research")),
+        ("council.round", "council.topic", text("memory tiering")),
+        (
+            "message_bus.publish",
+            "message_bus.sender",
+            text("agent-scout-3"),
+        ),
         ("council.round", "daena.component", text("council")),
         ("phase.scout", "council.phase", text("scout")),
         ("phase.debate", "council.phase", text("debate")),
@@ -514,10 +531,28 @@ async fn python_sdk_spellings_arrive_canonical_mirrored_and_redacted() {
         ("llm.exchange", "api_key", text("[REDACTED]")),
         ("llm.exchange", "daena.component", text("llm")),
         ("phase.unknown", "council.phase", text("planning")),
+        ("tool.call", "tool.name", text("search")),
+        ("tool.call", "Tool_ID", None),
+        ("tool.call", "gen_ai.tool.name", text("search")),
+        ("tool.call", "daena.component", text("tool")),
     ];
     for (name, key, value) in table {
         assert_eq!(&attribute(name, key), value, "{key} on {name}");
     }
+    let (_, publish) = spans
+        .iter()
+        .find(|(_, s)| s.name == "message_bus.publish" && s.events.len() == 1)
+        .expect("the messy publish span with its event");
+    let event = &publish.events[0];
+    assert_eq!(event.name, "message_bus.rate_limited", "RateLimited renamed");
+    assert_eq!(
+        event
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.clone().and_then(|v| v.value)))
+            .collect::<Vec<_>>(),
+        [("message_bus.retry_after_ms", Some(Value::IntValue(250)))]
+    );
     let errors = attribute("phase.unknown", "daena.schema.errors");
     assert!(
         format!("{errors:?}").contains("council.phase"),

@@ -10,6 +10,7 @@ mod mask;
 mod pipeline;
 mod processors;
 mod receivers;
+pub mod schema;
 mod secret;
 mod security;
 mod telemetry;
@@ -41,6 +42,7 @@ pub use telemetry::{LogFormat, TelemetryConfig};
 pub use units::{ByteSize, format_duration};
 pub use url::mask_url;
 pub use validate::parse_listen_addr;
+pub use yaml::{Located, located};
 
 /// The whole config file; every key is optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

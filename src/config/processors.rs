@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::schema::SchemaRow;
+use super::yaml::Located;
 use super::{ByteSize, bounds, units};
 
 /// The processor stages; they always run in the order daena → redact → limits.
@@ -45,6 +47,9 @@ pub struct DaenaConfig {
     /// Replace resource attributes the service already set with the configured ones.
     #[serde(rename = "override")]
     pub override_existing: bool,
+    /// Rows added to the built-in Daena schema, or replacing the built-in row of their key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema: Vec<Located<SchemaRow>>,
 }
 
 impl Default for DaenaConfig {
@@ -68,6 +73,7 @@ impl Default for DaenaConfig {
                 .collect(),
             resource_from_env_values: BTreeMap::new(),
             override_existing: false,
+            schema: Vec::new(),
         }
     }
 }

@@ -538,6 +538,7 @@ impl ProcessorsConfig {
                 "is empty; remove it (the default is daena) or give a name",
             ));
         }
+        super::schema::validate(&daena.schema, errors);
         for (i, key) in self.redact.keys.iter().enumerate() {
             if !key.chars().any(char::is_alphanumeric) {
                 errors.push(ConfigError::new(

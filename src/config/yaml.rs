@@ -22,6 +22,18 @@ use super::secret::MASK;
 use super::url::is_secret_name;
 use super::{Config, ConfigError, bounds};
 
+/// A value with the position in the YAML it was read from, for errors found after parsing.
+pub type Located<T> = serde_saphyr::Spanned<T>;
+
+/// `value` without a position, as when it was not read from YAML.
+pub fn located<T>(value: T) -> Located<T> {
+    serde_saphyr::Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
 /// Runs after which the remaining errors are left for the next `check`.
 const MAX_RUNS: usize = 64;
 
@@ -583,8 +595,13 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for RecoverVisitor<'_, '_, V> {
 }
 
 /// The entry a map or list visitor is at: an error while it is set is that entry's.
+/// The flag marks the map serde-saphyr makes for a [`Located`] value, whose keys
+/// (`value`, and the positions) are not the user's and add nothing to the path.
 #[derive(Debug, Default)]
-struct Current(Option<Segment>);
+struct Current(Option<Segment>, bool);
+
+/// How the map serde-saphyr makes for a [`Located`] value begins.
+const LOCATED_MARKER: &str = "__serde_saphyr_private";
 
 impl Current {
     fn at(self, path: &KeyPath) -> KeyPath {
@@ -622,6 +639,16 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for KeySeed<'_, '_, '_, 
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         let key = String::deserialize(deserializer)?;
+        if key.starts_with(LOCATED_MARKER) {
+            self.current.borrow_mut().1 = true;
+        }
+        if self.current.borrow().1 {
+            let seed = self
+                .seed
+                .take()
+                .ok_or_else(|| de::Error::custom("a key was read twice"))?;
+            return seed.deserialize(key.into_deserializer()).map(Key::Kept);
+        }
         let segment = Segment::Key(key.clone());
         if self
             .tracker

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use super::key_cache::KeyCache;
-use super::schema::{self, FAMILIES, FIELDS, SCHEMA, ValueRule, row};
-use super::{SpanStage, flush_counts, work};
+use super::schema::{MIRROR_OPERATION_TYPE, MIRROR_SYSTEM, Schema, ValueRule};
+use super::{SpanStage, work};
 use crate::config::DaenaConfig;
 use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, Value, key_value};
 use crate::telemetry::Metrics;
@@ -21,6 +21,8 @@ pub const COMPONENT: &str = "daena.component";
 pub const SCHEMA_ERRORS: &str = "daena.schema.errors";
 /// The `messaging.system` value of Daena's message bus.
 pub const BUS_SYSTEM: &str = "daena_bus";
+/// The one name of a rate-limit event on a message-bus span, whatever the service wrote.
+pub const RATE_LIMITED_EVENT: &str = "message_bus.rate_limited";
 
 /// Normalises Daena spans and enriches their resources, in place.
 pub struct DaenaNormaliser {
@@ -33,9 +35,12 @@ pub struct DaenaNormaliser {
     resource: Vec<(String, String)>,
     override_existing: bool,
     metrics: Arc<Metrics>,
+    schema: Schema,
     /// Schema errors of the current batch, per schema row; flushed to the metrics per batch.
-    errors: [u64; FIELDS],
+    errors: Vec<u64>,
     keys: KeyCache<KeyClass>,
+    /// What the attribute walk found, reused from span to span.
+    found: Found,
     /// The status page's Daena mix, given this stage's tally once per batch.
     mix: Arc<DaenaMix>,
     /// The current batch's spans per component, council phase and LLM model.
@@ -47,9 +52,10 @@ impl DaenaNormaliser {
     /// [`Config::load`](crate::config::Config::load) has filled; it counts the spans it
     /// sees in `mix`.
     pub fn new(config: &DaenaConfig, metrics: Arc<Metrics>, mix: Arc<DaenaMix>) -> Self {
+        let schema = Schema::new(&config.schema);
         // Every schema key shows at 0 from the start, so an alert on its rate sees 0.
-        for field in SCHEMA {
-            metrics.schema_errors(field.key, 0);
+        for field in &schema.fields {
+            metrics.schema_errors(&field.key, 0);
         }
         // A static resource attribute wins over one read from the environment.
         let mut resource: Vec<(String, String)> = config
@@ -69,8 +75,10 @@ impl DaenaNormaliser {
             resource,
             override_existing: config.override_existing,
             metrics,
-            errors: [0; FIELDS],
+            errors: vec![0; schema.fields.len()],
+            schema,
             keys: KeyCache::new(),
+            found: Found::default(),
             mix,
             tally: MixTally::default(),
         }
@@ -99,59 +107,59 @@ impl DaenaNormaliser {
 
     /// Canonical keys and values, `daena.component`, schema errors and mirrors for one span.
     fn normalise_span(&mut self, span: &mut Span) {
-        let mut found = Found::default();
-        let mut duplicates: Vec<usize> = Vec::new();
+        let schema = &self.schema;
+        let found = &mut self.found;
+        found.clear();
         work(span.attributes.len());
         for (i, kv) in span.attributes.iter().enumerate() {
-            match self.keys.get(&kv.key, KeyClass::of) {
+            match self.keys.get(&kv.key, |key| KeyClass::of(schema, key)) {
                 KeyClass::Schema {
                     row,
                     canonical,
                     family,
                 } => {
-                    match found.rows[row] {
-                        None => found.rows[row] = Some((i, canonical)),
-                        // The canonical key wins over a variant; otherwise the first one seen.
-                        Some((previous, false)) if canonical => {
-                            duplicates.push(previous);
-                            found.rows[row] = Some((i, true));
-                        }
-                        Some(_) => duplicates.push(i),
-                    }
-                    found.families[family] = true;
+                    found.hit(row, i, canonical);
+                    found.families |= 1 << family;
                 }
-                KeyClass::Family(f) => found.families[f] = true,
+                KeyClass::Family(f) => found.families |= 1 << f,
                 KeyClass::Component => found.component_at = Some(i),
                 KeyClass::SchemaErrors => found.schema_errors_at = Some(i),
-                KeyClass::Mirror(m) => found.mirrors[m] = true,
+                KeyClass::Mirror(m) => found.mirrors |= 1 << m,
                 KeyClass::Http => found.http = true,
                 KeyClass::Other => {}
             }
         }
 
-        let mut failed = [false; FIELDS];
-        for (row, slot) in found.rows.iter().enumerate() {
-            let Some((i, canonical)) = *slot else {
-                continue;
-            };
-            let kv = &mut span.attributes[i];
-            if !canonical {
-                kv.key = SCHEMA[row].key.to_owned();
+        let (mut phase, mut model) = (None, None);
+        for hit in &mut found.hits {
+            let field = &schema.fields[hit.row];
+            let kv = &mut span.attributes[hit.at];
+            if !hit.canonical {
+                kv.key.clone_from(&field.key);
             }
-            if !normalise_value(&SCHEMA[row].rule, &mut kv.value) {
-                failed[row] = true;
-                self.errors[row] += 1;
+            if !normalise_value(&field.rule, &mut kv.value) {
+                hit.failed = true;
+                found.failed = true;
+                self.errors[hit.row] += 1;
+            } else if Some(hit.row) == schema.council_phase {
+                phase = Some(hit.at);
+            } else if Some(hit.row) == schema.llm_model {
+                model = Some(hit.at);
             }
+            found.mirrored |= field.mirror.is_some();
         }
 
-        let component = found.component(&span.name);
+        let component = found.component(schema, &span.name);
         self.tally.span(
             component,
-            canonical_string(span, &found, &failed, row::COUNCIL_PHASE),
-            canonical_string(span, &found, &failed, row::LLM_MODEL),
+            phase.and_then(|at| string_of(&span.attributes[at])),
+            model.and_then(|at| string_of(&span.attributes[at])),
         );
+        if found.families & (1 << schema.bus_family) != 0 {
+            normalise_rate_limit_events(span, schema, &mut self.keys, &mut self.errors);
+        }
         if self.semconv_mirror {
-            mirror(span, &found, &failed);
+            mirror(span, schema, found);
         }
         set_or_push(
             &mut span.attributes,
@@ -160,18 +168,24 @@ impl DaenaNormaliser {
             || Value::StringValue(component.to_owned()),
             |v| matches!(v, Value::StringValue(s) if s == component),
         );
-        let errors: Vec<AnyValue> = failed
-            .iter()
-            .zip(SCHEMA)
-            .filter(|(failed, _)| **failed)
-            .map(|(_, field)| AnyValue {
-                value: Some(string(field.key)),
-            })
-            .collect();
-        let mut remove = duplicates;
-        if errors.is_empty() {
+        let remove = &mut found.duplicates;
+        if !found.failed {
             remove.extend(found.schema_errors_at);
         } else {
+            // In schema order, so a span normalised twice lists them the same way.
+            let mut failed: Vec<usize> = found
+                .hits
+                .iter()
+                .filter(|hit| hit.failed)
+                .map(|hit| hit.row)
+                .collect();
+            failed.sort_unstable();
+            let errors = failed
+                .into_iter()
+                .map(|row| AnyValue {
+                    value: Some(string(&schema.fields[row].key)),
+                })
+                .collect();
             let list = Value::ArrayValue(ArrayValue { values: errors });
             match found.schema_errors_at {
                 Some(i) => span.attributes[i].value = Some(AnyValue { value: Some(list) }),
@@ -182,7 +196,7 @@ impl DaenaNormaliser {
             // One mark per attribute: a lookup in `remove` per attribute would make a span
             // of n copies of one key cost n² (300k copies took seconds).
             let mut gone = vec![false; span.attributes.len()];
-            for i in remove {
+            for &i in remove.iter() {
                 if let Some(mark) = gone.get_mut(i) {
                     *mark = true;
                 }
@@ -211,10 +225,12 @@ impl SpanStage for DaenaNormaliser {
     }
 
     fn finish_batch(&mut self) {
-        let metrics = &self.metrics;
-        flush_counts(&mut self.errors, SCHEMA.iter().map(|f| f.key), |key, n| {
-            metrics.schema_errors(key, n);
-        });
+        for (count, field) in self.errors.iter_mut().zip(&self.schema.fields) {
+            if *count > 0 {
+                self.metrics
+                    .schema_errors(&field.key, std::mem::take(count));
+            }
+        }
         if !self.tally.is_empty() {
             self.mix.add(&self.tally);
             self.tally.reset();
@@ -222,29 +238,98 @@ impl SpanStage for DaenaNormaliser {
     }
 }
 
-/// What one walk over a span's attributes found.
+/// A schema key found on a span.
+struct Hit {
+    /// The schema row.
+    row: usize,
+    /// The attribute's index.
+    at: usize,
+    /// Whether its key was already canonical.
+    canonical: bool,
+    /// Whether its value could not be normalised.
+    failed: bool,
+}
+
+/// What one walk over a span's attributes found; its buffers are reused.
 #[derive(Default)]
 struct Found {
-    /// Per schema row: the attribute's index and whether its key was already canonical.
-    rows: [Option<(usize, bool)>; FIELDS],
-    /// Daena families present, in the order of [`FAMILIES`].
-    families: [bool; 4],
+    /// The schema keys, one per row (usually none to four).
+    hits: Vec<Hit>,
+    /// Attributes to remove: variants of a key the span also carries.
+    duplicates: Vec<usize>,
+    /// Daena families present, a bit per index into [`Schema::families`].
+    families: u64,
     http: bool,
     component_at: Option<usize>,
     schema_errors_at: Option<usize>,
-    /// Which mirror keys the span already has, in the order of [`MIRRORS`].
-    mirrors: [bool; MIRRORS.len()],
+    /// Which mirror keys the span already has, a bit per index into [`Schema::mirrors`].
+    mirrors: u64,
+    /// Whether a value could not be normalised.
+    failed: bool,
+    /// Whether a row found has a mirror.
+    mirrored: bool,
 }
 
-/// The semantic-convention keys the stage may add.
-const MIRRORS: [&str; 6] = [
-    "gen_ai.request.model",
-    "messaging.system",
-    "messaging.destination.name",
-    "messaging.message.id",
-    "messaging.operation.type",
-    "messaging.operation.name",
-];
+impl Found {
+    fn clear(&mut self) {
+        self.hits.clear();
+        self.duplicates.clear();
+        self.families = 0;
+        self.http = false;
+        self.component_at = None;
+        self.schema_errors_at = None;
+        self.mirrors = 0;
+        self.failed = false;
+        self.mirrored = false;
+    }
+
+    /// Notes schema `row` at attribute `at`: the canonical key wins over a variant;
+    /// otherwise the first one seen. The loser is a duplicate.
+    fn hit(&mut self, row: usize, at: usize, canonical: bool) {
+        match self.hits.iter_mut().find(|hit| hit.row == row) {
+            None => self.hits.push(Hit {
+                row,
+                at,
+                canonical,
+                failed: false,
+            }),
+            Some(hit) if canonical && !hit.canonical => {
+                self.duplicates.push(hit.at);
+                hit.at = at;
+                hit.canonical = true;
+            }
+            Some(_) => self.duplicates.push(at),
+        }
+    }
+
+    /// `daena.component`: the most specific family present, else HTTP, else the span name.
+    fn component<'s>(&self, schema: &'s Schema, span_name: &str) -> &'s str {
+        if self.families != 0 {
+            return &schema.families[self.families.trailing_zeros() as usize];
+        }
+        if self.http {
+            return "http";
+        }
+        if let Some(family) = schema.family(span_name) {
+            return &schema.families[family];
+        }
+        let method = span_name.split(' ').next().unwrap_or_default();
+        let methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+        if span_name.contains(' ') && methods.contains(&method) {
+            "http"
+        } else {
+            "other"
+        }
+    }
+
+    /// The string value of schema `row` on `span` once normalised; `None` when the span
+    /// lacks it or its value could not be normalised.
+    fn canonical_string<'a>(&self, span: &'a Span, row: Option<usize>) -> Option<&'a str> {
+        let row = row?;
+        let hit = self.hits.iter().find(|hit| hit.row == row && !hit.failed)?;
+        string_of(&span.attributes[hit.at])
+    }
+}
 
 /// What an attribute key is to this stage; cached per key.
 #[derive(Clone, Copy)]
@@ -255,13 +340,13 @@ enum KeyClass {
         canonical: bool,
         family: usize,
     },
-    /// Another key of a Daena family (index into [`FAMILIES`]).
+    /// Another key of a Daena family (index into [`Schema::families`]).
     Family(usize),
     /// `daena.component`.
     Component,
     /// `daena.schema.errors`.
     SchemaErrors,
-    /// A semconv key the stage may add (index into [`MIRRORS`]).
+    /// A semconv key the stage may add (index into [`Schema::mirrors`]).
     Mirror(usize),
     /// An `http.*` key.
     Http,
@@ -270,14 +355,12 @@ enum KeyClass {
 }
 
 impl KeyClass {
-    fn of(key: &str) -> Self {
-        if let Some((row, canonical)) = schema::lookup(key) {
-            // Every schema key starts with its family's name.
-            let family = schema::family(SCHEMA[row].key).unwrap_or_default();
+    fn of(schema: &Schema, key: &str) -> Self {
+        if let Some((row, canonical)) = schema.lookup(key) {
             return Self::Schema {
                 row,
                 canonical,
-                family,
+                family: schema.fields[row].family,
             };
         }
         if key == COMPONENT {
@@ -286,87 +369,128 @@ impl KeyClass {
         if key == SCHEMA_ERRORS {
             return Self::SchemaErrors;
         }
-        if let Some(m) = MIRRORS.iter().position(|m| *m == key) {
+        if let Some(m) = schema.mirrors.iter().position(|m| m == key) {
             return Self::Mirror(m);
         }
         if key.starts_with("http.") {
             return Self::Http;
         }
-        schema::family(key).map_or(Self::Other, Self::Family)
+        schema.family(key).map_or(Self::Other, Self::Family)
     }
 }
 
-impl Found {
-    /// `daena.component`: the most specific family present, else HTTP, else the span name.
-    fn component(&self, span_name: &str) -> &'static str {
-        if let Some(i) = self.families.iter().position(|present| *present) {
-            return FAMILIES[i];
-        }
-        if self.http {
-            return "http";
-        }
-        if let Some(family) = schema::family(span_name) {
-            return FAMILIES[family];
-        }
-        let method = span_name.split(' ').next().unwrap_or_default();
-        let methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-        if span_name.contains(' ') && methods.contains(&method) {
-            "http"
-        } else {
-            "other"
-        }
+/// Adds the semconv mirrors the span lacks: each row's mirror, and for message-bus
+/// spans `messaging.system` and `messaging.operation.type`.
+fn mirror(span: &mut Span, schema: &Schema, found: &Found) {
+    let absent = |m: usize| found.mirrors & (1 << m) == 0;
+    let bus = found.families & (1 << schema.bus_family) != 0;
+    if !found.mirrored && !bus {
+        return;
     }
-}
-
-/// The string value of schema `row` on `span` once normalised; `None` when the span lacks
-/// it or its value could not be normalised.
-fn canonical_string<'a>(
-    span: &'a Span,
-    found: &Found,
-    failed: &[bool; FIELDS],
-    row: usize,
-) -> Option<&'a str> {
-    let (i, _) = found.rows[row]?;
-    if failed[row] {
-        return None;
-    }
-    string_of(&span.attributes[i])
-}
-
-/// Adds the `gen_ai.*` and `messaging.*` attributes the span lacks.
-fn mirror(span: &mut Span, found: &Found, failed: &[bool; FIELDS]) {
-    let value_of = |row: usize| canonical_string(span, found, failed, row).map(str::to_owned);
     let mut added = Vec::new();
-    if let Some(model) = value_of(row::LLM_MODEL).filter(|_| !found.mirrors[0]) {
-        added.push(key_value(MIRRORS[0], Value::StringValue(model)));
+    for hit in found.hits.iter().filter(|hit| !hit.failed) {
+        if let Some(m) = schema.fields[hit.row].mirror.filter(|m| absent(*m))
+            && let Some(value) = span.attributes[hit.at].value.clone()
+        {
+            added.push(KeyValue {
+                key: schema.mirrors[m].clone(),
+                value: Some(value),
+                ..KeyValue::default()
+            });
+        }
     }
-    let bus = FAMILIES
-        .iter()
-        .position(|f| *f == "message_bus")
-        .is_some_and(|i| found.families[i]);
     if bus {
-        let operation = value_of(row::BUS_OPERATION);
-        let operation_type = operation.as_deref().map(|op| match op {
-            "publish" => "send",
-            _ => "receive",
-        });
-        let values = [
-            Some(BUS_SYSTEM.to_owned()),
-            value_of(row::BUS_TOPIC),
-            value_of(row::BUS_MESSAGE_ID),
-            operation_type.map(str::to_owned),
-            operation,
-        ];
-        for (m, value) in values.into_iter().enumerate() {
-            if let Some(value) = value.filter(|_| !found.mirrors[m + 1]) {
-                added.push(key_value(MIRRORS[m + 1], Value::StringValue(value)));
-            }
+        if absent(MIRROR_SYSTEM) {
+            added.push(key_value(
+                &schema.mirrors[MIRROR_SYSTEM],
+                string(BUS_SYSTEM),
+            ));
+        }
+        let operation_type = match found.canonical_string(span, schema.bus_operation) {
+            Some("publish") => Some("send"),
+            Some("subscribe") => Some("receive"),
+            _ => None,
+        };
+        if let Some(operation_type) = operation_type.filter(|_| absent(MIRROR_OPERATION_TYPE)) {
+            added.push(key_value(
+                &schema.mirrors[MIRROR_OPERATION_TYPE],
+                string(operation_type),
+            ));
         }
     }
     span.attributes.append(&mut added);
 }
 
+/// Renames a bus span's rate-limit events, in any spelling, to [`RATE_LIMITED_EVENT`],
+/// and gives their attributes canonical keys and values (rare events: a key outside the
+/// schema is also tried under `message_bus.`).
+fn normalise_rate_limit_events(
+    span: &mut Span,
+    schema: &Schema,
+    keys: &mut KeyCache<KeyClass>,
+    errors: &mut [u64],
+) {
+    for event in &mut span.events {
+        if !is_rate_limit_event(&event.name) {
+            continue;
+        }
+        if event.name != RATE_LIMITED_EVENT {
+            RATE_LIMITED_EVENT.clone_into(&mut event.name);
+        }
+        work(event.attributes.len());
+        for kv in &mut event.attributes {
+            let row = match keys.get(&kv.key, |key| KeyClass::of(schema, key)) {
+                KeyClass::Schema { row, .. } => Some(row),
+                // An event of a bus span may leave out the family: `retry_after_ms`.
+                KeyClass::Other => schema
+                    .lookup(&format!("message_bus.{}", kv.key))
+                    .map(|(row, _)| row)
+                    .filter(|row| schema.fields[*row].family == schema.bus_family),
+                _ => None,
+            };
+            if let Some(row) = row {
+                let field = &schema.fields[row];
+                if kv.key != field.key {
+                    kv.key.clone_from(&field.key);
+                }
+                if !normalise_value(&field.rule, &mut kv.value) {
+                    errors[row] += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Whether an event name says "rate limited": ignoring case and separators, and a leading
+/// `message_bus` or `bus`, it is `rate_limit`, `rate_limited`, `rate_limiting` or
+/// `rate_limit_exceeded`.
+fn is_rate_limit_event(name: &str) -> bool {
+    let mut letters = name
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase());
+    let mut folded = [0u8; 32];
+    let mut len = 0;
+    for byte in letters.by_ref() {
+        if len == folded.len() {
+            return false;
+        }
+        folded[len] = byte;
+        len += 1;
+    }
+    let folded = &folded[..len];
+    let folded = folded
+        .strip_prefix(b"messagebus")
+        .or_else(|| folded.strip_prefix(b"bus"))
+        .unwrap_or(folded);
+    matches!(
+        folded,
+        b"ratelimit" | b"ratelimited" | b"ratelimiting" | b"ratelimitexceeded"
+    )
+}
+
 /// Normalises `value` by `rule` in place; false when it cannot (the value is left as it came).
+#[inline(always)]
 fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
     let Some(value) = value.as_mut().and_then(|v| v.value.as_mut()) else {
         return false;
@@ -383,6 +507,7 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
         },
         (ValueRule::Bool, Value::BoolValue(_))
         | (ValueRule::Double, Value::DoubleValue(_))
+        | (ValueRule::Int, Value::IntValue(_))
         | (ValueRule::Id, Value::StringValue(_)) => return true,
         (ValueRule::Bool, Value::StringValue(s)) => match s.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Value::BoolValue(true),
@@ -396,6 +521,14 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
             Ok(number) if number.is_finite() => Value::DoubleValue(number),
             _ => return false,
         },
+        (ValueRule::Int, Value::StringValue(s)) => match s.trim().parse::<i64>() {
+            Ok(number) => Value::IntValue(number),
+            _ => return false,
+        },
+        (ValueRule::Int, Value::DoubleValue(d)) => match whole(*d) {
+            Some(number) => Value::IntValue(number),
+            None => return false,
+        },
         (ValueRule::Id, Value::IntValue(i)) => Value::StringValue(i.to_string()),
         (ValueRule::Text, Value::StringValue(s)) => match s.trim() {
             trimmed if trimmed.len() == s.len() => return true,
@@ -407,12 +540,24 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
     true
 }
 
+/// `d` as an int when it is a whole number an int holds exactly.
+fn whole(d: f64) -> Option<i64> {
+    // 2^63 as a double; every whole double below it in magnitude converts exactly.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    #[allow(clippy::cast_possible_truncation)] // whole and in range: exact
+    (d.fract() == 0.0 && d > -LIMIT && d < LIMIT).then_some(d as i64)
+}
+
 /// The canonical value `text` spells, ignoring ASCII case.
-fn one_of(choices: &[(&'static str, &[&str])], text: &str) -> Option<&'static str> {
+fn one_of<'a>(choices: &'a [(String, Vec<String>)], text: &str) -> Option<&'a str> {
+    // Most values arrive canonical: one comparison of lengths and bytes each.
+    if let Some((canonical, _)) = choices.iter().find(|(canonical, _)| canonical == text) {
+        return Some(canonical);
+    }
     choices.iter().find_map(|(canonical, spellings)| {
         (canonical.eq_ignore_ascii_case(text)
             || spellings.iter().any(|s| s.eq_ignore_ascii_case(text)))
-        .then_some(*canonical)
+        .then_some(canonical.as_str())
     })
 }
 

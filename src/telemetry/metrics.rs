@@ -65,10 +65,10 @@ struct DropLabels {
     reason: &'static str,
 }
 
-/// Labels of a counter keyed by a static name (schema key, redaction kind, limit).
+/// Labels of a counter keyed by a Daena schema key (built-in or from the config).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyLabels {
-    key: &'static str,
+    key: String,
 }
 
 /// Labels of a counter keyed by what was done.
@@ -801,9 +801,11 @@ impl Metrics {
     }
 
     /// Counts Daena attribute values of `key` that could not be normalised.
-    pub fn schema_errors(&self, key: &'static str, count: u64) {
+    pub fn schema_errors(&self, key: &str, count: u64) {
         self.schema_errors
-            .get_or_create(&KeyLabels { key })
+            .get_or_create(&KeyLabels {
+                key: key.to_owned(),
+            })
             .inc_by(count);
     }
 

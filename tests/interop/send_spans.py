@@ -150,7 +150,8 @@ def daena_trace(provider, protocol):
 def messy_trace(provider):
     tracer = provider.get_tracer("backend.utils.tracing", "2.0.0")
     with tracer.start_as_current_span(
-        "council.round", attributes={"Council_Round_Id": 42, "council-department": " research "}
+        "council.round", attributes={"Council_Round_Id": 42, "council-department": " research ",
+                                     "Council_Topic": " memory tiering "}
     ):
         for name, phase in (("scout", "Scout"), ("debate", "debate "), ("commit", "COMMIT")):
             with tracer.start_as_current_span(f"phase.{name}", attributes={"council.Phase": phase}):
@@ -158,9 +159,9 @@ def messy_trace(provider):
         with tracer.start_as_current_span(
             "message_bus.publish",
             attributes={"message_bus.operation": "Publish", "Message_Bus.Topic": "council.events",
-                        "message_bus.message_id": 7},
-        ):
-            pass
+                        "message_bus.message_id": 7, "Message-Bus.Sender": " agent-scout-3 "},
+        ) as publish:
+            publish.add_event("RateLimited", {"Retry_After_Ms": "250"})
         for name, tier in (("tier.int", 1), ("tier.upper", "L2"), ("tier.word", "tier3")):
             with tracer.start_as_current_span(
                 name, attributes={"nbmf.tier": tier, "NBMF.Operation": "Write"}
@@ -176,6 +177,9 @@ def messy_trace(provider):
         ):
             pass
         with tracer.start_as_current_span("phase.unknown", attributes={"council.phase": "planning"}):
+            pass
+        # Its key is a row the test's config adds to the schema.
+        with tracer.start_as_current_span("tool.call", attributes={"Tool_ID": " Web_Search "}):
             pass
 
 

@@ -351,6 +351,187 @@ fn mirrors_follow_the_semantic_conventions_and_never_replace() {
     );
 }
 
+/// The stage with the schema rows of `yaml` (a `processors:` section).
+fn stage_with_schema(yaml: &str) -> DaenaNormaliser {
+    let config = crate::config::Config::load(Some(&write_config(yaml)), &|_| None)
+        .unwrap_or_else(|errors| panic!("{errors}"));
+    stage(&config.processors.daena)
+}
+
+fn write_config(yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "daena-schema-test-{}-{}",
+        std::process::id(),
+        yaml.len()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("agent.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    path
+}
+
+const EXTENDED: &str = "processors:
+  daena:
+    schema:
+      - key: tool.name
+        type: one_of
+        values: [search, calculator]
+        spellings: [{ value: search, as: [web_search, Search-Web] }]
+        aliases: [tool.id]
+        mirror: gen_ai.tool.name
+      - key: council.priority
+        type: int
+      - key: nbmf.tier
+        type: one_of
+        values: [l1, l2, l3, l4]
+        spellings: [{ value: l4, as: [\"4\", archive] }]
+exporters:
+  out: { protocol: console }
+";
+
+#[test]
+fn a_schema_row_from_yaml_works_like_a_built_in_one() {
+    let mut stage = stage_with_schema(EXTENDED);
+    let mut span = span_with(
+        "tool.call",
+        &[
+            ("Tool_ID", s(" Web_Search ")),
+            ("council.phase", s("Debate")),
+            ("Council-Priority", s("3")),
+        ],
+    );
+    stage.normalise_span(&mut span);
+    assert_eq!(
+        attributes(&span),
+        expect(&[
+            ("tool.name", s("search")),
+            ("council.phase", s("debate")),
+            ("council.priority", Value::IntValue(3)),
+            ("gen_ai.tool.name", s("search")),
+            (COMPONENT, s("tool")),
+        ]),
+        "alias, spelling, int rule, mirror, and the new family ranks first"
+    );
+
+    let mut span = span_with(
+        "nbmf.read",
+        &[("nbmf.tier", s("ARCHIVE")), ("tool.name", s("hammer"))],
+    );
+    stage.normalise_span(&mut span);
+    assert_eq!(
+        attributes(&span),
+        expect(&[
+            ("nbmf.tier", s("l4")),
+            ("tool.name", s("hammer")),
+            (COMPONENT, s("tool")),
+            (SCHEMA_ERRORS, errors(&["tool.name"])),
+        ]),
+        "a replaced built-in row takes its new values; a bad value is listed"
+    );
+    let mut span = span_with("nbmf.read", &[("nbmf.tier", s("tier1"))]);
+    stage.normalise_span(&mut span);
+    assert_eq!(
+        attributes(&span).get(SCHEMA_ERRORS),
+        Some(&Some(errors(&["nbmf.tier"]))),
+        "the replaced row keeps only what it lists"
+    );
+}
+
+#[test]
+fn the_guides_topic_sender_and_retry_after_are_normalised() {
+    let got = run(
+        "council.round",
+        &[
+            ("Council_Topic", s(" pricing ")),
+            ("council.department", s("sales")),
+        ],
+    );
+    assert_eq!(got.get("council.topic"), Some(&Some(s("pricing"))));
+    let got = run(
+        "message_bus.publish",
+        &[
+            ("Message-Bus.Sender", s(" scout-agent ")),
+            ("message_bus.retry_after_ms", Value::DoubleValue(250.0)),
+        ],
+    );
+    assert_eq!(got.get("message_bus.sender"), Some(&Some(s("scout-agent"))));
+    assert_eq!(
+        got.get("message_bus.retry_after_ms"),
+        Some(&Some(Value::IntValue(250)))
+    );
+    assert_eq!(got.get(COMPONENT), Some(&Some(s("message_bus"))));
+    let got = run(
+        "x",
+        &[("message_bus.retry_after_ms", Value::DoubleValue(0.5))],
+    );
+    assert_eq!(
+        got.get(SCHEMA_ERRORS),
+        Some(&Some(errors(&["message_bus.retry_after_ms"]))),
+        "a fraction is not an int"
+    );
+}
+
+#[test]
+fn rate_limit_events_on_bus_spans_get_one_name_and_canonical_attributes() {
+    let event = |name: &str, attributes: &[(&str, Value)]| Event {
+        name: name.into(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| key_value(*k, v.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let names = [
+        "rate_limited",
+        "rate-limit",
+        "RateLimited",
+        "RATE_LIMIT_EXCEEDED",
+        "bus.rate_limiting",
+        "message_bus.rate_limited",
+    ];
+    let mut span = span_with("message_bus.publish", &[("message_bus.topic", s("t"))]);
+    span.events = names
+        .iter()
+        .map(|name| event(name, &[("Retry_After_Ms", s("250"))]))
+        .chain([event("retry", &[]), event("rate_limiter_reset", &[])])
+        .collect();
+    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    let got: Vec<(&str, Vec<_>)> = span
+        .events
+        .iter()
+        .map(|e| {
+            let attributes = e
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone().and_then(|v| v.value)))
+                .collect::<Vec<_>>();
+            (e.name.as_str(), attributes)
+        })
+        .collect();
+    for (i, (name, attributes)) in got.iter().take(names.len()).enumerate() {
+        assert_eq!(*name, RATE_LIMITED_EVENT, "{}", names[i]);
+        assert_eq!(
+            attributes,
+            &[(
+                "message_bus.retry_after_ms".to_owned(),
+                Some(Value::IntValue(250))
+            )],
+            "{}",
+            names[i]
+        );
+    }
+    assert_eq!(got[names.len()].0, "retry", "other events keep their name");
+    assert_eq!(got[names.len() + 1].0, "rate_limiter_reset");
+
+    let mut span = span_with("llm.chat", &[("llm.model", s("m"))]);
+    span.events = vec![event("rate_limited", &[])];
+    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    assert_eq!(
+        span.events[0].name, "rate_limited",
+        "only bus spans' events"
+    );
+}
+
 #[test]
 fn the_resource_is_enriched_without_replacing_unless_told() {
     let mut config = DaenaConfig {
@@ -460,7 +641,7 @@ fn any_value() -> impl Strategy<Value = Value> {
 }
 
 fn daena_key() -> impl Strategy<Value = String> {
-    let keys: Vec<String> = SCHEMA
+    let keys: Vec<String> = crate::config::schema::built_in()
         .iter()
         .flat_map(|f| {
             [
@@ -563,7 +744,7 @@ proptest! {
     fn a_span_without_daena_attributes_only_gains_its_component(
         span in arbitrary_span(prop::sample::select(vec!["user_id", "rpc.method", "db.system", "Customer", "x-y"]).prop_map(String::from)),
     ) {
-        prop_assume!(schema::family(&span.name).is_none() && !span.name.contains(' '));
+        prop_assume!(Schema::default().family(&span.name).is_none() && !span.name.contains(' '));
         let mut batch = batch_of(span.clone());
         pass().process(&mut batch);
         let mut expected = span;
