@@ -92,6 +92,13 @@ impl ExporterConfig {
         }
     }
 
+    /// Whether this is the console exporter the agent fell back to because no upstream was
+    /// configured (an explicit `protocol: console` is a choice, not a fallback).
+    pub fn is_console_fallback(&self) -> bool {
+        self.protocol == ExporterProtocol::Console
+            && self.origin.as_deref() == Some(super::env::CONSOLE_FALLBACK_ORIGIN)
+    }
+
     /// The URL requests go to: `traces_endpoint` as-is; else for http/protobuf `endpoint`
     /// with `/v1/traces` appended unless the path already ends with it (so Grafana Cloud's
     /// `…/otlp` becomes `…/otlp/v1/traces`, as with the Collector's `otlphttp` exporter);

@@ -875,3 +875,19 @@ fn a_key_read_from_a_variable_is_shown_as_its_reference() {
     assert!(!text.contains("CANARY"), "{text}");
     assert!(text.contains("exporters.${DAENA_TOKEN}:"), "{text}");
 }
+
+#[test]
+fn only_a_console_chosen_for_want_of_an_upstream_warns() {
+    let fallback = Config::load(None, &no_env).expect("defaults");
+    assert_eq!(
+        fallback.console_fallback_warning(),
+        Some("spans go to the console: set OTEL_EXPORTER_OTLP_ENDPOINT or exporters:")
+    );
+    let chosen = load_text("exporters:\n  out: { protocol: console }\n", &no_env).expect("valid");
+    assert_eq!(chosen.console_fallback_warning(), None);
+    let upstream = Config::load(None, &|name: &str| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://tempo:4317".to_owned())
+    })
+    .expect("valid");
+    assert_eq!(upstream.console_fallback_warning(), None);
+}
