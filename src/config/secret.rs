@@ -1,6 +1,7 @@
 //! [`Secret`]: a config value that is never shown (header values, passwords, tokens).
 //!
-//! Its `Debug`, `Display` and `Serialize` all write `***`, so a secret cannot reach a log
+//! Its `Debug`, `Display` and `Serialize` all write `***` (unless `check`'s masked copy
+//! judged it no credential, see [`Config::masked`](super::Config::masked)), so a secret cannot reach a log
 //! line, an error, a panic or `check` output by accident; the value leaves only through
 //! [`Secret::expose`], so `grep -rn '\.expose()'` lists every place a secret is sent.
 //! YAML reads it as a plain string.
@@ -14,17 +15,38 @@ pub const MASK: &str = "***";
 
 /// A string that is shown as `***` and given out only by [`expose`](Self::expose).
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    /// Judged not to be a credential (a tenant header in `check`'s copy): shown as it is.
+    readable: bool,
+}
 
 impl Secret {
     /// Wraps `value`.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self {
+            value: value.into(),
+            readable: false,
+        }
+    }
+
+    /// A copy shown as it is, for a value [`Config::masked`](super::Config::masked) judged
+    /// not to be a credential (`x-scope-orgid: daena`).
+    pub(super) fn readable(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            readable: true,
+        }
     }
 
     /// The value itself, for the one place it is really sent (a request header).
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
+    }
+
+    /// What is shown of it: `***`, or the value when it is readable.
+    fn shown(&self) -> &str {
+        if self.readable { &self.value } else { MASK }
     }
 }
 
@@ -36,32 +58,36 @@ impl From<&str> for Secret {
 
 impl From<String> for Secret {
     fn from(value: String) -> Self {
-        Self(value)
+        Self::new(value)
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(MASK)
+        if self.readable {
+            write!(f, "{:?}", self.value)
+        } else {
+            f.write_str(MASK)
+        }
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(MASK)
+        f.write_str(self.shown())
     }
 }
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         // The only YAML the agent writes is for people to read (`check`).
-        serializer.serialize_str(MASK)
+        serializer.serialize_str(self.shown())
     }
 }
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self)
+        String::deserialize(deserializer).map(Self::new)
     }
 }
 
