@@ -1,6 +1,6 @@
 //! The exporter built from the standard `OTEL_EXPORTER_OTLP_*` variables when the YAML
 //! names none, following the OpenTelemetry specification's exporter rules except for the
-//! protocol chosen when none is set (see [`infer_protocol`]).
+//! protocol chosen when none is set (see `infer_protocol`).
 
 use std::path::PathBuf;
 use std::time::Duration;
