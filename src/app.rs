@@ -335,6 +335,11 @@ impl Agent {
             Arc::clone(&health),
             Arc::clone(&mix),
             limits,
+            config
+                .console_fallback_warning()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         );
         let telemetry_task = telemetry.map(|listener| {
             supervisor.spawn_service(
@@ -354,6 +359,9 @@ impl Agent {
             "daena-trace-agent started: {listening}; exporters: {}",
             describe_exporters(&config)
         );
+        if let Some(warning) = config.console_fallback_warning() {
+            tracing::warn!("{warning}");
+        }
 
         let mut reloader = Reloader {
             current: config,

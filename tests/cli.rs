@@ -52,6 +52,34 @@ fn check_prints_the_effective_config_with_every_secret_masked() {
         stdout.contains("123456"),
         "the username is not a secret: {stdout}"
     );
+    assert!(
+        stdout.contains(
+            "endpoint: https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces"
+        ),
+        "the URL posted to, as the start-up line shows it: {stdout}"
+    );
+    assert!(
+        stdout.contains("x-scope-orgid: tenant-1"),
+        "a tenant is no secret: {stdout}"
+    );
+    assert!(stdout.contains("authorization: \"***\""), "{stdout}");
+}
+
+#[test]
+fn check_leaves_out_settings_that_are_off_by_default() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let (code, stdout, stderr) = run_binary(&["check", "--config", path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("policies:"), "{stdout}");
+    for off in [": null", ": 0s\n", ": 0ns", ": []"] {
+        assert!(!stdout.contains(off), "{off:?} in:\n{stdout}");
+    }
+    let (code, stdout, stderr) = run_binary(&["check"], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stdout.contains(": null") && !stdout.contains(": {}"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use common::*;
 
 /// An exporter header value, given through `${SECRET_HEADER}`.
 const HEADER_FROM_ENV: &str = "env-hdr-s3cr3t-9f1c";
-/// An exporter header value written in the file.
+/// An exporter header value written in the file, under a name that marks it a credential.
 const HEADER_LITERAL: &str = "lit-hdr-s3cr3t-77aa";
 /// An `auth.basic` password.
 const BASIC_PASSWORD: &str = "basic-s3cr3t-4b2e";
@@ -73,7 +73,7 @@ fn exporters(https: u16, grpc: u16, dead: u16, ca_file: &str) -> String {
   grpc-live:
     protocol: grpc
     endpoint: http://127.0.0.1:{grpc}
-    headers: {{ x-api-key: \"${{SECRET_HEADER}}\", x-literal: {HEADER_LITERAL} }}
+    headers: {{ x-api-key: \"${{SECRET_HEADER}}\", x-literal-token: {HEADER_LITERAL} }}
     auth: {{ basic: {{ username: inst, password: \"{BASIC_PASSWORD}\" }} }}
   grpc-dead:
     protocol: grpc
@@ -180,7 +180,7 @@ async fn no_secret_is_logged_at_trace_or_shown_by_check_and_the_backends_still_g
         Some(HEADER_FROM_ENV)
     );
     assert_eq!(
-        header(&grpc_received, "x-literal").as_deref(),
+        header(&grpc_received, "x-literal-token").as_deref(),
         Some(HEADER_LITERAL)
     );
 }

@@ -322,6 +322,10 @@ async fn the_status_page_shows_in_chromium_what_metrics_counts_and_the_daena_mix
     );
     assert_eq!(count(&dom, "<tbody>", "refused.total"), 0);
     assert_eq!(count(&dom, "<tbody>", "dropped.total"), 0);
+    assert!(
+        dom.contains("<div id=\"warnings\" role=\"alert\"></div>"),
+        "an upstream is configured: no warning banner"
+    );
 
     let table = |id: &str| &dom[dom.find(&format!("id=\"{id}\"")).expect("mix table")..];
     for phase in ["scout", "debate", "commit"] {
@@ -351,5 +355,18 @@ async fn the_status_page_shows_in_chromium_what_metrics_counts_and_the_daena_mix
         1
     );
 
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_warns_when_spans_go_to_the_console_for_want_of_an_upstream() {
+    let yaml = "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:0 }\ntelemetry: { endpoint: 127.0.0.1:0 }\n";
+    let agent = TestAgent::start(yaml).await;
+    let page = format!("http://{}/", agent.telemetry.expect("telemetry endpoint"));
+    let dom = rendered_page(&page).await;
+    assert!(
+        dom.contains("<div id=\"warnings\" role=\"alert\"><p>spans go to the console: set OTEL_EXPORTER_OTLP_ENDPOINT or exporters:</p></div>"),
+        "{dom}"
+    );
     agent.stop().await;
 }

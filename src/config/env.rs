@@ -1,10 +1,16 @@
 //! The exporter built from the standard `OTEL_EXPORTER_OTLP_*` variables when the YAML
-//! names none, following the OpenTelemetry specification's exporter rules.
+//! names none, following the OpenTelemetry specification's exporter rules except for the
+//! protocol chosen when none is set (see `infer_protocol`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::secret::{endpoint_placeholder, is_placeholder, placeholder_message};
 use super::{Compression, ConfigError, ExporterConfig, ExporterProtocol, bounds};
+
+/// The `origin` of the console exporter used because no upstream is configured.
+pub const CONSOLE_FALLBACK_ORIGIN: &str =
+    "no exporter configured and OTEL_EXPORTER_OTLP_ENDPOINT unset";
 
 /// Reads `OTEL_EXPORTER_OTLP_TRACES_<name>`, else `OTEL_EXPORTER_OTLP_<name>`; returns the variable used too.
 fn variable(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
@@ -26,8 +32,7 @@ pub fn exporter_from_env(
 ) -> Result<(String, ExporterConfig), Vec<ConfigError>> {
     let Some((endpoint_var, endpoint)) = variable(env, "ENDPOINT") else {
         let mut console = ExporterConfig::new(ExporterProtocol::Console, None);
-        console.origin =
-            Some("no exporter configured and OTEL_EXPORTER_OTLP_ENDPOINT unset".into());
+        console.origin = Some(CONSOLE_FALLBACK_ORIGIN.into());
         return Ok(("console".into(), console));
     };
     let mut errors = Vec::new();
@@ -40,19 +45,11 @@ pub fn exporter_from_env(
     } else {
         format!("https://{endpoint}")
     };
-    let port = endpoint
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|uri| uri.port_u16());
     let (protocol, why) = match variable(env, "PROTOCOL") {
-        Some((_, p)) if p == "grpc" => (
-            ExporterProtocol::Grpc,
-            "from OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
-        ),
-        Some((_, p)) if p == "http/protobuf" => (
-            ExporterProtocol::HttpProtobuf,
-            "from OTEL_EXPORTER_OTLP_PROTOCOL".to_owned(),
-        ),
+        Some((var, p)) if p == "grpc" => (ExporterProtocol::Grpc, format!("from {var}")),
+        Some((var, p)) if p == "http/protobuf" => {
+            (ExporterProtocol::HttpProtobuf, format!("from {var}"))
+        }
         Some((var, p)) => {
             let hint = if p == "http/json" {
                 "; the agent exports http/protobuf or grpc"
@@ -65,16 +62,11 @@ pub fn exporter_from_env(
             ));
             (ExporterProtocol::HttpProtobuf, String::new())
         }
-        None if port == Some(4317) => (
-            ExporterProtocol::Grpc,
-            "grpc inferred from port 4317 (OTEL_EXPORTER_OTLP_PROTOCOL unset)".to_owned(),
-        ),
-        None => (
-            ExporterProtocol::HttpProtobuf,
-            "http/protobuf, the specification's default (OTEL_EXPORTER_OTLP_PROTOCOL unset)"
-                .to_owned(),
-        ),
+        None => infer_protocol(&endpoint),
     };
+    if let Some(message) = endpoint_placeholder(&endpoint) {
+        errors.push(ConfigError::new(&endpoint_var, message));
+    }
     let mut exporter = ExporterConfig::new(protocol, None);
     // The signal-specific endpoint is used as-is; the generic one is a base URL.
     if endpoint_var.contains("_TRACES_") && protocol == ExporterProtocol::HttpProtobuf {
@@ -85,6 +77,11 @@ pub fn exporter_from_env(
     if let Some((var, headers)) = variable(env, "HEADERS") {
         match parse_headers(&headers) {
             Ok(parsed) => {
+                for (name, value) in &parsed {
+                    if is_placeholder(value) {
+                        errors.push(ConfigError::new(&var, placeholder_message(name)));
+                    }
+                }
                 exporter.headers = parsed.into_iter().map(|(k, v)| (k, v.into())).collect();
             }
             Err(message) => errors.push(ConfigError::new(var, message)),
@@ -133,6 +130,39 @@ pub fn exporter_from_env(
     } else {
         Err(errors)
     }
+}
+
+/// The protocol an endpoint means when no `PROTOCOL` variable says: the tracing guide's
+/// lines (`http://localhost:4317`, `https://tempo-us-central1.grafana.net:443`) are all
+/// OTLP/gRPC, as is the Python distro's default, so a bare `scheme://host[:port]` is gRPC;
+/// port 4318 (OTLP/HTTP's) or a path (`/otlp`, `/v1/traces`) is http/protobuf. This departs
+/// from the specification's default (http/protobuf) on purpose: the guide's lines work as written.
+fn infer_protocol(endpoint: &str) -> (ExporterProtocol, String) {
+    const UNSET: &str = "(OTEL_EXPORTER_OTLP_PROTOCOL unset)";
+    // An unparsable URL is reported by validation; the guess does not matter then.
+    let uri = endpoint.parse::<http::Uri>().ok();
+    let port = uri.as_ref().and_then(http::Uri::port_u16);
+    let path = uri.as_ref().map_or("", http::Uri::path);
+    if port == Some(4318) {
+        return (
+            ExporterProtocol::HttpProtobuf,
+            format!("http/protobuf inferred: port 4318 is OTLP/HTTP's {UNSET}"),
+        );
+    }
+    if !path.is_empty() && path != "/" {
+        return (
+            ExporterProtocol::HttpProtobuf,
+            format!("http/protobuf inferred: endpoint has the path {path} {UNSET}"),
+        );
+    }
+    let port = match port {
+        Some(port) => format!("port {port} is not 4318"),
+        None => "it names no port".to_owned(),
+    };
+    (
+        ExporterProtocol::Grpc,
+        format!("grpc inferred: endpoint has no path and {port} {UNSET}"),
+    )
 }
 
 /// Parses `k=v,k2=v2` (W3C baggage style): values percent-decoded, split at the first `=`,
@@ -200,11 +230,128 @@ mod tests {
             e.export_url().as_deref(),
             Some("http://collector:4318/mycollector/v1/traces")
         );
+        assert_eq!(
+            e.origin.as_deref(),
+            Some(
+                "from OTEL_EXPORTER_OTLP_ENDPOINT; http/protobuf inferred: port 4318 is OTLP/HTTP's (OTEL_EXPORTER_OTLP_PROTOCOL unset)"
+            )
+        );
+    }
+
+    #[test]
+    fn the_tracing_guides_lines_mean_grpc() {
+        let guide = [
+            ("http://localhost:4317", "port 4317 is not 4318"),
+            (
+                "https://tempo-us-central1.grafana.net:443",
+                "port 443 is not 4318",
+            ),
+            ("https://tempo-us-central1.grafana.net", "it names no port"),
+            ("http://collector:9999/", "port 9999 is not 4318"),
+        ];
+        for (endpoint, why) in guide {
+            let (_, e) = from(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "Authorization=Basic%20MTIzNDU2OmdsY19yZWFs",
+                ),
+            ])
+            .expect("valid");
+            assert_eq!(e.protocol, ExporterProtocol::Grpc, "{endpoint}");
+            assert_eq!(e.export_url().as_deref(), Some(endpoint), "used as given");
+            assert_eq!(
+                e.origin,
+                Some(format!(
+                    "from OTEL_EXPORTER_OTLP_ENDPOINT; grpc inferred: endpoint has no path and {why} (OTEL_EXPORTER_OTLP_PROTOCOL unset)"
+                )),
+            );
+        }
+    }
+
+    #[test]
+    fn port_4318_or_a_path_means_http_protobuf() {
+        let cases = [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "https://otlp-gateway-prod-us-central-0.grafana.net/otlp",
+                "https://otlp-gateway-prod-us-central-0.grafana.net/otlp/v1/traces",
+            ),
+            (
+                "http://collector:4317/v1/traces",
+                "http://collector:4317/v1/traces",
+            ),
+        ];
+        for (endpoint, url) in cases {
+            let (_, e) = from(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]).expect("valid");
+            assert_eq!(e.protocol, ExporterProtocol::HttpProtobuf, "{endpoint}");
+            assert_eq!(e.export_url().as_deref(), Some(url));
+        }
+        let (_, e) = from(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://otlp-gateway-prod-us-central-0.grafana.net/otlp",
+        )])
+        .expect("valid");
         assert!(
             e.origin
                 .as_deref()
-                .is_some_and(|o| o.contains("specification's default"))
+                .is_some_and(|o| o.contains("http/protobuf inferred: endpoint has the path /otlp")),
+            "{:?}",
+            e.origin
         );
+    }
+
+    #[test]
+    fn the_traces_endpoint_follows_the_same_rule() {
+        let (_, e) = from(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://tempo.example.net:443",
+        )])
+        .expect("valid");
+        assert_eq!(e.protocol, ExporterProtocol::Grpc);
+        assert_eq!(
+            e.export_url().as_deref(),
+            Some("https://tempo.example.net:443")
+        );
+        let (_, e) = from(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4318",
+        )])
+        .expect("valid");
+        assert_eq!(e.protocol, ExporterProtocol::HttpProtobuf);
+        assert_eq!(
+            e.export_url().as_deref(),
+            Some("http://collector:4318"),
+            "the signal-specific endpoint is used as-is"
+        );
+    }
+
+    #[test]
+    fn placeholder_credentials_are_refused_naming_the_variable_not_the_value() {
+        let errors = from(&[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://tempo-us-central1.grafana.net:443",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Basic <base64-encoded-credentials>,X-Scope-OrgID=daena",
+            ),
+        ])
+        .expect_err("a placeholder");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            format!("{}: {}", errors[0].path, errors[0].message),
+            "OTEL_EXPORTER_OTLP_HEADERS: the value of authorization is still a placeholder from the tracing guide; set the real credentials (e.g. Basic base64(instance-id:token))"
+        );
+        let errors = from(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://123456:@otlp.example.net/otlp",
+        )])
+        .expect_err("an empty password");
+        assert_eq!(errors[0].path, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        assert!(!errors[0].message.contains("123456"), "{errors:?}");
     }
 
     #[test]
@@ -226,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn port_4317_means_grpc_unless_the_protocol_says_otherwise() {
+    fn an_explicit_protocol_wins_over_the_rule() {
         let (_, e) = from(&[(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "https://tempo-us-central1.grafana.net:4317",
@@ -237,17 +384,22 @@ mod tests {
             e.export_url().as_deref(),
             Some("https://tempo-us-central1.grafana.net:4317")
         );
-        assert!(
-            e.origin
-                .as_deref()
-                .is_some_and(|o| o.contains("inferred from port 4317"))
-        );
         let (_, e) = from(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ])
         .expect("valid");
         assert_eq!(e.protocol, ExporterProtocol::HttpProtobuf);
+        assert_eq!(
+            e.origin.as_deref(),
+            Some("from OTEL_EXPORTER_OTLP_ENDPOINT; from OTEL_EXPORTER_OTLP_PROTOCOL")
+        );
+        let (_, e) = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .expect("valid");
+        assert_eq!(e.protocol, ExporterProtocol::Grpc);
         let (_, e) = from(&[
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -1,6 +1,6 @@
 //! The `exporters` section: one destination each, with its auth, TLS, retries and queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,6 +47,10 @@ pub struct ExporterConfig {
     /// Why this exporter exists when it was built from the environment.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// Headers whose values were (partly) read from the environment by `${VAR}`: `check`
+    /// masks them whatever their name, since a variable usually holds a credential.
+    #[serde(skip)]
+    pub substituted_headers: BTreeSet<String>,
 }
 
 /// Written out by hand so the URLs show masked, as everywhere else: a `{:?}` in a panic
@@ -89,7 +93,15 @@ impl ExporterConfig {
             retry: RetryConfig::default(),
             queue: QueueConfig::default(),
             origin: None,
+            substituted_headers: BTreeSet::new(),
         }
+    }
+
+    /// Whether this is the console exporter the agent fell back to because no upstream was
+    /// configured (an explicit `protocol: console` is a choice, not a fallback).
+    pub fn is_console_fallback(&self) -> bool {
+        self.protocol == ExporterProtocol::Console
+            && self.origin.as_deref() == Some(super::env::CONSOLE_FALLBACK_ORIGIN)
     }
 
     /// The URL requests go to: `traces_endpoint` as-is; else for http/protobuf `endpoint`

@@ -44,6 +44,10 @@ pub use url::mask_url;
 pub use validate::parse_listen_addr;
 pub use yaml::{Located, located};
 
+/// What the agent says while spans go to the console for want of an upstream.
+pub const CONSOLE_FALLBACK_WARNING: &str =
+    "spans go to the console: set OTEL_EXPORTER_OTLP_ENDPOINT or exporters:";
+
 /// The whole config file; every key is optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -119,6 +123,15 @@ impl Config {
         } else {
             Err(fail(errors))
         }
+    }
+
+    /// The warning to log and show while spans go to the console only because no upstream
+    /// is configured; `None` when an upstream (or `protocol: console` itself) was chosen.
+    pub fn console_fallback_warning(&self) -> Option<&'static str> {
+        self.exporters
+            .values()
+            .any(ExporterConfig::is_console_fallback)
+            .then_some(CONSOLE_FALLBACK_WARNING)
     }
 
     /// The config as YAML (call it on [`masked`](Self::masked) before showing it).

@@ -770,7 +770,7 @@ fn credentials_in_the_url_become_a_basic_header_and_leave_the_url() {
     );
     let shown = config.masked().to_yaml();
     assert!(
-        shown.contains("https://inst:***@otlp.example.net/otlp?api_key=***"),
+        shown.contains("https://inst:***@otlp.example.net/otlp/v1/traces?api_key=***"),
         "{shown}"
     );
     assert!(
@@ -874,4 +874,54 @@ fn a_key_read_from_a_variable_is_shown_as_its_reference() {
         .to_string();
     assert!(!text.contains("CANARY"), "{text}");
     assert!(text.contains("exporters.${DAENA_TOKEN}:"), "{text}");
+}
+
+#[test]
+fn only_a_console_chosen_for_want_of_an_upstream_warns() {
+    let fallback = Config::load(None, &no_env).expect("defaults");
+    assert_eq!(
+        fallback.console_fallback_warning(),
+        Some("spans go to the console: set OTEL_EXPORTER_OTLP_ENDPOINT or exporters:")
+    );
+    let chosen = load_text("exporters:\n  out: { protocol: console }\n", &no_env).expect("valid");
+    assert_eq!(chosen.console_fallback_warning(), None);
+    let upstream = Config::load(None, &|name: &str| {
+        (name == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://tempo:4317".to_owned())
+    })
+    .expect("valid");
+    assert_eq!(upstream.console_fallback_warning(), None);
+}
+
+#[test]
+fn the_shown_config_reads_easily_and_keeps_only_what_is_not_default() {
+    let yaml = "exporters:\n  t:\n    protocol: grpc\n    endpoint: http://tempo:4317\n    headers: { x-scope-orgid: daena, x-tenant: \"${TENANT}\", authorization: \"Bearer s3cr3t-value\" }\n  g:\n    protocol: http/protobuf\n    endpoint: https://otlp.example.net/otlp\ntelemetry: { endpoint: null }\nprocessors:\n  sampling:\n    mode: tail\n    policies:\n      - { name: errors, type: errors }\n";
+    let env = |name: &str| (name == "TENANT").then(|| "acme-corp".to_owned());
+    let shown = load_text(yaml, &env).expect("valid").masked().to_yaml();
+    assert!(shown.contains("x-scope-orgid: daena"), "{shown}");
+    assert!(
+        shown.contains("x-tenant: \"***\""),
+        "from ${{TENANT}}: {shown}"
+    );
+    assert!(shown.contains("authorization: \"***\""), "{shown}");
+    assert!(
+        !shown.contains("acme-corp") && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("endpoint: https://otlp.example.net/otlp/v1/traces"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  endpoint: null"),
+        "telemetry off is not the default: {shown}"
+    );
+    for off in [
+        "key: null",
+        "threshold: 0s",
+        "values: []",
+        "sampling: null",
+        "ratio: null",
+    ] {
+        assert!(!shown.contains(off), "{off} in:\n{shown}");
+    }
 }

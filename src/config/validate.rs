@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+use super::secret::{endpoint_placeholder, is_placeholder, placeholder_key_message};
 use super::units::format_duration;
 use super::url::{mask_url, split_userinfo};
 use super::{
@@ -233,6 +234,26 @@ impl ReceiverEndpointConfig {
     }
 }
 
+/// Credentials still written as a guide's placeholders, by key; values are never shown.
+fn placeholders(key: &str, exporter: &ExporterConfig, errors: &mut Vec<ConfigError>) {
+    for (name, value) in &exporter.headers {
+        if is_placeholder(value.expose()) {
+            errors.push(ConfigError::new(
+                format!("{key}.headers.{name}"),
+                placeholder_key_message(),
+            ));
+        }
+    }
+    for (field, url) in [
+        ("endpoint", &exporter.endpoint),
+        ("traces_endpoint", &exporter.traces_endpoint),
+    ] {
+        if let Some(message) = url.as_deref().and_then(endpoint_placeholder) {
+            errors.push(ConfigError::new(format!("{key}.{field}"), message));
+        }
+    }
+}
+
 fn validate_exporter(
     key: &str,
     exporter: &ExporterConfig,
@@ -249,6 +270,7 @@ fn validate_exporter(
             ));
         }
     }
+    placeholders(key, exporter, errors);
     let endpoint_key = format!("{key}.endpoint");
     let given = [
         ("endpoint", exporter.endpoint.is_some()),

@@ -95,7 +95,9 @@ pub fn parse(
                 })
             });
         let error = match result {
-            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(config) if errors.is_empty() => {
+                return Ok(note_substituted_headers(config, &expanded));
+            }
             Ok(_) => break,
             Err(error) => error,
         };
@@ -118,6 +120,25 @@ pub fn parse(
         }
     }
     Err(errors)
+}
+
+/// Notes on each exporter the headers whose values hold a value read from the environment
+/// (an empty one cannot be told apart, and shows nothing anyway).
+fn note_substituted_headers(mut config: Config, expanded: &Expanded) -> Config {
+    for exporter in config.exporters.values_mut() {
+        exporter.substituted_headers = exporter
+            .headers
+            .iter()
+            .filter(|(_, value)| {
+                expanded
+                    .substitutions
+                    .iter()
+                    .any(|s| !s.value.is_empty() && value.expose().contains(&s.value))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+    }
+    config
 }
 
 /// One error as the user sees it: position, key, message, and the line as written.
@@ -396,9 +417,50 @@ fn strip_location(message: &str) -> &str {
         .trim_end()
 }
 
-/// Writes the config as YAML.
+/// Values that mean "none" or "off" (`key: null`, `threshold: 0s`, `values: []`).
+const OFF_VALUES: [&str; 5] = ["null", "0s", "0ns", "[]", "{}"];
+
+/// Writes the config as YAML for a person: a `key: <off value>` line is left out when the
+/// YAML without it reads back as the same config, i.e. when it only repeats the default.
+/// That keeps `telemetry.endpoint: null` (its default is an address) and drops
+/// `key: null` or `threshold: 0s` on a policy that has no use for them.
 pub fn to_string(config: &Config) -> String {
-    serde_saphyr::to_string(config).unwrap_or_else(|e| format!("# cannot render the config: {e}\n"))
+    let text = match serde_saphyr::to_string(config) {
+        Ok(text) => text,
+        Err(e) => return format!("# cannot render the config: {e}\n"),
+    };
+    // An exporter's `origin` is shown but never read (a file cannot set it): not read back.
+    let read = |lines: &[&str]| {
+        let kept: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|line| !line.starts_with("    origin: "))
+            .collect();
+        serde_saphyr::from_str::<Config>(&kept.join("\n")).ok()
+    };
+    let mut lines: Vec<&str> = text.lines().collect();
+    let Some(whole) = read(&lines) else {
+        return text;
+    };
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_start();
+        // The first key of a list item carries its `- `; it is never an off value here.
+        let off = !line.starts_with('-')
+            && line
+                .split_once(": ")
+                .is_some_and(|(_, value)| OFF_VALUES.contains(&value.trim()));
+        if off {
+            let mut fewer = lines.clone();
+            fewer.remove(i);
+            if read(&fewer).as_ref() == Some(&whole) {
+                lines = fewer;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    lines.join("\n") + "\n"
 }
 
 /// One step of a key path: a mapping key or a sequence index.

@@ -5,10 +5,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prost::Message;
 
 use super::{Delivered, ExportError, Exporter, Payload};
+use crate::config::CONSOLE_FALLBACK_WARNING;
+use crate::log_limit::LogLimit;
 use crate::otlp::{AnyValue, KeyValue, Resource, ResourceSpans, Span, Value};
 
 /// Prints each resource of a batch once, as `resource {attributes}`, then one line per
@@ -16,7 +19,13 @@ use crate::otlp::{AnyValue, KeyValue, Resource, ResourceSpans, Span, Value};
 /// status=…("message") events=["name", …] {attributes}`.
 pub struct ConsoleExporter {
     out: Mutex<Box<dyn Write + Send>>,
+    /// Set when the console is a fallback for a missing upstream: the warning repeats
+    /// while spans flow, so it is not lost above a screenful of span lines.
+    fallback_warning: Option<LogLimit>,
 }
+
+/// How often a console fallback repeats its warning while spans flow.
+const FALLBACK_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ConsoleExporter {
     /// Prints to the process's standard output.
@@ -28,7 +37,26 @@ impl ConsoleExporter {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         Self {
             out: Mutex::new(out),
+            fallback_warning: None,
         }
+    }
+
+    /// Warns [`CONSOLE_FALLBACK_WARNING`] at most once a minute while spans are printed;
+    /// the start-up line has just said it, so the first repeat comes a minute later.
+    pub fn warning_as_fallback(mut self) -> Self {
+        let limit = LogLimit::new(FALLBACK_WARNING_INTERVAL);
+        let _ = limit.check();
+        self.fallback_warning = Some(limit);
+        self
+    }
+}
+
+impl ConsoleExporter {
+    /// Whether a batch printed now repeats the fallback warning.
+    fn fallback_warning_due(&self) -> bool {
+        self.fallback_warning
+            .as_ref()
+            .is_some_and(|limit| limit.check().is_some())
     }
 }
 
@@ -44,6 +72,9 @@ impl Exporter for ConsoleExporter {
                 message: format!("cannot write to the console: {e}"),
                 retry_after: None,
             })?;
+        if self.fallback_warning_due() {
+            tracing::warn!("{CONSOLE_FALLBACK_WARNING}");
+        }
         // Spans whose accepted bytes failed to decode (never expected: the receivers' scan
         // accepts only what decodes) are reported, so they are counted as dropped.
         let lost = payload.spans().saturating_sub(printed);
@@ -228,6 +259,26 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fallback_console_repeats_its_warning_once_a_minute_while_spans_flow() {
+        let fallback = ConsoleExporter::new(Box::new(Shared::default())).warning_as_fallback();
+        assert!(
+            !fallback.fallback_warning_due(),
+            "start-up has just said it"
+        );
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!fallback.fallback_warning_due());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(fallback.fallback_warning_due(), "a minute after start-up");
+        assert!(!fallback.fallback_warning_due(), "once a minute");
+        let chosen = ConsoleExporter::new(Box::new(Shared::default()));
+        tokio::time::advance(Duration::from_secs(120)).await;
+        assert!(
+            !chosen.fallback_warning_due(),
+            "protocol: console is a choice"
+        );
     }
 
     #[tokio::test]

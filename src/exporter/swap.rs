@@ -26,6 +26,9 @@ impl AnyExporter {
         Ok(match config.protocol {
             ExporterProtocol::Grpc => Self::Grpc(OtlpGrpcExporter::new(name, config)?),
             ExporterProtocol::HttpProtobuf => Self::Http(OtlpHttpExporter::new(name, config)?),
+            ExporterProtocol::Console if config.is_console_fallback() => {
+                Self::Console(ConsoleExporter::stdout().warning_as_fallback())
+            }
             ExporterProtocol::Console => Self::Console(ConsoleExporter::stdout()),
         })
     }

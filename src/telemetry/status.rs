@@ -49,14 +49,17 @@ pub struct MemoryLimits {
 }
 
 /// `GET /` (the page) and `GET /status.json` (what it shows), to merge into the telemetry
-/// endpoint's router.
+/// endpoint's router; `warnings` are shown at the top of the page (e.g. the console fallback).
 pub fn routes(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     mix: Arc<DaenaMix>,
     limits: MemoryLimits,
+    warnings: Vec<String>,
 ) -> Router {
-    let status = Arc::new(Status::new(metrics, health, mix, limits));
+    let mut status = Status::new(metrics, health, mix, limits);
+    status.warnings = warnings;
+    let status = Arc::new(status);
     Router::new()
         .route("/", get(page))
         .route("/status.json", get(status_json))
@@ -100,6 +103,8 @@ struct Status {
     health: Arc<Health>,
     mix: Arc<DaenaMix>,
     limits: MemoryLimits,
+    /// What the agent warns of for as long as it runs, e.g. spans going to the console.
+    warnings: Vec<String>,
     started: Instant,
     /// Earlier readings of the counters, oldest first; the first one is taken at start, so
     /// the first page load already has rates (averaged since start).
@@ -129,6 +134,7 @@ impl Status {
             health,
             mix,
             limits,
+            warnings: Vec::new(),
             started,
             readings: Mutex::new(VecDeque::from([first])),
         }
@@ -145,6 +151,7 @@ impl Status {
             version: env!("CARGO_PKG_VERSION"),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             uptime_seconds: now.duration_since(self.started).as_secs_f64(),
+            warnings: self.warnings.clone(),
             rate_interval_seconds: rates.interval.map(|i| i.as_secs_f64()),
             spans: SpanFlow {
                 received: rates.counter(&samples, "daena_agent_spans_received_total"),
@@ -278,6 +285,8 @@ struct StatusReport {
     generated_at: String,
     /// Seconds since the telemetry endpoint started.
     uptime_seconds: f64,
+    /// What the agent warns of for as long as it runs (the page shows each as a banner).
+    warnings: Vec<String>,
     /// Seconds the rates are measured over.
     rate_interval_seconds: Option<f64>,
     /// Spans in, out, refused and dropped.
@@ -690,6 +699,7 @@ mod tests {
             serde_json::Value::Null
         );
         assert_eq!(json["daena_mix"]["window_seconds"], 300);
+        assert_eq!(json["warnings"], serde_json::json!([]), "none unless given");
     }
 
     #[test]

@@ -30,6 +30,9 @@ use super::client::{flatten, gunzip};
 #[derive(Clone, Debug)]
 pub struct Received {
     pub headers: http::HeaderMap,
+    /// The request's path: `/v1/traces` (or `/otlp/v1/traces`) for OTLP/HTTP, the
+    /// TraceService method's for OTLP/gRPC.
+    pub path: String,
     /// The request body as it came, gzip undone: exactly the bytes the agent encoded.
     pub body: Bytes,
     /// `body` decoded by prost.
@@ -301,7 +304,7 @@ impl Sink {
 
     /// One request, whatever the protocol: refused while down; after the delay, held while
     /// the gate is closed; else recorded with the next scripted answer.
-    async fn take(&self, headers: http::HeaderMap, body: Bytes) -> Taken {
+    async fn take(&self, headers: http::HeaderMap, path: &str, body: Bytes) -> Taken {
         let state = &self.state;
         if state.down.load(Ordering::SeqCst) {
             lock(&state.gate).last_answer = Some(Instant::now());
@@ -317,6 +320,7 @@ impl Sink {
                 let answer = lock(&state.script).pop_front();
                 lock(&state.received).push(Received {
                     headers,
+                    path: path.to_owned(),
                     body,
                     request,
                     at: Instant::now(),
@@ -339,7 +343,8 @@ impl Sink {
         request: tonic::Request<Bytes>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let headers = request.metadata().clone().into_headers();
-        match self.take(headers, request.into_inner()).await {
+        let path = daena_trace_agent::otlp::TRACE_EXPORT_PATH;
+        match self.take(headers, path, request.into_inner()).await {
             Taken::Down => Err(tonic::Status::unavailable("backend down")),
             Taken::Released => Err(tonic::Status::unavailable("released from the gate")),
             Taken::Recorded(None | Some(Answer::Http(..))) => {
@@ -389,6 +394,7 @@ fn partial(rejected: i64, message: &str) -> ExportTraceServiceResponse {
 
 async fn http_export(
     axum::extract::State(sink): axum::extract::State<Sink>,
+    uri: http::Uri,
     headers: http::HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
@@ -399,7 +405,7 @@ async fn http_export(
         body
     };
     let protobuf = [(http::header::CONTENT_TYPE, "application/x-protobuf")];
-    match sink.take(headers, body).await {
+    match sink.take(headers, uri.path(), body).await {
         Taken::Down => (http::StatusCode::SERVICE_UNAVAILABLE, "backend down").into_response(),
         Taken::Released => (
             http::StatusCode::SERVICE_UNAVAILABLE,
