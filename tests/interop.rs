@@ -544,7 +544,10 @@ async fn python_sdk_spellings_arrive_canonical_mirrored_and_redacted() {
         .find(|(_, s)| s.name == "message_bus.publish" && s.events.len() == 1)
         .expect("the messy publish span with its event");
     let event = &publish.events[0];
-    assert_eq!(event.name, "message_bus.rate_limited", "RateLimited renamed");
+    assert_eq!(
+        event.name, "message_bus.rate_limited",
+        "RateLimited renamed"
+    );
     assert_eq!(
         event
             .attributes

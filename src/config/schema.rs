@@ -210,7 +210,7 @@ pub fn same_key(a: &str, b: &str) -> bool {
 /// Every problem of `processors.daena.schema`, each naming its row and the row's line.
 pub fn validate(rows: &[Located<SchemaRow>], errors: &mut Vec<ConfigError>) {
     let at = |i: usize| {
-        let line = rows[i].referenced.line();
+        let line = rows[i].line;
         if line > 0 {
             format!("processors.daena.schema[{i}] (line {line})")
         } else {

@@ -198,7 +198,19 @@ fn a_secret_from_the_environment_never_appears_in_a_parse_error() {
 #[test]
 fn the_example_config_is_valid() {
     let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml"));
-    let config = Config::load(Some(path), &no_env).unwrap_or_else(|e| panic!("{e}"));
+    let errors = Config::load(Some(path), &no_env).expect_err("no Grafana Cloud token");
+    assert_eq!(
+        errors
+            .errors
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect::<Vec<_>>(),
+        ["exporters.grafana-cloud.auth.basic.password"],
+        "the token's placeholder default is refused: {errors}"
+    );
+    let token =
+        |name: &str| (name == "GRAFANA_CLOUD_API_TOKEN").then(|| "glc_eyJvIjoiMTIzIn0=".to_owned());
+    let config = Config::load(Some(path), &token).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.exporters.len(), 3);
     assert_eq!(
         config.exporters["grafana-cloud"].export_url().as_deref(),

@@ -244,6 +244,21 @@ fn placeholders(key: &str, exporter: &ExporterConfig, errors: &mut Vec<ConfigErr
             ));
         }
     }
+    if let Some(basic) = exporter.auth.as_ref().and_then(|a| a.basic.as_ref()) {
+        let password = basic.password.expose();
+        if password.trim().is_empty() || is_placeholder(password) {
+            errors.push(ConfigError::new(
+                format!("{key}.auth.basic.password"),
+                "is empty or still a placeholder (e.g. replace-me); set the real token, e.g. password: ${GRAFANA_CLOUD_API_TOKEN}",
+            ));
+        }
+        if is_placeholder(&basic.username) {
+            errors.push(ConfigError::new(
+                format!("{key}.auth.basic.username"),
+                "is still a placeholder; set the real user (Grafana Cloud: the instance id)",
+            ));
+        }
+    }
     for (field, url) in [
         ("endpoint", &exporter.endpoint),
         ("traces_endpoint", &exporter.traces_endpoint),

@@ -22,16 +22,41 @@ use super::secret::MASK;
 use super::url::is_secret_name;
 use super::{Config, ConfigError, bounds};
 
-/// A value with the position in the YAML it was read from, for errors found after parsing.
-pub type Located<T> = serde_saphyr::Spanned<T>;
+/// A value with the line of the YAML it was read from, for errors found after parsing.
+/// Two are equal when their values are, wherever they were written.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Its 1-based line; 0 when it was not read from YAML.
+    pub line: usize,
+}
 
-/// `value` without a position, as when it was not read from YAML.
+/// `value` without a line, as when it was not read from YAML.
 pub fn located<T>(value: T) -> Located<T> {
-    serde_saphyr::Spanned::new(
-        value,
-        serde_saphyr::Location::UNKNOWN,
-        serde_saphyr::Location::UNKNOWN,
-    )
+    Located { value, line: 0 }
+}
+
+impl<T: PartialEq> PartialEq for Located<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for Located<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let spanned = serde_saphyr::Spanned::<T>::deserialize(deserializer)?;
+        Ok(Self {
+            line: usize::try_from(spanned.referenced.line()).unwrap_or_default(),
+            value: spanned.value,
+        })
+    }
 }
 
 /// Runs after which the remaining errors are left for the next `check`.

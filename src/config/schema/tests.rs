@@ -55,8 +55,7 @@ fn rows_from_yaml_add_keys_and_replace_built_in_rows() {
         "a new family ranks before the built-in ones"
     );
     assert_eq!(
-        config.processors.daena.schema[0].referenced.line(),
-        4,
+        config.processors.daena.schema[0].line, 4,
         "rows keep their line"
     );
 }
