@@ -5,6 +5,7 @@ mod bounds;
 mod env;
 mod error;
 mod exporter;
+pub mod filter;
 mod interpolate;
 mod mask;
 mod pipeline;

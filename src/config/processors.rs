@@ -5,14 +5,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::filter::FilterConfig;
 use super::schema::SchemaRow;
 use super::yaml::Located;
 use super::{ByteSize, bounds, units};
 
-/// The processor stages; they always run in the order daena → redact → limits.
+/// The processor stages; they always run in the order filter → (head sampling) → daena →
+/// redact → limits → (tail sampling).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorsConfig {
+    /// Drops noise first: FastAPI's ASGI event spans, health probes, and rules.
+    pub filter: FilterConfig,
     /// Normalises Daena attributes, derives `daena.component` and the semconv mirrors,
     /// and enriches the resource.
     pub daena: DaenaConfig,

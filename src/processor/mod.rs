@@ -4,6 +4,7 @@
 pub mod daena;
 mod key_cache;
 pub mod limits;
+pub mod matcher;
 pub mod redact;
 pub mod sampling;
 pub mod schema;
