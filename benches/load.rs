@@ -73,7 +73,7 @@ macro_rules! passthrough {
     ($exporter:literal) => {
         concat!(
             $exporter,
-            "processors: { daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n"
+            "processors: { filter: { enabled: false }, daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n"
         )
     };
 }

@@ -68,6 +68,7 @@ async fn every_family_is_declared_with_its_known_series_at_zero_before_any_traff
         ("daena_agent_memory_soft_limit_bytes", "gauge"),
         ("daena_agent_memory_hard_limit_bytes", "gauge"),
         ("daena_agent_schema_errors", "counter"),
+        ("daena_agent_filter_asgi_parents_kept", "counter"),
         ("daena_agent_sampling_spans", "counter"),
         ("daena_agent_sampling_traces", "counter"),
         ("daena_agent_sampling_late_spans", "counter"),
@@ -130,6 +131,11 @@ async fn every_family_is_declared_with_its_known_series_at_zero_before_any_traff
         "daena_agent_spans_dropped_total{stage=\"pipeline\",reason=\"agent_failure\"}".into(),
     );
     zeros.push("daena_agent_schema_errors_total{key=\"council.phase\"}".into());
+    for reason in ["asgi_event", "health_route", "rule"] {
+        zeros.push(format!(
+            "daena_agent_spans_dropped_total{{stage=\"filter\",reason=\"{reason}\"}}"
+        ));
+    }
     zeros.push("daena_agent_sampling_traces_total{policy=\"errors\",outcome=\"kept\"}".into());
     zeros.push("daena_agent_sampling_traces_total{policy=\"none\",outcome=\"dropped\"}".into());
     zeros.push("daena_agent_batch_spans_count".into());

@@ -43,6 +43,9 @@ pub use telemetry::{LogFormat, TelemetryConfig};
 pub use units::{ByteSize, format_duration};
 pub use url::mask_url;
 pub use validate::parse_listen_addr;
+/// Parses a config's YAML without validating it, for the stages' tests.
+#[cfg(test)]
+pub(crate) use yaml::parse as parse_yaml;
 pub use yaml::{Located, located};
 
 /// What the agent says while spans go to the console for want of an upstream.

@@ -18,7 +18,8 @@ pub use opentelemetry_proto::tonic::common::v1::{
 };
 pub use opentelemetry_proto::tonic::resource::v1::Resource;
 pub use opentelemetry_proto::tonic::trace::v1::{
-    ResourceSpans, ScopeSpans, Span, Status, span::Event, span::Link, status::StatusCode,
+    ResourceSpans, ScopeSpans, Span, Status, span::Event, span::Link, span::SpanKind,
+    status::StatusCode,
 };
 
 pub mod grpc_codec;

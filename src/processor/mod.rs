@@ -2,6 +2,7 @@
 //! and limits in one pass over each span, head sampling before them, tail sampling after.
 
 pub mod daena;
+pub mod filter;
 mod key_cache;
 pub mod limits;
 pub mod matcher;
@@ -11,6 +12,7 @@ pub mod schema;
 pub mod tail;
 
 pub use daena::DaenaNormaliser;
+pub use filter::NoiseFilter;
 pub use limits::Limiter;
 pub use redact::Redactor;
 pub use sampling::HeadSampler;
@@ -23,9 +25,10 @@ use crate::otlp::{InstrumentationScope, Resource, Span, SpanBatch};
 use crate::telemetry::Metrics;
 use crate::telemetry::mix::DaenaMix;
 
-/// The enabled stages. The span stages run in one pass, in a fixed order: daena (so the
-/// others see canonical keys), redact (before limits, so a cut can never leave half a
-/// secret behind), limits. Head sampling runs before them, tail sampling after. The daena
+/// The enabled stages. The noise filter runs first, then head sampling; the span stages
+/// run in one pass, in a fixed order: daena (so the others see canonical keys), redact
+/// (before limits, so a cut can never leave half a secret behind), limits; tail sampling
+/// runs after them. The daena
 /// stage counts the spans it sees in `mix`, for the status page.
 pub fn build(
     config: &ProcessorsConfig,
@@ -48,6 +51,12 @@ pub fn build(
     }
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
     let mut order: Vec<&'static str> = Vec::new();
+    // The filter first: what it drops costs nothing further, sampled or not.
+    if config.filter.enabled {
+        let filter = NoiseFilter::new(&config.filter, Arc::clone(metrics));
+        order.push(filter.name());
+        processors.push(Box::new(filter));
+    }
     // Head sampling reads only trace ids, so it goes first and the stages never see the
     // spans it drops; tail policies read attributes, so the tail sampler goes last.
     let sampling = config.sampling.as_ref();

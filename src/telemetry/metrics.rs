@@ -83,6 +83,15 @@ struct ResultLabels {
     result: &'static str,
 }
 
+/// The reasons `processors.filter` drops spans for.
+pub const FILTER_REASONS: [&str; 3] = ["asgi_event", "health_route", "rule"];
+
+/// Labels of a filter rule's drops.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
 /// Labels of a tail-sampling decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
@@ -222,6 +231,8 @@ pub struct Metrics {
     exported_spans: Family<ExporterLabels, Counter>,
     export_failures: Family<FailureLabels, Counter>,
     dropped_spans: Family<DropLabels, Counter>,
+    filter_rule_drops: Family<RuleLabels, Counter>,
+    filter_asgi_parents_kept: Counter,
     schema_errors: Family<KeyLabels, Counter>,
     redactions: Family<KindLabels, Counter>,
     limits_applied: Family<KindLabels, Counter>,
@@ -258,6 +269,8 @@ impl Default for Metrics {
         let exported_spans = Family::default();
         let export_failures = Family::default();
         let dropped_spans = Family::default();
+        let filter_rule_drops = Family::default();
+        let filter_asgi_parents_kept = Counter::default();
         let schema_errors = Family::default();
         let redactions = Family::default();
         let limits_applied = Family::default();
@@ -318,6 +331,16 @@ impl Default for Metrics {
             "spans_dropped",
             "Spans a stage dropped after accepting them, by reason",
             dropped_spans.clone(),
+        );
+        registry.register(
+            "filter_rule_spans_dropped",
+            "Spans processors.filter dropped by each rule (its id, else its index)",
+            filter_rule_drops.clone(),
+        );
+        registry.register(
+            "filter_asgi_parents_kept",
+            "ASGI event spans kept because other spans of their batch are their children",
+            filter_asgi_parents_kept.clone(),
         );
         registry.register(
             "schema_errors",
@@ -417,6 +440,8 @@ impl Default for Metrics {
             exported_spans,
             export_failures,
             dropped_spans,
+            filter_rule_drops,
+            filter_asgi_parents_kept,
             schema_errors,
             redactions,
             limits_applied,
@@ -821,6 +846,50 @@ impl Metrics {
         self.limits_applied
             .get_or_create(&KindLabels { kind })
             .inc_by(count);
+    }
+
+    /// Shows the filter's series at 0 from the start: each reason, and each rule by name.
+    pub fn declare_filter(&self, rules: &[String]) {
+        for reason in FILTER_REASONS {
+            drop(self.dropped_spans.get_or_create(&DropLabels {
+                stage: "filter".to_owned(),
+                reason,
+            }));
+        }
+        for rule in rules {
+            drop(
+                self.filter_rule_drops
+                    .get_or_create(&RuleLabels { rule: rule.clone() }),
+            );
+        }
+    }
+
+    /// Counts spans `processors.filter` dropped for `reason` (one of [`FILTER_REASONS`]).
+    pub fn filtered(&self, reason: &'static str, spans: u64) {
+        if spans > 0 {
+            self.dropped_spans
+                .get_or_create(&DropLabels {
+                    stage: "filter".to_owned(),
+                    reason,
+                })
+                .inc_by(spans);
+        }
+    }
+
+    /// Counts spans a filter rule dropped.
+    pub fn filtered_by_rule(&self, rule: &str, spans: u64) {
+        if spans > 0 {
+            self.filter_rule_drops
+                .get_or_create(&RuleLabels {
+                    rule: rule.to_owned(),
+                })
+                .inc_by(spans);
+        }
+    }
+
+    /// Counts ASGI event spans kept because they have children.
+    pub fn asgi_parents_kept(&self, spans: u64) {
+        self.filter_asgi_parents_kept.inc_by(spans);
     }
 
     /// Counts spans the sampler kept and dropped.

@@ -147,6 +147,10 @@ impl Status {
         let values = values_by_series(&samples);
         let rates = self.rates_since_earlier_reading(now, values);
         let exporters = self.exporters(&samples, &rates);
+        // The filter's drops are noise removed on purpose, not spans given up.
+        let (filtered, dropped) = rates
+            .counter(&samples, "daena_agent_spans_dropped_total")
+            .split("stage", "filter");
         StatusReport {
             version: env!("CARGO_PKG_VERSION"),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -157,7 +161,8 @@ impl Status {
                 received: rates.counter(&samples, "daena_agent_spans_received_total"),
                 exported: rates.counter(&samples, "daena_agent_spans_exported_total"),
                 refused: rates.counter(&samples, "daena_agent_spans_refused_total"),
-                dropped: rates.counter(&samples, "daena_agent_spans_dropped_total"),
+                dropped,
+                filtered,
                 requests_refused: rates.counter(&samples, "daena_agent_requests_refused_total"),
             },
             exporters,
@@ -310,8 +315,10 @@ struct SpanFlow {
     exported: CounterView,
     /// `daena_agent_spans_refused_total`, by `protocol` and `reason`.
     refused: CounterView,
-    /// `daena_agent_spans_dropped_total`, by `stage` and `reason`.
+    /// `daena_agent_spans_dropped_total`, by `stage` and `reason`, but the filter's.
     dropped: CounterView,
+    /// `daena_agent_spans_dropped_total{stage="filter"}`: noise removed, by `reason`.
+    filtered: CounterView,
     /// `daena_agent_requests_refused_total` (requests, not spans), by `protocol` and `reason`.
     requests_refused: CounterView,
 }
@@ -426,10 +433,17 @@ impl Rates {
             .collect();
         // `/metrics` lists a family's series in no fixed order; the page's rows keep still.
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        CounterView {
+        CounterView::of(series, self.interval.is_some())
+    }
+}
+
+impl CounterView {
+    /// The sum of `series`, with the sum of their rates when rates are known.
+    fn of(series: Vec<SeriesView>, rated: bool) -> Self {
+        Self {
             total: series.iter().map(|s| s.total).sum(),
             // Folded from +0.0: an empty f64 sum is -0.0, which would show as "-0.0".
-            per_second: self.interval.map(|_| {
+            per_second: rated.then(|| {
                 series
                     .iter()
                     .filter_map(|s| s.per_second)
@@ -437,6 +451,16 @@ impl Rates {
             }),
             series,
         }
+    }
+
+    /// Splits the series by `label == value`: (those with it, the others).
+    fn split(self, label: &str, value: &str) -> (Self, Self) {
+        let rated = self.per_second.is_some();
+        let (with, without) = self
+            .series
+            .into_iter()
+            .partition(|s| s.labels.get(label).is_some_and(|v| v == value));
+        (Self::of(with, rated), Self::of(without, rated))
     }
 }
 
@@ -640,6 +664,7 @@ mod tests {
         metrics.exported("tempo", 25);
         metrics.exported("jaeger", 5);
         metrics.dropped("jaeger", DropReason::Rejected, 2);
+        metrics.filtered("health_route", 7);
 
         // Pretend the reading taken at start was two seconds ago.
         {
@@ -659,7 +684,15 @@ mod tests {
             Some(0.0f64.to_bits())
         );
         assert_eq!(report.spans.refused.total, 4);
-        assert_eq!(report.spans.dropped.total, 2);
+        assert_eq!(
+            report.spans.dropped.total, 2,
+            "noise removed is not given up"
+        );
+        assert_eq!(report.spans.filtered.total, 7);
+        assert_eq!(
+            report.spans.filtered.series[0].labels["reason"],
+            "health_route"
+        );
         assert!(report.rate_interval_seconds.is_some_and(|s| s >= 2.0));
 
         let names: Vec<_> = report.exporters.iter().map(|e| &e.exporter).collect();
