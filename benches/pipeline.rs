@@ -79,6 +79,7 @@ fn stages(c: &mut Criterion) {
     });
     let only = |daena: bool, redact: bool, limits: bool| {
         let mut config = ProcessorsConfig::default();
+        config.filter.enabled = false;
         config.daena.enabled = daena;
         config.redact.enabled = redact;
         config.limits.enabled = limits;
@@ -88,6 +89,11 @@ fn stages(c: &mut Criterion) {
         ("processors_daena_redact_limits", only(true, true, true)),
         ("processor_daena", only(true, false, false)),
         ("processor_daena_extended_schema", extended_schema()),
+        ("processor_filter", {
+            let mut config = only(false, false, false);
+            config.filter.enabled = true;
+            config
+        }),
         ("processor_redact", only(false, true, false)),
         ("processor_limits", only(false, false, true)),
     ];
@@ -150,6 +156,7 @@ fn extended_schema() -> ProcessorsConfig {
         mirror: None,
     };
     let mut config = ProcessorsConfig::default();
+    config.filter.enabled = false;
     config.redact.enabled = false;
     config.limits.enabled = false;
     config.daena.schema = [
