@@ -52,9 +52,10 @@ enum Input {
 
 /// One line of the results table. Stages added later add a line here.
 ///
-/// Every scenario leaves `processors.filter` at its default: it drops ASGI event spans
-/// and health probes, which only the FastAPI traffic has; the harness mirrors it
-/// ([`default_filter_keeps`]) to know what must arrive.
+/// The harness mirrors the default `processors.filter` ([`default_filter_keeps`]: ASGI
+/// event spans and health probes dropped) to know what must arrive. Only FastAPI traffic
+/// has such spans, so the mirror is exact for council traffic whether a scenario's config
+/// leaves the filter on or turns it off; a FastAPI scenario must leave it at its default.
 struct Scenario {
     name: &'static str,
     input: Input,
