@@ -8,8 +8,9 @@
 //! more), nothing is refused at the fixed rate (far below saturation), and the agent
 //! exits with 0 after SIGTERM.
 //!
-//! Per scenario it reports, for the agent process: received spans/s at saturation (all of them delivered, or what sampling keeps),
-//! CPU-seconds per million spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
+//! Per scenario it reports, for the agent process: received spans/s at saturation, exported
+//! spans/s (what reached the sink: all of them, or what the filter and sampling keep),
+//! CPU-seconds per million received spans (user+system from /proc/PID/stat), peak RSS (VmHWM),
 //! idle RSS, client latency p50/p99 at a fixed 20K spans/s and at saturation, and
 //! refusals. The `baseline` scenario sends straight to the sink: the harness's ceiling.
 //! The agent gets an empty environment except `MALLOC_*` variables, for allocator experiments.
@@ -19,6 +20,7 @@ mod common;
 #[path = "support/traffic.rs"]
 mod traffic;
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,11 +30,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{AgentProcess, CountingSink};
-use daena_trace_agent::otlp::Span;
 use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
 use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, TRACE_EXPORT_PATH,
 };
+use daena_trace_agent::otlp::{Span, Value, span_count};
 use daena_trace_agent::processor::sampling::{ConsistentSampler, trace_id_randomness};
 use http_body_util::{BodyExt, Full};
 use prost::Message;
@@ -49,13 +51,30 @@ enum Input {
 }
 
 /// One line of the results table. Stages added later add a line here.
+///
+/// The harness mirrors the default `processors.filter` ([`default_filter_keeps`]: ASGI
+/// event spans and health probes dropped) to know what must arrive. Only FastAPI traffic
+/// has such spans, so the mirror is exact for council traffic whether a scenario's config
+/// leaves the filter on or turns it off; a FastAPI scenario must leave it at its default.
 struct Scenario {
     name: &'static str,
     input: Input,
+    /// What the load generator sends.
+    traffic: Traffic,
     /// The agent's exporter settings and extra config; `None` sends straight to the sink.
     agent: Option<&'static str>,
     /// The sampling the config sets, so the harness knows what must arrive.
     sampling: Sampling,
+}
+
+/// The traffic of a scenario.
+#[derive(Clone, Copy)]
+enum Traffic {
+    /// Daena council traces of ten spans (`traffic::request`).
+    Council,
+    /// FastAPI requests as its instrumentation traces them, a fifth of them health probes
+    /// (`traffic::fastapi_request`).
+    FastApi,
 }
 
 /// Sampling in a scenario's config, mirrored by the harness to count what must arrive.
@@ -83,24 +102,28 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "baseline (no agent, gRPC into the sink)",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: None,
             sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-passthrough-gzip",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: Some(passthrough!("    compression: gzip\n")),
             sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-passthrough-none",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: Some(passthrough!("    compression: none\n")),
             sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-passthrough-gzip-persistent (disk queue, fsync: batch)",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: Some(passthrough!(
                 "    compression: gzip\n    queue: { persistent: true, dir: \"@queue_dir@\" }\n"
             )),
@@ -109,18 +132,21 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "grpc-daena-redact-limits-gzip (the default processors)",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: Some("    compression: gzip\n"),
             sampling: Sampling::None,
         },
         Scenario {
             name: "grpc-daena-redact-limits-head10-gzip (default processors, 10% head sampling)",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: Some("    compression: gzip\nprocessors: { sampling: { ratio: 0.1 } }\n"),
             sampling: Sampling::Head(0.1),
         },
         Scenario {
             name: "grpc-daena-redact-limits-tail-gzip (default processors, tail: errors + 10%)",
             input: Input::Grpc,
+            traffic: Traffic::Council,
             agent: Some(concat!(
                 "    compression: gzip\n",
                 "processors:\n  sampling:\n    mode: tail\n    decision_wait: 1s\n",
@@ -129,14 +155,23 @@ fn scenarios() -> Vec<Scenario> {
             sampling: Sampling::TailErrorsAndRatio(0.1),
         },
         Scenario {
+            name: "grpc-fastapi-gzip (FastAPI traffic, default processors: the filter drops ASGI events and health probes)",
+            input: Input::Grpc,
+            traffic: Traffic::FastApi,
+            agent: Some("    compression: gzip\n"),
+            sampling: Sampling::None,
+        },
+        Scenario {
             name: "http-protobuf-in",
             input: Input::Http { gzip: false },
+            traffic: Traffic::Council,
             agent: Some(passthrough!("    compression: gzip\n")),
             sampling: Sampling::None,
         },
         Scenario {
             name: "http-protobuf-gzip-in",
             input: Input::Http { gzip: true },
+            traffic: Traffic::Council,
             agent: Some(passthrough!("    compression: gzip\n")),
             sampling: Sampling::None,
         },
@@ -177,7 +212,11 @@ fn parse_args() -> Args {
 /// Figures of one run of one scenario.
 #[derive(Clone, Default)]
 struct Figures {
+    /// Spans the agent accepted per second at saturation.
     spans_per_second: f64,
+    /// Spans the sink counted per second at saturation: what the agent exported, after
+    /// the filter and sampling.
+    exported_spans_per_second: f64,
     cpu_seconds_per_million: Option<f64>,
     peak_rss_mib: Option<f64>,
     idle_rss_mib: Option<f64>,
@@ -196,19 +235,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let bodies = Arc::new(Bodies::new(if args.quick { 4 } else { 64 }));
+    let count = if args.quick { 4 } else { 64 };
+    let council = Arc::new(Bodies::new(count, Traffic::Council));
+    let fastapi = Arc::new(Bodies::new(count, Traffic::FastApi));
     println!(
         "{} spans per request, {} protobuf bytes per span; {} senders at saturation; {} s per phase; median of {} run(s)\n",
         SPANS_PER_REQUEST,
-        bodies.protobuf[0].len() / SPANS_PER_REQUEST,
+        council.protobuf[0].len() / SPANS_PER_REQUEST,
         SENDERS,
         args.seconds,
         args.runs
     );
     println!(
-        "| scenario | received spans/s | CPU-s per M received spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |"
+        "| scenario | received spans/s | exported spans/s | CPU-s per M received spans | peak RSS MiB | idle RSS MiB | p50/p99 ms @20K/s | refused @20K/s | p50/p99 ms @saturation | refused @saturation |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for scenario in scenarios() {
         if !args.only.is_empty()
             && !args
@@ -218,8 +259,12 @@ fn main() {
         {
             continue;
         }
+        let bodies = match scenario.traffic {
+            Traffic::Council => &council,
+            Traffic::FastApi => &fastapi,
+        };
         let runs: Vec<Figures> = (0..args.runs)
-            .map(|_| runtime.block_on(run(&scenario, &args, Arc::clone(&bodies))))
+            .map(|_| runtime.block_on(run(&scenario, &args, Arc::clone(bodies))))
             .collect();
         print_row(scenario.name, &runs);
     }
@@ -241,8 +286,9 @@ fn print_row(name: &str, runs: &[Figures]) {
         }
     };
     println!(
-        "| {name} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.0} |",
+        "| {name} | {:.0} | {:.0} | {} | {} | {} | {:.2} / {:.2} | {:.0} | {:.2} / {:.2} | {:.0} |",
         m(|f| f.spans_per_second),
+        m(|f| f.exported_spans_per_second),
         opt(|f| f.cpu_seconds_per_million, 2),
         opt(|f| f.peak_rss_mib, 1),
         opt(|f| f.idle_rss_mib, 1),
@@ -260,14 +306,28 @@ fn print_row(name: &str, runs: &[Figures]) {
 struct Bodies {
     protobuf: Vec<Bytes>,
     gzipped: Vec<Bytes>,
-    /// Spans of each body that reach the sink (all of them unless the scenario samples).
+    /// Spans of each body: what the agent receives when it accepts it.
+    spans: Vec<u64>,
+    /// Spans of each body that reach the sink: those the default filter keeps (all of
+    /// them in council traffic), and of those what the scenario's sampling keeps.
     delivered: Vec<u64>,
 }
 
 impl Bodies {
-    fn new(count: u64) -> Self {
-        let protobuf: Vec<Bytes> = (0..count)
-            .map(|seed| Bytes::from(traffic::request(SPANS_PER_REQUEST, seed).encode_to_vec()))
+    fn new(count: u64, traffic: Traffic) -> Self {
+        let requests: Vec<ExportTraceServiceRequest> = (0..count)
+            .map(|seed| match traffic {
+                Traffic::Council => traffic::request(SPANS_PER_REQUEST, seed),
+                Traffic::FastApi => traffic::fastapi_request(SPANS_PER_REQUEST, seed),
+            })
+            .collect();
+        let spans = requests
+            .iter()
+            .map(|request| span_count(&request.resource_spans) as u64)
+            .collect();
+        let protobuf: Vec<Bytes> = requests
+            .iter()
+            .map(|request| Bytes::from(request.encode_to_vec()))
             .collect();
         let gzipped = protobuf
             .iter()
@@ -278,28 +338,36 @@ impl Bodies {
                 Bytes::from(encoder.finish().expect("gzip"))
             })
             .collect();
-        let delivered = vec![SPANS_PER_REQUEST as u64; protobuf.len()];
         Self {
             protobuf,
             gzipped,
-            delivered,
+            delivered: Vec::new(),
+            spans,
         }
+        .sampled(Sampling::None)
     }
 
-    /// The same bodies, counting only the spans `sampling` keeps: the rules are functions
-    /// of the trace id and the spans' status, and a trace never spans two bodies, so the
-    /// harness knows exactly what must arrive.
+    /// The same bodies, counting only the spans that reach the sink: those the default
+    /// filter keeps, then of those the ones `sampling` keeps (the filter runs first). The
+    /// rules are functions of the spans of one trace (a trace never spans two bodies): the
+    /// filter's of a span's kind, attributes and parents, sampling's of the trace id and
+    /// the spans' status, so the harness knows exactly what must arrive.
     fn sampled(&self, sampling: Sampling) -> Self {
         let delivered = self
             .protobuf
             .iter()
             .map(|body| {
                 let request = ExportTraceServiceRequest::decode(&body[..]).expect("decodes");
-                let spans: Vec<Span> = request
+                let all: Vec<Span> = request
                     .resource_spans
                     .into_iter()
                     .flat_map(|rs| rs.scope_spans)
                     .flat_map(|ss| ss.spans)
+                    .collect();
+                let spans: Vec<Span> = default_filter_keeps(&all)
+                    .into_iter()
+                    .zip(all)
+                    .filter_map(|(keep, span)| keep.then_some(span))
                     .collect();
                 let kept = |span: &Span| match sampling {
                     Sampling::None => true,
@@ -322,6 +390,60 @@ impl Bodies {
             ..self.clone()
         }
     }
+}
+
+/// The routes of the filter's default `health_routes`.
+const DEFAULT_HEALTH_ROUTES: [&str; 5] = ["/health", "/healthz", "/readyz", "/livez", "/metrics"];
+
+/// Which of `spans` (one body's) the default `processors.filter` keeps, mirrored: it drops
+/// INTERNAL spans carrying `asgi.event.type` (`asgi_send_receive: drop`), and SERVER spans
+/// of a health route (`http.route`, else `url.path`, else the path of `http.target`) with
+/// every span under them in the body (their ASGI children).
+fn default_filter_keeps(spans: &[Span]) -> Vec<bool> {
+    let string = |span: &Span, key: &str| -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    let probe = |span: &Span| {
+        let route = string(span, "http.route")
+            .or_else(|| string(span, "url.path"))
+            .or_else(|| {
+                string(span, "http.target").map(|t| t.split('?').next().unwrap_or("").to_owned())
+            });
+        span.kind == 2 && route.is_some_and(|r| DEFAULT_HEALTH_ROUTES.contains(&r.as_str()))
+    };
+    let asgi_event = |span: &Span| {
+        span.kind == 1 && span.attributes.iter().any(|kv| kv.key == "asgi.event.type")
+    };
+    let by_id: HashMap<(&[u8], &[u8]), &Span> = spans
+        .iter()
+        .map(|s| ((&s.trace_id[..], &s.span_id[..]), s))
+        .collect();
+    // Under a probe: its parent chain in the body reaches one. The walk is bounded by the
+    // body's length, as a chain never is longer, even with a cycle in broken input.
+    let under_probe = |span: &Span| {
+        let mut current = span;
+        for _ in 0..=spans.len() {
+            if probe(current) {
+                return true;
+            }
+            match by_id.get(&(&current.trace_id[..], &current.parent_span_id[..])) {
+                Some(parent) => current = parent,
+                None => return false,
+            }
+        }
+        false
+    };
+    spans
+        .iter()
+        .map(|span| !asgi_event(span) && !under_probe(span))
+        .collect()
 }
 
 async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
@@ -377,6 +499,8 @@ async fn run(scenario: &Scenario, args: &Args, bodies: Arc<Bodies>) -> Figures {
     // Per received span: with sampling, fewer arrive at the sink by design.
     let received = saturated.accepted_spans;
     figures.spans_per_second = received as f64 / elapsed;
+    // What the sink counted in this phase: the agent's output, after filter and sampling.
+    figures.exported_spans_per_second = arrived.saturating_sub(delivered_before) as f64 / elapsed;
     figures.saturated_p50_ms = saturated.percentile(0.50);
     figures.saturated_p99_ms = saturated.percentile(0.99);
     figures.saturated_refused = saturated.refused;
@@ -536,7 +660,8 @@ impl Client {
 }
 
 /// Offers FIXED_RATE spans/s for `phase`, each request on its own task so a slow answer
-/// does not delay the schedule.
+/// does not delay the schedule. (FastAPI bodies hold whole requests, a few spans more than
+/// SPANS_PER_REQUEST: their rate is under 1% above it.)
 async fn fixed_rate(
     target: &Target,
     bodies: &Arc<Bodies>,
@@ -556,16 +681,21 @@ async fn fixed_rate(
             let mut client = Client::connect_cached(&target).await;
             let begin = Instant::now();
             let ok = client.send(&bodies, sent as usize).await;
-            let delivered = bodies.delivered[sent as usize % bodies.delivered.len()];
-            (begin.elapsed().as_secs_f64() * 1e3, ok, delivered)
+            let i = sent as usize % bodies.spans.len();
+            (
+                begin.elapsed().as_secs_f64() * 1e3,
+                ok,
+                bodies.spans[i],
+                bodies.delivered[i],
+            )
         });
         sent += 1;
     }
     let mut outcome = Outcome::default();
-    while let Some(Ok((ms, ok, delivered))) = tasks.join_next().await {
+    while let Some(Ok((ms, ok, spans, delivered))) = tasks.join_next().await {
         outcome.latencies_ms.push(ms);
         if ok {
-            outcome.accepted_spans += SPANS_PER_REQUEST as u64;
+            outcome.accepted_spans += spans;
             outcome.delivered_spans += delivered;
         } else {
             outcome.refused += 1
@@ -631,9 +761,9 @@ async fn saturate(
                     .latencies_ms
                     .push(begin.elapsed().as_secs_f64() * 1e3);
                 if ok {
-                    outcome.accepted_spans += SPANS_PER_REQUEST as u64;
-                    outcome.delivered_spans +=
-                        bodies.delivered[i as usize % bodies.delivered.len()];
+                    let i = i as usize % bodies.spans.len();
+                    outcome.accepted_spans += bodies.spans[i];
+                    outcome.delivered_spans += bodies.delivered[i];
                 } else {
                     outcome.refused += 1;
                     // A refusal asks for a retry later; back off a little as an SDK would.

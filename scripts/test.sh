@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of daena-trace-agent, the Python SDK interop tests included.
-# Installs what they need first: two virtualenvs with the pinned OpenTelemetry Python
-# SDK and exporters (the OTLP/JSON exporter pins older packages, so it has its own), and
+# Installs what they need first: three virtualenvs with the pinned OpenTelemetry Python
+# SDK and exporters (the OTLP/JSON exporter pins older packages, so it has its own; the
+# FastAPI app of tests/fastapi.rs has its own with the web stack and its instrumentation), and
 # two with the validators of deploy/ (hadolint, the Kubernetes schemas, docker-compose),
 # and Debian's chromium package for the status page test (tests/status_page.rs).
 set -euo pipefail
@@ -56,6 +57,7 @@ chromium() {
 chromium
 venv .venv-interop tests/interop/requirements.txt
 venv .venv-interop-json tests/interop/requirements-json.txt
+venv .venv-fastapi tests/interop/requirements-fastapi.txt
 venv .venv-deploy tests/deploy/requirements.txt
 venv .venv-compose tests/deploy/requirements-compose.txt "cython<3" "setuptools<70" wheel
 

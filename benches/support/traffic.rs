@@ -222,3 +222,183 @@ pub fn request(spans: usize, seed: u64) -> ExportTraceServiceRequest {
         }],
     }
 }
+
+/// A random span id.
+fn span_id(rng: &mut StdRng) -> Vec<u8> {
+    rng.random::<u64>().to_be_bytes().to_vec()
+}
+
+/// The health route FastAPI traffic probes; in the filter's default `health_routes`.
+pub const HEALTH_ROUTE: &str = "/healthz";
+
+/// One request to a FastAPI app as `opentelemetry-instrumentation-fastapi` traces it
+/// (stable HTTP semconv, as with `OTEL_SEMCONV_STABILITY_OPT_IN=http`), in its own trace:
+/// the SERVER span, an INTERNAL span for each ASGI message (`asgi.event.type`), and for a
+/// chat request a handler span with Daena attributes. Returns the instrumentation's spans
+/// and the handler's.
+fn fastapi_trace(rng: &mut StdRng, begin: u64, probe: bool) -> (Vec<Span>, Vec<Span>) {
+    let mut trace_id = [0u8; 16];
+    rng.fill(&mut trace_id);
+    let server_id = span_id(rng);
+    let (method, route) = if probe {
+        ("GET", HEALTH_ROUTE)
+    } else {
+        ("POST", "/api/v1/chat")
+    };
+    let name = format!("{method} {route}");
+    let end = begin + 20_000_000;
+    let child = |span_id: Vec<u8>, name: String, kind: i32, at: u64, attributes| Span {
+        trace_id: trace_id.to_vec(),
+        span_id,
+        parent_span_id: server_id.clone(),
+        name,
+        kind,
+        start_time_unix_nano: at,
+        end_time_unix_nano: at + 200_000,
+        attributes,
+        ..Default::default()
+    };
+    let mut asgi = Vec::new();
+    let mut handler = Vec::new();
+    if !probe {
+        asgi.push(child(
+            span_id(rng),
+            format!("{name} http receive"),
+            1,
+            begin + 100_000,
+            vec![key_value("asgi.event.type", string("http.request"))],
+        ));
+        handler.push(child(
+            span_id(rng),
+            "llm.exchange".into(),
+            3,
+            begin + 1_000_000,
+            vec![
+                key_value(
+                    "llm.model",
+                    string(MODELS[rng.random_range(0..MODELS.len())]),
+                ),
+                key_value("llm.cas_hit", Value::BoolValue(rng.random_bool(0.3))),
+                key_value(
+                    "llm.cost_usd",
+                    Value::DoubleValue(rng.random_range(0.0001..0.2)),
+                ),
+                key_value(
+                    "llm.tokens.input",
+                    Value::IntValue(rng.random_range(100..4000)),
+                ),
+                key_value(
+                    "council.round_id",
+                    string(format!("round-{:08x}", rng.random::<u32>())),
+                ),
+            ],
+        ));
+    }
+    asgi.push(child(
+        span_id(rng),
+        format!("{name} http send"),
+        1,
+        end - 2_000_000,
+        vec![
+            key_value("asgi.event.type", string("http.response.start")),
+            key_value("http.response.status_code", Value::IntValue(200)),
+        ],
+    ));
+    asgi.push(child(
+        span_id(rng),
+        format!("{name} http send"),
+        1,
+        end - 1_000_000,
+        vec![key_value("asgi.event.type", string("http.response.body"))],
+    ));
+    let user_agent = if probe {
+        "kube-probe/1.31"
+    } else {
+        "daena-web/2.0.0"
+    };
+    asgi.push(Span {
+        trace_id: trace_id.to_vec(),
+        span_id: server_id.clone(),
+        name,
+        kind: 2,
+        start_time_unix_nano: begin,
+        end_time_unix_nano: end,
+        attributes: vec![
+            key_value("url.scheme", string("http")),
+            key_value("server.address", string("daena-backend")),
+            key_value("server.port", Value::IntValue(8000)),
+            key_value("network.protocol.version", string("1.1")),
+            key_value("url.path", string(route)),
+            key_value("http.request.method", string(method)),
+            key_value("user_agent.original", string(user_agent)),
+            key_value(
+                "client.address",
+                string(format!(
+                    "10.0.{}.{}",
+                    rng.random_range(0..4),
+                    rng.random_range(1..255)
+                )),
+            ),
+            key_value(
+                "client.port",
+                Value::IntValue(rng.random_range(30_000..60_000)),
+            ),
+            key_value("http.route", string(route)),
+            key_value("http.response.status_code", Value::IntValue(200)),
+        ],
+        ..Default::default()
+    });
+    (asgi, handler)
+}
+
+/// FastAPI traffic as `opentelemetry-instrumentation-fastapi` makes it, from one service:
+/// whole requests (each its own trace) until there are at least `spans` spans. Every fifth
+/// request is a health probe (`GET /healthz`: its SERVER span and two ASGI `send` spans);
+/// the others are `POST /api/v1/chat`: the SERVER span, its ASGI `receive` and two `send`
+/// spans, and an `llm.exchange` handler span. The instrumentation's spans and the
+/// handler's come in two scopes, as the SDK exports them.
+pub fn fastapi_request(spans: usize, seed: u64) -> ExportTraceServiceRequest {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = 1_764_000_000_000_000_000u64 + seed * 1_000_000_000;
+    let (mut instrumentation, mut handlers) = (Vec::new(), Vec::new());
+    let mut request = 0u64;
+    while instrumentation.len() + handlers.len() < spans {
+        let (asgi, handler) =
+            fastapi_trace(&mut rng, start + request * 25_000_000, request % 5 == 4);
+        instrumentation.extend(asgi);
+        handlers.extend(handler);
+        request += 1;
+    }
+    let scope = |name: &str, version: &str, spans| ScopeSpans {
+        scope: Some(InstrumentationScope {
+            name: name.into(),
+            version: version.into(),
+            ..Default::default()
+        }),
+        spans,
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    key_value("service.name", string("daena-backend")),
+                    key_value("service.version", string("2.0.0")),
+                    key_value("deployment.environment.name", string("production")),
+                    key_value("telemetry.sdk.language", string("python")),
+                    key_value("telemetry.sdk.version", string("1.45.2")),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![
+                scope(
+                    "opentelemetry.instrumentation.fastapi",
+                    "0.66b2",
+                    instrumentation,
+                ),
+                scope("backend.utils.tracing", "2.0.0", handlers),
+            ],
+            ..Default::default()
+        }],
+    }
+}

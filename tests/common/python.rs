@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The Python of the virtualenv `venv` (`.venv-interop`, `.venv-interop-json`).
+/// The Python of the virtualenv `venv` (`.venv-interop`, `.venv-interop-json`, `.venv-fastapi`).
 pub fn venv_python(venv: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join(venv)
