@@ -191,7 +191,10 @@ pub fn validate(filter: &FilterConfig, errors: &mut Vec<ConfigError>) {
             ));
         }
         if rule.id.as_deref().is_some_and(|id| id.trim().is_empty()) {
-            errors.push(ConfigError::new(&at, "id is empty; name the rule or remove id"));
+            errors.push(ConfigError::new(
+                &at,
+                "id is empty; name the rule or remove id",
+            ));
         }
         validate_values("attributes", &rule.attributes, &at, errors);
         validate_values("resource", &rule.resource, &at, errors);

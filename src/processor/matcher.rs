@@ -174,7 +174,11 @@ mod tests {
             ("a*b*c", "aXbYbZ", false),
         ];
         for (pattern, text, expected) in table {
-            assert_eq!(TextMatch::new(pattern).matches(text), expected, "{pattern} {text}");
+            assert_eq!(
+                TextMatch::new(pattern).matches(text),
+                expected,
+                "{pattern} {text}"
+            );
         }
         assert!(TextMatch::new("GET /healthz").matches("GET /healthz"));
         assert!(!TextMatch::new("GET /healthz").matches("GET /healthz2"));
@@ -187,14 +191,22 @@ mod tests {
         let cases: [(MatchValue, Option<Value>, bool); 11] = [
             (MatchValue::Text(">= 500".into()), int(503), true),
             (MatchValue::Text(">= 500".into()), int(404), false),
-            (MatchValue::Text("< 0.5".into()), Some(Value::DoubleValue(0.25)), true),
+            (
+                MatchValue::Text("< 0.5".into()),
+                Some(Value::DoubleValue(0.25)),
+                true,
+            ),
             (MatchValue::Text("!= 200".into()), int(200), false),
             (MatchValue::Text(">= 500".into()), text("503"), false),
             (MatchValue::Int(200), int(200), true),
             (MatchValue::Int(200), Some(Value::DoubleValue(200.0)), true),
             (MatchValue::Int(200), text("200"), false),
             (MatchValue::Bool(true), Some(Value::BoolValue(true)), true),
-            (MatchValue::Text("/internal/*".into()), text("/internal/x"), true),
+            (
+                MatchValue::Text("/internal/*".into()),
+                text("/internal/x"),
+                true,
+            ),
             (MatchValue::Text("x".into()), None, false),
         ];
         for (condition, value, expected) in cases {
