@@ -22,7 +22,15 @@ pub struct AttributesConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<Secret>,
     /// The actions, applied in order to every span's attributes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<Located<AttributeAction>>,
+}
+
+impl AttributesConfig {
+    /// Whether nothing is set, so `check` leaves the section out.
+    pub fn is_empty(&self) -> bool {
+        self.hash_key.is_none() && self.actions.is_empty()
+    }
 }
 
 /// One action on the span attribute `key`, where its conditions hold.

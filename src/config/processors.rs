@@ -22,6 +22,7 @@ pub struct ProcessorsConfig {
     /// and enriches the resource.
     pub daena: DaenaConfig,
     /// Inserts, updates, upserts, deletes or hashes span attributes, in order.
+    #[serde(skip_serializing_if = "AttributesConfig::is_empty")]
     pub attributes: AttributesConfig,
     /// Masks secrets in attribute values.
     pub redact: RedactConfig,
