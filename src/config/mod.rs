@@ -1,6 +1,7 @@
 //! The agent's configuration: one YAML file, `${VAR}` expansion, defaults in one place,
 //! validation that reports every problem at once, and the `OTEL_EXPORTER_OTLP_*` fallback.
 
+pub mod attributes;
 mod bounds;
 mod env;
 mod error;

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::attributes::AttributesConfig;
 use super::filter::FilterConfig;
 use super::schema::SchemaRow;
 use super::yaml::Located;
 use super::{ByteSize, bounds, units};
 
 /// The processor stages; they always run in the order filter → (head sampling) → daena →
-/// redact → limits → (tail sampling).
+/// attributes → redact → limits → (tail sampling).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorsConfig {
@@ -20,6 +21,9 @@ pub struct ProcessorsConfig {
     /// Normalises Daena attributes, derives `daena.component` and the semconv mirrors,
     /// and enriches the resource.
     pub daena: DaenaConfig,
+    /// Inserts, updates, upserts, deletes or hashes span attributes, in order.
+    #[serde(skip_serializing_if = "AttributesConfig::is_empty")]
+    pub attributes: AttributesConfig,
     /// Masks secrets in attribute values.
     pub redact: RedactConfig,
     /// Caps attribute value length and the number of attributes, events and links.

@@ -577,6 +577,7 @@ impl ProcessorsConfig {
         }
         super::schema::validate(&daena.schema, errors);
         super::filter::validate(&self.filter, errors);
+        super::attributes::validate(&self.attributes, errors);
         for (i, key) in self.redact.keys.iter().enumerate() {
             if !key.chars().any(char::is_alphanumeric) {
                 errors.push(ConfigError::new(

@@ -1,6 +1,8 @@
-//! The processor stages the pipeline runs over every batch: the Daena schema, redaction
-//! and limits in one pass over each span, head sampling before them, tail sampling after.
+//! The processor stages the pipeline runs over every batch: the noise filter first, head
+//! sampling, then the Daena schema, attribute actions, redaction and limits in one pass
+//! over each span, tail sampling after.
 
+pub mod attributes;
 pub mod daena;
 pub mod filter;
 mod key_cache;
@@ -11,6 +13,7 @@ pub mod sampling;
 pub mod schema;
 pub mod tail;
 
+pub use attributes::AttributeActions;
 pub use daena::DaenaNormaliser;
 pub use filter::NoiseFilter;
 pub use limits::Limiter;
@@ -26,9 +29,9 @@ use crate::telemetry::Metrics;
 use crate::telemetry::mix::DaenaMix;
 
 /// The enabled stages. The noise filter runs first, then head sampling; the span stages
-/// run in one pass, in a fixed order: daena (so the others see canonical keys), redact
-/// (before limits, so a cut can never leave half a secret behind), limits; tail sampling
-/// runs after them. The daena
+/// run in one pass, in a fixed order: daena (so the others see canonical keys), attributes
+/// (before redact, so what an action writes is still checked), redact (before limits, so a
+/// cut can never leave half a secret behind), limits; tail sampling runs after them. The daena
 /// stage counts the spans it sees in `mix`, for the status page.
 pub fn build(
     config: &ProcessorsConfig,
@@ -41,6 +44,12 @@ pub fn build(
             &config.daena,
             Arc::clone(metrics),
             Arc::clone(mix),
+        )));
+    }
+    if !config.attributes.actions.is_empty() {
+        stages.push(Box::new(AttributeActions::new(
+            &config.attributes,
+            Arc::clone(metrics),
         )));
     }
     if config.redact.enabled {

@@ -21,6 +21,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::memory::{MemoryBudget, resident_bytes};
+use crate::config::attributes::ActionKind;
 
 /// The receivers' protocols, as the `protocol` and `receiver` labels name them.
 const PROTOCOLS: [&str; 2] = ["grpc", "http"];
@@ -75,6 +76,12 @@ struct KeyLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
+}
+
+/// Labels of a counter keyed by an attribute action (`insert`, `hash`…).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
 }
 
 /// Labels of a counter keyed by how something ended.
@@ -236,6 +243,7 @@ pub struct Metrics {
     schema_errors: Family<KeyLabels, Counter>,
     redactions: Family<KindLabels, Counter>,
     limits_applied: Family<KindLabels, Counter>,
+    attribute_actions: Family<ActionLabels, Counter>,
     sampled_spans: Family<KindLabels, Counter>,
     sampling_decisions: Family<DecisionLabels, Counter>,
     late_spans: Family<KindLabels, Counter>,
@@ -274,6 +282,12 @@ impl Default for Metrics {
         let schema_errors = Family::default();
         let redactions = Family::default();
         let limits_applied = Family::default();
+        let attribute_actions = Family::<ActionLabels, Counter>::default();
+        for action in ActionKind::ALL {
+            let _ = attribute_actions.get_or_create(&ActionLabels {
+                action: action.name(),
+            });
+        }
         let sampled_spans = Family::default();
         let sampling_decisions = Family::default();
         let late_spans = Family::default();
@@ -356,6 +370,11 @@ impl Default for Metrics {
             "limits_applied",
             "Things cut by processors.limits, by kind (attributes, events, links, values truncated)",
             limits_applied.clone(),
+        );
+        registry.register(
+            "attribute_actions",
+            "Actions processors.attributes applied to span attributes, by action (insert, update, upsert, delete, hash)",
+            attribute_actions.clone(),
         );
         registry.register(
             "sampling_spans",
@@ -445,6 +464,7 @@ impl Default for Metrics {
             schema_errors,
             redactions,
             limits_applied,
+            attribute_actions,
             sampled_spans,
             sampling_decisions,
             late_spans,
@@ -890,6 +910,13 @@ impl Metrics {
     /// Counts ASGI event spans kept because they have children.
     pub fn asgi_parents_kept(&self, spans: u64) {
         self.filter_asgi_parents_kept.inc_by(spans);
+    }
+
+    /// Counts attribute actions applied, of one kind (`insert`, `update`…).
+    pub fn attribute_actions(&self, action: &'static str, count: u64) {
+        self.attribute_actions
+            .get_or_create(&ActionLabels { action })
+            .inc_by(count);
     }
 
     /// Counts spans the sampler kept and dropped.
