@@ -119,6 +119,32 @@ fn check_reports_every_error_at_once_and_exits_1() {
 }
 
 #[test]
+fn check_names_the_line_of_a_bad_filter_rule_attribute_action_and_schema_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = "processors:
+  filter:
+    rules:
+      - { id: everything }
+  attributes:
+    actions:
+      - { key: team, action: insert }
+  daena:
+    schema:
+      - { key: nbmf.level, type: one_of }
+";
+    let path = write_config(dir.path(), yaml);
+    let (code, _, stderr) = run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
+    assert_eq!(code, 1, "{stderr}");
+    for want in [
+        "processors.filter.rules[0] (line 4): has no condition",
+        "processors.attributes.actions[0] (line 7)",
+        "processors.daena.schema[0] (line 10): type one_of needs values",
+    ] {
+        assert!(stderr.contains(want), "{want:?} in {stderr}");
+    }
+}
+
+#[test]
 fn an_unknown_key_is_refused_with_its_name_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = "exporters:\n  tempo:\n    protocol: grpc\n    endpiont: http://tempo:4317\n";
