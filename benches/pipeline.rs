@@ -146,15 +146,7 @@ fn stages(c: &mut Criterion) {
 /// The daena stage alone, its schema extended by config as a Daena team would: two keys
 /// the traffic carries, a replaced built-in row, and rows of a new family with a mirror.
 fn extended_schema() -> ProcessorsConfig {
-    let row = |key: &str, value_type: ValueType| SchemaRow {
-        key: key.to_owned(),
-        value_type,
-        values: Vec::new(),
-        spellings: Vec::new(),
-        aliases: Vec::new(),
-        family: None,
-        mirror: None,
-    };
+    let row = SchemaRow::new;
     let mut config = ProcessorsConfig::default();
     config.filter.enabled = false;
     config.redact.enabled = false;

@@ -44,12 +44,7 @@ async fn the_jaeger_and_tempo_line_reaches_a_grpc_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_cloud_lines_reach_a_tls_grpc_backend_with_basic_auth() {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let cert_pem = certified.cert.pem();
-    let sink = Sink::tls(&cert_pem, &certified.signing_key.serialize_pem()).await;
-    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(ca_file.path(), cert_pem).expect("write CA");
+    let TlsBackend { sink, ca_file } = tls_backend().await;
     let credentials =
         base64::engine::general_purpose::STANDARD.encode("1234567:glc_eyJvIjoiMTIzNDU2NyJ9");
     // `https://tempo-us-central1.grafana.net:443` in the guide: https, a port, no path.

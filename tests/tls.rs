@@ -5,23 +5,7 @@ mod common;
 
 use common::*;
 
-struct Backend {
-    sink: Sink,
-    ca_file: tempfile::NamedTempFile,
-}
-
-/// A TLS sink with a fresh self-signed certificate for localhost, and that certificate as a CA file.
-async fn tls_backend() -> Backend {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
-    let cert_pem = certified.cert.pem();
-    let sink = Sink::tls(&cert_pem, &certified.signing_key.serialize_pem()).await;
-    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(ca_file.path(), cert_pem).expect("write CA");
-    Backend { sink, ca_file }
-}
-
-fn exporter(protocol: &str, backend: &Backend, tls: &str) -> String {
+fn exporter(protocol: &str, backend: &TlsBackend, tls: &str) -> String {
     format!(
         "  secure:\n    protocol: {protocol}\n    endpoint: https://localhost:{}\n    tls: {tls}\n    retry: {{ initial_interval: 100ms, max_interval: 200ms }}\n",
         backend.sink.addr.port()

@@ -3,8 +3,8 @@
 #![allow(dead_code)] // each benchmark uses part of it
 
 use daena_trace_agent::otlp::{
-    Event, ExportTraceServiceRequest, InstrumentationScope, Resource, ResourceSpans, ScopeSpans,
-    Span, Status, Value, key_value,
+    Event, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
+    ScopeSpans, Span, Status, Value, key_value,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -121,26 +121,39 @@ fn daena_span(
             }
         }
         _ => {
-            attributes.extend([
-                key_value(
-                    "llm.model",
-                    string(MODELS[rng.random_range(0..MODELS.len())]),
-                ),
-                key_value("llm.cas_hit", Value::BoolValue(rng.random_bool(0.3))),
-                key_value("llm.near_dup", Value::BoolValue(rng.random_bool(0.1))),
-                key_value(
-                    "llm.cost_usd",
-                    Value::DoubleValue(rng.random_range(0.0001..0.2)),
-                ),
-                key_value(
-                    "llm.tokens.input",
-                    Value::IntValue(rng.random_range(100..4000)),
-                ),
-            ]);
+            attributes.extend(llm_attributes(rng, true));
             "llm.exchange"
         }
     };
     (name.to_owned(), attributes)
+}
+
+/// An LLM exchange's attributes: model, CAS hit, near-duplicate (when asked), cost, tokens.
+fn llm_attributes(rng: &mut StdRng, near_dup: bool) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        key_value(
+            "llm.model",
+            string(MODELS[rng.random_range(0..MODELS.len())]),
+        ),
+        key_value("llm.cas_hit", Value::BoolValue(rng.random_bool(0.3))),
+    ];
+    if near_dup {
+        attributes.push(key_value(
+            "llm.near_dup",
+            Value::BoolValue(rng.random_bool(0.1)),
+        ));
+    }
+    attributes.extend([
+        key_value(
+            "llm.cost_usd",
+            Value::DoubleValue(rng.random_range(0.0001..0.2)),
+        ),
+        key_value(
+            "llm.tokens.input",
+            Value::IntValue(rng.random_range(100..4000)),
+        ),
+    ]);
+    attributes
 }
 
 /// A request of `spans` spans in traces of 10, from one service; ≈450 bytes per span.
@@ -273,25 +286,14 @@ fn fastapi_trace(rng: &mut StdRng, begin: u64, probe: bool) -> (Vec<Span>, Vec<S
             "llm.exchange".into(),
             3,
             begin + 1_000_000,
-            vec![
-                key_value(
-                    "llm.model",
-                    string(MODELS[rng.random_range(0..MODELS.len())]),
-                ),
-                key_value("llm.cas_hit", Value::BoolValue(rng.random_bool(0.3))),
-                key_value(
-                    "llm.cost_usd",
-                    Value::DoubleValue(rng.random_range(0.0001..0.2)),
-                ),
-                key_value(
-                    "llm.tokens.input",
-                    Value::IntValue(rng.random_range(100..4000)),
-                ),
-                key_value(
+            {
+                let mut attributes = llm_attributes(rng, false);
+                attributes.push(key_value(
                     "council.round_id",
                     string(format!("round-{:08x}", rng.random::<u32>())),
-                ),
-            ],
+                ));
+                attributes
+            },
         ));
     }
     asgi.push(child(

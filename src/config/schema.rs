@@ -94,7 +94,8 @@ impl ValueType {
 }
 
 impl SchemaRow {
-    fn new(key: &str, value_type: ValueType) -> Self {
+    /// A row of `key` and `value_type`, with nothing else set.
+    pub fn new(key: &str, value_type: ValueType) -> Self {
         Self {
             key: key.to_owned(),
             value_type,

@@ -537,3 +537,23 @@ fn serve_grpc(listener: TcpListener, endpoint: GrpcEndpoint) {
             ),
     );
 }
+
+/// A TLS sink with a fresh self-signed certificate for `localhost`, and that certificate
+/// as a CA file for the agent to trust.
+pub struct TlsBackend {
+    /// The sink, listening with TLS.
+    pub sink: Sink,
+    /// Its certificate, to give the agent as a CA.
+    pub ca_file: tempfile::NamedTempFile,
+}
+
+/// Starts a [`TlsBackend`].
+pub async fn tls_backend() -> TlsBackend {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let cert_pem = certified.cert.pem();
+    let sink = Sink::tls(&cert_pem, &certified.signing_key.serialize_pem()).await;
+    let ca_file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(ca_file.path(), cert_pem).expect("write CA");
+    TlsBackend { sink, ca_file }
+}
