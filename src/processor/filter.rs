@@ -266,8 +266,8 @@ impl Processor for NoiseFilter {
 }
 
 impl NoiseFilter {
-    /// ASGI event spans are leaves; one that is the parent of another span of the batch is
-    /// kept (and counted), so no span loses its parent to the filter.
+    /// ASGI event spans are leaves; one that is the parent of a span of the batch the filter
+    /// keeps is kept too (and counted), so no kept span loses its parent to the filter.
     fn keep_asgi_parents(&self, batch: &mut SpanBatch, decisions: &mut [Option<Drop>]) {
         let resource_spans = &*batch.resource_spans_mut();
         let spans = || {
@@ -282,16 +282,24 @@ impl NoiseFilter {
             .filter(|(_, (_, decision))| **decision == Some(Drop::Asgi))
             .map(|(i, (span, _))| (ids(span), i))
             .collect();
+        // Only a kept child keeps its parent; a parent kept may keep its own parent in turn,
+        // so repeat until nothing changes (each pass keeps at least one more span).
         let mut kept = 0;
-        for span in spans() {
-            if span.parent_span_id.is_empty() {
-                continue;
+        for _ in 0..asgi.len() {
+            let before = kept;
+            for (j, span) in spans().enumerate() {
+                if decisions[j].is_some() || span.parent_span_id.is_empty() {
+                    continue;
+                }
+                if let Some(&i) = asgi.get(&(ids(span).0, parent_id(span)))
+                    && decisions[i].is_some()
+                {
+                    decisions[i] = None;
+                    kept += 1;
+                }
             }
-            if let Some(&i) = asgi.get(&(ids(span).0, parent_id(span)))
-                && decisions[i].is_some()
-            {
-                decisions[i] = None;
-                kept += 1;
+            if kept == before {
+                break;
             }
         }
         if kept > 0 {

@@ -155,7 +155,32 @@ impl AttributesMatch {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The glob's meaning, written the slow and obvious way.
+    fn reference(pattern: &[u8], text: &[u8]) -> bool {
+        match (pattern.first(), text.first()) {
+            (None, _) => text.is_empty(),
+            (Some(b'*'), _) => {
+                reference(&pattern[1..], text)
+                    || (!text.is_empty() && reference(pattern, &text[1..]))
+            }
+            (Some(&p), Some(&t)) if p == b'?' || p == t => reference(&pattern[1..], &text[1..]),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_glob_agrees_with_its_definition(pattern in "[ab*?]{0,8}", text in "[ab]{0,10}") {
+            prop_assert_eq!(
+                glob(pattern.as_bytes(), text.as_bytes()),
+                reference(pattern.as_bytes(), text.as_bytes())
+            );
+        }
+    }
 
     #[test]
     fn globs_match_any_run_and_one_character() {

@@ -1,5 +1,7 @@
 use std::path::Path;
 
+use proptest::prelude::{Strategy, any, prop};
+
 use super::*;
 use crate::otlp::{Resource, ResourceSpans, ScopeSpans, Status, key_value};
 
@@ -427,4 +429,92 @@ fn invalid_rules_are_reported_with_their_line() {
     )
     .expect_err("unknown kind");
     assert!(typo[0].path.starts_with("agent.yaml:4:"), "{typo:?}");
+}
+
+/// Spans of a few traces, each a probe, an ASGI span, or an ordinary span, with parents
+/// among the spans before them (or none).
+fn arbitrary_spans() -> impl Strategy<Value = Vec<Span>> {
+    prop::collection::vec((1u8..4, 0u8..4, 0u8..5, any::<bool>()), 0..40).prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (trace, role, parent, with_route))| {
+                let id = u8::try_from(i + 1).unwrap_or(u8::MAX);
+                let parent = if parent == 0 {
+                    0
+                } else {
+                    id.saturating_sub(parent).max(1)
+                };
+                let parent = if parent == id { 0 } else { parent };
+                match role {
+                    0 => span(
+                        trace,
+                        id,
+                        parent,
+                        "GET /healthz",
+                        SpanKind::Server,
+                        &[(
+                            "http.route",
+                            text(if with_route { "/healthz" } else { "/x" }),
+                        )],
+                    ),
+                    1 => span(
+                        trace,
+                        id,
+                        parent,
+                        "GET /healthz http send",
+                        SpanKind::Internal,
+                        &[(ASGI_EVENT_TYPE, text("http.response.body"))],
+                    ),
+                    2 => span(
+                        trace,
+                        id,
+                        parent,
+                        "POST /x http receive",
+                        SpanKind::Internal,
+                        &[(ASGI_EVENT_TYPE, text("http.request"))],
+                    ),
+                    _ => span(trace, id, parent, "work", SpanKind::Internal, &[]),
+                }
+            })
+            .collect()
+    })
+}
+
+proptest::proptest! {
+    #[test]
+    fn every_span_is_kept_or_counted_and_no_kept_span_is_noise(
+        spans in arbitrary_spans(),
+        keep_asgi in proptest::bool::ANY,
+        no_routes in proptest::bool::ANY,
+    ) {
+        let yaml = format!(
+            "processors:\n  filter:\n    asgi_send_receive: {}\n{}",
+            if keep_asgi { "keep" } else { "drop" },
+            if no_routes { "    health_routes: []\n" } else { "" },
+        );
+        let (mut filter, metrics) = filter(&yaml);
+        let input = spans.len() as u64;
+        let mut batch = batch(&[], spans);
+        filter.process(&mut batch);
+        let kept: Vec<Span> = batch
+            .resource_spans_mut()
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| ss.spans.clone())
+            .collect();
+        let counted = dropped(&metrics, "asgi_event") + dropped(&metrics, "health_route");
+        proptest::prop_assert_eq!(kept.len() as u64 + counted, input);
+        for span in &kept {
+            let asgi = attribute(&span.attributes, ASGI_EVENT_TYPE).is_some();
+            let has_child = kept.iter().any(|s| s.parent_span_id == span.span_id && s.trace_id == span.trace_id);
+            proptest::prop_assert!(keep_asgi || !asgi || has_child, "an ASGI span kept: {:?}", span.name);
+            let probe = span.kind() == SpanKind::Server
+                && attribute(&span.attributes, "http.route") == Some(&text("/healthz"));
+            proptest::prop_assert!(no_routes || !probe, "a probe kept");
+        }
+        if no_routes && keep_asgi {
+            proptest::prop_assert_eq!(counted, 0);
+        }
+    }
 }
