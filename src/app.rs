@@ -362,6 +362,9 @@ impl Agent {
         if let Some(warning) = config.console_fallback_warning() {
             tracing::warn!("{warning}");
         }
+        for warning in config.insecure_tls_warnings() {
+            tracing::warn!("{warning}");
+        }
 
         let mut reloader = Reloader {
             current: config,

@@ -139,6 +139,17 @@ impl Config {
             .then_some(CONSOLE_FALLBACK_WARNING)
     }
 
+    /// One warning per exporter that does not verify its backend's certificate.
+    pub fn insecure_tls_warnings(&self) -> Vec<String> {
+        self.exporters
+            .iter()
+            .filter(|(_, exporter)| exporter.tls.insecure_skip_verify)
+            .map(|(name, _)| {
+                format!("exporters.{name}.tls.insecure_skip_verify is on: the backend's certificate is not checked, so anyone on the network path can read and change the spans; trust its CA with tls.ca_file instead")
+            })
+            .collect()
+    }
+
     /// The config as YAML (call it on [`masked`](Self::masked) before showing it).
     pub fn to_yaml(&self) -> String {
         yaml::to_string(self)

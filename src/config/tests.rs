@@ -937,3 +937,16 @@ fn the_shown_config_reads_easily_and_keeps_only_what_is_not_default() {
         assert!(!shown.contains(off), "{off} in:\n{shown}");
     }
 }
+
+#[test]
+fn an_exporter_that_skips_certificate_checks_is_warned_of_by_name() {
+    let yaml = "exporters:\n  tempo: { protocol: grpc, endpoint: https://tempo:4317, tls: { insecure_skip_verify: true } }\n  jaeger: { protocol: grpc, endpoint: https://jaeger:4317 }\n";
+    let config =
+        crate::config::yaml::parse(yaml, Path::new("agent.yaml"), &no_env).expect("parses");
+    let warnings = config.insecure_tls_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("exporters.tempo.tls.insecure_skip_verify is on"),
+        "{warnings:?}"
+    );
+}
