@@ -92,7 +92,7 @@ macro_rules! passthrough {
     ($exporter:literal) => {
         concat!(
             $exporter,
-            "processors: { filter: { enabled: false }, daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n"
+            "processors: { filter: { enabled: false }, signals: { enabled: false }, daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n"
         )
     };
 }

@@ -80,6 +80,7 @@ fn stages(c: &mut Criterion) {
     let only = |daena: bool, redact: bool, limits: bool| {
         let mut config = ProcessorsConfig::default();
         config.filter.enabled = false;
+        config.signals.enabled = false;
         config.daena.enabled = daena;
         config.redact.enabled = redact;
         config.limits.enabled = limits;
@@ -89,6 +90,11 @@ fn stages(c: &mut Criterion) {
         ("processors_daena_redact_limits", only(true, true, true)),
         ("processor_daena", only(true, false, false)),
         ("processor_daena_extended_schema", extended_schema()),
+        ("processor_signals", {
+            let mut config = only(false, false, false);
+            config.signals.enabled = true;
+            config
+        }),
         ("processor_filter", {
             let mut config = only(false, false, false);
             config.filter.enabled = true;
@@ -149,6 +155,7 @@ fn extended_schema() -> ProcessorsConfig {
     let row = SchemaRow::new;
     let mut config = ProcessorsConfig::default();
     config.filter.enabled = false;
+    config.signals.enabled = false;
     config.redact.enabled = false;
     config.limits.enabled = false;
     config.daena.schema = [

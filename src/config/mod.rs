@@ -35,7 +35,7 @@ pub use exporter::{
 pub use pipeline::{BatchConfig, MemoryLimitConfig, PipelineConfig};
 pub use processors::{
     DaenaConfig, LimitsConfig, MIN_VALUE_LENGTH, PolicyConfig, PolicyKind, ProcessorsConfig,
-    RedactConfig, SamplingConfig, SamplingMode,
+    RedactConfig, SamplingConfig, SamplingMode, SignalsConfig,
 };
 pub use receivers::{OtlpReceiverConfig, ReceiverEndpointConfig, ReceiversConfig};
 pub use secret::Secret;

@@ -18,6 +18,9 @@ use super::{ByteSize, bounds, units};
 pub struct ProcessorsConfig {
     /// Drops noise first: FastAPI's ASGI event spans, health probes, and rules.
     pub filter: FilterConfig,
+    /// Counts the Daena signals (LLM cost, CAS hits, phases, bus, NBMF, HTTP) from every
+    /// span the filter keeps, before any sampling.
+    pub signals: SignalsConfig,
     /// Normalises Daena attributes, derives `daena.component` and the semconv mirrors,
     /// and enriches the resource.
     pub daena: DaenaConfig,
@@ -325,3 +328,27 @@ impl PolicyKind {
 
 /// The shortest `max_attribute_value_length` accepted: room for the marker and some text.
 pub const MIN_VALUE_LENGTH: usize = 32;
+
+/// `processors.signals`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsConfig {
+    /// Runs the stage.
+    pub enabled: bool,
+    /// Label sets each signal keeps; further ones are added to its `__other__` series.
+    pub max_series_per_metric: usize,
+    /// How long a council round may take to reach its commit phase before it is counted
+    /// as `incomplete`.
+    #[serde(with = "units::duration")]
+    pub round_window: Duration,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_series_per_metric: 1000,
+            round_window: Duration::from_secs(300),
+        }
+    }
+}

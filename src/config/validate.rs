@@ -1,6 +1,7 @@
 //! `Config::validate`: every problem in a parsed config, reported at once.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 use super::secret::{endpoint_placeholder, is_placeholder, placeholder_key_message};
 use super::units::format_duration;
@@ -577,6 +578,24 @@ impl ProcessorsConfig {
         }
         super::schema::validate(&daena.schema, errors);
         super::filter::validate(&self.filter, errors);
+        let signals = &self.signals;
+        if !(1..=100_000).contains(&signals.max_series_per_metric) {
+            errors.push(ConfigError::new(
+                "processors.signals.max_series_per_metric",
+                format!(
+                    "{} is out of range; use 1 to 100000",
+                    signals.max_series_per_metric
+                ),
+            ));
+        }
+        if signals.round_window < Duration::from_secs(1)
+            || signals.round_window > Duration::from_secs(86_400)
+        {
+            errors.push(ConfigError::new(
+                "processors.signals.round_window",
+                "is out of range; use 1s to 24h",
+            ));
+        }
         super::attributes::validate(&self.attributes, errors);
         for (i, key) in self.redact.keys.iter().enumerate() {
             if !key.chars().any(char::is_alphanumeric) {

@@ -464,7 +464,7 @@ fn normalise_rate_limit_events(
 /// Whether an event name says "rate limited": ignoring case and separators, and a leading
 /// `message_bus` or `bus`, it is `rate_limit`, `rate_limited`, `rate_limiting` or
 /// `rate_limit_exceeded`.
-fn is_rate_limit_event(name: &str) -> bool {
+pub(super) fn is_rate_limit_event(name: &str) -> bool {
     let mut letters = name
         .bytes()
         .filter(u8::is_ascii_alphanumeric)

@@ -11,6 +11,7 @@ pub mod matcher;
 pub mod redact;
 pub mod sampling;
 pub mod schema;
+pub mod signals;
 pub mod tail;
 
 pub use attributes::AttributeActions;
@@ -19,6 +20,7 @@ pub use filter::NoiseFilter;
 pub use limits::Limiter;
 pub use redact::Redactor;
 pub use sampling::HeadSampler;
+pub use signals::SignalsCounter;
 pub use tail::TailSampler;
 
 use std::sync::Arc;
@@ -65,6 +67,12 @@ pub fn build(
         let filter = NoiseFilter::new(&config.filter, Arc::clone(metrics));
         order.push(filter.name());
         processors.push(Box::new(filter));
+    }
+    // Signals next: exact counts need every span the filter keeps, before sampling.
+    if config.signals.enabled {
+        let signals = SignalsCounter::new(config, metrics.signals().clone());
+        order.push(signals.name());
+        processors.push(Box::new(signals));
     }
     // Head sampling reads only trace ids, so it goes first and the stages never see the
     // spans it drops; tail policies read attributes, so the tail sampler goes last.

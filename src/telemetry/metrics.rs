@@ -21,6 +21,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::memory::{MemoryBudget, resident_bytes};
+use super::signals::{Signals, SignalsCollector};
 use crate::config::attributes::ActionKind;
 
 /// The receivers' protocols, as the `protocol` and `receiver` labels name them.
@@ -261,6 +262,8 @@ pub struct Metrics {
     queues: Arc<QueueDepths>,
     /// Totals across exporters, indexed by `DropReason as usize`, for the shutdown report.
     dropped_totals: [AtomicU64; 8],
+    /// The Daena signals' series, filled by the `signals` stage.
+    signals: Signals,
 }
 
 impl Default for Metrics {
@@ -268,6 +271,9 @@ impl Default for Metrics {
         let mut root = Registry::default();
         // The standard process gauge keeps its standard, unprefixed name.
         root.register_collector(Box::new(ResidentMemory));
+        // The Daena signals are the service's figures, not the agent's: `daena_*`.
+        let signals = Signals::default();
+        root.register_collector(Box::new(SignalsCollector(signals.clone())));
         let registry = root.sub_registry_with_prefix("daena_agent");
         let received_spans = Family::default();
         let refused_spans = Family::default();
@@ -480,6 +486,7 @@ impl Default for Metrics {
             export_duration,
             queues,
             dropped_totals: Default::default(),
+            signals,
         };
         metrics.declare_receivers();
         metrics
@@ -917,6 +924,11 @@ impl Metrics {
         self.attribute_actions
             .get_or_create(&ActionLabels { action })
             .inc_by(count);
+    }
+
+    /// The Daena signals' table.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// Counts spans the sampler kept and dropped.

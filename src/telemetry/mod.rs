@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod mix;
 pub mod reload;
 pub mod server;
+pub mod signals;
 pub mod status;
 
 pub use metrics::Metrics;

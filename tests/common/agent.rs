@@ -20,7 +20,7 @@ use super::client::http_request;
 // ---------------------------------------------------------------- config
 
 /// The processors off: the agent as a pure forwarder (for tests of the transport).
-pub const NO_PROCESSORS: &str = "processors: { filter: { enabled: false }, daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n";
+pub const NO_PROCESSORS: &str = "processors: { filter: { enabled: false }, signals: { enabled: false }, daena: { enabled: false }, redact: { enabled: false }, limits: { enabled: false } }\n";
 
 /// The YAML of an agent with both receivers and `/metrics` on ephemeral loopback ports, a
 /// 50 ms batch timeout (so tests wait little), `exporters` as given, then `extra`.

@@ -1,0 +1,467 @@
+//! The `signals` stage: exact Daena figures from every span the noise filter keeps, before
+//! any sampling drops one (LLM requests, cost and tokens; council phase durations and
+//! rounds; bus messages and rate limiting; NBMF operations; HTTP routes).
+//!
+//! It reads the few keys it needs through the Daena schema, as the `daena` stage would
+//! normalise them, without writing to the span: the spans it sees may still be dropped by
+//! head sampling, and those it keeps are normalised later.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::Processor;
+use super::daena::is_rate_limit_event;
+use super::key_cache::KeyCache;
+use super::schema::{Schema, ValueRule};
+use crate::config::ProcessorsConfig;
+use crate::otlp::{Span, SpanBatch, SpanKind, StatusCode, Value};
+use crate::telemetry::signals::{Signal, Signals, Tally};
+
+/// The most council rounds followed at once; a round past it is counted as incomplete.
+const MAX_ROUNDS: usize = 100_000;
+/// The label value of a label the span does not give.
+const UNKNOWN: &str = "unknown";
+
+/// What a key means to this stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Model,
+    CasHit,
+    NearDup,
+    Cost,
+    Department,
+    Phase,
+    RoundId,
+    Topic,
+    BusOperation,
+    NbmfOperation,
+    Tier,
+    Class,
+    HttpRoute,
+    HttpStatus,
+    TokensIn,
+    TokensOut,
+}
+
+/// The schema keys each role reads (matched through the schema, so their spellings too).
+const SCHEMA_ROLES: [(&str, Role); 12] = [
+    ("llm.model", Role::Model),
+    ("llm.cas_hit", Role::CasHit),
+    ("llm.near_dup", Role::NearDup),
+    ("llm.cost_usd", Role::Cost),
+    ("council.department", Role::Department),
+    ("council.phase", Role::Phase),
+    ("council.round_id", Role::RoundId),
+    ("message_bus.topic", Role::Topic),
+    ("message_bus.operation", Role::BusOperation),
+    ("nbmf.operation", Role::NbmfOperation),
+    ("nbmf.tier", Role::Tier),
+    ("nbmf.class", Role::Class),
+];
+
+/// Keys outside the schema the roles read as they are.
+const PLAIN_ROLES: [(&str, Role); 8] = [
+    ("http.route", Role::HttpRoute),
+    ("http.response.status_code", Role::HttpStatus),
+    ("http.status_code", Role::HttpStatus),
+    ("llm.tokens.input", Role::TokensIn),
+    ("gen_ai.usage.input_tokens", Role::TokensIn),
+    ("llm.tokens.output", Role::TokensOut),
+    ("gen_ai.usage.output_tokens", Role::TokensOut),
+    ("llm.usage.completion_tokens", Role::TokensOut),
+];
+
+const ROLES: usize = 16;
+
+/// A council round followed until its commit phase.
+enum Round {
+    /// Seen at, in department.
+    Open(Instant, String),
+    /// Its commit phase was counted at this time (later spans of it are not a new round).
+    Done(Instant),
+}
+
+/// Counts the signals of every span it sees.
+pub struct SignalsCounter {
+    schema: Schema,
+    /// Per schema row, the role it plays, if any.
+    row_roles: Vec<Option<Role>>,
+    keys: KeyCache<Option<(Role, Option<usize>)>>,
+    signals: Signals,
+    round_window: Duration,
+    rounds: HashMap<String, Round>,
+}
+
+impl SignalsCounter {
+    /// Builds the stage; it reads the schema of `config.daena` and fills `signals`.
+    pub fn new(config: &ProcessorsConfig, signals: Signals) -> Self {
+        let schema = Schema::new(&config.daena.schema);
+        let row_roles = schema
+            .fields
+            .iter()
+            .map(|field| {
+                SCHEMA_ROLES
+                    .iter()
+                    .find(|(key, _)| *key == field.key)
+                    .map(|(_, role)| *role)
+            })
+            .collect();
+        signals
+            .lock()
+            .set_limit(config.signals.max_series_per_metric);
+        Self {
+            schema,
+            row_roles,
+            keys: KeyCache::new(),
+            signals,
+            round_window: config.signals.round_window,
+            rounds: HashMap::new(),
+        }
+    }
+
+    /// The role of `key`, and its schema row.
+    fn classify(
+        schema: &Schema,
+        row_roles: &[Option<Role>],
+        key: &str,
+    ) -> Option<(Role, Option<usize>)> {
+        if let Some((row, _)) = schema.lookup(key) {
+            return row_roles[row].map(|role| (role, Some(row)));
+        }
+        PLAIN_ROLES
+            .iter()
+            .find(|(plain, _)| *plain == key)
+            .map(|(_, role)| (*role, None))
+    }
+}
+
+/// A batch's tallies, by signal and label values (padded to four).
+type Tallies<'a> = HashMap<(Signal, [Cow<'a, str>; 4]), Tally>;
+
+/// One span's values, by role: the value and the schema rule it is read by.
+type Found<'a> = [Option<(&'a Value, Option<&'a ValueRule>)>; ROLES];
+
+impl Processor for SignalsCounter {
+    fn name(&self) -> &'static str {
+        "signals"
+    }
+
+    fn process(&mut self, batch: &mut SpanBatch) {
+        let now = Instant::now();
+        let mut tallies: Tallies<'_> = HashMap::new();
+        let mut rounds: Vec<(String, String, Option<&'static str>)> = Vec::new();
+        let schema = &self.schema;
+        let row_roles = &self.row_roles;
+        for span in batch
+            .resource_spans_mut()
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            let mut found: Found<'_> = [None; ROLES];
+            for kv in &span.attributes {
+                let Some((role, row)) = self
+                    .keys
+                    .get(&kv.key, |key| Self::classify(schema, row_roles, key))
+                else {
+                    continue;
+                };
+                if let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    let slot = &mut found[role as usize];
+                    if slot.is_none() {
+                        *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
+                    }
+                }
+            }
+            count_span(span, &found, &mut tallies, &mut rounds);
+        }
+        // Rounds: a commit phase decides its round; other spans open it.
+        for (id, department, commit_outcome) in rounds {
+            follow_round(
+                &mut self.rounds,
+                id,
+                department,
+                commit_outcome,
+                now,
+                &mut tallies,
+            );
+        }
+        expire_rounds(&mut self.rounds, self.round_window, now, &mut tallies);
+        let mut table = self.signals.lock();
+        for ((signal, labels), tally) in &tallies {
+            let labels: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
+            table.add(*signal, &labels[..signal.labels().len()], tally);
+        }
+    }
+}
+
+/// Notes a span of round `id`: a commit phase counts the round by its outcome (once);
+/// another span opens it, to be counted as incomplete if no commit follows in time.
+fn follow_round<'a>(
+    rounds: &mut HashMap<String, Round>,
+    id: String,
+    department: String,
+    commit_outcome: Option<&'static str>,
+    now: Instant,
+    tallies: &mut Tallies<'a>,
+) {
+    match (commit_outcome, rounds.get(&id)) {
+        (_, Some(Round::Done(_))) | (None, Some(Round::Open(..))) => {}
+        (Some(outcome), _) => {
+            add(
+                tallies,
+                Signal::CouncilRounds,
+                [department.into(), outcome.into()],
+                1,
+            );
+            rounds.insert(id, Round::Done(now));
+        }
+        (None, None) if rounds.len() >= MAX_ROUNDS => {
+            add(
+                tallies,
+                Signal::CouncilRounds,
+                [department.into(), "incomplete".into()],
+                1,
+            );
+        }
+        (None, None) => {
+            rounds.insert(id, Round::Open(now, department));
+        }
+    }
+}
+
+/// Rounds open for longer than `window` are counted as incomplete; rounds done that long
+/// ago are forgotten.
+fn expire_rounds<'a>(
+    rounds: &mut HashMap<String, Round>,
+    window: Duration,
+    now: Instant,
+    tallies: &mut Tallies<'a>,
+) {
+    rounds.retain(|_, round| match round {
+        Round::Open(at, department) if now.duration_since(*at) >= window => {
+            let department = std::mem::take(department);
+            add(
+                tallies,
+                Signal::CouncilRounds,
+                [department.into(), "incomplete".into()],
+                1,
+            );
+            false
+        }
+        Round::Done(at) => now.duration_since(*at) < window,
+        Round::Open(..) => true,
+    });
+}
+
+/// Adds `count` to the series `labels` (padded to four) of `signal`.
+fn add<'t, 'a, const N: usize>(
+    tallies: &'t mut Tallies<'a>,
+    signal: Signal,
+    labels: [Cow<'a, str>; N],
+    count: u64,
+) -> &'t mut Tally {
+    let mut key: [Cow<'a, str>; 4] = Default::default();
+    for (slot, label) in key.iter_mut().zip(labels) {
+        *slot = label;
+    }
+    let tally = tallies.entry((signal, key)).or_default();
+    tally.count += count;
+    tally
+}
+
+/// The signals of one span.
+fn count_span<'a>(
+    span: &'a Span,
+    found: &Found<'a>,
+    tallies: &mut Tallies<'a>,
+    rounds: &mut Vec<(String, String, Option<&'static str>)>,
+) {
+    let text = |role: Role| found[role as usize].and_then(|(v, rule)| canonical_text(v, rule));
+    let label = |role: Role| text(role).unwrap_or(Cow::Borrowed(UNKNOWN));
+    let duration = span
+        .end_time_unix_nano
+        .saturating_sub(span.start_time_unix_nano);
+    let department = label(Role::Department);
+
+    if found[Role::Model as usize].is_some() {
+        let model = label(Role::Model);
+        let flag = |role: Role| {
+            let yes = found[role as usize].and_then(|(v, _)| canonical_bool(v)) == Some(true);
+            Cow::Borrowed(if yes { "true" } else { "false" })
+        };
+        add(
+            tallies,
+            Signal::LlmRequests,
+            [
+                model.clone(),
+                department.clone(),
+                flag(Role::CasHit),
+                flag(Role::NearDup),
+            ],
+            1,
+        );
+        if let Some(cost) = found[Role::Cost as usize].and_then(|(v, _)| canonical_f64(v))
+            && cost.is_finite()
+            && cost >= 0.0
+        {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked above
+            let billionths = (cost * 1e9).round() as u128;
+            add(
+                tallies,
+                Signal::LlmCost,
+                [model.clone(), department.clone()],
+                1,
+            )
+            .billionths += billionths;
+        }
+        for (role, direction) in [(Role::TokensIn, "input"), (Role::TokensOut, "output")] {
+            if let Some(tokens) = found[role as usize].and_then(|(v, _)| canonical_count(v)) {
+                add(
+                    tallies,
+                    Signal::LlmTokens,
+                    [model.clone(), department.clone(), direction.into()],
+                    tokens,
+                );
+            }
+        }
+    }
+    if let Some(phase) = text(Role::Phase) {
+        let is_commit = phase == "commit";
+        add(
+            tallies,
+            Signal::CouncilPhaseDuration,
+            [department.clone(), phase],
+            0,
+        )
+        .observe(duration);
+        if let Some(id) = text(Role::RoundId) {
+            let outcome = is_commit.then(|| match span.status.as_ref().map(|s| s.code()) {
+                Some(StatusCode::Error) => "error",
+                _ => "ok",
+            });
+            rounds.push((id.into_owned(), department.clone().into_owned(), outcome));
+        }
+    } else if let Some(id) = text(Role::RoundId) {
+        rounds.push((id.into_owned(), department.clone().into_owned(), None));
+    }
+    let bus = found[Role::Topic as usize].is_some() || found[Role::BusOperation as usize].is_some();
+    if bus {
+        let topic = label(Role::Topic);
+        add(
+            tallies,
+            Signal::BusMessages,
+            [topic.clone(), label(Role::BusOperation)],
+            1,
+        );
+        let limited = span
+            .events
+            .iter()
+            .filter(|e| is_rate_limit_event(&e.name))
+            .count();
+        if limited > 0 {
+            add(tallies, Signal::BusRateLimited, [topic], limited as u64);
+        }
+    }
+    if found[Role::NbmfOperation as usize].is_some() {
+        let operation = label(Role::NbmfOperation);
+        let tier = label(Role::Tier);
+        add(
+            tallies,
+            Signal::NbmfOperations,
+            [operation.clone(), tier.clone(), label(Role::Class)],
+            1,
+        );
+        add(tallies, Signal::NbmfDuration, [operation, tier], 0).observe(duration);
+    }
+    if span.kind() == SpanKind::Server {
+        let route = match found[Role::HttpRoute as usize] {
+            Some((Value::StringValue(route), _)) => Some(Cow::Borrowed(route.as_str())),
+            _ => route_of_name(&span.name).map(Cow::Borrowed),
+        };
+        if let Some(route) = route {
+            let status_class =
+                match found[Role::HttpStatus as usize].and_then(|(v, _)| canonical_count(v)) {
+                    Some(code @ 100..=599) => Cow::Owned(format!("{}xx", code / 100)),
+                    _ => Cow::Borrowed(UNKNOWN),
+                };
+            add(
+                tallies,
+                Signal::HttpRequests,
+                [route.clone(), status_class],
+                1,
+            );
+            add(tallies, Signal::HttpDuration, [route], 0).observe(duration);
+        }
+    }
+}
+
+/// The route template of a span named like `POST /api/v1/chat`.
+fn route_of_name(name: &str) -> Option<&str> {
+    let (method, route) = name.split_once(' ')?;
+    let methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    (methods.contains(&method) && route.starts_with('/') && !route.contains(' ')).then_some(route)
+}
+
+/// A value as text, normalised by its schema rule as the daena stage would.
+fn canonical_text<'a>(value: &'a Value, rule: Option<&'a ValueRule>) -> Option<Cow<'a, str>> {
+    match (rule, value) {
+        (Some(ValueRule::OneOf(choices)), Value::StringValue(s)) => {
+            one_of(choices, s.trim()).map(Cow::Borrowed)
+        }
+        (Some(ValueRule::OneOf(choices)), Value::IntValue(i)) => {
+            one_of(choices, &i.to_string()).map(Cow::Borrowed)
+        }
+        (_, Value::StringValue(s)) => Some(Cow::Borrowed(s.trim())),
+        (_, Value::IntValue(i)) => Some(Cow::Owned(i.to_string())),
+        _ => None,
+    }
+}
+
+fn one_of<'a>(choices: &'a [(String, Vec<String>)], text: &str) -> Option<&'a str> {
+    choices.iter().find_map(|(canonical, spellings)| {
+        (canonical.eq_ignore_ascii_case(text)
+            || spellings.iter().any(|s| s.eq_ignore_ascii_case(text)))
+        .then_some(canonical.as_str())
+    })
+}
+
+/// A boolean as the schema's `bool` rule reads it.
+fn canonical_bool(value: &Value) -> Option<bool> {
+    match value {
+        Value::BoolValue(b) => Some(*b),
+        Value::IntValue(i @ (0 | 1)) => Some(*i == 1),
+        Value::StringValue(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Some(true),
+            "false" | "0" | "no" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A number as the schema's `double` rule reads it.
+fn canonical_f64(value: &Value) -> Option<f64> {
+    match value {
+        Value::DoubleValue(d) => Some(*d),
+        #[allow(clippy::cast_precision_loss)] // costs are far below 2^53
+        Value::IntValue(i) => Some(*i as f64),
+        Value::StringValue(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A non-negative whole number (tokens, a status code).
+fn canonical_count(value: &Value) -> Option<u64> {
+    match value {
+        Value::IntValue(i) => u64::try_from(*i).ok(),
+        Value::StringValue(s) => s.trim().parse().ok(),
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole, checked
+        Value::DoubleValue(d) if d.fract() == 0.0 && *d >= 0.0 && *d < 1e15 => Some(*d as u64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

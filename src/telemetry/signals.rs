@@ -1,0 +1,322 @@
+//! The Daena signals' series (LLM cost and CAS hits, council phases and rounds, bus and
+//! NBMF traffic, HTTP routes), exact counts and sums kept as integers and shown on
+//! `/metrics` at scrape time. The `signals` stage fills them once per batch.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+
+/// The label value that stands for every value past a metric's series limit.
+pub const OTHER: &str = "__other__";
+
+/// Upper bounds of the duration histograms' buckets, in seconds.
+pub const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// One of the signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// `daena_llm_requests_total{model, department, cas_hit, near_dup}`.
+    LlmRequests,
+    /// `daena_llm_cost_usd_total{model, department}`.
+    LlmCost,
+    /// `daena_llm_tokens_total{model, department, direction}`.
+    LlmTokens,
+    /// `daena_council_phase_duration_seconds{department, phase}`.
+    CouncilPhaseDuration,
+    /// `daena_council_rounds_total{department, outcome}`.
+    CouncilRounds,
+    /// `daena_bus_messages_total{topic, operation}`.
+    BusMessages,
+    /// `daena_bus_rate_limited_total{topic}`.
+    BusRateLimited,
+    /// `daena_nbmf_operations_total{operation, tier, class}`.
+    NbmfOperations,
+    /// `daena_nbmf_operation_duration_seconds{operation, tier}`.
+    NbmfDuration,
+    /// `daena_http_requests_total{route, status_class}`.
+    HttpRequests,
+    /// `daena_http_request_duration_seconds{route}`.
+    HttpDuration,
+}
+
+/// How a signal adds up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A count.
+    Counter,
+    /// A sum of billionths (nano-dollars), shown as units: exact whatever the order.
+    Billionths,
+    /// Durations in nanoseconds: count, exact sum and buckets.
+    Histogram,
+}
+
+impl Signal {
+    /// Every signal, in the order `/metrics` shows them.
+    pub const ALL: [Self; 11] = [
+        Self::LlmRequests,
+        Self::LlmCost,
+        Self::LlmTokens,
+        Self::CouncilPhaseDuration,
+        Self::CouncilRounds,
+        Self::BusMessages,
+        Self::BusRateLimited,
+        Self::NbmfOperations,
+        Self::NbmfDuration,
+        Self::HttpRequests,
+        Self::HttpDuration,
+    ];
+
+    /// The family's name (a counter's without `_total`), its help and its label names.
+    fn describe(self) -> (&'static str, &'static str, &'static [&'static str], Kind) {
+        match self {
+            Self::LlmRequests => (
+                "daena_llm_requests",
+                "LLM exchanges, every span before sampling",
+                &["model", "department", "cas_hit", "near_dup"],
+                Kind::Counter,
+            ),
+            Self::LlmCost => (
+                "daena_llm_cost_usd",
+                "LLM cost in US dollars (llm.cost_usd), summed exactly to the nano-dollar",
+                &["model", "department"],
+                Kind::Billionths,
+            ),
+            Self::LlmTokens => (
+                "daena_llm_tokens",
+                "LLM tokens, by direction (input, output)",
+                &["model", "department", "direction"],
+                Kind::Counter,
+            ),
+            Self::CouncilPhaseDuration => (
+                "daena_council_phase_duration_seconds",
+                "Council phase spans' durations",
+                &["department", "phase"],
+                Kind::Histogram,
+            ),
+            Self::CouncilRounds => (
+                "daena_council_rounds",
+                "Council rounds by outcome: their commit phase's status, or incomplete",
+                &["department", "outcome"],
+                Kind::Counter,
+            ),
+            Self::BusMessages => (
+                "daena_bus_messages",
+                "Message-bus spans",
+                &["topic", "operation"],
+                Kind::Counter,
+            ),
+            Self::BusRateLimited => (
+                "daena_bus_rate_limited",
+                "Rate-limit events on message-bus spans",
+                &["topic"],
+                Kind::Counter,
+            ),
+            Self::NbmfOperations => (
+                "daena_nbmf_operations",
+                "NBMF memory operations",
+                &["operation", "tier", "class"],
+                Kind::Counter,
+            ),
+            Self::NbmfDuration => (
+                "daena_nbmf_operation_duration_seconds",
+                "NBMF memory operations' durations",
+                &["operation", "tier"],
+                Kind::Histogram,
+            ),
+            Self::HttpRequests => (
+                "daena_http_requests",
+                "HTTP server spans, by route template and status class",
+                &["route", "status_class"],
+                Kind::Counter,
+            ),
+            Self::HttpDuration => (
+                "daena_http_request_duration_seconds",
+                "HTTP server spans' durations, by route template",
+                &["route"],
+                Kind::Histogram,
+            ),
+        }
+    }
+
+    /// The label names, in order.
+    pub fn labels(self) -> &'static [&'static str] {
+        self.describe().2
+    }
+
+    /// The metric name the `metric` label of `daena_signals_folded_total` gives.
+    pub fn name(self) -> &'static str {
+        self.describe().0
+    }
+}
+
+/// What one series has added up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Events counted (for a histogram: observations).
+    pub count: u64,
+    /// Billionths (cost) or nanoseconds (histograms).
+    pub billionths: u128,
+    /// Observations per bucket of [`BUCKETS`] (not cumulative), and past the last.
+    pub buckets: [u64; BUCKETS.len() + 1],
+}
+
+impl Tally {
+    /// Adds one duration of `nanos` nanoseconds.
+    pub fn observe(&mut self, nanos: u64) {
+        self.count += 1;
+        self.billionths += u128::from(nanos);
+        #[allow(clippy::cast_precision_loss)] // a bucket's choice, not a sum
+        let seconds = nanos as f64 / 1e9;
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket] += 1;
+    }
+
+    fn add(&mut self, other: &Tally) {
+        self.count += other.count;
+        self.billionths += other.billionths;
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Every signal's series, with at most `limit` label sets per signal.
+#[derive(Debug)]
+pub struct SignalTable {
+    limit: usize,
+    series: HashMap<Signal, HashMap<Vec<String>, Tally>>,
+    folded: HashMap<Signal, u64>,
+}
+
+impl SignalTable {
+    fn new() -> Self {
+        Self {
+            limit: 1000,
+            series: HashMap::new(),
+            folded: HashMap::new(),
+        }
+    }
+
+    /// Sets the most label sets a signal keeps (`processors.signals.max_series_per_metric`).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.max(1);
+    }
+
+    /// Adds `tally` to the series `labels` of `signal`. A label set past the limit is
+    /// added to the one whose every value is [`OTHER`] (which the limit leaves room for),
+    /// and counted as folded: nothing is lost.
+    pub fn add(&mut self, signal: Signal, labels: &[&str], tally: &Tally) {
+        let series = self.series.entry(signal).or_default();
+        let key: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
+        if let Some(existing) = series.get_mut(&key) {
+            existing.add(tally);
+            return;
+        }
+        if series.len() < self.limit {
+            series.insert(key, tally.clone());
+            return;
+        }
+        *self.folded.entry(signal).or_default() += tally.count.max(1);
+        let other = vec![OTHER.to_owned(); labels.len()];
+        series.entry(other).or_default().add(tally);
+    }
+
+    /// The series of `signal`: label values and tally.
+    pub fn series(&self, signal: Signal) -> Vec<(&[String], &Tally)> {
+        let mut all: Vec<_> = self
+            .series
+            .get(&signal)
+            .map(|s| s.iter().map(|(k, v)| (k.as_slice(), v)).collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+}
+
+/// The table, shared by the stage that fills it and the collector that shows it.
+#[derive(Debug, Clone)]
+pub struct Signals(Arc<Mutex<SignalTable>>);
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(SignalTable::new())))
+    }
+}
+
+impl Signals {
+    /// The table, locked (a panic elsewhere while it was held leaves counts, not harm).
+    pub fn lock(&self) -> MutexGuard<'_, SignalTable> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Shows the table on `/metrics`.
+#[derive(Debug)]
+pub struct SignalsCollector(pub Signals);
+
+impl Collector for SignalsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let table = self.0.lock();
+        for signal in Signal::ALL {
+            let (name, help, label_names, kind) = signal.describe();
+            let metric_type = match kind {
+                Kind::Counter | Kind::Billionths => MetricType::Counter,
+                Kind::Histogram => MetricType::Histogram,
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+            for (values, tally) in table.series(signal) {
+                let labels: Vec<(&str, &str)> = label_names
+                    .iter()
+                    .copied()
+                    .zip(values.iter().map(String::as_str))
+                    .collect();
+                let series = family.encode_family(&labels)?;
+                #[allow(clippy::cast_precision_loss)] // shown as a float; kept exact inside
+                let units = tally.billionths as f64 / 1e9;
+                match kind {
+                    Kind::Counter => ConstCounter::new(tally.count).encode(series)?,
+                    Kind::Billionths => ConstCounter::new(units).encode(series)?,
+                    Kind::Histogram => {
+                        // Per bucket, not cumulative: the encoder adds them up.
+                        let buckets: Vec<(f64, u64)> = BUCKETS
+                            .iter()
+                            .copied()
+                            .chain([f64::INFINITY])
+                            .zip(tally.buckets)
+                            .collect();
+                        let mut series = series;
+                        series.encode_histogram::<Vec<(&str, &str)>>(
+                            units,
+                            tally.count,
+                            &buckets,
+                            None,
+                        )?;
+                    }
+                }
+            }
+        }
+        let mut folded = encoder.encode_descriptor(
+            "daena_signals_folded",
+            "Observations whose label set was past max_series_per_metric, added to the __other__ series",
+            None,
+            MetricType::Counter,
+        )?;
+        for signal in Signal::ALL {
+            let n = table.folded.get(&signal).copied().unwrap_or(0);
+            let labels = [("metric", signal.name())];
+            ConstCounter::new(n).encode(folded.encode_family(&labels.to_vec())?)?;
+        }
+        Ok(())
+    }
+}
