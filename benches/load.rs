@@ -137,6 +137,13 @@ fn scenarios() -> Vec<Scenario> {
             sampling: Sampling::None,
         },
         Scenario {
+            name: "grpc-daena-redact-limits-nosignals-gzip (the default processors but signals)",
+            input: Input::Grpc,
+            traffic: Traffic::Council,
+            agent: Some("    compression: gzip\nprocessors: { signals: { enabled: false } }\n"),
+            sampling: Sampling::None,
+        },
+        Scenario {
             name: "grpc-daena-redact-limits-head10-gzip (default processors, 10% head sampling)",
             input: Input::Grpc,
             traffic: Traffic::Council,

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use daena_trace_agent::otlp::{Event, KeyValue, Resource, Span, Value};
 
 /// How long one validator may take.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -237,7 +238,7 @@ fn the_systemd_unit_leaves_room_above_the_hard_limit_and_keeps_the_queue() {
 /// The metric names a dashboard query reads: the words that name the agent's series.
 fn metric_names(expr: &str) -> Vec<&str> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        .filter(|word| word.starts_with("daena_agent_") || word.starts_with("process_"))
+        .filter(|word| word.starts_with("daena_") || word.starts_with("process_"))
         .collect()
 }
 
@@ -254,6 +255,9 @@ async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
             panel["title"].is_string() && panel["gridPos"].is_object(),
             "{panel}"
         );
+        if panel["type"] == "row" {
+            continue;
+        }
         let targets = panel["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "{}", panel["title"]);
         for target in targets {
@@ -271,6 +275,12 @@ async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
         "daena_agent_schema_errors_total",
         "process_resident_memory_bytes",
         "daena_agent_memory_soft_limit_bytes",
+        "daena_llm_cost_usd_total",
+        "daena_llm_requests_total",
+        "daena_council_phase_duration_seconds_bucket",
+        "daena_bus_rate_limited_total",
+        "daena_nbmf_operations_total",
+        "daena_http_requests_total",
     ] {
         assert!(
             queried.iter().any(|q| q == wanted),
@@ -288,9 +298,56 @@ async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
     grpc_export(agent.grpc_url(), council_request(5, 1), false)
         .await
         .expect("accepted");
-    sink.wait_for_spans(5).await;
+    // One span of each other Daena signal the dashboard shows.
+    let text = |s: &str| Value::StringValue(s.into());
+    let signal_span = |id: u8, name: &str, kind: i32, attributes: Vec<KeyValue>| Span {
+        trace_id: vec![9; 16],
+        span_id: vec![id; 8],
+        name: name.into(),
+        kind,
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        end_time_unix_nano: 1_700_000_000_100_000_000,
+        attributes,
+        ..Default::default()
+    };
+    let mut bus = signal_span(
+        3,
+        "message_bus.publish",
+        4,
+        vec![kv("message_bus.topic", text("t"))],
+    );
+    bus.events = vec![Event {
+        name: "rate_limited".into(),
+        ..Default::default()
+    }];
+    let signals = request_with_resource(
+        Resource::default(),
+        vec![
+            signal_span(
+                1,
+                "llm.exchange",
+                3,
+                vec![
+                    kv("llm.model", text("m")),
+                    kv("llm.cost_usd", Value::DoubleValue(0.01)),
+                ],
+            ),
+            signal_span(
+                2,
+                "POST /api/v1/chat",
+                2,
+                vec![kv("http.route", text("/api/v1/chat"))],
+            ),
+            bus,
+            signal_span(4, "nbmf.read", 3, vec![kv("nbmf.operation", text("read"))]),
+        ],
+    );
+    grpc_export(agent.grpc_url(), signals, false)
+        .await
+        .expect("accepted");
+    sink.wait_for_spans(9).await;
     agent
-        .wait_for_counter("daena_agent_spans_exported_total{exporter=\"tempo\"}", 5)
+        .wait_for_counter("daena_agent_spans_exported_total{exporter=\"tempo\"}", 9)
         .await;
     let metrics = agent.metrics().await;
     let exported: Vec<&str> = metrics

@@ -354,6 +354,10 @@ async fn the_status_page_shows_in_chromium_what_metrics_counts_and_the_daena_mix
         count(models, "data-value=\"claude-sonnet\"", "llm_models.spans"),
         1
     );
+    // The Daena signals: the four LLM exchanges, and their cost, 4 × $0.012.
+    let signals = table("signals");
+    assert_eq!(count(signals, "<tbody>", "signals.llm_requests"), 4);
+    assert_eq!(figure(signals, "<tbody>", "signals.llm_cost_usd"), "$0.048");
 
     agent.stop().await;
 }

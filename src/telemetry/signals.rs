@@ -242,6 +242,68 @@ impl SignalTable {
     }
 }
 
+/// The status page's headline Daena figures, since the agent started.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Headline {
+    /// LLM exchanges.
+    pub llm_requests: u64,
+    /// Their cost in US dollars.
+    pub llm_cost_usd: f64,
+    /// The share of exchanges served from the content-addressed cache (`null` before any).
+    pub cas_hit_rate: Option<f64>,
+    /// The share of exchanges answered by near-duplicate reuse (`null` before any).
+    pub near_dup_rate: Option<f64>,
+    /// Council rounds, by outcome (`ok`, `error`, `incomplete`).
+    pub council_rounds: Vec<(String, u64)>,
+    /// Rate-limit events on the message bus.
+    pub bus_rate_limited: u64,
+    /// HTTP server requests.
+    pub http_requests: u64,
+}
+
+impl SignalTable {
+    /// The headline figures, summed over every series.
+    pub fn headline(&self) -> Headline {
+        let sum = |signal| -> u64 { self.series(signal).iter().map(|(_, t)| t.count).sum() };
+        let requests = self.series(Signal::LlmRequests);
+        let llm_requests: u64 = requests.iter().map(|(_, t)| t.count).sum();
+        // The share of requests whose label `at` (cas_hit, near_dup) is `true`.
+        let share = |at: usize| {
+            let yes: u64 = requests
+                .iter()
+                .filter(|(labels, _)| labels.get(at).is_some_and(|v| v == "true"))
+                .map(|(_, t)| t.count)
+                .sum();
+            #[allow(clippy::cast_precision_loss)] // a ratio to show
+            (llm_requests > 0).then(|| yes as f64 / llm_requests as f64)
+        };
+        let mut rounds: Vec<(String, u64)> = Vec::new();
+        for (labels, tally) in self.series(Signal::CouncilRounds) {
+            let outcome = labels.get(1).cloned().unwrap_or_default();
+            match rounds.iter_mut().find(|(o, _)| *o == outcome) {
+                Some((_, n)) => *n += tally.count,
+                None => rounds.push((outcome, tally.count)),
+            }
+        }
+        let cost: u128 = self
+            .series(Signal::LlmCost)
+            .iter()
+            .map(|(_, t)| t.billionths)
+            .sum();
+        #[allow(clippy::cast_precision_loss)] // shown as a float
+        let llm_cost_usd = cost as f64 / 1e9;
+        Headline {
+            llm_requests,
+            llm_cost_usd,
+            cas_hit_rate: share(2),
+            near_dup_rate: share(3),
+            council_rounds: rounds,
+            bus_rate_limited: sum(Signal::BusRateLimited),
+            http_requests: sum(Signal::HttpRequests),
+        }
+    }
+}
+
 /// The table, shared by the stage that fills it and the collector that shows it.
 #[derive(Debug, Clone)]
 pub struct Signals(Arc<Mutex<SignalTable>>);

@@ -22,6 +22,7 @@ use super::Metrics;
 use super::health::Health;
 use super::memory;
 use super::mix::{DaenaMix, MixSnapshot};
+use super::signals::Headline;
 
 /// The page, served as it is.
 const PAGE: &str = include_str!("status.html");
@@ -185,6 +186,7 @@ impl Status {
                 budget_bytes: self.limits.budget,
             },
             daena_mix: self.mix.snapshot(),
+            signals: self.metrics.signals().lock().headline(),
         }
     }
 
@@ -304,6 +306,8 @@ struct StatusReport {
     memory: MemoryView,
     /// Spans per Daena component, council phase and LLM model, over the last minutes.
     daena_mix: MixSnapshot,
+    /// The Daena signals' headline figures, from every span before sampling.
+    signals: Headline,
 }
 
 /// The span counters, each with its series by label.
@@ -733,6 +737,48 @@ mod tests {
         );
         assert_eq!(json["daena_mix"]["window_seconds"], 300);
         assert_eq!(json["warnings"], serde_json::json!([]), "none unless given");
+    }
+
+    #[test]
+    fn the_daena_signals_headline_sums_every_series() {
+        use crate::telemetry::signals::{Signal, Tally};
+        let metrics = Arc::new(Metrics::default());
+        {
+            let mut table = metrics.signals().lock();
+            let requests = |count| Tally {
+                count,
+                ..Tally::default()
+            };
+            table.add(
+                Signal::LlmRequests,
+                &["m", "d", "true", "false"],
+                &requests(3),
+            );
+            table.add(
+                Signal::LlmRequests,
+                &["m", "d", "false", "true"],
+                &requests(1),
+            );
+            let cost = Tally {
+                count: 4,
+                billionths: 1_250_000_000,
+                ..Tally::default()
+            };
+            table.add(Signal::LlmCost, &["m", "d"], &cost);
+            table.add(Signal::CouncilRounds, &["d", "incomplete"], &requests(2));
+        }
+        let status = Status::new(metrics, Arc::default(), Arc::default(), limits());
+        let json = serde_json::to_value(status.report()).unwrap();
+        let signals = &json["signals"];
+        assert_eq!(signals["llm_requests"], 4);
+        assert_eq!(signals["llm_cost_usd"], 1.25);
+        assert_eq!(signals["cas_hit_rate"], 0.75);
+        assert_eq!(signals["near_dup_rate"], 0.25);
+        assert_eq!(
+            signals["council_rounds"],
+            serde_json::json!([["incomplete", 2]])
+        );
+        assert_eq!(signals["http_requests"], 0);
     }
 
     #[test]
