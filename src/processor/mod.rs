@@ -1,6 +1,6 @@
-//! The processor stages the pipeline runs over every batch: the noise filter first, head
-//! sampling, then the Daena schema, attribute actions, redaction and limits in one pass
-//! over each span, tail sampling after.
+//! The processor stages the pipeline runs over every batch: the noise filter first, the
+//! Daena signals, head sampling, then the Daena schema, attribute actions, redaction and
+//! limits in one pass over each span, tail sampling after.
 
 pub mod attributes;
 pub mod daena;
@@ -30,7 +30,8 @@ use crate::otlp::{InstrumentationScope, Resource, Span, SpanBatch};
 use crate::telemetry::Metrics;
 use crate::telemetry::mix::DaenaMix;
 
-/// The enabled stages. The noise filter runs first, then head sampling; the span stages
+/// The enabled stages. The noise filter runs first, then the signals (which must see every
+/// span it keeps) and head sampling; the span stages
 /// run in one pass, in a fixed order: daena (so the others see canonical keys), attributes
 /// (before redact, so what an action writes is still checked), redact (before limits, so a
 /// cut can never leave half a secret behind), limits; tail sampling runs after them. The daena
