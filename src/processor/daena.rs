@@ -509,10 +509,9 @@ fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
         | (ValueRule::Double, Value::DoubleValue(_))
         | (ValueRule::Int, Value::IntValue(_))
         | (ValueRule::Id, Value::StringValue(_)) => return true,
-        (ValueRule::Bool, Value::StringValue(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Value::BoolValue(true),
-            "false" | "0" | "no" => Value::BoolValue(false),
-            _ => return false,
+        (ValueRule::Bool, Value::StringValue(s)) => match bool_of(s) {
+            Some(b) => Value::BoolValue(b),
+            None => return false,
         },
         (ValueRule::Bool, Value::IntValue(i @ (0 | 1))) => Value::BoolValue(*i == 1),
         #[allow(clippy::cast_precision_loss)] // costs are far below 2^53
@@ -548,8 +547,17 @@ fn whole(d: f64) -> Option<i64> {
     (d.fract() == 0.0 && d > -LIMIT && d < LIMIT).then_some(d as i64)
 }
 
+/// The boolean a string spells: `true`/`false` in any case, `1`/`0`, `yes`/`no`.
+pub(super) fn bool_of(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
 /// The canonical value `text` spells, ignoring ASCII case.
-fn one_of<'a>(choices: &'a [(String, Vec<String>)], text: &str) -> Option<&'a str> {
+pub(super) fn one_of<'a>(choices: &'a [(String, Vec<String>)], text: &str) -> Option<&'a str> {
     // Most values arrive canonical: one comparison of lengths and bytes each.
     if let Some((canonical, _)) = choices.iter().find(|(canonical, _)| canonical == text) {
         return Some(canonical);

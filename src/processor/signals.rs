@@ -12,7 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use super::Processor;
-use super::daena::is_rate_limit_event;
+use super::daena::{bool_of, is_rate_limit_event, one_of};
 use super::key_cache::KeyCache;
 use super::schema::{Schema, ValueRule};
 use crate::config::ProcessorsConfig;
@@ -438,24 +438,12 @@ fn canonical_text<'a>(value: &'a Value, rule: Option<&'a ValueRule>) -> Option<C
     }
 }
 
-fn one_of<'a>(choices: &'a [(String, Vec<String>)], text: &str) -> Option<&'a str> {
-    choices.iter().find_map(|(canonical, spellings)| {
-        (canonical.eq_ignore_ascii_case(text)
-            || spellings.iter().any(|s| s.eq_ignore_ascii_case(text)))
-        .then_some(canonical.as_str())
-    })
-}
-
 /// A boolean as the schema's `bool` rule reads it.
 fn canonical_bool(value: &Value) -> Option<bool> {
     match value {
         Value::BoolValue(b) => Some(*b),
         Value::IntValue(i @ (0 | 1)) => Some(*i == 1),
-        Value::StringValue(s) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Some(true),
-            "false" | "0" | "no" => Some(false),
-            _ => None,
-        },
+        Value::StringValue(s) => bool_of(s),
         _ => None,
     }
 }
