@@ -62,6 +62,7 @@ pub fn build(
         stages.push(Box::new(Limiter::new(&config.limits, Arc::clone(metrics))));
     }
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
+    let sampling = config.sampling.as_ref();
     let mut order: Vec<&'static str> = Vec::new();
     // The filter first: what it drops costs nothing further, sampled or not.
     if config.filter.enabled {
@@ -69,20 +70,25 @@ pub fn build(
         order.push(filter.name());
         processors.push(Box::new(filter));
     }
-    // Signals next: exact counts need every span the filter keeps, before sampling.
+    // Signals next: exact counts need every span the filter keeps, before sampling. With
+    // no head sampler they count in the span pass, on its one walk over each span.
+    let head = sampling.filter(|s| s.mode == SamplingMode::Head);
     if config.signals.enabled {
         let signals = SignalsCounter::new(config, metrics.signals().clone());
-        order.push(signals.name());
-        processors.push(Box::new(signals));
+        if head.is_some() {
+            order.push(signals.name());
+            processors.push(Box::new(SpanPass::new(vec![Box::new(signals)])));
+        } else {
+            stages.insert(0, Box::new(signals));
+        }
     }
-    // Head sampling reads only trace ids, so it goes first and the stages never see the
-    // spans it drops; tail policies read attributes, so the tail sampler goes last.
-    let sampling = config.sampling.as_ref();
+    // Head sampling reads only trace ids, so it goes before the span stages and they never
+    // see the spans it drops; tail policies read attributes, so the tail sampler goes last.
     if let Some(sampling) = sampling {
         let policies: Vec<&str> = sampling.policies.iter().map(|p| p.name.as_str()).collect();
         metrics.declare_sampling(&policies);
     }
-    if let Some(head) = sampling.filter(|s| s.mode == SamplingMode::Head) {
+    if let Some(head) = head {
         let sampler = HeadSampler::new(head.ratio.unwrap_or(1.0), Arc::clone(metrics));
         order.push(sampler.name());
         processors.push(Box::new(sampler));

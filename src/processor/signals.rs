@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use super::Processor;
+use super::SpanStage;
 use super::daena::{bool_of, is_rate_limit_event, one_of};
 use super::key_cache::KeyCache;
 use super::schema::{Schema, ValueRule};
 use crate::config::ProcessorsConfig;
-use crate::otlp::{Span, SpanBatch, SpanKind, StatusCode, Value};
-use crate::telemetry::signals::{Signal, Signals, Tally};
+use crate::otlp::{Resource, Span, SpanKind, StatusCode, Value};
+use crate::telemetry::signals::{Signal, SignalTable, Signals, Tally};
 
 /// The most council rounds followed at once; a round past it is counted as incomplete.
 const MAX_ROUNDS: usize = 100_000;
@@ -92,6 +92,10 @@ pub struct SignalsCounter {
     signals: Signals,
     round_window: Duration,
     rounds: HashMap<String, Round>,
+    /// The current batch's tallies.
+    tallies: BatchTallies,
+    /// When the previous batch ended: the time of the rounds this batch opens or closes.
+    now: Instant,
 }
 
 impl SignalsCounter {
@@ -118,6 +122,8 @@ impl SignalsCounter {
             signals,
             round_window: config.signals.round_window,
             rounds: HashMap::new(),
+            tallies: BatchTallies::default(),
+            now: Instant::now(),
         }
     }
 
@@ -137,8 +143,65 @@ impl SignalsCounter {
     }
 }
 
-/// A batch's tallies, by signal and label values (padded to four).
-type Tallies<'a> = HashMap<(Signal, [Cow<'a, str>; 4]), Tally, BuildHasherDefault<Fnv>>;
+/// The tallies of the current batch. A series' labels are owned once, when the series is
+/// first seen, and kept at zero for the next batches: counting a span allocates nothing.
+#[derive(Default)]
+struct BatchTallies {
+    /// By a hash of the signal and its label values: the series with that hash.
+    series: HashMap<u64, Vec<Series>, BuildHasherDefault<Fnv>>,
+    /// Series kept.
+    kept: usize,
+}
+
+/// One series of a batch: its signal, label values (padded to four) and tally.
+type Series = (Signal, [String; 4], Tally);
+
+/// Series kept from batch to batch at most; past it they are let go after a flush.
+const MAX_KEPT_SERIES: usize = 4096;
+
+impl BatchTallies {
+    /// The tally of `signal` with `labels`, `count` added to it.
+    fn add(&mut self, signal: Signal, labels: &[&str], count: u64) -> &mut Tally {
+        let mut hasher = Fnv::default();
+        hasher.write_usize(signal as usize);
+        for label in labels {
+            hasher.write(label.as_bytes());
+            hasher.write_u8(0xff);
+        }
+        let bucket = self.series.entry(hasher.finish()).or_default();
+        let same =
+            |(s, owned, _): &Series| *s == signal && owned.iter().zip(labels).all(|(a, b)| a == b);
+        let at = if let Some(at) = bucket.iter().position(same) {
+            at
+        } else {
+            let mut owned: [String; 4] = Default::default();
+            for (slot, label) in owned.iter_mut().zip(labels) {
+                (*label).clone_into(slot);
+            }
+            bucket.push((signal, owned, Tally::default()));
+            self.kept += 1;
+            bucket.len() - 1
+        };
+        let tally = &mut bucket[at].2;
+        tally.count += count;
+        tally
+    }
+
+    /// Adds the batch's tallies to `table` and sets them back to zero.
+    fn flush(&mut self, table: &mut SignalTable) {
+        for (signal, labels, tally) in self.series.values_mut().flatten() {
+            if *tally != Tally::default() {
+                let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                table.add(*signal, &labels[..signal.labels().len()], tally);
+                *tally = Tally::default();
+            }
+        }
+        if self.kept > MAX_KEPT_SERIES {
+            self.series.clear();
+            self.kept = 0;
+        }
+    }
+}
 
 /// FNV-1a: the batch's tally keys are a few short labels, hashed per span, where SipHash's
 /// resistance to chosen collisions buys nothing (the table is per batch and bounded by it)
@@ -170,60 +233,54 @@ type RoundSeen<'a> = (Cow<'a, str>, Cow<'a, str>, Option<&'static str>);
 /// One span's values, by role: the value and the schema rule it is read by.
 type Found<'a> = [Option<(&'a Value, Option<&'a ValueRule>)>; ROLES];
 
-impl Processor for SignalsCounter {
+impl SpanStage for SignalsCounter {
     fn name(&self) -> &'static str {
         "signals"
     }
 
-    fn process(&mut self, batch: &mut SpanBatch) {
-        let now = Instant::now();
-        let mut tallies: Tallies<'_> = Tallies::default();
-        let mut rounds: Vec<RoundSeen<'_>> = Vec::new();
+    fn resource(&mut self, _resource: &mut Resource) {}
+
+    fn span(&mut self, span: &mut Span) {
+        let span = &*span;
         let schema = &self.schema;
         let row_roles = &self.row_roles;
-        for span in batch
-            .resource_spans_mut()
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-        {
-            let mut found: Found<'_> = [None; ROLES];
-            for kv in &span.attributes {
-                let Some((role, row)) = self
-                    .keys
-                    .get(&kv.key, |key| Self::classify(schema, row_roles, key))
-                else {
-                    continue;
-                };
-                if let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    let slot = &mut found[role as usize];
-                    if slot.is_none() {
-                        *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
-                    }
+        let mut found: Found<'_> = [None; ROLES];
+        for kv in &span.attributes {
+            let Some((role, row)) = self
+                .keys
+                .get(&kv.key, |key| Self::classify(schema, row_roles, key))
+            else {
+                continue;
+            };
+            if let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                let slot = &mut found[role as usize];
+                if slot.is_none() {
+                    *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
                 }
             }
-            count_span(span, &found, &mut tallies, &mut rounds);
         }
-        // Rounds: a commit phase decides its round; other spans open it.
-        for seen in rounds {
-            follow_round(&mut self.rounds, seen, now, &mut tallies);
-        }
-        expire_rounds(&mut self.rounds, self.round_window, now, &mut tallies);
-        let mut table = self.signals.lock();
-        for ((signal, labels), tally) in &tallies {
-            let labels: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
-            table.add(*signal, &labels[..signal.labels().len()], tally);
-        }
+        count_span(span, &found, &mut self.tallies, &mut self.rounds, self.now);
+    }
+
+    fn finish_batch(&mut self) {
+        self.now = Instant::now();
+        expire_rounds(
+            &mut self.rounds,
+            self.round_window,
+            self.now,
+            &mut self.tallies,
+        );
+        self.tallies.flush(&mut self.signals.lock());
     }
 }
 
 /// Notes a span of round `id`: a commit phase counts the round by its outcome (once);
 /// another span opens it, to be counted as incomplete if no commit follows in time.
-fn follow_round<'a>(
+fn follow_round(
     rounds: &mut HashMap<String, Round>,
-    (id, department, commit_outcome): RoundSeen<'a>,
+    (id, department, commit_outcome): RoundSeen<'_>,
     now: Instant,
-    tallies: &mut Tallies<'a>,
+    tallies: &mut BatchTallies,
 ) {
     match (commit_outcome, rounds.get(id.as_ref())) {
         (_, Some(Round::Done(_))) | (None, Some(Round::Open(..))) => {}
@@ -252,11 +309,11 @@ fn follow_round<'a>(
 
 /// Rounds open for longer than `window` are counted as incomplete; rounds done that long
 /// ago are forgotten.
-fn expire_rounds<'a>(
+fn expire_rounds(
     rounds: &mut HashMap<String, Round>,
     window: Duration,
     now: Instant,
-    tallies: &mut Tallies<'a>,
+    tallies: &mut BatchTallies,
 ) {
     rounds.retain(|_, round| match round {
         Round::Open(at, department) if now.duration_since(*at) >= window => {
@@ -274,28 +331,23 @@ fn expire_rounds<'a>(
     });
 }
 
-/// Adds `count` to the series `labels` (padded to four) of `signal`.
-fn add<'t, 'a, const N: usize>(
-    tallies: &'t mut Tallies<'a>,
+/// Adds `count` to the series `labels` of `signal`.
+fn add<'t, const N: usize>(
+    tallies: &'t mut BatchTallies,
     signal: Signal,
-    labels: [Cow<'a, str>; N],
+    labels: [Cow<'_, str>; N],
     count: u64,
 ) -> &'t mut Tally {
-    let mut key: [Cow<'a, str>; 4] = Default::default();
-    for (slot, label) in key.iter_mut().zip(labels) {
-        *slot = label;
-    }
-    let tally = tallies.entry((signal, key)).or_default();
-    tally.count += count;
-    tally
+    tallies.add(signal, &labels.each_ref().map(AsRef::as_ref), count)
 }
 
 /// The signals of one span.
-fn count_span<'a>(
-    span: &'a Span,
-    found: &Found<'a>,
-    tallies: &mut Tallies<'a>,
-    rounds: &mut Vec<RoundSeen<'a>>,
+fn count_span(
+    span: &Span,
+    found: &Found<'_>,
+    tallies: &mut BatchTallies,
+    rounds: &mut HashMap<String, Round>,
+    now: Instant,
 ) {
     let text = |role: Role| found[role as usize].and_then(|(v, rule)| canonical_text(v, rule));
     let label = |role: Role| text(role).unwrap_or(Cow::Borrowed(UNKNOWN));
@@ -360,10 +412,10 @@ fn count_span<'a>(
                 Some(StatusCode::Error) => "error",
                 _ => "ok",
             });
-            rounds.push((id, department.clone(), outcome));
+            follow_round(rounds, (id, department.clone(), outcome), now, tallies);
         }
     } else if let Some(id) = text(Role::RoundId) {
-        rounds.push((id, department.clone(), None));
+        follow_round(rounds, (id, department.clone(), None), now, tallies);
     }
     let bus = found[Role::Topic as usize].is_some() || found[Role::BusOperation as usize].is_some();
     if bus {

@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::{SamplingConfig, SamplingMode};
-use crate::otlp::{Event, ResourceSpans, ScopeSpans, Status, key_value};
-use crate::processor::{Processor, build};
+use crate::otlp::{Event, ResourceSpans, ScopeSpans, SpanBatch, Status, key_value};
+use crate::processor::{Processor, SpanPass, build};
 use crate::telemetry::Metrics;
 use crate::telemetry::signals::OTHER;
 
@@ -213,7 +213,10 @@ fn a_round_ends_with_its_commit_phase_status_or_as_incomplete() {
     // done in one batch is still remembered at the start of the next.
     config.signals.round_window = Duration::from_millis(200);
     let metrics = Arc::new(Metrics::default());
-    let mut counter = SignalsCounter::new(&config, metrics.signals().clone());
+    let mut counter = SpanPass::new(vec![Box::new(SignalsCounter::new(
+        &config,
+        metrics.signals().clone(),
+    ))]);
     let phase = |n, round: &str, phase: &str, error: bool| {
         let mut span = span(
             n,
