@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Processor;
-use super::matcher::{AttributesMatch, TextMatch};
+use super::matcher::{AttributesMatch, TextMatch, attribute};
 use crate::config::filter::{FilterConfig, FilterRule, KeepOrDrop, SpanKindName, StatusName};
-use crate::otlp::{KeyValue, Span, SpanBatch, SpanKind, StatusCode, Value};
+use crate::otlp::{Span, SpanBatch, SpanKind, StatusCode, Value};
 use crate::telemetry::Metrics;
 
 /// The attribute FastAPI's (ASGI) instrumentation puts on its send/receive spans.
@@ -356,14 +356,6 @@ fn parent_id(span: &Span) -> [u8; 8] {
         .as_slice()
         .try_into()
         .unwrap_or_default()
-}
-
-fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
 }
 
 /// Removes scopes and resources left without spans.

@@ -137,20 +137,24 @@ impl AttributesMatch {
 
     /// Whether every condition holds on `attributes`.
     pub fn matches(&self, attributes: &[KeyValue]) -> bool {
-        self.0.iter().all(|(key, condition)| {
-            let value = attributes
-                .iter()
-                .find(|kv| kv.key == *key)
-                .and_then(|kv| kv.value.as_ref())
-                .and_then(|v| v.value.as_ref());
-            condition.matches(value)
-        })
+        self.0
+            .iter()
+            .all(|(key, condition)| condition.matches(attribute(attributes, key)))
     }
 
     /// Whether there is no condition.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// The value of the first attribute named `key`, if it has one.
+pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
 }
 
 #[cfg(test)]

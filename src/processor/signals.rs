@@ -454,7 +454,10 @@ fn count_span(
         if let Some(route) = route {
             let status_class =
                 match found[Role::HttpStatus as usize].and_then(|(v, _)| canonical_count(v)) {
-                    Some(code @ 100..=599) => Cow::Owned(format!("{}xx", code / 100)),
+                    // No allocation per span: the five classes are literals.
+                    Some(code @ 100..=599) => Cow::Borrowed(
+                        ["1xx", "2xx", "3xx", "4xx", "5xx"][(code / 100 - 1) as usize],
+                    ),
                     _ => Cow::Borrowed(UNKNOWN),
                 };
             add(
