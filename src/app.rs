@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors, parse_listen_addr};
+use crate::exporter::signals::SignalsExporter;
 use crate::exporter::{self, ExporterHandle, Fanout};
 use crate::pipeline::{self, Batcher, Pipeline};
 use crate::processor;
@@ -252,6 +253,8 @@ impl Agent {
             Fanout::new(handles),
         )
         .with_metrics(Arc::clone(&metrics));
+        let signals_export =
+            SignalsExporter::start(&config, Arc::clone(&metrics), supervisor.clone())?;
         let (stages, stage_swaps) = mpsc::channel(1);
         let pipeline = pipeline.with_stage_swaps(stage_swaps);
         let pipeline = supervisor.spawn_service("pipeline", pipeline.run(inbox));
@@ -371,6 +374,7 @@ impl Agent {
             source,
             stages,
             exporters,
+            signals_export,
             metrics: Arc::clone(&metrics),
             mix: Arc::clone(&mix),
         };
@@ -392,7 +396,11 @@ impl Agent {
                 }
             }
         }
-        let config = reloader.current;
+        let Reloader {
+            current: config,
+            signals_export,
+            ..
+        } = reloader;
         supervisor.stop();
         state.set_phase(Phase::Stopping);
         let deadline = Instant::now() + config.shutdown_timeout;
@@ -410,6 +418,8 @@ impl Agent {
         // receivers, so the pipeline never ends before the agent stops.
         drop(intake);
         let _ = tokio::time::timeout_at(deadline, pipeline).await;
+        // Every span is counted now: the last figures go out while the exporters drain.
+        signals_export.finish(deadline).await;
         let mut spans_left_on_disk = 0;
         let mut unfinished = Vec::new();
         for mut task in exporter_tasks {
@@ -424,6 +434,7 @@ impl Agent {
         for task in unfinished {
             spans_left_on_disk += task.await.ok().flatten().unwrap_or(0);
         }
+
         stop_telemetry.cancel();
         if let Some(task) = telemetry_task {
             let _ = task.await;

@@ -163,3 +163,37 @@ async fn a_bad_config_is_refused_with_its_reason_and_the_running_one_keeps_deliv
         2
     );
 }
+
+#[tokio::test]
+async fn a_reload_restarts_the_signals_export_with_its_new_settings() {
+    let sink = Sink::grpc().await;
+    let config = |tenant: &str, interval: &str| {
+        format!(
+            "{}processors:\n  signals: {{ export: [tempo], interval: {interval} }}\n",
+            yaml(&sink, tenant)
+        )
+    };
+    let agent = AgentProcess::with_config(&config("before", "1h"), "info", &[]);
+    let url = format!("http://{}", agent.addr("OTLP/gRPC"));
+    grpc_export(url, council_request(10, 1), false)
+        .await
+        .expect("accepted");
+    sink.wait_for_spans(10).await;
+    std::fs::write(agent.config_path(), config("after", "1s")).expect("rewrite config");
+    let (status, answer) = reload(&agent).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("signals export replaced"), "{answer}");
+    let started = Instant::now();
+    while sink.metrics().is_empty() {
+        assert!(
+            started.elapsed() < WAIT,
+            "no metrics export within {WAIT:?} of the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = &sink.metrics()[0];
+    assert_eq!(
+        received.headers["x-scope-orgid"], "after",
+        "the new exporter settings"
+    );
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, ConfigErrors};
+use crate::exporter::signals::SignalsExporter;
 use crate::exporter::{AnyExporter, SwappableExporter};
 use crate::pipeline::StageSwap;
 use crate::processor;
@@ -25,6 +26,8 @@ pub(super) struct Reloader {
     pub(super) source: Option<ConfigSource>,
     pub(super) stages: mpsc::Sender<StageSwap>,
     pub(super) exporters: BTreeMap<String, SwappableExporter>,
+    /// The Daena signals' OTLP metrics export, rebuilt when its settings change.
+    pub(super) signals_export: SignalsExporter,
     pub(super) metrics: Arc<Metrics>,
     /// The Daena mix the status page shows, fed by the daena stage (old and new).
     pub(super) mix: Arc<DaenaMix>,
@@ -58,6 +61,22 @@ impl Reloader {
                 exporters.push((name.clone(), exporter));
             }
         }
+        let signals_changed = new.processors.signals != self.current.processors.signals
+            || new
+                .processors
+                .signals
+                .export
+                .iter()
+                .any(|name| self.current.exporters.get(name) != new.exporters.get(name));
+        let signals_export = if signals_changed {
+            Some(
+                self.signals_export
+                    .build(&new)
+                    .map_err(|e| ReloadError::Invalid(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let mut changed = Vec::new();
         if new.processors != self.current.processors {
             let (done, swapped) = oneshot::channel();
@@ -77,6 +96,10 @@ impl Reloader {
                 running.replace(exporter);
                 changed.push(format!("exporter {name} replaced"));
             }
+        }
+        if let Some(export) = signals_export {
+            self.signals_export.replace(export);
+            changed.push("signals export replaced".to_owned());
         }
         if new.shutdown_timeout != self.current.shutdown_timeout {
             changed.push(format!("shutdown_timeout {:?}", new.shutdown_timeout));

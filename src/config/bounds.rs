@@ -319,6 +319,14 @@ pub const LATENCY_THRESHOLD: Bound<Duration> = duration(
     Duration::from_secs(24 * 3600),
 );
 
+/// `processors.signals.interval`: how often the signals go out as OTLP metrics.
+pub const SIGNALS_INTERVAL: Bound<Duration> = duration(
+    "processors.signals.interval",
+    Duration::from_secs(60),
+    Duration::from_secs(1),
+    HOUR,
+);
+
 /// `batch.max_spans`.
 pub const BATCH_MAX_SPANS: Bound<usize> = count("batch.max_spans", 8192, 1, 1_000_000);
 /// `batch.max_bytes`.
@@ -391,6 +399,7 @@ pub fn rows() -> Vec<Row> {
         MAX_BUFFERED_BYTES.row(),
         DECISION_CACHE.row(),
         LATENCY_THRESHOLD.row(),
+        SIGNALS_INTERVAL.row(),
         BATCH_MAX_SPANS.row(),
         BATCH_MAX_BYTES.row(),
         BATCH_TIMEOUT.row(),

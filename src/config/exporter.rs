@@ -11,6 +11,30 @@ use serde::{Deserialize, Serialize};
 use super::url::{mask_url, split_userinfo};
 use super::{ByteSize, Secret, bounds, units};
 
+/// What an OTLP request carries: spans, or the Daena signals as metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpSignal {
+    /// `ExportTraceServiceRequest`.
+    Traces,
+    /// `ExportMetricsServiceRequest`.
+    Metrics,
+}
+
+impl OtlpSignal {
+    /// The OTLP/HTTP path of the signal.
+    pub fn http_path(self) -> &'static str {
+        match self {
+            Self::Traces => "/v1/traces",
+            Self::Metrics => "/v1/metrics",
+        }
+    }
+}
+
+/// `url` split before its query or fragment (`?api_key=...`), which stays after a path.
+fn split_query(url: &str) -> (&str, &str) {
+    url.split_at(url.find(['?', '#']).unwrap_or(url.len()))
+}
+
 /// One destination.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,23 +133,40 @@ impl ExporterConfig {
     /// `…/otlp` becomes `…/otlp/v1/traces`, as with the Collector's `otlphttp` exporter);
     /// for gRPC the endpoint as given.
     pub fn export_url(&self) -> Option<String> {
-        if let Some(url) = &self.traces_endpoint {
-            return Some(url.clone());
-        }
-        let endpoint = self.endpoint.as_deref()?;
-        // A query (`?api_key=...`) stays after the path.
-        let (base, query) = endpoint.split_at(endpoint.find(['?', '#']).unwrap_or(endpoint.len()));
-        if self.protocol != ExporterProtocol::HttpProtobuf || base.ends_with("/v1/traces") {
-            return Some(endpoint.to_owned());
-        }
-        Some(format!("{}/v1/traces{query}", base.trim_end_matches('/')))
+        self.signal_url(OtlpSignal::Traces)
     }
 
-    /// The URL the HTTP client gets: [`export_url`](Self::export_url) without its
-    /// `user:password@`, which goes in the `Authorization` header instead, so neither the
-    /// client's logs nor an HTTP/2 `:authority` ever carry it.
-    pub fn request_url(&self) -> Option<String> {
-        self.export_url().map(|url| split_userinfo(&url).0)
+    /// Where requests carrying `signal` go. For metrics over http/protobuf that is the
+    /// endpoint with `/v1/metrics` (a `traces_endpoint` ending in `/v1/traces` gets it in
+    /// place of that); `None` when only a `traces_endpoint` with another path is set.
+    pub fn signal_url(&self, signal: OtlpSignal) -> Option<String> {
+        let http = self.protocol == ExporterProtocol::HttpProtobuf;
+        if let Some(url) = &self.traces_endpoint {
+            if signal == OtlpSignal::Traces || !http {
+                return Some(url.clone());
+            }
+            let (base, query) = split_query(url);
+            if let Some(root) = base.strip_suffix(OtlpSignal::Traces.http_path()) {
+                return Some(format!("{root}{}{query}", signal.http_path()));
+            }
+        }
+        let endpoint = self.endpoint.as_deref()?;
+        if !http {
+            return Some(endpoint.to_owned());
+        }
+        let (base, query) = split_query(endpoint);
+        let root = base
+            .strip_suffix(OtlpSignal::Traces.http_path())
+            .unwrap_or(base)
+            .trim_end_matches('/');
+        Some(format!("{root}{}{query}", signal.http_path()))
+    }
+
+    /// The URL the HTTP client gets for `signal`: [`signal_url`](Self::signal_url)
+    /// without its `user:password@`, which goes in the `Authorization` header instead, so
+    /// neither the client's logs nor an HTTP/2 `:authority` ever carry it.
+    pub fn request_url(&self, signal: OtlpSignal) -> Option<String> {
+        self.signal_url(signal).map(|url| split_userinfo(&url).0)
     }
 
     /// Headers to send, lower-cased, including the `Authorization: Basic` built from

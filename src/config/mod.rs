@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 pub use error::{ConfigError, ConfigErrors};
 pub use exporter::{
     AuthConfig, BasicAuthConfig, Compression, ExporterConfig, ExporterProtocol, Fsync, OnFull,
-    QueueConfig, RetryConfig, TlsConfig,
+    OtlpSignal, QueueConfig, RetryConfig, TlsConfig,
 };
 pub use pipeline::{BatchConfig, MemoryLimitConfig, PipelineConfig};
 pub use processors::{

@@ -341,6 +341,11 @@ pub struct SignalsConfig {
     /// as `incomplete`.
     #[serde(with = "units::duration")]
     pub round_window: Duration,
+    /// Exporters (OTLP, by name) the signals are also sent to as OTLP metrics.
+    pub export: Vec<String>,
+    /// How often the signals are sent to `export`.
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
 }
 
 impl Default for SignalsConfig {
@@ -349,6 +354,8 @@ impl Default for SignalsConfig {
             enabled: true,
             max_series_per_metric: 1000,
             round_window: Duration::from_secs(300),
+            export: Vec::new(),
+            interval: bounds::SIGNALS_INTERVAL.default,
         }
     }
 }

@@ -146,6 +146,78 @@ fn http_export_urls_get_v1_traces_like_the_collector() {
 }
 
 #[test]
+fn the_signals_metrics_go_beside_the_traces_url() {
+    let metrics = |protocol, endpoint: Option<&str>, traces: Option<&str>| {
+        let mut exporter = ExporterConfig::new(protocol, endpoint.map(str::to_owned));
+        exporter.traces_endpoint = traces.map(str::to_owned);
+        exporter.signal_url(OtlpSignal::Metrics)
+    };
+    let http = ExporterProtocol::HttpProtobuf;
+    for (endpoint, traces, expected) in [
+        (
+            Some("https://otlp.grafana.net/otlp"),
+            None,
+            Some("https://otlp.grafana.net/otlp/v1/metrics"),
+        ),
+        (
+            Some("http://tempo:4318/"),
+            None,
+            Some("http://tempo:4318/v1/metrics"),
+        ),
+        (
+            Some("http://tempo:4318/v1/traces?k=v"),
+            None,
+            Some("http://tempo:4318/v1/metrics?k=v"),
+        ),
+        (
+            None,
+            Some("http://x:4318/a/v1/traces"),
+            Some("http://x:4318/a/v1/metrics"),
+        ),
+        (
+            Some("http://x:4318"),
+            Some("http://x:4318/custom"),
+            Some("http://x:4318/v1/metrics"),
+        ),
+        (None, Some("http://x:4318/custom"), None),
+    ] {
+        assert_eq!(
+            metrics(http, endpoint, traces).as_deref(),
+            expected,
+            "{endpoint:?} {traces:?}"
+        );
+    }
+    assert_eq!(
+        metrics(ExporterProtocol::Grpc, Some("http://tempo:4317"), None).as_deref(),
+        Some("http://tempo:4317"),
+        "gRPC names the service in the path itself"
+    );
+}
+
+#[test]
+fn a_signals_export_must_name_otlp_exporters_once() {
+    let errors = errors_of(
+        "exporters:\n  out: { protocol: console }\n  cloud: { protocol: http/protobuf, traces_endpoint: \"http://x:4318/custom\" }\n  tempo: { protocol: grpc, endpoint: \"http://tempo:4317\" }\nprocessors:\n  signals: { export: [tempo, nope, out, cloud, tempo], interval: 0s }\n",
+    );
+    for expected in [
+        "processors.signals.export[1]: \"nope\" names no exporter; the exporters are: cloud, out, tempo",
+        "processors.signals.export[2]: \"out\" is a console exporter",
+        "processors.signals.export[3]: exporters.cloud has only a traces_endpoint",
+        "processors.signals.export[4]: \"tempo\" is listed twice",
+        "processors.signals.interval: 0s is too short",
+    ] {
+        assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
+    }
+    let off = errors_of(
+        "exporters:\n  tempo: { protocol: grpc, endpoint: \"http://tempo:4317\" }\nprocessors:\n  signals: { enabled: false, export: [tempo] }\n",
+    );
+    assert!(
+        off.contains("processors.signals.export: the signals are off"),
+        "{off}"
+    );
+}
+
+#[test]
 fn an_exporter_pointing_at_our_own_receiver_is_refused() {
     let yaml = "receivers:\n  otlp:\n    grpc: { endpoint: 127.0.0.1:4317 }\nexporters:\n  loop:\n    protocol: grpc\n    endpoint: http://localhost:4317\n";
     let text = errors_of(yaml);
@@ -769,7 +841,7 @@ fn credentials_in_the_url_become_a_basic_header_and_leave_the_url() {
     .expect("valid");
     let exporter = &config.exporters["g"];
     assert_eq!(
-        exporter.request_url().as_deref(),
+        exporter.request_url(OtlpSignal::Traces).as_deref(),
         Some("https://otlp.example.net/otlp/v1/traces?api_key=k3y")
     );
     let headers = exporter.request_headers();

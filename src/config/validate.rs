@@ -7,8 +7,9 @@ use super::secret::{endpoint_placeholder, is_placeholder, placeholder_key_messag
 use super::units::format_duration;
 use super::url::{mask_url, split_userinfo};
 use super::{
-    Config, ConfigError, ExporterConfig, ExporterProtocol, MemoryLimitConfig, PolicyKind,
-    ProcessorsConfig, ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig, bounds,
+    Config, ConfigError, ExporterConfig, ExporterProtocol, MemoryLimitConfig, OtlpSignal,
+    PolicyKind, ProcessorsConfig, ReceiverEndpointConfig, SamplingConfig, SamplingMode, TlsConfig,
+    bounds,
 };
 
 impl Config {
@@ -108,7 +109,52 @@ impl Config {
                 &mut errors,
             );
         }
+        self.validate_signals_export(&mut errors);
         errors
+    }
+
+    /// `processors.signals.export` names OTLP exporters, each once, with a metrics URL.
+    fn validate_signals_export(&self, errors: &mut Vec<ConfigError>) {
+        let signals = &self.processors.signals;
+        bounds::SIGNALS_INTERVAL.check("processors.signals.interval", signals.interval, errors);
+        if !signals.enabled && !signals.export.is_empty() {
+            errors.push(ConfigError::new(
+                "processors.signals.export",
+                "the signals are off (enabled: false), so there is nothing to send; turn them on or remove export",
+            ));
+        }
+        for (i, name) in signals.export.iter().enumerate() {
+            let key = format!("processors.signals.export[{i}]");
+            if signals.export[..i].contains(name) {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("{name:?} is listed twice; name each exporter once"),
+                ));
+                continue;
+            }
+            let Some(exporter) = self.exporters.get(name) else {
+                let known: Vec<&str> = self.exporters.keys().map(String::as_str).collect();
+                errors.push(ConfigError::new(
+                    key,
+                    format!(
+                        "{name:?} names no exporter; the exporters are: {}",
+                        known.join(", ")
+                    ),
+                ));
+                continue;
+            };
+            if exporter.protocol == ExporterProtocol::Console {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("{name:?} is a console exporter; the signals go to OTLP exporters only (grpc or http/protobuf), the console has them on /metrics"),
+                ));
+            } else if exporter.signal_url(OtlpSignal::Metrics).is_none() {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("exporters.{name} has only a traces_endpoint, which does not end in /v1/traces, so the metrics URL is unknown; set its endpoint (the metrics go to <endpoint>/v1/metrics)"),
+                ));
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::io::Read;
 
+use bytes::Bytes;
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -17,9 +18,9 @@ use tonic_types::StatusExt;
 use super::http::{MAX_MESSAGE_CHARS, MAX_RESPONSE_BYTES};
 use super::retry::classify_grpc;
 use super::transport::{Destination, HttpVersions, error_chain};
-use super::{BuildError, Delivered, ExportError, Exporter, Payload};
-use crate::config::{Compression, ExporterConfig};
-use crate::otlp::{ExportTraceServiceResponse, TRACE_EXPORT_PATH};
+use super::{BuildError, Delivered, ExportError, Exporter, Payload, grpc_message_frame};
+use crate::config::{Compression, ExporterConfig, OtlpSignal};
+use crate::otlp::{ExportTraceServiceResponse, METRICS_EXPORT_PATH, TRACE_EXPORT_PATH};
 
 /// Exports to an OTLP/gRPC backend (Jaeger, Tempo, a Collector).
 pub struct OtlpGrpcExporter {
@@ -28,8 +29,13 @@ pub struct OtlpGrpcExporter {
 }
 
 impl OtlpGrpcExporter {
-    /// Builds the exporter `name`; it connects on first use, so a backend that is down at start-up is retried.
-    pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
+    /// Builds the exporter `name` for `signal`'s service; it connects on first use, so a
+    /// backend that is down at start-up is retried.
+    pub fn new(
+        name: &str,
+        config: &ExporterConfig,
+        signal: OtlpSignal,
+    ) -> Result<Self, BuildError> {
         let gzip = config.compression == Compression::Gzip;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -43,18 +49,28 @@ impl OtlpGrpcExporter {
         if let Ok(value) = HeaderValue::from_str(&format!("{millis}m")) {
             headers.insert("grpc-timeout", value);
         }
-        let endpoint = config.request_url().unwrap_or_default();
+        let endpoint = config.request_url(signal).unwrap_or_default();
         // The method's path goes before a query (`?api_key=...`), which is kept.
         let (base, query) = endpoint.split_at(endpoint.find(['?', '#']).unwrap_or(endpoint.len()));
-        let url = format!("{}{TRACE_EXPORT_PATH}{query}", base.trim_end_matches('/'));
+        let method = match signal {
+            OtlpSignal::Traces => TRACE_EXPORT_PATH,
+            OtlpSignal::Metrics => METRICS_EXPORT_PATH,
+        };
+        let url = format!("{}{method}{query}", base.trim_end_matches('/'));
         Ok(Self {
             destination: Destination::new(name, config, &url, HttpVersions::Http2, headers)?,
             gzip,
         })
     }
 
-    async fn send(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        let response = self.destination.post(payload.grpc_frame(self.gzip)).await?;
+    /// Sends one encoded export request (the Daena signals' metrics) once.
+    pub async fn export_message(&self, message: &[u8]) -> Result<Delivered, ExportError> {
+        let frame = grpc_message_frame(message, self.gzip);
+        self.destination.within_timeout(self.send(frame)).await
+    }
+
+    async fn send(&self, frame: Bytes) -> Result<Delivered, ExportError> {
+        let response = self.destination.post(frame).await?;
         if response.status() != StatusCode::OK {
             let code = code_for_http_status(response.status());
             return Err(classify_grpc(
@@ -110,11 +126,13 @@ impl Exporter for OtlpGrpcExporter {
     }
 
     async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
-        self.destination.within_timeout(self.send(payload)).await
+        let frame = payload.grpc_frame(self.gzip);
+        self.destination.within_timeout(self.send(frame)).await
     }
 }
 
 /// Reads the one length-prefixed response message, gunzipping it if the server compressed it.
+/// A metrics service's answer reads the same: its partial success has the same fields.
 fn decode_response(body: &[u8]) -> Option<ExportTraceServiceResponse> {
     let (&compressed, rest) = body.split_first()?;
     let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
@@ -171,6 +189,19 @@ mod tests {
             Some(response)
         );
         assert_eq!(decode_response(&[]), None);
+        // A metrics service's partial success reads the same (rejected data points).
+        let metrics = crate::otlp::ExportMetricsServiceResponse {
+            partial_success: Some(crate::otlp::ExportMetricsPartialSuccess {
+                rejected_data_points: 3,
+                error_message: "bad unit".into(),
+            }),
+        };
+        let read =
+            decode_response(&frame(0, &metrics.encode_to_vec())).and_then(|r| r.partial_success);
+        assert_eq!(
+            read.map(|p| (p.rejected_spans, p.error_message)),
+            Some((3, "bad unit".into()))
+        );
     }
 
     #[test]

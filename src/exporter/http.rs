@@ -8,8 +8,8 @@ use prost::Message;
 
 use super::retry::{classify_http, parse_retry_after};
 use super::transport::{Destination, HttpVersions};
-use super::{BuildError, Delivered, ExportError, Exporter, Payload};
-use crate::config::{Compression, ExporterConfig};
+use super::{BuildError, Delivered, ExportError, Exporter, Payload, grpc_message_frame};
+use crate::config::{Compression, ExporterConfig, OtlpSignal};
 use crate::otlp::{ExportTraceServiceResponse, RpcStatus};
 
 /// The OTLP specification's limit on a response body.
@@ -24,8 +24,12 @@ pub struct OtlpHttpExporter {
 }
 
 impl OtlpHttpExporter {
-    /// Builds the exporter `name` from its config.
-    pub fn new(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
+    /// Builds the exporter `name` from its config, posting to `signal`'s URL.
+    pub fn new(
+        name: &str,
+        config: &ExporterConfig,
+        signal: OtlpSignal,
+    ) -> Result<Self, BuildError> {
         let gzip = config.compression == Compression::Gzip;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -35,13 +39,26 @@ impl OtlpHttpExporter {
         if gzip {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
-        let url = config.request_url().unwrap_or_default();
+        let url = config.request_url(signal).unwrap_or_default();
         Ok(Self {
             destination: Destination::new(name, config, &url, HttpVersions::Any, headers)?,
             gzip,
         })
     }
 
+    /// Sends one encoded export request (the Daena signals' metrics) once.
+    pub async fn export_message(&self, message: &[u8]) -> Result<Delivered, ExportError> {
+        // The gRPC frame's gzip, without its 5-byte prefix: the same compression as a batch's.
+        let body = if self.gzip {
+            grpc_message_frame(message, true).slice(5..)
+        } else {
+            Bytes::copy_from_slice(message)
+        };
+        self.destination.within_timeout(self.send(body)).await
+    }
+
+    /// Posts one body; the answer of a metrics service reads as a trace service's (the
+    /// same partial-success fields).
     async fn send(&self, body: Bytes) -> Result<Delivered, ExportError> {
         let response = self.destination.post(body).await?;
         let status = response.status();

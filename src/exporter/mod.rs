@@ -11,6 +11,7 @@ pub mod http;
 pub mod persistent;
 pub mod queue;
 pub mod retry;
+pub mod signals;
 pub mod state;
 pub mod swap;
 mod transport;
@@ -97,29 +98,49 @@ impl Payload {
             .get_or_init(|| {
                 let mut frame = vec![0u8; GRPC_PREFIX];
                 if gzip {
-                    let encoded = self.encoded();
-                    frame.reserve(encoded.len() / 4);
-                    let mut encoder =
-                        flate2::write::GzEncoder::new(frame, flate2::Compression::fast());
-                    // Writing into a Vec cannot fail.
-                    let _ = encoder.write_all(&encoded);
-                    frame = encoder.finish().unwrap_or_default();
+                    frame = gzip_onto(frame, &self.encoded());
                 } else {
                     self.batch.encode_to(&mut frame);
                 }
-                let len = (frame.len() - GRPC_PREFIX) as u32;
-                frame[0] = u8::from(gzip);
-                frame[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
-                Bytes::from(frame)
+                seal_grpc_frame(frame, gzip)
             })
             .clone()
     }
 }
 
+/// An encoded message (the Daena signals' metrics) as one gRPC length-prefixed message,
+/// gzipped at level 1 when `gzip`, as [`Payload::grpc_frame`] makes a batch's.
+pub fn grpc_message_frame(message: &[u8], gzip: bool) -> Bytes {
+    let mut frame = vec![0u8; GRPC_PREFIX];
+    if gzip {
+        frame = gzip_onto(frame, message);
+    } else {
+        frame.extend_from_slice(message);
+    }
+    seal_grpc_frame(frame, gzip)
+}
+
+/// `data` gzipped at level 1 and appended to `out`.
+fn gzip_onto(mut out: Vec<u8>, data: &[u8]) -> Vec<u8> {
+    out.reserve(data.len() / 4);
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = encoder.write_all(data);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Fills in the prefix of a frame whose message follows [`GRPC_PREFIX`] spare bytes.
+fn seal_grpc_frame(mut frame: Vec<u8>, gzip: bool) -> Bytes {
+    let len = (frame.len() - GRPC_PREFIX) as u32;
+    frame[0] = u8::from(gzip);
+    frame[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
+    Bytes::from(frame)
+}
+
 /// A backend's answer to a delivered batch: spans it rejected (OTLP partial success).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Delivered {
-    /// Spans the backend accepted the request for but rejected.
+    /// Spans (data points, for metrics) the backend accepted the request for but rejected.
     pub rejected_spans: u64,
     /// The backend's explanation, if any.
     pub message: String,

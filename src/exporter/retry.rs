@@ -57,6 +57,19 @@ impl RetryPolicy {
         self.base_delay(attempt)
             .mul_f64(rand::rng().random_range(0.5..1.5))
     }
+
+    /// The wait before retry `attempt` of something first tried at `started`: the delay
+    /// the backend `asked` for, else the backoff; `None` when retries are off or the
+    /// retry would come after `max_elapsed`.
+    pub fn next_retry(
+        &self,
+        attempt: u32,
+        asked: Option<Duration>,
+        started: Instant,
+    ) -> Option<Duration> {
+        let delay = asked.unwrap_or_else(|| self.delay(attempt));
+        (self.enabled && started.elapsed() + delay <= self.max_elapsed).then_some(delay)
+    }
 }
 
 /// How a batch's delivery ended.
@@ -140,15 +153,14 @@ pub async fn deliver<E: Exporter>(
                 retry_after,
             }) => (message, retry_after),
         };
-        let delay = retry_after.unwrap_or_else(|| policy.delay(attempt));
-        if !policy.enabled || started.elapsed() + delay > policy.max_elapsed {
+        let Some(delay) = policy.next_retry(attempt, retry_after, started) else {
             metrics.export_failed(name, false);
             metrics.dropped(name, DropReason::RetriesExhausted, spans);
             if let Some(suppressed) = EXHAUSTED_LOG.check() {
                 tracing::error!(exporter = name, spans, error = %message, attempts = attempt + 1, suppressed, "Export failed and retries are exhausted; batch dropped");
             }
             return Delivery::Dropped;
-        }
+        };
         metrics.export_failed(name, true);
         // The outage was logged once when it began: a line per retry would only repeat it.
         tracing::debug!(exporter = name, error = %message, retry_in = ?delay, "Export failed; will retry");

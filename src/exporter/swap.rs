@@ -8,7 +8,7 @@ use super::{
     BuildError, ConsoleExporter, Delivered, ExportError, Exporter, OtlpGrpcExporter,
     OtlpHttpExporter, Payload,
 };
-use crate::config::{ExporterConfig, ExporterProtocol};
+use crate::config::{ExporterConfig, ExporterProtocol, OtlpSignal};
 
 /// Any exporter the config can name, as one type: a reload may change the protocol.
 pub enum AnyExporter {
@@ -24,8 +24,12 @@ impl AnyExporter {
     /// The exporter `config` describes, named `name` in errors.
     pub fn build(name: &str, config: &ExporterConfig) -> Result<Self, BuildError> {
         Ok(match config.protocol {
-            ExporterProtocol::Grpc => Self::Grpc(OtlpGrpcExporter::new(name, config)?),
-            ExporterProtocol::HttpProtobuf => Self::Http(OtlpHttpExporter::new(name, config)?),
+            ExporterProtocol::Grpc => {
+                Self::Grpc(OtlpGrpcExporter::new(name, config, OtlpSignal::Traces)?)
+            }
+            ExporterProtocol::HttpProtobuf => {
+                Self::Http(OtlpHttpExporter::new(name, config, OtlpSignal::Traces)?)
+            }
             ExporterProtocol::Console if config.is_console_fallback() => {
                 Self::Console(ConsoleExporter::stdout().warning_as_fallback())
             }

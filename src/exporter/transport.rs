@@ -354,7 +354,7 @@ impl ServerCertVerifier for NoVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ExporterProtocol;
+    use crate::config::{ExporterProtocol, OtlpSignal};
     use crate::exporter::{Exporter, OtlpGrpcExporter, OtlpHttpExporter, Payload};
 
     /// A loopback port nothing listens on: bound, read, and closed again.
@@ -376,11 +376,13 @@ mod tests {
         let grpc = OtlpGrpcExporter::new(
             "tempo",
             &ExporterConfig::new(ExporterProtocol::Grpc, endpoint.clone()),
+            OtlpSignal::Traces,
         )
         .expect("exporter");
         let http = OtlpHttpExporter::new(
             "grafana",
             &ExporterConfig::new(ExporterProtocol::HttpProtobuf, endpoint),
+            OtlpSignal::Traces,
         )
         .expect("exporter");
         let expected = format!("connect to 127.0.0.1:{port}: connection refused");

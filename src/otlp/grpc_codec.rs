@@ -29,6 +29,12 @@ impl WireEncode for super::ExportTraceServiceResponse {
     }
 }
 
+impl WireEncode for super::ExportMetricsServiceResponse {
+    fn write_to(self, buf: &mut EncodeBuf<'_>) {
+        let _ = self.encode(buf);
+    }
+}
+
 /// Something the codec can read from the wire.
 pub trait WireDecode: Sized + Send + 'static {
     /// Reads one message from `buf`.

@@ -10,11 +10,19 @@ use prost::Message;
 
 use crate::log_limit::{LogLimit, REPEAT_INTERVAL};
 
+pub use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 pub use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 pub use opentelemetry_proto::tonic::common::v1::{
     AnyValue, ArrayValue, EntityRef, InstrumentationScope, KeyValue, KeyValueList, any_value::Value,
+};
+pub use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum, metric::Data as MetricData,
+    number_data_point::Value as NumberValue,
 };
 pub use opentelemetry_proto::tonic::resource::v1::Resource;
 pub use opentelemetry_proto::tonic::trace::v1::{
@@ -29,6 +37,11 @@ pub mod wire;
 pub const TRACE_SERVICE_NAME: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 /// The gRPC path of `TraceService/Export`.
 pub const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The package and service path of the OTLP metrics service (the Daena signals' export).
+pub const METRICS_SERVICE_NAME: &str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+/// The gRPC path of `MetricsService/Export`.
+pub const METRICS_EXPORT_PATH: &str =
+    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
 /// A body the scan accepted that fails to decode would do so for every request of its kind.
 static UNDECODABLE_LOG: LogLimit = LogLimit::new(REPEAT_INTERVAL);

@@ -85,6 +85,20 @@ struct ActionLabels {
     action: &'static str,
 }
 
+/// Labels of an export of the Daena signals as OTLP metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalsExportLabels {
+    exporter: String,
+    result: &'static str,
+}
+
+fn signals_export_labels(exporter: &str, sent: bool) -> SignalsExportLabels {
+    SignalsExportLabels {
+        exporter: exporter.to_owned(),
+        result: if sent { "sent" } else { "failed" },
+    }
+}
+
 /// Labels of a counter keyed by how something ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -254,6 +268,7 @@ pub struct Metrics {
     memory_budget_used: Gauge<u64, AtomicU64>,
     memory_budget_limit: Gauge<u64, AtomicU64>,
     config_reloads: Family<ResultLabels, Counter>,
+    signals_exports: Family<SignalsExportLabels, Counter>,
     memory_soft_limit: Gauge<u64, AtomicU64>,
     memory_hard_limit: Gauge<u64, AtomicU64>,
     batch_spans: Histogram,
@@ -306,6 +321,7 @@ impl Default for Metrics {
         for result in ["applied", "refused"] {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
         }
+        let signals_exports = Family::<SignalsExportLabels, Counter>::default();
         let memory_soft_limit = Gauge::default();
         let memory_hard_limit = Gauge::default();
         let batch_spans = Histogram::new(exponential_buckets(1.0, 4.0, 11));
@@ -428,6 +444,11 @@ impl Default for Metrics {
             config_reloads.clone(),
         );
         registry.register(
+            "signals_exports",
+            "Exports of the Daena signals as OTLP metrics (processors.signals.export), by exporter and result (sent; failed: refused, or out of retries before the next export)",
+            signals_exports.clone(),
+        );
+        registry.register(
             "memory_soft_limit_bytes",
             "memory_limit.soft: above this resident set the receivers refuse new spans",
             memory_soft_limit.clone(),
@@ -480,6 +501,7 @@ impl Default for Metrics {
             memory_budget_used,
             memory_budget_limit,
             config_reloads,
+            signals_exports,
             memory_soft_limit,
             memory_hard_limit,
             batch_spans,
@@ -804,6 +826,22 @@ impl Metrics {
                 kind: if retried { "retried" } else { "final" },
             })
             .inc();
+    }
+
+    /// Counts one export of the Daena signals to `exporter`, sent or given up.
+    pub fn signals_exported(&self, exporter: &str, sent: bool) {
+        self.signals_exports
+            .get_or_create(&signals_export_labels(exporter, sent))
+            .inc();
+    }
+
+    /// Shows `exporter`'s signals-export series at 0 before its first export.
+    pub fn declare_signals_export(&self, exporter: &str) {
+        for sent in [true, false] {
+            let _ = self
+                .signals_exports
+                .get_or_create(&signals_export_labels(exporter, sent));
+        }
     }
 
     /// Counts spans an exporter dropped.

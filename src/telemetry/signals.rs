@@ -10,6 +10,12 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 
+use crate::otlp::{
+    AggregationTemporality, ExportMetricsServiceRequest, Histogram, HistogramDataPoint,
+    InstrumentationScope, KeyValue, Metric, MetricData, NumberDataPoint, NumberValue, Resource,
+    ResourceMetrics, ScopeMetrics, Sum, Value, key_value,
+};
+
 /// The label value that stands for every value past a metric's series limit.
 pub const OTHER: &str = "__other__";
 
@@ -152,6 +158,17 @@ impl Signal {
     /// The metric name the `metric` label of `daena_signals_folded_total` gives.
     pub fn name(self) -> &'static str {
         self.describe().0
+    }
+
+    /// The OTLP unit: seconds for durations, an annotation (which Prometheus-compatible
+    /// backends leave out of the name) for the others.
+    fn unit(self) -> &'static str {
+        match self {
+            Self::LlmCost => "{USD}",
+            Self::LlmTokens => "{token}",
+            Self::CouncilPhaseDuration | Self::NbmfDuration | Self::HttpDuration => "s",
+            _ => "",
+        }
     }
 }
 
@@ -304,6 +321,126 @@ impl SignalTable {
     }
 }
 
+/// Billionths (nano-dollars, nanoseconds) as units (dollars, seconds).
+#[allow(clippy::cast_precision_loss)] // shown as a float; kept exact inside
+fn units(billionths: u128) -> f64 {
+    billionths as f64 / 1e9
+}
+
+impl SignalTable {
+    /// The table as one OTLP metrics request: cumulative monotonic sums and explicit-bucket
+    /// histograms counted since `start` (Unix nanoseconds), read at `now`, with the same
+    /// names as on `/metrics` (a Prometheus-compatible backend adds `_total` to the sums).
+    pub fn to_otlp(&self, resource: Resource, start: u64, now: u64) -> ExportMetricsServiceRequest {
+        let attributes = |names: &[&str], values: &[String]| -> Vec<KeyValue> {
+            names
+                .iter()
+                .zip(values)
+                .map(|(name, value)| key_value(*name, Value::StringValue(value.clone())))
+                .collect()
+        };
+        let number = |attributes, value| NumberDataPoint {
+            attributes,
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            value: Some(value),
+            ..Default::default()
+        };
+        let sum = |data_points| {
+            MetricData::Sum(Sum {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })
+        };
+        let mut metrics: Vec<Metric> = Signal::ALL
+            .into_iter()
+            .map(|signal| {
+                let (name, help, label_names, kind) = signal.describe();
+                let series = self.series(signal);
+                let data = match kind {
+                    Kind::Histogram => MetricData::Histogram(Histogram {
+                        data_points: series
+                            .iter()
+                            .map(|(values, tally)| HistogramDataPoint {
+                                attributes: attributes(label_names, values),
+                                start_time_unix_nano: start,
+                                time_unix_nano: now,
+                                count: tally.count,
+                                sum: Some(units(tally.billionths)),
+                                bucket_counts: tally.buckets.to_vec(),
+                                explicit_bounds: BUCKETS.to_vec(),
+                                ..Default::default()
+                            })
+                            .collect(),
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    }),
+                    Kind::Billionths => sum(series
+                        .iter()
+                        .map(|(values, tally)| {
+                            number(
+                                attributes(label_names, values),
+                                NumberValue::AsDouble(units(tally.billionths)),
+                            )
+                        })
+                        .collect()),
+                    Kind::Counter => sum(series
+                        .iter()
+                        .map(|(values, tally)| {
+                            let count = i64::try_from(tally.count).unwrap_or(i64::MAX);
+                            number(attributes(label_names, values), NumberValue::AsInt(count))
+                        })
+                        .collect()),
+                };
+                Metric {
+                    name: name.to_owned(),
+                    description: help.to_owned(),
+                    unit: signal.unit().to_owned(),
+                    data: Some(data),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        metrics.push(Metric {
+            name: "daena_signals_folded".to_owned(),
+            description: FOLDED_HELP.to_owned(),
+            data: Some(sum(Signal::ALL
+                .into_iter()
+                .map(|signal| {
+                    let folded = self.folded.get(&signal).copied().unwrap_or(0);
+                    number(
+                        vec![key_value(
+                            "metric",
+                            Value::StringValue(signal.name().into()),
+                        )],
+                        NumberValue::AsInt(i64::try_from(folded).unwrap_or(i64::MAX)),
+                    )
+                })
+                .collect())),
+            ..Default::default()
+        });
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(resource),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(InstrumentationScope {
+                        name: "daena-trace-agent/signals".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+/// The help of `daena_signals_folded`.
+const FOLDED_HELP: &str =
+    "Observations whose label set was past max_series_per_metric, added to the __other__ series";
+
 /// The table, shared by the stage that fills it and the collector that shows it.
 #[derive(Debug, Clone)]
 pub struct Signals(Arc<Mutex<SignalTable>>);
@@ -344,8 +481,7 @@ impl Collector for SignalsCollector {
                     .zip(values.iter().map(String::as_str))
                     .collect();
                 let series = family.encode_family(&labels)?;
-                #[allow(clippy::cast_precision_loss)] // shown as a float; kept exact inside
-                let units = tally.billionths as f64 / 1e9;
+                let units = units(tally.billionths);
                 match kind {
                     Kind::Counter => ConstCounter::new(tally.count).encode(series)?,
                     Kind::Billionths => ConstCounter::new(units).encode(series)?,
@@ -370,7 +506,7 @@ impl Collector for SignalsCollector {
         }
         let mut folded = encoder.encode_descriptor(
             "daena_signals_folded",
-            "Observations whose label set was past max_series_per_metric, added to the __other__ series",
+            FOLDED_HELP,
             None,
             MetricType::Counter,
         )?;

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use daena_trace_agent::otlp::grpc_codec::OtlpCodec;
+use daena_trace_agent::otlp::grpc_codec::WireEncode;
 use daena_trace_agent::otlp::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse, Resource,
-    Span, TRACE_SERVICE_NAME,
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse, ExportTracePartialSuccess,
+    ExportTraceServiceRequest, ExportTraceServiceResponse, METRICS_EXPORT_PATH,
+    METRICS_SERVICE_NAME, Resource, Span, TRACE_SERVICE_NAME,
 };
 use hyper_util::rt::TokioExecutor;
 use prost::Message;
@@ -38,6 +40,15 @@ pub struct Received {
     /// `body` decoded by prost.
     pub request: ExportTraceServiceRequest,
     pub at: Instant,
+}
+
+/// One OTLP metrics request as the sink saw it.
+#[derive(Clone, Debug)]
+pub struct MetricsReceived {
+    pub headers: http::HeaderMap,
+    /// `/v1/metrics` (or `/otlp/v1/metrics`), or the MetricsService method's.
+    pub path: String,
+    pub request: ExportMetricsServiceRequest,
 }
 
 /// How the sink answers the next request.
@@ -62,6 +73,8 @@ pub struct Sink {
 
 struct State {
     received: Mutex<Vec<Received>>,
+    /// OTLP metrics requests (the Daena signals), always accepted.
+    metrics: Mutex<Vec<MetricsReceived>>,
     script: Mutex<VecDeque<Answer>>,
     /// While set, the sink answers UNAVAILABLE (HTTP 503) and records nothing: an outage.
     down: AtomicBool,
@@ -103,7 +116,12 @@ impl Sink {
     pub async fn grpc() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let sink = Self::new(listener.local_addr().expect("addr"));
-        serve_grpc(listener, sink.grpc_endpoint());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(sink.grpc_endpoint())
+                .add_service(sink.grpc_metrics_endpoint())
+                .serve_with_incoming(incoming(listener)),
+        );
         sink
     }
 
@@ -114,6 +132,8 @@ impl Sink {
         let router = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
             .route("/otlp/v1/traces", axum::routing::post(http_export))
+            .route("/v1/metrics", axum::routing::post(http_metrics))
+            .route("/otlp/v1/metrics", axum::routing::post(http_metrics))
             .with_state(sink.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         sink
@@ -131,11 +151,13 @@ impl Sink {
         let sink = Self::new(listener.local_addr().expect("addr"));
         let router = axum::Router::new()
             .route("/v1/traces", axum::routing::post(http_export))
+            .route("/v1/metrics", axum::routing::post(http_metrics))
             .with_state(sink.clone())
             .route_service(
                 daena_trace_agent::otlp::TRACE_EXPORT_PATH,
                 sink.grpc_endpoint(),
-            );
+            )
+            .route_service(METRICS_EXPORT_PATH, sink.grpc_metrics_endpoint());
         let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert")];
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -176,6 +198,7 @@ impl Sink {
             addr,
             state: Arc::new(State {
                 received: Mutex::default(),
+                metrics: Mutex::default(),
                 script: Mutex::default(),
                 down: AtomicBool::default(),
                 delay_ms: AtomicU64::default(),
@@ -183,6 +206,33 @@ impl Sink {
                 released: watch::Sender::new(0),
             }),
         }
+    }
+
+    /// The gRPC `MetricsService/Export` endpoint of this sink: records and accepts.
+    fn grpc_metrics_endpoint(&self) -> GrpcEndpoint<ExportMetricsServiceResponse> {
+        let sink = self.clone();
+        GrpcEndpoint(Arc::new(move |request: tonic::Request<Bytes>| {
+            let headers = request.metadata().clone().into_headers();
+            sink.record_metrics(headers, METRICS_EXPORT_PATH, request.get_ref());
+            Box::pin(std::future::ready(Ok(tonic::Response::new(
+                ExportMetricsServiceResponse::default(),
+            ))))
+        }))
+    }
+
+    fn record_metrics(&self, headers: http::HeaderMap, path: &str, body: &[u8]) {
+        let request = ExportMetricsServiceRequest::decode(body)
+            .expect("the sink receives valid OTLP metrics protobuf");
+        lock(&self.state.metrics).push(MetricsReceived {
+            headers,
+            path: path.to_owned(),
+            request,
+        });
+    }
+
+    /// Every OTLP metrics request received so far.
+    pub fn metrics(&self) -> Vec<MetricsReceived> {
+        lock(&self.state.metrics).clone()
     }
 
     /// The gRPC `TraceService/Export` endpoint of this sink.
@@ -392,6 +442,26 @@ fn partial(rejected: i64, message: &str) -> ExportTraceServiceResponse {
     }
 }
 
+async fn http_metrics(
+    axum::extract::State(sink): axum::extract::State<Sink>,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        Bytes::from(gunzip(&body))
+    } else {
+        body
+    };
+    sink.record_metrics(headers, uri.path(), &body);
+    (
+        [(http::header::CONTENT_TYPE, "application/x-protobuf")],
+        ExportMetricsServiceResponse::default().encode_to_vec(),
+    )
+        .into_response()
+}
+
 async fn http_export(
     axum::extract::State(sink): axum::extract::State<Sink>,
     uri: http::Uri,
@@ -480,29 +550,41 @@ impl CountingSink {
 
 // ---------------------------------------------------------------- the gRPC endpoint
 
-type ExportResult = Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status>;
-type ExportFuture = Pin<Box<dyn Future<Output = ExportResult> + Send>>;
+type ExportResult<R> = Result<tonic::Response<R>, tonic::Status>;
+type ExportFuture<R = ExportTraceServiceResponse> =
+    Pin<Box<dyn Future<Output = ExportResult<R>> + Send>>;
 
-/// An OTLP/gRPC `TraceService` that hands each request body, as received (gzip undone by
-/// tonic), to its handler: the library's [`OtlpCodec`] moves bytes, so no sink decodes
-/// more than it needs to.
-#[derive(Clone)]
-struct GrpcEndpoint(Arc<dyn Fn(tonic::Request<Bytes>) -> ExportFuture + Send + Sync>);
+/// An OTLP/gRPC service (`TraceService`, or `MetricsService` with `R` its response) that
+/// hands each request body, as received (gzip undone by tonic), to its handler: the
+/// library's [`OtlpCodec`] moves bytes, so no sink decodes more than it needs to.
+struct GrpcEndpoint<R = ExportTraceServiceResponse>(
+    Arc<dyn Fn(tonic::Request<Bytes>) -> ExportFuture<R> + Send + Sync>,
+);
+
+impl<R> Clone for GrpcEndpoint<R> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
 
 impl tonic::server::NamedService for GrpcEndpoint {
     const NAME: &'static str = TRACE_SERVICE_NAME;
 }
 
-impl tonic::server::UnaryService<Bytes> for GrpcEndpoint {
-    type Response = ExportTraceServiceResponse;
-    type Future = ExportFuture;
+impl tonic::server::NamedService for GrpcEndpoint<ExportMetricsServiceResponse> {
+    const NAME: &'static str = METRICS_SERVICE_NAME;
+}
+
+impl<R: WireEncode> tonic::server::UnaryService<Bytes> for GrpcEndpoint<R> {
+    type Response = R;
+    type Future = ExportFuture<R>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         (self.0)(request)
     }
 }
 
-impl<B> tower_service::Service<http::Request<B>> for GrpcEndpoint
+impl<R: WireEncode, B> tower_service::Service<http::Request<B>> for GrpcEndpoint<R>
 where
     B: axum::body::HttpBody + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
@@ -518,10 +600,9 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let endpoint = self.clone();
         Box::pin(async move {
-            let mut grpc =
-                tonic::server::Grpc::new(OtlpCodec::<ExportTraceServiceResponse, Bytes>::default())
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                    .max_decoding_message_size(64 << 20);
+            let mut grpc = tonic::server::Grpc::new(OtlpCodec::<R, Bytes>::default())
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(64 << 20);
             Ok(grpc.unary(endpoint, request).await)
         })
     }
@@ -532,10 +613,13 @@ fn serve_grpc(listener: TcpListener, endpoint: GrpcEndpoint) {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(endpoint)
-            .serve_with_incoming(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            ),
+            .serve_with_incoming(incoming(listener)),
     );
+}
+
+/// `listener`'s connections, without Nagle's delay.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// A TLS sink with a fresh self-signed certificate for `localhost`, and that certificate
