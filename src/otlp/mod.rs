@@ -31,6 +31,7 @@ pub use opentelemetry_proto::tonic::trace::v1::{
 };
 
 pub mod grpc_codec;
+pub mod view;
 pub mod wire;
 
 /// The package and service path of the OTLP trace service, shared by the receiver and the exporter.
@@ -149,6 +150,12 @@ impl SpanBatch {
     /// Adds an encoded part.
     pub fn push_encoded(&mut self, body: Bytes, spans: usize) {
         self.encoded.push((body, spans));
+    }
+
+    /// The encoded parts with their span counts, for stages that work on the wire form
+    /// ([`view`]); a part a stage rewrites must keep its count right.
+    pub fn encoded_mut(&mut self) -> &mut Vec<(Bytes, usize)> {
+        &mut self.encoded
     }
 
     /// The decoded resource spans, to append to.

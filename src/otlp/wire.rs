@@ -147,12 +147,12 @@ fn field(message: Msg, number: u32) -> Field {
 /// the budget of the fields being read is 0, and a nested message's fields, or the fields
 /// inside a skipped group, get one less. The scan keeps the same account, so it refuses
 /// exactly the depths prost refuses (`wire::tests::depth_is_counted_as_prost_counts_it`).
-const RECURSION_LIMIT: u32 = 100;
+pub(super) const RECURSION_LIMIT: u32 = 100;
 
 /// Reads a varint as prost does (at most 10 bytes, the 10th at most 1), inlined for
 /// slices: the generic reader over `Buf` was a sixth of the agent's time.
 #[inline]
-fn varint(buf: &mut &[u8]) -> Option<u64> {
+pub(super) fn varint(buf: &mut &[u8]) -> Option<u64> {
     let mut value = 0u64;
     for (i, &byte) in buf.iter().take(10).enumerate() {
         if i == 9 && byte > 1 {
@@ -245,14 +245,14 @@ fn walk(mut buf: &[u8], message: Msg, budget: u32, scan: &mut Scan) -> bool {
 
 /// Reads a field key as prost's `decode_key` does: a varint of at most 32 bits, a field
 /// number of at least 1; the wire type is checked where it is used.
-fn key(buf: &mut &[u8]) -> Option<(u32, u8)> {
+pub(super) fn key(buf: &mut &[u8]) -> Option<(u32, u8)> {
     let key = u32::try_from(varint(buf)?).ok()?;
     let number = key >> 3;
     (number != 0).then_some((number, (key & 7) as u8))
 }
 
 /// Reads a length and that many bytes.
-fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+pub(super) fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = usize::try_from(varint(buf)?).ok()?;
     take(buf, len)
 }
@@ -260,7 +260,7 @@ fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
 /// Skips an unknown field as prost's `skip_field` does, with its depth rule: refused when
 /// `budget` is 0; a group's fields are skipped with one less, and its end must carry its
 /// number. OTLP has no groups, but prost accepts them as unknown fields, so the scan must.
-fn skip(buf: &mut &[u8], wire_type: u8, number: u32, budget: u32) -> bool {
+pub(super) fn skip(buf: &mut &[u8], wire_type: u8, number: u32, budget: u32) -> bool {
     if budget == 0 {
         return false;
     }

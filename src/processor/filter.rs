@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Processor;
-use super::matcher::{AttributesMatch, TextMatch, attribute};
+use super::matcher::{Attributes, AttributesMatch, TextMatch};
 use crate::config::filter::{FilterConfig, FilterRule, KeepOrDrop, SpanKindName, StatusName};
-use crate::otlp::{Span, SpanBatch, SpanKind, StatusCode, Value};
+use crate::otlp::view::{SpanRef, ValueRef, Verdict, retain_spans, walk_spans};
+use crate::otlp::{Span, SpanBatch, SpanKind, StatusCode};
 use crate::telemetry::Metrics;
 
 /// The attribute FastAPI's (ASGI) instrumentation puts on its send/receive spans.
@@ -33,6 +34,38 @@ pub struct NoiseFilter {
     decisions: Vec<Option<Drop>>,
     /// Per rule, for the current resource: whether its resource conditions hold (reused).
     resource_rules: Vec<bool>,
+}
+
+/// What the filter reads of a span, decoded or in place: its decisions are written once.
+trait FilterSpan: Attributes {
+    fn kind(&self) -> SpanKind;
+    fn name(&self) -> &str;
+    fn status(&self) -> StatusCode;
+}
+
+impl FilterSpan for Span {
+    fn kind(&self) -> SpanKind {
+        Span::kind(self)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn status(&self) -> StatusCode {
+        self.status.as_ref().map_or(StatusCode::Unset, |s| s.code())
+    }
+}
+
+impl FilterSpan for SpanRef<'_> {
+    // Unknown numbers read as prost reads them: the enum's default.
+    fn kind(&self) -> SpanKind {
+        SpanKind::try_from(self.kind).unwrap_or_default()
+    }
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn status(&self) -> StatusCode {
+        StatusCode::try_from(self.status_code).unwrap_or_default()
+    }
 }
 
 /// One compiled rule.
@@ -77,14 +110,14 @@ impl NoiseFilter {
     }
 
     /// What to do with one span, before its subtree is known.
-    fn classify(&self, span: &Span, resource_rules: &[bool]) -> Option<Drop> {
+    fn classify(&self, span: &impl FilterSpan, resource_rules: &[bool]) -> Option<Drop> {
         let kind = span.kind();
-        if kind == SpanKind::Internal && attribute(&span.attributes, ASGI_EVENT_TYPE).is_some() {
+        if kind == SpanKind::Internal && span.get(ASGI_EVENT_TYPE).is_some() {
             if self.drop_asgi {
                 return Some(Drop::Asgi);
             }
             // A probe's ASGI span may come before its server span: its name says whose it is.
-            if self.is_probe_asgi_name(&span.name) {
+            if self.is_probe_asgi_name(span.name()) {
                 return Some(Drop::Health);
             }
         }
@@ -100,18 +133,18 @@ impl NoiseFilter {
 
     /// Whether a SERVER span serves a health route: its `http.route`, else its
     /// `url.path` or `http.target` (without a query), else its name `GET /healthz`.
-    fn is_probe(&self, span: &Span) -> bool {
+    fn is_probe(&self, span: &impl FilterSpan) -> bool {
         if self.health_routes.is_empty() {
             return false;
         }
         let route = ["http.route", "url.path", "http.target"]
             .iter()
-            .find_map(|key| attribute(&span.attributes, key))
+            .find_map(|key| span.get(key))
             .and_then(|value| match value {
-                Value::StringValue(s) => Some(s.split('?').next().unwrap_or_default()),
+                ValueRef::Str(s) => Some(s.split('?').next().unwrap_or_default()),
                 _ => None,
             })
-            .or_else(|| span.name.split_once(' ').map(|(_, route)| route));
+            .or_else(|| span.name().split_once(' ').map(|(_, route)| route));
         route.is_some_and(|route| self.health_routes.iter().any(|r| r == route))
     }
 
@@ -167,16 +200,14 @@ impl Rule {
     }
 
     /// Whether the span meets every condition but the resource's (checked per resource).
-    fn matches(&self, span: &Span) -> bool {
+    fn matches(&self, span: &impl FilterSpan) -> bool {
         self.kind.is_none_or(|kind| span.kind() == kind)
-            && self.status.is_none_or(|status| {
-                span.status.as_ref().map_or(StatusCode::Unset, |s| s.code()) == status
-            })
+            && self.status.is_none_or(|status| span.status() == status)
             && self
                 .name
                 .as_ref()
-                .is_none_or(|name| name.matches(&span.name))
-            && self.attributes.matches(&span.attributes)
+                .is_none_or(|name| name.matches(span.name()))
+            && self.attributes.matches(span)
     }
 }
 
@@ -186,6 +217,9 @@ impl Processor for NoiseFilter {
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {
+        if self.keeps_every_encoded_span(batch) {
+            return;
+        }
         // First every span's fate, then the ASGI spans that turn out to be parents are
         // kept, then the spans go: three passes, no allocation once the buffers are warm.
         let mut decisions = std::mem::take(&mut self.decisions);
@@ -266,6 +300,53 @@ impl Processor for NoiseFilter {
 }
 
 impl NoiseFilter {
+    /// Whether the batch is all encoded and the filter would drop none of its spans,
+    /// read in place: then it stays as it came, never decoded (Daena traffic without
+    /// FastAPI's noise), only rid of scopes and resources without spans as the full path
+    /// would be.
+    fn keeps_every_encoded_span(&mut self, batch: &mut SpanBatch) -> bool {
+        if !batch.decoded_mut().is_empty() {
+            return false;
+        }
+        let mut resource_rules = std::mem::take(&mut self.resource_rules);
+        let mut keeps = true;
+        let mut to_prune = Vec::new();
+        for (part, (body, _)) in batch.encoded_mut().iter().enumerate() {
+            let mut resource_seen: Option<&[u8]> = None;
+            let walked =
+                walk_spans(body, |resource, span| {
+                    if !keeps {
+                        return;
+                    }
+                    if resource_seen.is_none_or(|seen| !std::ptr::eq(seen, resource.bytes())) {
+                        resource_seen = Some(resource.bytes());
+                        resource_rules.clear();
+                        resource_rules.extend(self.rules.iter().map(|rule| {
+                            rule.resource.is_empty() || rule.resource.matches(&resource)
+                        }));
+                    }
+                    let trace: [u8; 16] = span.trace_id.try_into().unwrap_or_default();
+                    keeps = self.classify(span, &resource_rules).is_none()
+                        && !self.probe_set.contains(&trace);
+                });
+            if !keeps {
+                break;
+            }
+            if walked.empty_containers {
+                to_prune.push(part);
+            }
+        }
+        self.resource_rules = resource_rules;
+        if keeps {
+            let parts = batch.encoded_mut();
+            for part in to_prune {
+                let (body, _) = &mut parts[part];
+                *body = retain_spans(body, |_, _| Verdict::Keep).body.into();
+            }
+        }
+        keeps
+    }
+
     /// ASGI event spans are leaves; one that is the parent of a span of the batch the filter
     /// keeps is kept too (and counted), so no kept span loses its parent to the filter.
     fn keep_asgi_parents(&self, batch: &mut SpanBatch, decisions: &mut [Option<Drop>]) {

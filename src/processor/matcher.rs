@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::config::filter::{Comparison, MatchValue};
-use crate::otlp::{KeyValue, Value};
+use crate::otlp::KeyValue;
+use crate::otlp::view::{ResourceRef, SpanRef, ValueRef};
 
 /// A text condition: exact, or a glob where `*` is any run of characters and `?` one.
 #[derive(Debug, Clone)]
@@ -92,16 +93,16 @@ impl ValueMatch {
     }
 
     /// Whether `value` matches.
-    pub fn matches(&self, value: Option<&Value>) -> bool {
+    pub fn matches(&self, value: Option<ValueRef<'_>>) -> bool {
         #[allow(clippy::cast_precision_loss)] // an int attribute compared as a double
         let number = match value {
-            Some(Value::IntValue(i)) => Some(*i as f64),
-            Some(Value::DoubleValue(d)) => Some(*d),
+            Some(ValueRef::Int(i)) => Some(i as f64),
+            Some(ValueRef::Double(d)) => Some(d),
             _ => None,
         };
         match (self, value) {
-            (Self::Text(text), Some(Value::StringValue(s))) => text.matches(s),
-            (Self::Bool(b), Some(Value::BoolValue(v))) => b == v,
+            (Self::Text(text), Some(ValueRef::Str(s))) => text.matches(s),
+            (Self::Bool(b), Some(ValueRef::Bool(v))) => *b == v,
             (Self::Number(n), _) => number == Some(*n),
             (Self::Compare(op, n), _) => number.is_some_and(|v| compare(*op, v, *n)),
             _ => false,
@@ -136,10 +137,10 @@ impl AttributesMatch {
     }
 
     /// Whether every condition holds on `attributes`.
-    pub fn matches(&self, attributes: &[KeyValue]) -> bool {
+    pub fn matches(&self, attributes: &(impl Attributes + ?Sized)) -> bool {
         self.0
             .iter()
-            .all(|(key, condition)| condition.matches(attribute(attributes, key)))
+            .all(|(key, condition)| condition.matches(attributes.get(key)))
     }
 
     /// Whether there is no condition.
@@ -148,13 +149,50 @@ impl AttributesMatch {
     }
 }
 
+/// Attributes looked up by key, decoded or read in place: one matcher serves both forms.
+pub trait Attributes {
+    /// The value of the first attribute named `key`, if it has one.
+    fn get(&self, key: &str) -> Option<ValueRef<'_>>;
+}
+
+impl Attributes for [KeyValue] {
+    fn get(&self, key: &str) -> Option<ValueRef<'_>> {
+        attribute(self, key)
+    }
+}
+
+impl Attributes for Vec<KeyValue> {
+    fn get(&self, key: &str) -> Option<ValueRef<'_>> {
+        attribute(self, key)
+    }
+}
+
+impl Attributes for crate::otlp::Span {
+    fn get(&self, key: &str) -> Option<ValueRef<'_>> {
+        attribute(&self.attributes, key)
+    }
+}
+
+impl Attributes for SpanRef<'_> {
+    fn get(&self, key: &str) -> Option<ValueRef<'_>> {
+        self.attribute(key)
+    }
+}
+
+impl Attributes for ResourceRef<'_> {
+    fn get(&self, key: &str) -> Option<ValueRef<'_>> {
+        self.attribute(key)
+    }
+}
+
 /// The value of the first attribute named `key`, if it has one.
-pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+pub fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<ValueRef<'a>> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| v.value.as_ref())
+        .map(ValueRef::from)
 }
 
 #[cfg(test)]
@@ -162,6 +200,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::otlp::Value;
 
     /// The glob's meaning, written the slow and obvious way.
     fn reference(pattern: &[u8], text: &[u8]) -> bool {
@@ -240,7 +279,7 @@ mod tests {
         ];
         for (condition, value, expected) in cases {
             assert_eq!(
-                ValueMatch::new(&condition).matches(value.as_ref()),
+                ValueMatch::new(&condition).matches(value.as_ref().map(ValueRef::from)),
                 expected,
                 "{condition:?} {value:?}"
             );

@@ -20,7 +20,7 @@ pub use filter::NoiseFilter;
 pub use limits::Limiter;
 pub use redact::Redactor;
 pub use sampling::HeadSampler;
-pub use signals::SignalsCounter;
+pub use signals::{SignalsCounter, SignalsPass};
 pub use tail::TailSampler;
 
 use std::sync::Arc;
@@ -77,7 +77,7 @@ pub fn build(
         let signals = SignalsCounter::new(config, metrics.signals().clone());
         if head.is_some() {
             order.push(signals.name());
-            processors.push(Box::new(SpanPass::new(vec![Box::new(signals)])));
+            processors.push(Box::new(SignalsPass(signals)));
         } else {
             stages.insert(0, Box::new(signals));
         }

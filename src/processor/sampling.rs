@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::Processor;
+use crate::otlp::view::{Verdict, retain_spans};
 use crate::otlp::{Span, SpanBatch};
 use crate::telemetry::Metrics;
 
@@ -147,10 +150,17 @@ impl ConsistentSampler {
 
     /// Records this sampler's threshold in a kept span's `tracestate`.
     pub fn record(&self, tracestate: &mut String) {
+        let mut recorded = String::new();
+        self.write_recorded(tracestate, &mut recorded);
+        *tracestate = recorded;
+    }
+
+    /// Writes `tracestate` with this sampler's threshold into `out`.
+    fn write_recorded(&self, tracestate: &str, out: &mut String) {
         if tracestate.is_empty() {
-            tracestate.clone_from(&self.alone);
+            out.push_str(&self.alone);
         } else {
-            *tracestate = with_threshold(tracestate, self.threshold);
+            out.push_str(&with_threshold(tracestate, self.threshold));
         }
     }
 
@@ -163,15 +173,29 @@ impl ConsistentSampler {
     /// an upstream sampler already sampled more selectively passes unchanged: a downstream
     /// sampler may only raise the threshold, never lower it.
     pub fn sample(&self, span: &mut Span) -> bool {
-        let upstream = upstream_threshold(&span.trace_state);
+        let mut recorded = String::new();
+        match self.decide(&span.trace_id, &span.trace_state, &mut recorded) {
+            Verdict::Drop => false,
+            Verdict::Keep => true,
+            Verdict::KeepWithTraceState => {
+                span.trace_state = recorded;
+                true
+            }
+        }
+    }
+
+    /// Decides a span by its trace id and `tracestate`; when its `tracestate` must change,
+    /// writes the new one into `recorded` (empty on entry).
+    pub fn decide(&self, trace_id: &[u8], tracestate: &str, recorded: &mut String) -> Verdict {
+        let upstream = upstream_threshold(tracestate);
         if upstream.is_some_and(|t| t >= self.threshold) {
-            return true;
+            return Verdict::Keep;
         }
-        if !self.keeps(randomness(&span.trace_id, &span.trace_state)) {
-            return false;
+        if !self.keeps(randomness(trace_id, tracestate)) {
+            return Verdict::Drop;
         }
-        self.record(&mut span.trace_state);
-        true
+        self.write_recorded(tracestate, recorded);
+        Verdict::KeepWithTraceState
     }
 }
 
@@ -198,7 +222,21 @@ impl Processor for HeadSampler {
 
     fn process(&mut self, batch: &mut SpanBatch) {
         let (mut kept, mut dropped) = (0, 0);
-        for resource_spans in batch.resource_spans_mut().iter_mut() {
+        // Encoded parts are decided on their bytes: the spans dropped are never decoded.
+        batch.encoded_mut().retain_mut(|(body, spans)| {
+            let retained = retain_spans(body, |span, trace_state| {
+                self.sampler
+                    .decide(span.trace_id, span.trace_state, trace_state)
+            });
+            kept += retained.kept as u64;
+            dropped += retained.dropped as u64;
+            *spans = retained.kept;
+            if retained.changed {
+                *body = Bytes::from(retained.body);
+            }
+            *spans > 0
+        });
+        for resource_spans in batch.decoded_mut().iter_mut() {
             for scope_spans in &mut resource_spans.scope_spans {
                 scope_spans.spans.retain_mut(|span| {
                     let keep = self.sampler.sample(span);
@@ -212,9 +250,7 @@ impl Processor for HeadSampler {
             }
             resource_spans.scope_spans.retain(|ss| !ss.spans.is_empty());
         }
-        batch
-            .resource_spans_mut()
-            .retain(|rs| !rs.scope_spans.is_empty());
+        batch.decoded_mut().retain(|rs| !rs.scope_spans.is_empty());
         self.metrics.sampled_spans(kept, dropped);
     }
 }
@@ -328,6 +364,31 @@ mod tests {
             let (low, high) = if low <= high { (low, high) } else { (high, low) };
             let r = trace_id_randomness(&id);
             prop_assert!(!ConsistentSampler::new(low).keeps(r) || ConsistentSampler::new(high).keeps(r));
+        }
+
+        /// The wire path against its oracle, the decoded path: the same spans kept, with
+        /// the same `tracestate`, and the dropped ones never decoded.
+        #[test]
+        fn head_sampling_on_the_wire_keeps_what_it_keeps_decoded(
+            request in crate::otlp::view::arbitrary::request(),
+            ratio in prop::sample::select(vec![0.0001, 0.1, 0.5, 0.9, 1.0]),
+        ) {
+            use prost::Message;
+            let spans = crate::otlp::span_count(&request.resource_spans);
+            let mut wire = SpanBatch::from_encoded(Bytes::from(request.encode_to_vec()), spans);
+            let mut decoded = SpanBatch::from_request(request);
+            let (wire_metrics, decoded_metrics) = (Arc::new(Metrics::default()), Arc::new(Metrics::default()));
+            HeadSampler::new(ratio, Arc::clone(&wire_metrics)).process(&mut wire);
+            HeadSampler::new(ratio, Arc::clone(&decoded_metrics)).process(&mut decoded);
+            prop_assert!(wire.clone().into_parts().1.is_empty(), "nothing decoded");
+            prop_assert_eq!(wire.span_count(), decoded.span_count());
+            prop_assert_eq!(wire.into_request(), decoded.into_request());
+            let sampled = |metrics: &Metrics| -> Vec<String> {
+                let mut lines: Vec<String> = metrics.render().lines().filter(|l| l.starts_with("daena_agent_sampling_spans_total")).map(str::to_owned).collect();
+                lines.sort();
+                lines
+            };
+            prop_assert_eq!(sampled(&wire_metrics), sampled(&decoded_metrics));
         }
     }
 }

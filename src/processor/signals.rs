@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use super::SpanStage;
 use super::daena::{bool_of, is_rate_limit_event, one_of};
 use super::key_cache::KeyCache;
 use super::schema::{Schema, ValueRule};
+use super::{Processor, SpanStage};
 use crate::config::ProcessorsConfig;
-use crate::otlp::{Resource, Span, SpanKind, StatusCode, Value};
+use crate::otlp::view::{SpanRef, ValueRef, walk_spans};
+use crate::otlp::{Resource, Span, SpanBatch, SpanKind, StatusCode};
 use crate::telemetry::signals::{Signal, SignalTable, Signals, Tally};
 
 /// The most council rounds followed at once; a round past it is counted as incomplete.
@@ -231,7 +232,137 @@ impl Hasher for Fnv {
 type RoundSeen<'a> = (Cow<'a, str>, Cow<'a, str>, Option<&'static str>);
 
 /// One span's values, by role: the value and the schema rule it is read by.
-type Found<'a> = [Option<(&'a Value, Option<&'a ValueRule>)>; ROLES];
+type Found<'a> = [Option<(ValueRef<'a>, Option<&'a ValueRule>)>; ROLES];
+
+/// What the signals read of a span besides its attributes, decoded or in place: the
+/// counting is written once for both.
+trait SpanFacts {
+    fn name(&self) -> &str;
+    fn kind(&self) -> SpanKind;
+    fn duration(&self) -> u64;
+    fn is_error(&self) -> bool;
+    /// Rate-limit events, in any spelling.
+    fn rate_limit_events(&self) -> usize;
+}
+
+impl SpanFacts for Span {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> SpanKind {
+        Span::kind(self)
+    }
+    fn duration(&self) -> u64 {
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
+    }
+    fn is_error(&self) -> bool {
+        self.status.as_ref().map(|s| s.code()) == Some(StatusCode::Error)
+    }
+    fn rate_limit_events(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| is_rate_limit_event(&e.name))
+            .count()
+    }
+}
+
+impl SpanFacts for SpanRef<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn kind(&self) -> SpanKind {
+        SpanKind::try_from(self.kind).unwrap_or_default()
+    }
+    fn duration(&self) -> u64 {
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
+    }
+    fn is_error(&self) -> bool {
+        self.status_code == StatusCode::Error as i32
+    }
+    fn rate_limit_events(&self) -> usize {
+        self.events()
+            .filter(|e| is_rate_limit_event(e.name()))
+            .count()
+    }
+}
+
+impl SignalsCounter {
+    /// Counts the signals of one span of either form, its attributes given by `attributes`.
+    fn count<'a>(
+        &mut self,
+        span: &impl SpanFacts,
+        attributes: impl Iterator<Item = (&'a str, ValueRef<'a>)>,
+    ) {
+        let schema = &self.schema;
+        let row_roles = &self.row_roles;
+        let mut found: Found<'_> = [None; ROLES];
+        for (key, value) in attributes {
+            let Some((role, row)) = self
+                .keys
+                .get(key, |key| Self::classify(schema, row_roles, key))
+            else {
+                continue;
+            };
+            let slot = &mut found[role as usize];
+            if slot.is_none() && value != ValueRef::Empty {
+                *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
+            }
+        }
+        count_span(span, &found, &mut self.tallies, &mut self.rounds, self.now);
+    }
+
+    /// Ends a batch: rounds past their window are counted, the tallies go to the table.
+    fn end_batch(&mut self) {
+        self.now = Instant::now();
+        expire_rounds(
+            &mut self.rounds,
+            self.round_window,
+            self.now,
+            &mut self.tallies,
+        );
+        self.tallies.flush(&mut self.signals.lock());
+    }
+}
+
+/// The signals as a pass of their own, before head sampling: the spans still encoded are
+/// read in place, so those the sampler drops are never decoded.
+pub struct SignalsPass(pub SignalsCounter);
+
+impl Processor for SignalsPass {
+    fn name(&self) -> &'static str {
+        "signals"
+    }
+
+    fn process(&mut self, batch: &mut SpanBatch) {
+        let counter = &mut self.0;
+        for (body, _) in batch.encoded_mut().iter() {
+            walk_spans(body, |_, span| counter.count(span, span.attributes()));
+        }
+        for span in batch
+            .decoded_mut()
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+        {
+            counter.count(span, attributes_of(span));
+        }
+        counter.end_batch();
+    }
+}
+
+/// A decoded span's attributes as the view gives them.
+fn attributes_of(span: &Span) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+    span.attributes.iter().map(|kv| {
+        let value = kv
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+            .map_or(ValueRef::Empty, ValueRef::from);
+        (kv.key.as_str(), value)
+    })
+}
 
 impl SpanStage for SignalsCounter {
     fn name(&self) -> &'static str {
@@ -242,35 +373,11 @@ impl SpanStage for SignalsCounter {
 
     fn span(&mut self, span: &mut Span) {
         let span = &*span;
-        let schema = &self.schema;
-        let row_roles = &self.row_roles;
-        let mut found: Found<'_> = [None; ROLES];
-        for kv in &span.attributes {
-            let Some((role, row)) = self
-                .keys
-                .get(&kv.key, |key| Self::classify(schema, row_roles, key))
-            else {
-                continue;
-            };
-            if let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                let slot = &mut found[role as usize];
-                if slot.is_none() {
-                    *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
-                }
-            }
-        }
-        count_span(span, &found, &mut self.tallies, &mut self.rounds, self.now);
+        self.count(span, attributes_of(span));
     }
 
     fn finish_batch(&mut self) {
-        self.now = Instant::now();
-        expire_rounds(
-            &mut self.rounds,
-            self.round_window,
-            self.now,
-            &mut self.tallies,
-        );
-        self.tallies.flush(&mut self.signals.lock());
+        self.end_batch();
     }
 }
 
@@ -343,7 +450,7 @@ fn add<'t, const N: usize>(
 
 /// The signals of one span.
 fn count_span(
-    span: &Span,
+    span: &impl SpanFacts,
     found: &Found<'_>,
     tallies: &mut BatchTallies,
     rounds: &mut HashMap<String, Round>,
@@ -351,9 +458,7 @@ fn count_span(
 ) {
     let text = |role: Role| found[role as usize].and_then(|(v, rule)| canonical_text(v, rule));
     let label = |role: Role| text(role).unwrap_or(Cow::Borrowed(UNKNOWN));
-    let duration = span
-        .end_time_unix_nano
-        .saturating_sub(span.start_time_unix_nano);
+    let duration = span.duration();
     let department = label(Role::Department);
 
     if found[Role::Model as usize].is_some() {
@@ -408,10 +513,7 @@ fn count_span(
         )
         .observe(duration);
         if let Some(id) = text(Role::RoundId) {
-            let outcome = is_commit.then(|| match span.status.as_ref().map(|s| s.code()) {
-                Some(StatusCode::Error) => "error",
-                _ => "ok",
-            });
+            let outcome = is_commit.then(|| if span.is_error() { "error" } else { "ok" });
             follow_round(rounds, (id, department.clone(), outcome), now, tallies);
         }
     } else if let Some(id) = text(Role::RoundId) {
@@ -426,11 +528,7 @@ fn count_span(
             [topic.clone(), label(Role::BusOperation)],
             1,
         );
-        let limited = span
-            .events
-            .iter()
-            .filter(|e| is_rate_limit_event(&e.name))
-            .count();
+        let limited = span.rate_limit_events();
         if limited > 0 {
             add(tallies, Signal::BusRateLimited, [topic], limited as u64);
         }
@@ -448,8 +546,8 @@ fn count_span(
     }
     if span.kind() == SpanKind::Server {
         let route = match found[Role::HttpRoute as usize] {
-            Some((Value::StringValue(route), _)) => Some(Cow::Borrowed(route.as_str())),
-            _ => route_of_name(&span.name).map(Cow::Borrowed),
+            Some((ValueRef::Str(route), _)) => Some(Cow::Borrowed(route)),
+            _ => route_of_name(span.name()).map(Cow::Borrowed),
         };
         if let Some(route) = route {
             let status_class =
@@ -479,48 +577,48 @@ fn route_of_name(name: &str) -> Option<&str> {
 }
 
 /// A value as text, normalised by its schema rule as the daena stage would.
-fn canonical_text<'a>(value: &'a Value, rule: Option<&'a ValueRule>) -> Option<Cow<'a, str>> {
+fn canonical_text<'a>(value: ValueRef<'a>, rule: Option<&'a ValueRule>) -> Option<Cow<'a, str>> {
     match (rule, value) {
-        (Some(ValueRule::OneOf(choices)), Value::StringValue(s)) => {
+        (Some(ValueRule::OneOf(choices)), ValueRef::Str(s)) => {
             one_of(choices, s.trim()).map(Cow::Borrowed)
         }
-        (Some(ValueRule::OneOf(choices)), Value::IntValue(i)) => {
+        (Some(ValueRule::OneOf(choices)), ValueRef::Int(i)) => {
             one_of(choices, &i.to_string()).map(Cow::Borrowed)
         }
-        (_, Value::StringValue(s)) => Some(Cow::Borrowed(s.trim())),
-        (_, Value::IntValue(i)) => Some(Cow::Owned(i.to_string())),
+        (_, ValueRef::Str(s)) => Some(Cow::Borrowed(s.trim())),
+        (_, ValueRef::Int(i)) => Some(Cow::Owned(i.to_string())),
         _ => None,
     }
 }
 
 /// A boolean as the schema's `bool` rule reads it.
-fn canonical_bool(value: &Value) -> Option<bool> {
+fn canonical_bool(value: ValueRef<'_>) -> Option<bool> {
     match value {
-        Value::BoolValue(b) => Some(*b),
-        Value::IntValue(i @ (0 | 1)) => Some(*i == 1),
-        Value::StringValue(s) => bool_of(s),
+        ValueRef::Bool(b) => Some(b),
+        ValueRef::Int(i @ (0 | 1)) => Some(i == 1),
+        ValueRef::Str(s) => bool_of(s),
         _ => None,
     }
 }
 
 /// A number as the schema's `double` rule reads it.
-fn canonical_f64(value: &Value) -> Option<f64> {
+fn canonical_f64(value: ValueRef<'_>) -> Option<f64> {
     match value {
-        Value::DoubleValue(d) => Some(*d),
+        ValueRef::Double(d) => Some(d),
         #[allow(clippy::cast_precision_loss)] // costs are far below 2^53
-        Value::IntValue(i) => Some(*i as f64),
-        Value::StringValue(s) => s.trim().parse().ok(),
+        ValueRef::Int(i) => Some(i as f64),
+        ValueRef::Str(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
 /// A non-negative whole number (tokens, a status code).
-fn canonical_count(value: &Value) -> Option<u64> {
+fn canonical_count(value: ValueRef<'_>) -> Option<u64> {
     match value {
-        Value::IntValue(i) => u64::try_from(*i).ok(),
-        Value::StringValue(s) => s.trim().parse().ok(),
+        ValueRef::Int(i) => u64::try_from(i).ok(),
+        ValueRef::Str(s) => s.trim().parse().ok(),
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // whole, checked
-        Value::DoubleValue(d) if d.fract() == 0.0 && *d >= 0.0 && *d < 1e15 => Some(*d as u64),
+        ValueRef::Double(d) if d.fract() == 0.0 && (0.0..1e15).contains(&d) => Some(d as u64),
         _ => None,
     }
 }

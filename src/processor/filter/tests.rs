@@ -3,7 +3,8 @@ use std::path::Path;
 use proptest::prelude::{Strategy, any, prop};
 
 use super::*;
-use crate::otlp::{Resource, ResourceSpans, ScopeSpans, Status, key_value};
+use crate::otlp::{Resource, ResourceSpans, ScopeSpans, Status, Value, key_value};
+use crate::processor::matcher::attribute;
 
 fn text(s: &str) -> Value {
     Value::StringValue(s.into())
@@ -510,11 +511,113 @@ proptest::proptest! {
             let has_child = kept.iter().any(|s| s.parent_span_id == span.span_id && s.trace_id == span.trace_id);
             proptest::prop_assert!(keep_asgi || !asgi || has_child, "an ASGI span kept: {:?}", span.name);
             let probe = span.kind() == SpanKind::Server
-                && attribute(&span.attributes, "http.route") == Some(&text("/healthz"));
+                && attribute(&span.attributes, "http.route") == Some(ValueRef::Str("/healthz"));
             proptest::prop_assert!(no_routes || !probe, "a probe kept");
         }
         if no_routes && keep_asgi {
             proptest::prop_assert_eq!(counted, 0);
         }
     }
+}
+
+proptest::proptest! {
+    /// The wire path against its oracle, the decoded path: the same spans kept, the same
+    /// drops counted, for FastAPI noise, probes and rules (of spans and resources).
+    #[test]
+    fn the_filter_keeps_the_same_spans_read_in_place_as_decoded(
+        spans in arbitrary_spans(),
+        keep_asgi in proptest::bool::ANY,
+        rules in 0..3usize,
+        split in 0..8usize,
+    ) {
+        use prost::Message;
+        let rules = [
+            "",
+            "    rules: [{ id: work, name: \"wor*\", kind: internal }]\n",
+            "    rules: [{ id: pod, resource: { k8s.pod.name: \"api-*\" }, status: unset }]\n",
+        ][rules];
+        let yaml = format!(
+            "processors:\n  filter:\n    asgi_send_receive: {}\n{rules}",
+            if keep_asgi { "keep" } else { "drop" },
+        );
+        // Two resources, the second one a pod the resource rule names.
+        let split = split.min(spans.len());
+        let resource = |pod: &str| Some(Resource {
+            attributes: vec![key_value("k8s.pod.name", text(pod))],
+            ..Default::default()
+        });
+        // Two batches, so that a probe remembered from the first drops spans of the second.
+        let batches = [("worker-1", &spans[..split]), ("api-7", &spans[split..])];
+        let ((mut wire_filter, wire_metrics), (mut decoded_filter, decoded_metrics)) = (filter(&yaml), filter(&yaml));
+        for (pod, spans) in batches {
+            let request = crate::otlp::ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: resource(pod),
+                    scope_spans: vec![ScopeSpans { spans: spans.to_vec(), ..Default::default() }],
+                    ..Default::default()
+                }],
+            };
+            let mut wire = SpanBatch::from_encoded(request.encode_to_vec().into(), spans.len());
+            let mut decoded = SpanBatch::from_request(request);
+            wire_filter.process(&mut wire);
+            decoded_filter.process(&mut decoded);
+            proptest::prop_assert_eq!(wire.span_count(), decoded.span_count());
+            proptest::prop_assert_eq!(wire.into_request(), decoded.into_request());
+        }
+        for reason in crate::telemetry::metrics::FILTER_REASONS {
+            proptest::prop_assert_eq!(dropped(&wire_metrics, reason), dropped(&decoded_metrics, reason));
+        }
+    }
+}
+
+#[test]
+fn daena_traffic_with_nothing_to_drop_is_never_decoded() {
+    use prost::Message;
+    let (mut filter, _) = filter("");
+    let spans = vec![
+        span(
+            1,
+            1,
+            0,
+            "POST /api/v1/chat",
+            SpanKind::Server,
+            &[("http.route", text("/api/v1/chat"))],
+        ),
+        span(
+            1,
+            2,
+            1,
+            "llm.exchange",
+            SpanKind::Client,
+            &[("llm.model", text("gpt-4o"))],
+        ),
+    ];
+    let request = batch(&[], spans).into_request();
+    let body = bytes::Bytes::from(request.encode_to_vec());
+    let mut wire = SpanBatch::from_encoded(body.clone(), 2);
+    filter.process(&mut wire);
+    let (parts, decoded) = wire.into_parts();
+    assert!(decoded.is_empty(), "decoded");
+    assert_eq!(parts, vec![(body, 2)], "forwarded as it came");
+}
+
+#[test]
+fn a_remembered_probe_drops_its_later_spans_read_in_place() {
+    use prost::Message;
+    let (mut filter, metrics) = filter("");
+    let probe = span(
+        7,
+        1,
+        0,
+        "GET /healthz",
+        SpanKind::Server,
+        &[("http.route", text("/healthz"))],
+    );
+    filter.process(&mut batch(&[], vec![probe]));
+    // Its handler's span comes in a later request, alone and harmless-looking.
+    let later = batch(&[], vec![span(7, 2, 1, "work", SpanKind::Internal, &[])]).into_request();
+    let mut wire = SpanBatch::from_encoded(later.encode_to_vec().into(), 1);
+    filter.process(&mut wire);
+    assert_eq!(wire.span_count(), 0);
+    assert_eq!(dropped(&metrics, "health_route"), 2);
 }

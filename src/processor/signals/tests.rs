@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::{SamplingConfig, SamplingMode};
-use crate::otlp::{Event, ResourceSpans, ScopeSpans, SpanBatch, Status, key_value};
+use crate::otlp::{Event, ResourceSpans, ScopeSpans, SpanBatch, Status, Value, key_value};
 use crate::processor::{Processor, SpanPass, build};
 use crate::telemetry::Metrics;
 use crate::telemetry::signals::OTHER;
@@ -329,4 +329,112 @@ fn http_routes_are_templates_and_rate_limit_events_are_counted_once_each() {
     );
     let duration = tally(&metrics, Signal::HttpDuration, &["/api/v1/items/{id}"]);
     assert_eq!((duration.count, duration.billionths), (1, 2_000_000));
+}
+
+/// Daena-shaped spans in any spelling, for the wire path against its oracle.
+fn daena_spans() -> impl proptest::strategy::Strategy<Value = Vec<Span>> {
+    use proptest::prelude::*;
+    let key = prop::sample::select(vec![
+        "llm.model",
+        "LLM.Model",
+        "llm.cost_usd",
+        "llm.cost",
+        "llm.cas_hit",
+        "llm.near_dup",
+        "llm.tokens.input",
+        "gen_ai.usage.output_tokens",
+        "council.department",
+        "Council_Department",
+        "council.phase",
+        "council.round_id",
+        "message_bus.topic",
+        "message_bus.operation",
+        "nbmf.operation",
+        "nbmf.tier",
+        "nbmf.class",
+        "http.route",
+        "http.response.status_code",
+        "other",
+    ]);
+    let value = prop_oneof![
+        prop::sample::select(vec![
+            "gpt-4o",
+            " Scout ",
+            "commit",
+            "L1",
+            "1",
+            "true",
+            "0.25",
+            "/api/v1/chat",
+            "x"
+        ])
+        .prop_map(text),
+        (0..600i64).prop_map(Value::IntValue),
+        (0.0..1.0f64).prop_map(Value::DoubleValue),
+        any::<bool>().prop_map(Value::BoolValue),
+    ];
+    let one = (
+        0..400u64,
+        prop::sample::select(vec![
+            "POST /api/v1/chat",
+            "llm.exchange",
+            "council.phase",
+            "bus.publish",
+        ]),
+        prop::sample::select(vec![SpanKind::Server, SpanKind::Internal, SpanKind::Client]),
+        0..5_000_000_000u64,
+        prop::collection::vec((key, value), 0..6),
+        prop::collection::vec(
+            prop::sample::select(vec!["RateLimited", "rate-limit", "retry"]),
+            0..3,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(n, name, kind, nanos, attributes, events, error)| {
+            let mut span = span(n, name, kind, nanos, &[]);
+            span.attributes = attributes
+                .into_iter()
+                .map(|(k, v)| key_value(k, v))
+                .collect();
+            span.events = events
+                .into_iter()
+                .map(|name| Event {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .collect();
+            if error {
+                span.status = Some(Status {
+                    code: StatusCode::Error as i32,
+                    ..Default::default()
+                });
+            }
+            span
+        });
+    prop::collection::vec(one, 0..40)
+}
+
+proptest::proptest! {
+    /// The wire path against its oracle, the decoded path: the same table from the same
+    /// spans, counted in place by the pass before head sampling or decoded in the span pass.
+    #[test]
+    fn signals_read_in_place_count_what_decoded_spans_count(spans in daena_spans()) {
+        use prost::Message;
+        let config = ProcessorsConfig::default();
+        let request = batch(spans).into_request();
+        let count = crate::otlp::span_count(&request.resource_spans);
+        let (wire_metrics, decoded_metrics) = (Arc::new(Metrics::default()), Arc::new(Metrics::default()));
+        let mut pass = SignalsPass(SignalsCounter::new(&config, wire_metrics.signals().clone()));
+        let mut wire = SpanBatch::from_encoded(request.encode_to_vec().into(), count);
+        pass.process(&mut wire);
+        proptest::prop_assert!(wire.into_parts().1.is_empty(), "nothing decoded");
+        let mut stage = SpanPass::new(vec![Box::new(SignalsCounter::new(&config, decoded_metrics.signals().clone()))]);
+        stage.process(&mut SpanBatch::from_request(request));
+        for signal in Signal::ALL {
+            let (wire, decoded) = (wire_metrics.signals().lock(), decoded_metrics.signals().lock());
+            let wire_series: Vec<_> = wire.series(signal).into_iter().map(|(l, t)| (l.to_vec(), t.clone())).collect();
+            let decoded_series: Vec<_> = decoded.series(signal).into_iter().map(|(l, t)| (l.to_vec(), t.clone())).collect();
+            proptest::prop_assert_eq!(wire_series, decoded_series, "{:?}", signal);
+        }
+    }
 }
