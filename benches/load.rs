@@ -75,6 +75,9 @@ enum Traffic {
     /// FastAPI requests as its instrumentation traces them, a fifth of them health probes
     /// (`traffic::fastapi_request`).
     FastApi,
+    /// Council traces as a pod exports them after Kubernetes enrichment: 16 resource
+    /// attributes, 5 scopes per request (`traffic::pod_request`).
+    Pod,
 }
 
 /// Sampling in a scenario's config, mirrored by the harness to count what must arrive.
@@ -169,6 +172,20 @@ fn scenarios() -> Vec<Scenario> {
             sampling: Sampling::None,
         },
         Scenario {
+            name: "grpc-pod-passthrough-gzip (pod-shaped council traffic: 16 resource attributes, 5 scopes)",
+            input: Input::Grpc,
+            traffic: Traffic::Pod,
+            agent: Some(passthrough!("    compression: gzip\n")),
+            sampling: Sampling::None,
+        },
+        Scenario {
+            name: "grpc-pod-daena-redact-limits-gzip (pod-shaped traffic, the default processors)",
+            input: Input::Grpc,
+            traffic: Traffic::Pod,
+            agent: Some("    compression: gzip\n"),
+            sampling: Sampling::None,
+        },
+        Scenario {
             name: "http-protobuf-in",
             input: Input::Http { gzip: false },
             traffic: Traffic::Council,
@@ -245,6 +262,7 @@ fn main() {
     let count = if args.quick { 4 } else { 64 };
     let council = Arc::new(Bodies::new(count, Traffic::Council));
     let fastapi = Arc::new(Bodies::new(count, Traffic::FastApi));
+    let pod = Arc::new(Bodies::new(count, Traffic::Pod));
     println!(
         "{} spans per request, {} protobuf bytes per span; {} senders at saturation; {} s per phase; median of {} run(s)\n",
         SPANS_PER_REQUEST,
@@ -269,6 +287,7 @@ fn main() {
         let bodies = match scenario.traffic {
             Traffic::Council => &council,
             Traffic::FastApi => &fastapi,
+            Traffic::Pod => &pod,
         };
         let runs: Vec<Figures> = (0..args.runs)
             .map(|_| runtime.block_on(run(&scenario, &args, Arc::clone(bodies))))
@@ -326,6 +345,7 @@ impl Bodies {
             .map(|seed| match traffic {
                 Traffic::Council => traffic::request(SPANS_PER_REQUEST, seed),
                 Traffic::FastApi => traffic::fastapi_request(SPANS_PER_REQUEST, seed),
+                Traffic::Pod => traffic::pod_request(SPANS_PER_REQUEST, seed),
             })
             .collect();
         let spans = requests

@@ -236,6 +236,62 @@ pub fn request(spans: usize, seed: u64) -> ExportTraceServiceRequest {
     }
 }
 
+/// The same request as [`request`], shaped as a Daena pod exports it after Kubernetes
+/// enrichment: 16 resource attributes, and the spans spread over 5 instrumentation scopes
+/// (the service's own and four instrumentations'), a trace's spans kept together.
+pub fn pod_request(spans: usize, seed: u64) -> ExportTraceServiceRequest {
+    let mut request = request(spans, seed);
+    let Some(resource_spans) = request.resource_spans.first_mut() else {
+        return request;
+    };
+    if let Some(resource) = resource_spans.resource.as_mut() {
+        let pod = format!("council-api-7d9f8b6c5-{:05x}", seed % 0x10_0000);
+        resource.attributes.extend([
+            key_value("k8s.namespace.name", string("daena")),
+            key_value("k8s.pod.name", string(pod.clone())),
+            key_value(
+                "k8s.pod.uid",
+                string(format!("6f1c2a9e-3b7d-4e8f-9a0b-{seed:012x}")),
+            ),
+            key_value("k8s.deployment.name", string("council-api")),
+            key_value("k8s.replicaset.name", string("council-api-7d9f8b6c5")),
+            key_value(
+                "k8s.node.name",
+                string("gke-daena-prod-pool-1-8c2f4a1b-x7kq"),
+            ),
+            key_value("k8s.container.name", string("council-api")),
+            key_value("container.id", string(format!("{seed:064x}"))),
+            key_value("host.name", string(pod)),
+            key_value("cloud.provider", string("gcp")),
+            key_value("cloud.region", string("europe-west4")),
+        ]);
+    }
+    let scopes = [
+        ("backend.utils.tracing", "2.0.0"),
+        ("opentelemetry.instrumentation.fastapi", "0.56b0"),
+        ("opentelemetry.instrumentation.httpx", "0.56b0"),
+        ("opentelemetry.instrumentation.redis", "0.56b0"),
+        ("opentelemetry.instrumentation.sqlalchemy", "0.56b0"),
+    ];
+    let spans = std::mem::take(&mut resource_spans.scope_spans[0].spans);
+    let mut scope_spans: Vec<ScopeSpans> = scopes
+        .iter()
+        .map(|(name, version)| ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: (*name).into(),
+                version: (*version).into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    for (i, span) in spans.into_iter().enumerate() {
+        scope_spans[(i / 10) % scopes.len()].spans.push(span);
+    }
+    resource_spans.scope_spans = scope_spans;
+    request
+}
+
 /// A random span id.
 fn span_id(rng: &mut StdRng) -> Vec<u8> {
     rng.random::<u64>().to_be_bytes().to_vec()
