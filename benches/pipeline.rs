@@ -123,6 +123,47 @@ fn stages(c: &mut Criterion) {
             )
         });
     }
+    // The pipeline from bytes to bytes, as a request meets it: the default processors (the
+    // filter, the signals and the span stages), with and without 10% head sampling, and
+    // the same with every span decoded first, as before the decisions were made in place.
+    let bytes = bytes::Bytes::from(encoded.clone());
+    let head10 = || {
+        let mut config = ProcessorsConfig::default();
+        config.sampling = Some(daena_trace_agent::config::SamplingConfig {
+            ratio: Some(0.1),
+            ..Default::default()
+        });
+        config
+    };
+    let chains = [
+        (
+            "chain_default_from_wire",
+            ProcessorsConfig::default(),
+            false,
+        ),
+        ("chain_default_head10_from_wire", head10(), false),
+        ("chain_default_head10_decoding_first", head10(), true),
+    ];
+    for (label, config, decode_first) in chains {
+        let mut processors = processor::build(&config, &Arc::default(), &Arc::default());
+        group.bench_function(label, |b| {
+            b.iter_batched(
+                || SpanBatch::from_encoded(bytes.clone(), SPANS),
+                |mut batch| {
+                    if decode_first {
+                        batch.resource_spans_mut();
+                    }
+                    for processor in &mut processors {
+                        processor.process(&mut batch);
+                    }
+                    batch.encode_decoded();
+                    batch
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+
     group.bench_function("encode_protobuf", |b| {
         b.iter(|| black_box(&request).encode_to_vec())
     });

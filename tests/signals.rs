@@ -181,6 +181,20 @@ fn signal_spans(n: u64) -> Vec<Span> {
     spans
 }
 
+/// Sends [`signal_spans`] of `n` and waits until `exporter` has delivered them all, so
+/// that every one is counted.
+async fn send_signal_spans(agent: &TestAgent, n: u64, exporter: &str) {
+    grpc_export(
+        agent.grpc_url(),
+        request_with_resource(Resource::default(), signal_spans(n)),
+        false,
+    )
+    .await
+    .expect("accepted");
+    let series = format!("daena_agent_spans_exported_total{{exporter=\"{exporter}\"}}");
+    assert_eq!(agent.wait_for_counter(&series, 3 * n).await, 3 * n);
+}
+
 /// The attribute values of a data point, in order, as a `/metrics` label list.
 fn labels(attributes: &[daena_trace_agent::otlp::KeyValue]) -> Vec<String> {
     attributes
@@ -310,20 +324,7 @@ async fn the_otlp_metrics_export_reaches_grpc_and_http_backends_with_the_values_
     ))
     .await;
     let n = 60;
-    grpc_export(
-        agent.grpc_url(),
-        request_with_resource(Resource::default(), signal_spans(n)),
-        false,
-    )
-    .await
-    .expect("accepted");
-    let total = agent
-        .wait_for_counter(
-            "daena_agent_spans_exported_total{exporter=\"tempo\"}",
-            3 * n,
-        )
-        .await;
-    assert_eq!(total, 3 * n);
+    send_signal_spans(&agent, n, "tempo").await;
     for (sink, path) in [
         (&tempo, daena_trace_agent::otlp::METRICS_EXPORT_PATH),
         (&cloud, "/otlp/v1/metrics"),
@@ -384,19 +385,7 @@ async fn the_last_counts_are_exported_when_the_agent_stops() {
     ))
     .await;
     let n = 30;
-    grpc_export(
-        agent.grpc_url(),
-        request_with_resource(Resource::default(), signal_spans(n)),
-        false,
-    )
-    .await
-    .expect("accepted");
-    agent
-        .wait_for_counter(
-            "daena_agent_spans_exported_total{exporter=\"cloud\"}",
-            3 * n,
-        )
-        .await;
+    send_signal_spans(&agent, n, "cloud").await;
     let scrape = agent.metrics().await;
     assert!(sink.metrics().is_empty(), "nothing before the interval");
     assert_eq!(

@@ -27,6 +27,26 @@ pub enum ValueRef<'a> {
     Empty,
 }
 
+/// An attribute's value, read only when asked for: most attributes a stage walks past
+/// are never read, and a long string value costs nothing until then.
+#[derive(Debug, Clone, Copy)]
+pub enum LazyValue<'a> {
+    /// A value at hand (a decoded attribute's).
+    Ready(ValueRef<'a>),
+    /// The encoded `KeyValue` it is in.
+    Encoded(&'a [u8]),
+}
+
+impl<'a> LazyValue<'a> {
+    /// The value.
+    pub fn get(self) -> ValueRef<'a> {
+        match self {
+            Self::Ready(value) => value,
+            Self::Encoded(key_value) => value_of(key_value),
+        }
+    }
+}
+
 /// One span, its fields found in one walk; attributes and events are read on demand.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanRef<'a> {
@@ -90,7 +110,7 @@ impl<'a> SpanRef<'a> {
     }
 
     /// The span's attributes, in order.
-    pub fn attributes(&self) -> impl Iterator<Item = (&'a str, ValueRef<'a>)> + use<'a> {
+    pub fn attributes(&self) -> impl Iterator<Item = (&'a [u8], LazyValue<'a>)> + use<'a> {
         key_values(self.bytes, 9)
     }
 
@@ -126,12 +146,12 @@ impl<'a> ResourceRef<'a> {
 
 /// The value of the first of `attributes` named `key`, unless it has none.
 fn first_value<'a>(
-    mut attributes: impl Iterator<Item = (&'a str, ValueRef<'a>)>,
+    mut attributes: impl Iterator<Item = (&'a [u8], LazyValue<'a>)>,
     key: &str,
 ) -> Option<ValueRef<'a>> {
     attributes
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+        .find(|(k, _)| *k == key.as_bytes())
+        .map(|(_, v)| v.get())
         .filter(|v| *v != ValueRef::Empty)
 }
 
@@ -213,38 +233,45 @@ impl<'a> EventRef<'a> {
     }
 
     /// The event's attributes, in order.
-    pub fn attributes(&self) -> impl Iterator<Item = (&'a str, ValueRef<'a>)> + use<'a> {
+    pub fn attributes(&self) -> impl Iterator<Item = (&'a [u8], LazyValue<'a>)> + use<'a> {
         key_values(self.0, 3)
     }
 }
 
-/// The attributes of `message`, its `KeyValue` field being `number`.
+/// The attributes of `message`, its `KeyValue` field being `number`: keys read, values
+/// left for when they are asked for.
 fn key_values<'a>(
     message: &'a [u8],
     number: u32,
-) -> impl Iterator<Item = (&'a str, ValueRef<'a>)> + use<'a> {
+) -> impl Iterator<Item = (&'a [u8], LazyValue<'a>)> + use<'a> {
     Fields(message).filter_map(move |(n, field)| match field {
-        Field::Bytes(kv) if n == number => Some(key_value(kv)),
+        Field::Bytes(kv) if n == number => Some((key_of(kv), LazyValue::Encoded(kv))),
         _ => None,
     })
 }
 
-/// A `KeyValue`'s key and value.
-fn key_value(bytes: &[u8]) -> (&str, ValueRef<'_>) {
-    let (mut key, mut value) = ("", ValueRef::Empty);
-    for (number, field) in Fields(bytes) {
-        match (number, field) {
-            (1, Field::Bytes(k)) => key = text(k),
-            // A value given twice is merged; its oneof keeps the last member given.
-            (2, Field::Bytes(any)) => {
-                for member in Fields(any) {
-                    value = any_value(member).unwrap_or(value);
-                }
-            }
-            _ => {}
+/// A `KeyValue`'s key (the last one given), as bytes: comparing them needs no UTF-8 check.
+fn key_of(key_value: &[u8]) -> &[u8] {
+    let mut key: &[u8] = &[];
+    for (number, field) in Fields(key_value) {
+        if let (1, Field::Bytes(k)) = (number, field) {
+            key = k;
         }
     }
-    (key, value)
+    key
+}
+
+/// A `KeyValue`'s value: one given twice is merged, its oneof keeping the last member given.
+fn value_of(key_value: &[u8]) -> ValueRef<'_> {
+    let mut value = ValueRef::Empty;
+    for (number, field) in Fields(key_value) {
+        if let (2, Field::Bytes(any)) = (number, field) {
+            for member in Fields(any) {
+                value = any_value(member).unwrap_or(value);
+            }
+        }
+    }
+    value
 }
 
 fn any_value((number, field): (u32, Field<'_>)) -> Option<ValueRef<'_>> {
@@ -605,9 +632,9 @@ mod tests {
             prop_assert_eq!(view.kind, span.kind);
             prop_assert_eq!(view.status_code, span.status.as_ref().map_or(0, |s| s.code));
             prop_assert_eq!((view.start_time_unix_nano, view.end_time_unix_nano), (span.start_time_unix_nano, span.end_time_unix_nano));
-            let attributes: Vec<_> = view.attributes().collect();
+            let attributes: Vec<_> = view.attributes().map(|(k, v)| (k, v.get())).collect();
             let expected: Vec<_> = span.attributes.iter()
-                .map(|kv| (kv.key.as_str(), as_ref(kv.value.as_ref().and_then(|v| v.value.as_ref()))))
+                .map(|kv| (kv.key.as_bytes(), as_ref(kv.value.as_ref().and_then(|v| v.value.as_ref()))))
                 .collect();
             // NaN is not equal to itself: compare the bits of doubles.
             prop_assert_eq!(format!("{attributes:?}"), format!("{expected:?}"));

@@ -34,6 +34,9 @@ pub struct NoiseFilter {
     decisions: Vec<Option<Drop>>,
     /// Per rule, for the current resource: whether its resource conditions hold (reused).
     resource_rules: Vec<bool>,
+    /// Whether encoded spans are first read in place, so a batch with nothing to drop
+    /// stays encoded; worth it only when no later stage decodes them anyway.
+    in_place: bool,
 }
 
 /// What the filter reads of a span, decoded or in place: its decisions are written once.
@@ -106,7 +109,14 @@ impl NoiseFilter {
             probe_set: HashSet::new(),
             decisions: Vec::new(),
             resource_rules: Vec::new(),
+            in_place: true,
         }
+    }
+
+    /// Reads encoded spans in place first (the default), or decodes them at once.
+    pub fn reading_in_place(mut self, in_place: bool) -> Self {
+        self.in_place = in_place;
+        self
     }
 
     /// What to do with one span, before its subtree is known.
@@ -217,7 +227,7 @@ impl Processor for NoiseFilter {
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {
-        if self.keeps_every_encoded_span(batch) {
+        if self.in_place && self.keeps_every_encoded_span(batch) {
             return;
         }
         // First every span's fate, then the ASGI spans that turn out to be parents are

@@ -30,17 +30,27 @@ impl<T: Copy> KeyCache<T> {
     }
 
     /// What `classify` says about `key`, computed at most once while the key stays cached.
-    pub fn get(&mut self, key: &str, classify: impl FnOnce(&str) -> T) -> T {
+    /// The key may be bytes read in place: they are UTF-8 (the wire scan checked), and
+    /// only a key not cached is turned into text.
+    pub fn get(
+        &mut self,
+        key: &(impl AsRef<[u8]> + ?Sized),
+        classify: impl FnOnce(&str) -> T,
+    ) -> T {
+        let key = key.as_ref();
         // Two slots per key (a pair): two keys of a span that share a slot would otherwise
         // evict each other at every span.
-        let first = hash(key.as_bytes()) & (SLOTS - 1);
+        let first = hash(key) & (SLOTS - 1);
         for at in [first, first ^ 1] {
             if let (cached, Some(value)) = &self.slots[at]
-                && cached == key
+                && cached.as_bytes() == key
             {
                 return *value;
             }
         }
+        let Ok(key) = std::str::from_utf8(key) else {
+            return classify("");
+        };
         let value = classify(key);
         if key.len() <= MAX_KEY {
             let at = if self.slots[first].1.is_some() && self.slots[first ^ 1].1.is_none() {

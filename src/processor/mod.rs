@@ -64,15 +64,20 @@ pub fn build(
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
     let sampling = config.sampling.as_ref();
     let mut order: Vec<&'static str> = Vec::new();
-    // The filter first: what it drops costs nothing further, sampled or not.
+    // The filter first: what it drops costs nothing further, sampled or not. It reads the
+    // spans in place when that saves decoding them: before a head sampler, or when no later
+    // stage decodes them (with the span stages on, they are decoded anyway).
+    let head = sampling.filter(|s| s.mode == SamplingMode::Head);
+    let tail = sampling.filter(|s| s.mode == SamplingMode::Tail);
     if config.filter.enabled {
-        let filter = NoiseFilter::new(&config.filter, Arc::clone(metrics));
+        let in_place = head.is_some() || (stages.is_empty() && tail.is_none());
+        let filter =
+            NoiseFilter::new(&config.filter, Arc::clone(metrics)).reading_in_place(in_place);
         order.push(filter.name());
         processors.push(Box::new(filter));
     }
     // Signals next: exact counts need every span the filter keeps, before sampling. With
     // no head sampler they count in the span pass, on its one walk over each span.
-    let head = sampling.filter(|s| s.mode == SamplingMode::Head);
     if config.signals.enabled {
         let signals = SignalsCounter::new(config, metrics.signals().clone());
         if head.is_some() {
@@ -97,7 +102,7 @@ pub fn build(
         order.extend(stages.iter().map(|stage| stage.name()));
         processors.push(Box::new(SpanPass::new(stages)));
     }
-    if let Some(tail) = sampling.filter(|s| s.mode == SamplingMode::Tail) {
+    if let Some(tail) = tail {
         let sampler = TailSampler::new(tail, Arc::clone(metrics));
         order.push(sampler.name());
         processors.push(Box::new(sampler));

@@ -16,7 +16,7 @@ use super::key_cache::KeyCache;
 use super::schema::{Schema, ValueRule};
 use super::{Processor, SpanStage};
 use crate::config::ProcessorsConfig;
-use crate::otlp::view::{SpanRef, ValueRef, walk_spans};
+use crate::otlp::view::{LazyValue, SpanRef, ValueRef, walk_spans};
 use crate::otlp::{Resource, Span, SpanBatch, SpanKind, StatusCode};
 use crate::telemetry::signals::{Signal, SignalTable, Signals, Tally};
 
@@ -293,7 +293,7 @@ impl SignalsCounter {
     fn count<'a>(
         &mut self,
         span: &impl SpanFacts,
-        attributes: impl Iterator<Item = (&'a str, ValueRef<'a>)>,
+        attributes: impl Iterator<Item = (&'a [u8], LazyValue<'a>)>,
     ) {
         let schema = &self.schema;
         let row_roles = &self.row_roles;
@@ -306,8 +306,11 @@ impl SignalsCounter {
                 continue;
             };
             let slot = &mut found[role as usize];
-            if slot.is_none() && value != ValueRef::Empty {
-                *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
+            if slot.is_none() {
+                let value = value.get();
+                if value != ValueRef::Empty {
+                    *slot = Some((value, row.map(|r| &schema.fields[r].rule)));
+                }
             }
         }
         count_span(span, &found, &mut self.tallies, &mut self.rounds, self.now);
@@ -353,14 +356,14 @@ impl Processor for SignalsPass {
 }
 
 /// A decoded span's attributes as the view gives them.
-fn attributes_of(span: &Span) -> impl Iterator<Item = (&str, ValueRef<'_>)> {
+fn attributes_of(span: &Span) -> impl Iterator<Item = (&[u8], LazyValue<'_>)> {
     span.attributes.iter().map(|kv| {
         let value = kv
             .value
             .as_ref()
             .and_then(|v| v.value.as_ref())
             .map_or(ValueRef::Empty, ValueRef::from);
-        (kv.key.as_str(), value)
+        (kv.key.as_bytes(), LazyValue::Ready(value))
     })
 }
 

@@ -442,6 +442,15 @@ fn partial(rejected: i64, message: &str) -> ExportTraceServiceResponse {
     }
 }
 
+/// The body as sent, its `Content-Encoding: gzip` undone.
+fn without_gzip(headers: &http::HeaderMap, body: Bytes) -> Bytes {
+    if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+        Bytes::from(gunzip(&body))
+    } else {
+        body
+    }
+}
+
 async fn http_metrics(
     axum::extract::State(sink): axum::extract::State<Sink>,
     uri: http::Uri,
@@ -449,11 +458,7 @@ async fn http_metrics(
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
-        Bytes::from(gunzip(&body))
-    } else {
-        body
-    };
+    let body = without_gzip(&headers, body);
     sink.record_metrics(headers, uri.path(), &body);
     (
         [(http::header::CONTENT_TYPE, "application/x-protobuf")],
@@ -469,11 +474,7 @@ async fn http_export(
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
-        Bytes::from(gunzip(&body))
-    } else {
-        body
-    };
+    let body = without_gzip(&headers, body);
     let protobuf = [(http::header::CONTENT_TYPE, "application/x-protobuf")];
     match sink.take(headers, uri.path(), body).await {
         Taken::Down => (http::StatusCode::SERVICE_UNAVAILABLE, "backend down").into_response(),
