@@ -443,7 +443,7 @@ pub fn retain_spans(
 
 /// Writes span field 2 of a `ScopeSpans`: `span` without its `tracestate` fields, then
 /// `trace_state` (left out when empty, as prost leaves out an empty string).
-fn write_span_with_trace_state(out: &mut Vec<u8>, span: &[u8], trace_state: &str) {
+pub fn write_span_with_trace_state(out: &mut Vec<u8>, span: &[u8], trace_state: &str) {
     let mut kept_len = 0;
     let mut rest = span;
     while let Some((number, _, whole)) = next_field(&mut rest) {
@@ -493,6 +493,15 @@ fn write_varint(out: &mut Vec<u8>, mut value: u64) {
 
 fn varint_len(value: u64) -> usize {
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// The spans (field 2) of an encoded `ScopeSpans`, each one's encoding, in order; ends at
+/// the first fault.
+pub fn spans_in_scope(scope_spans: &[u8]) -> impl Iterator<Item = &[u8]> {
+    Fields(scope_spans).filter_map(|(number, field)| match (number, field) {
+        (2, Field::Bytes(span)) => Some(span),
+        _ => None,
+    })
 }
 
 /// Random requests for the tests that hold the wire form against the decoded one.

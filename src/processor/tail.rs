@@ -6,28 +6,39 @@
 //! has arrived), never dropped undecided. Recent decisions are remembered so late spans
 //! follow them.
 //!
-//! The traces of one request share its resource and scopes (an [`Arc`] each) rather than
-//! copying them: a large resource over many traces is held, and counted, once.
+//! Spans are held encoded, a fraction of their decoded size: the policies read them in
+//! place ([`SpanRef`]) and kept ones leave as the bytes they were held in, never encoded
+//! again. The traces of one request share its encoded resource and scopes (an [`Arc`]
+//! each) rather than copying them: a large resource over many traces is held, and
+//! counted, once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use tokio::time::Instant;
 
 use super::Processor;
 use super::sampling::{ConsistentSampler, trace_id_randomness};
 use crate::config::{PolicyConfig, PolicyKind, SamplingConfig};
-use crate::otlp::{
-    InstrumentationScope, Resource, ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode, Value,
-};
+use crate::otlp::view::{SpanRef, ValueRef, spans_in_scope, write_span_with_trace_state};
+use crate::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode};
 use crate::telemetry::Metrics;
 
 /// A trace id as a map key.
 type TraceId = [u8; 16];
+
+/// `ExportTraceServiceRequest.resource_spans`.
+const RESOURCE_SPANS_FIELD: u32 = 1;
+/// `ResourceSpans.scope_spans`.
+const SCOPE_SPANS_FIELD: u32 = 2;
+/// `ScopeSpans.spans`.
+const SPANS_FIELD: u32 = 2;
 
 /// Holds traces and decides them whole.
 pub struct TailSampler {
@@ -63,42 +74,29 @@ struct Pending {
 
 /// Spans of one trace that arrived together under one resource and scope.
 struct Fragment {
-    resource: Arc<Shared<ResourceHead>>,
-    scope: Arc<Shared<ScopeHead>>,
-    spans: Vec<Span>,
-    /// Encoded size of `spans`.
-    bytes: usize,
+    resource: Arc<Shared>,
+    scope: Arc<Shared>,
+    /// The spans encoded as the span fields of a `ScopeSpans`, as they will leave.
+    spans: Vec<u8>,
+    /// How many spans `spans` holds.
+    count: usize,
 }
 
-/// What a `ResourceSpans` holds besides its scopes.
-#[derive(Clone)]
-struct ResourceHead {
-    resource: Option<Resource>,
-    schema_url: String,
-}
-
-/// What a `ScopeSpans` holds besides its spans.
-#[derive(Clone)]
-struct ScopeHead {
-    scope: Option<InstrumentationScope>,
-    schema_url: String,
-}
-
-/// A resource or scope shared by the fragments of every trace that came with it.
-struct Shared<T> {
-    value: T,
-    /// Encoded size, in the buffer's account while any held fragment refers to it.
-    bytes: usize,
+/// A resource or scope, encoded, shared by the fragments of every trace that came with it.
+struct Shared {
+    /// A `ResourceSpans` without its scopes, or a `ScopeSpans` without its spans: the
+    /// fields that go before them when the fragments leave. In the buffer's account while
+    /// any held fragment refers to it.
+    head: Vec<u8>,
     /// Held (pending) fragments referring to it. An atomic only because the sampler must be
     /// `Send`; one thread ever touches it.
     held: AtomicUsize,
 }
 
-impl<T> Shared<T> {
-    fn new(value: T, bytes: usize) -> Arc<Self> {
+impl Shared {
+    fn new(head: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
-            value,
-            bytes,
+            head,
             held: AtomicUsize::new(0),
         })
     }
@@ -106,7 +104,7 @@ impl<T> Shared<T> {
     /// Counts one more held fragment; the bytes to add to the account (the first one's only).
     fn hold(&self) -> usize {
         if self.held.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.bytes
+            self.head.len()
         } else {
             0
         }
@@ -115,7 +113,7 @@ impl<T> Shared<T> {
     /// Counts one held fragment less; the bytes to take off the account (the last one's only).
     fn release(&self) -> usize {
         if self.held.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.bytes
+            self.head.len()
         } else {
             0
         }
@@ -123,14 +121,42 @@ impl<T> Shared<T> {
 }
 
 impl Fragment {
+    /// Encodes `spans` (of one trace) under `resource` and `scope`.
+    fn new(resource: &Arc<Shared>, scope: &Arc<Shared>, spans: &[Span]) -> Self {
+        let len = prost::encoding::message::encoded_len_repeated(SPANS_FIELD, spans);
+        let mut encoded = Vec::with_capacity(len);
+        for span in spans {
+            prost::encoding::message::encode(SPANS_FIELD, span, &mut encoded);
+        }
+        Self {
+            resource: Arc::clone(resource),
+            scope: Arc::clone(scope),
+            spans: encoded,
+            count: spans.len(),
+        }
+    }
+
     /// Bytes the account gains when the fragment is held.
     fn hold(&self) -> usize {
-        self.bytes + self.resource.hold() + self.scope.hold()
+        self.spans.len() + self.resource.hold() + self.scope.hold()
     }
 
     /// Bytes the account loses when the held fragment is decided.
     fn release(&self) -> usize {
-        self.bytes + self.resource.release() + self.scope.release()
+        self.spans.len() + self.resource.release() + self.scope.release()
+    }
+
+    /// Records `sampler`'s threshold in every span's `tracestate`, copying the rest of
+    /// each span's bytes as they are.
+    fn record(&mut self, sampler: &ConsistentSampler) {
+        // Room for a short `ot=th:…` member more in each span.
+        let mut recorded = Vec::with_capacity(self.spans.len() + 16 * self.count);
+        for span in spans_in_scope(&self.spans) {
+            let mut trace_state = SpanRef::parse(span).trace_state.to_owned();
+            sampler.record(&mut trace_state);
+            write_span_with_trace_state(&mut recorded, span, &trace_state);
+        }
+        self.spans = recorded;
     }
 }
 
@@ -184,13 +210,13 @@ impl TailSampler {
                 scope_spans,
                 schema_url,
             } = resource_spans;
-            let bytes = resource.as_ref().map_or(0, Message::encoded_len) + schema_url.len();
             let resource = Shared::new(
-                ResourceHead {
+                ResourceSpans {
                     resource,
+                    scope_spans: Vec::new(),
                     schema_url,
-                },
-                bytes,
+                }
+                .encode_to_vec(),
             );
             for ScopeSpans {
                 scope,
@@ -198,31 +224,28 @@ impl TailSampler {
                 schema_url,
             } in scope_spans
             {
-                let bytes = scope.as_ref().map_or(0, Message::encoded_len) + schema_url.len();
-                let scope = Shared::new(ScopeHead { scope, schema_url }, bytes);
-                // This scope's spans, per trace, as fragments sharing resource and scope.
-                let mut fragments: HashMap<TraceId, Fragment> = HashMap::new();
+                let scope = Shared::new(
+                    ScopeSpans {
+                        scope,
+                        spans: Vec::new(),
+                        schema_url,
+                    }
+                    .encode_to_vec(),
+                );
+                // This scope's spans, per trace; a trace already dropped is never encoded.
+                let mut traces: HashMap<TraceId, Vec<Span>> = HashMap::new();
                 for span in spans {
-                    let fragment = fragments
-                        .entry(trace_id(&span))
-                        .or_insert_with(|| Fragment {
-                            resource: Arc::clone(&resource),
-                            scope: Arc::clone(&scope),
-                            spans: Vec::new(),
-                            bytes: 0,
-                        });
-                    fragment.bytes += span.encoded_len();
-                    fragment.spans.push(span);
+                    traces.entry(trace_id(&span)).or_default().push(span);
                 }
-                for (id, fragment) in fragments {
-                    let spans = fragment.spans.len();
+                for (id, spans) in traces {
+                    let count = spans.len();
                     match self.decided.get(&id) {
+                        Some(false) => late_dropped += count as u64,
                         Some(true) => {
-                            late_kept += spans as u64;
-                            self.ready.push(fragment);
+                            late_kept += count as u64;
+                            self.ready.push(Fragment::new(&resource, &scope, &spans));
                         }
-                        Some(false) => late_dropped += spans as u64,
-                        None => self.hold(id, fragment, spans, now),
+                        None => self.hold(id, Fragment::new(&resource, &scope, &spans), now),
                     }
                 }
             }
@@ -300,7 +323,7 @@ impl TailSampler {
         None
     }
 
-    fn hold(&mut self, id: TraceId, fragment: Fragment, spans: usize, now: Instant) {
+    fn hold(&mut self, id: TraceId, fragment: Fragment, now: Instant) {
         self.generation += 1;
         let generation = self.generation;
         let pending = self.pending.entry(id).or_insert_with(|| Pending {
@@ -309,58 +332,22 @@ impl TailSampler {
             generation,
         });
         self.buffered_bytes += fragment.hold();
+        self.buffered_spans += fragment.count;
+        pending.spans += fragment.count;
         pending.fragments.push(fragment);
-        pending.spans += spans;
         pending.generation = generation;
-        self.buffered_spans += spans;
         self.deadlines.push_back((now + self.wait, id, generation));
     }
 
-    /// Hands over the kept spans and the counts of the decisions since the last call.
-    ///
-    /// Fragments sharing a resource (and scope) leave as one `ResourceSpans` (and one
-    /// `ScopeSpans`), so a shared resource is copied once per call, not once per trace.
+    /// Hands over the kept spans (encoded, see [`encode_kept`]), the counts of the
+    /// decisions since the last call, and what the buffer holds now.
     fn release(&mut self, out: &mut SpanBatch) {
-        let out = out.decoded_mut();
-        // Where each shared resource and scope went in `out`, by address: every one of
-        // them stays alive in `ready` until the loop has seen its last fragment.
-        let mut resources: HashMap<usize, usize> = HashMap::new();
-        let mut scopes: HashMap<usize, (usize, usize)> = HashMap::new();
-        for Fragment {
-            resource,
-            scope,
-            spans,
-            ..
-        } in std::mem::take(&mut self.ready)
-        {
-            let scope_at = Arc::as_ptr(&scope) as usize;
-            if let Some(&(r, s)) = scopes.get(&scope_at) {
-                out[r].scope_spans[s].spans.extend(spans);
-                continue;
-            }
-            let resource_at = Arc::as_ptr(&resource) as usize;
-            let r = *resources.entry(resource_at).or_insert_with(|| {
-                let ResourceHead {
-                    resource,
-                    schema_url,
-                } = unwrap_or_clone(resource);
-                out.push(ResourceSpans {
-                    resource,
-                    scope_spans: Vec::new(),
-                    schema_url,
-                });
-                out.len() - 1
-            });
-            let ScopeHead { scope, schema_url } = unwrap_or_clone(scope);
-            let scope_spans = &mut out[r].scope_spans;
-            scope_spans.push(ScopeSpans {
-                scope,
-                spans,
-                schema_url,
-            });
-            scopes.insert(scope_at, (r, scope_spans.len() - 1));
+        for (body, spans) in encode_kept(&std::mem::take(&mut self.ready)) {
+            out.push_encoded(body, spans);
         }
         self.counts.flush(&self.policies, &self.metrics);
+        self.metrics
+            .sampling_buffered(self.buffered_spans, self.buffered_bytes);
     }
 
     /// Decides one held trace by the policies, in order.
@@ -372,7 +359,12 @@ impl TailSampler {
         for fragment in &pending.fragments {
             self.buffered_bytes -= fragment.release();
         }
-        let spans: Vec<&Span> = pending.fragments.iter().flat_map(|f| &f.spans).collect();
+        let spans: Vec<SpanRef<'_>> = pending
+            .fragments
+            .iter()
+            .flat_map(|f| spans_in_scope(&f.spans))
+            .map(SpanRef::parse)
+            .collect();
         let round = self
             .coherent_by
             .as_deref()
@@ -408,14 +400,82 @@ impl TailSampler {
                 // The ratio rule records its threshold, when the trace id was its randomness
                 // (a round's hash is not what a backend would check `th` against).
                 if let (Rule::Ratio(sampler), None) = (rule, round) {
-                    for span in pending.fragments.iter_mut().flat_map(|f| &mut f.spans) {
-                        sampler.record(&mut span.trace_state);
+                    for fragment in &mut pending.fragments {
+                        fragment.record(sampler);
                     }
                 }
                 self.ready.append(&mut pending.fragments);
             }
         }
     }
+}
+
+/// Kept fragments as encoded parts of a batch (`resource_spans` fields), one per resource,
+/// with their span counts. Fragments sharing a resource (and scope) leave as one
+/// `ResourceSpans` (and one `ScopeSpans`), so a shared resource is copied once per call,
+/// not once per trace. One part per resource, as a receiver hands on one per request, so
+/// the batcher can take parts whole rather than decode a whole release to split it.
+fn encode_kept(fragments: &[Fragment]) -> Vec<(Bytes, usize)> {
+    // Each resource with its scopes, each scope with its fragments, in the order first
+    // seen; found by address, every one of them alive in `fragments`.
+    let mut resources: Vec<Under<'_, Under<'_, &Fragment>>> = Vec::new();
+    let mut resource_at: HashMap<*const Shared, usize> = HashMap::new();
+    let mut scope_at: HashMap<*const Shared, (usize, usize)> = HashMap::new();
+    for fragment in fragments {
+        if let Some(&(r, s)) = scope_at.get(&Arc::as_ptr(&fragment.scope)) {
+            resources[r].1[s].1.push(fragment);
+            continue;
+        }
+        let r = *resource_at
+            .entry(Arc::as_ptr(&fragment.resource))
+            .or_insert_with(|| {
+                resources.push((&fragment.resource, Vec::new()));
+                resources.len() - 1
+            });
+        let scopes = &mut resources[r].1;
+        scopes.push((&fragment.scope, vec![fragment]));
+        scope_at.insert(Arc::as_ptr(&fragment.scope), (r, scopes.len() - 1));
+    }
+    let scope_len = |(scope, fragments): &Under<'_, &Fragment>| {
+        scope.head.len() + fragments.iter().map(|f| f.spans.len()).sum::<usize>()
+    };
+    resources
+        .iter()
+        .map(|(resource, scopes)| {
+            let len = resource.head.len()
+                + scopes
+                    .iter()
+                    .map(|s| field_len(SCOPE_SPANS_FIELD, scope_len(s)))
+                    .sum::<usize>();
+            let mut body = Vec::with_capacity(field_len(RESOURCE_SPANS_FIELD, len));
+            write_field_head(&mut body, RESOURCE_SPANS_FIELD, len);
+            body.extend_from_slice(&resource.head);
+            let mut spans = 0;
+            for scope in scopes {
+                write_field_head(&mut body, SCOPE_SPANS_FIELD, scope_len(scope));
+                body.extend_from_slice(&scope.0.head);
+                for fragment in &scope.1 {
+                    body.extend_from_slice(&fragment.spans);
+                    spans += fragment.count;
+                }
+            }
+            (Bytes::from(body), spans)
+        })
+        .collect()
+}
+
+/// A resource or scope with what leaves under it: scopes, or fragments.
+type Under<'a, T> = (&'a Shared, Vec<T>);
+
+/// The encoded size of length-delimited field `number` holding `len` bytes.
+fn field_len(number: u32, len: usize) -> usize {
+    key_len(number) + encoded_len_varint(len as u64) + len
+}
+
+/// Writes the key and length of length-delimited field `number` holding `len` bytes.
+fn write_field_head(out: &mut Vec<u8>, number: u32, len: usize) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
 }
 
 /// Decisions and spans per outcome since the last flush.
@@ -522,17 +582,15 @@ impl Policy {
     }
 
     /// `Some(by_ratio)` when the policy keeps the trace.
-    fn keeps(&mut self, spans: &[&Span], randomness: u64, now: Instant) -> Option<bool> {
+    fn keeps(&mut self, spans: &[SpanRef<'_>], randomness: u64, now: Instant) -> Option<bool> {
         let keep = match &mut self.rule {
-            Rule::Errors => spans.iter().any(|s| {
-                s.status
-                    .as_ref()
-                    .is_some_and(|st| st.code == StatusCode::Error as i32)
-            }),
+            Rule::Errors => spans
+                .iter()
+                .any(|s| s.status_code == StatusCode::Error as i32),
             Rule::Latency(threshold) => {
                 let threshold = u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX);
                 let duration =
-                    |s: &&Span| s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
+                    |s: &SpanRef<'_>| s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
                 match spans.iter().find(|s| s.parent_span_id.is_empty()) {
                     Some(root) => duration(root) >= threshold,
                     None => spans.iter().map(duration).max().unwrap_or(0) >= threshold,
@@ -543,24 +601,24 @@ impl Policy {
                 values,
                 at_least,
             } => spans.iter().any(|s| {
-                s.attributes.iter().filter(|kv| kv.key == *key).any(|kv| {
-                    match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                        Some(Value::StringValue(text)) => {
+                s.attributes()
+                    .filter(|(k, _)| k == key)
+                    .any(|(_, value)| match value {
+                        ValueRef::Str(text) => {
                             values.iter().any(|v| v == text)
                                 || at_least
                                     .zip(text.trim().parse::<f64>().ok())
                                     .is_some_and(|(min, n)| n >= min)
                         }
                         #[allow(clippy::cast_precision_loss)]
-                        Some(Value::IntValue(n)) => {
-                            at_least.is_some_and(|min| *n as f64 >= min)
+                        ValueRef::Int(n) => {
+                            at_least.is_some_and(|min| n as f64 >= min)
                                 || values.iter().any(|v| *v == n.to_string())
                         }
-                        Some(Value::DoubleValue(n)) => at_least.is_some_and(|min| *n >= min),
-                        Some(Value::BoolValue(b)) => values.iter().any(|v| *v == b.to_string()),
+                        ValueRef::Double(n) => at_least.is_some_and(|min| n >= min),
+                        ValueRef::Bool(b) => values.iter().any(|v| *v == b.to_string()),
                         _ => false,
-                    }
-                })
+                    })
             }),
             Rule::Ratio(sampler) => return sampler.keeps(randomness).then_some(true),
             Rule::RateLimit(bucket) => bucket.take(now),
@@ -632,11 +690,6 @@ impl DecisionCache {
     }
 }
 
-/// The shared value itself when `shared` is its last reference, else a copy.
-fn unwrap_or_clone<T: Clone>(shared: Arc<Shared<T>>) -> T {
-    Arc::try_unwrap(shared).map_or_else(|shared| shared.value.clone(), |shared| shared.value)
-}
-
 fn trace_id(span: &Span) -> TraceId {
     let mut id = [0u8; 16];
     let n = span.trace_id.len().min(16);
@@ -644,14 +697,11 @@ fn trace_id(span: &Span) -> TraceId {
     id
 }
 
-fn string_attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) if !s.is_empty() => Some(s.as_str()),
-            _ => None,
-        })
+fn string_attribute<'a>(span: &SpanRef<'a>, key: &str) -> Option<&'a str> {
+    match span.attribute(key)? {
+        ValueRef::Str(s) if !s.is_empty() => Some(s),
+        _ => None,
+    }
 }
 
 /// The 56-bit randomness of a council round: FNV-1a 64 of its id, the same in every

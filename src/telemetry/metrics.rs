@@ -263,6 +263,8 @@ pub struct Metrics {
     sampling_decisions: Family<DecisionLabels, Counter>,
     late_spans: Family<KindLabels, Counter>,
     decided_early: Counter,
+    sampling_buffered_spans: Gauge<u64, AtomicU64>,
+    sampling_buffered_bytes: Gauge<u64, AtomicU64>,
     queue_replayed: Family<ExporterLabels, Counter>,
     queue_damaged: Family<ExporterLabels, Counter>,
     memory_budget_used: Gauge<u64, AtomicU64>,
@@ -313,6 +315,8 @@ impl Default for Metrics {
         let sampling_decisions = Family::default();
         let late_spans = Family::default();
         let decided_early = Counter::default();
+        let sampling_buffered_spans = Gauge::default();
+        let sampling_buffered_bytes = Gauge::default();
         let queue_replayed = Family::default();
         let queue_damaged = Family::default();
         let memory_budget_used = Gauge::default();
@@ -419,6 +423,16 @@ impl Default for Metrics {
             decided_early.clone(),
         );
         registry.register(
+            "sampling_buffered_spans",
+            "Spans the tail sampler holds for their trace's decision",
+            sampling_buffered_spans.clone(),
+        );
+        registry.register(
+            "sampling_buffered_bytes",
+            "Encoded bytes the tail sampler holds: its spans, and each resource and scope they share once (bounded by max_buffered_bytes)",
+            sampling_buffered_bytes.clone(),
+        );
+        registry.register(
             "queue_replayed_spans",
             "Spans a persistent queue found on disk at start-up, left by the previous run",
             queue_replayed.clone(),
@@ -496,6 +510,8 @@ impl Default for Metrics {
             sampling_decisions,
             late_spans,
             decided_early,
+            sampling_buffered_spans,
+            sampling_buffered_bytes,
             queue_replayed,
             queue_damaged,
             memory_budget_used,
@@ -1005,6 +1021,12 @@ impl Metrics {
     /// Counts traces decided early because the buffer was full.
     pub fn decided_early(&self, count: u64) {
         self.decided_early.inc_by(count);
+    }
+
+    /// Shows what the tail sampler holds now: its spans, and their encoded bytes.
+    pub fn sampling_buffered(&self, spans: usize, bytes: usize) {
+        self.sampling_buffered_spans.set(spans as u64);
+        self.sampling_buffered_bytes.set(bytes as u64);
     }
 
     /// The memory budget of `limit` bytes the receivers admit requests against, its use

@@ -1,5 +1,5 @@
 use super::*;
-use crate::otlp::{Status, key_value};
+use crate::otlp::{Status, Value, key_value};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -506,4 +506,357 @@ fn max_buffered_bytes_decides_the_oldest_traces_early() {
         .find_map(|l| l.strip_prefix("daena_agent_sampling_decided_early_total "))
         .and_then(|n| n.trim().parse::<u64>().ok());
     assert!(early.is_some_and(|n| n >= 60), "{rendered}");
+}
+
+#[test]
+fn the_bytes_held_are_the_encoded_spans_and_each_resource_and_scope_once() {
+    let (mut sampler, metrics) =
+        sampler(vec![PolicyConfig::new("errors", PolicyKind::Errors)], None);
+    let mut batch = wide_request(2, 0..3);
+    let request = batch.resource_spans_mut().clone();
+    let ResourceSpans {
+        resource,
+        scope_spans,
+        schema_url,
+    } = request[0].clone();
+    let ScopeSpans {
+        scope,
+        spans,
+        schema_url: scope_schema_url,
+    } = scope_spans[0].clone();
+    // Each span as the span field of its `ScopeSpans`, as it will leave.
+    let span_bytes: usize = spans
+        .iter()
+        .map(|s| 1 + prost::encoding::encoded_len_varint(s.encoded_len() as u64) + s.encoded_len())
+        .sum();
+    let resource_bytes = ResourceSpans {
+        resource,
+        scope_spans: Vec::new(),
+        schema_url,
+    }
+    .encoded_len();
+    let scope_bytes = ScopeSpans {
+        scope,
+        spans: Vec::new(),
+        schema_url: scope_schema_url,
+    }
+    .encoded_len();
+    let t0 = Instant::now();
+    sampler.accept(&mut batch, t0);
+    let expected = span_bytes + resource_bytes + scope_bytes;
+    assert_eq!(sampler.held_bytes(), expected);
+    let rendered = metrics.render();
+    for line in [
+        format!("daena_agent_sampling_buffered_bytes {expected}"),
+        "daena_agent_sampling_buffered_spans 3".to_owned(),
+    ] {
+        assert!(rendered.contains(&line), "{line} in {rendered}");
+    }
+    let mut out = SpanBatch::default();
+    sampler.expire(t0 + WAIT, &mut out);
+    assert_eq!(sampler.held_bytes(), 0);
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains("daena_agent_sampling_buffered_bytes 0"),
+        "{rendered}"
+    );
+}
+
+/// The decisions the sampler made on decoded spans, before it held them encoded: the
+/// oracle the byte-holding sampler is held against.
+mod oracle {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// The errors, latency, attribute and ratio rules, as `mask` turns them on.
+    pub struct Reference {
+        pub errors: bool,
+        pub latency: Option<u64>,
+        pub attribute: Option<(String, Vec<String>, f64)>,
+        pub ratio: Option<ConsistentSampler>,
+        pub coherent_by: Option<String>,
+        pub kept_rounds: HashSet<u64>,
+    }
+
+    impl Reference {
+        /// Whether the trace of `spans` is kept, recording the ratio rule's threshold in
+        /// its spans as the sampler did.
+        pub fn decide(&mut self, id: &TraceId, spans: &mut [Span]) -> bool {
+            let round = self.coherent_by.as_deref().and_then(|key| {
+                spans.iter().find_map(|s| {
+                    let kv = s.attributes.iter().find(|kv| kv.key == key)?;
+                    match kv.value.as_ref()?.value.as_ref()? {
+                        Value::StringValue(s) if !s.is_empty() => Some(round_hash(s)),
+                        _ => None,
+                    }
+                })
+            });
+            if round.is_some_and(|r| self.kept_rounds.contains(&r)) {
+                return true;
+            }
+            let by_rule = self.errors
+                && spans.iter().any(|s| {
+                    s.status
+                        .as_ref()
+                        .is_some_and(|st| st.code == StatusCode::Error as i32)
+                })
+                || self.latency.is_some_and(|threshold| {
+                    let duration =
+                        |s: &Span| s.end_time_unix_nano.saturating_sub(s.start_time_unix_nano);
+                    match spans.iter().find(|s| s.parent_span_id.is_empty()) {
+                        Some(root) => duration(root) >= threshold,
+                        None => spans.iter().map(duration).max().unwrap_or(0) >= threshold,
+                    }
+                })
+                || self
+                    .attribute
+                    .as_ref()
+                    .is_some_and(|(key, values, at_least)| {
+                        spans.iter().flat_map(|s| &s.attributes).any(|kv| {
+                            kv.key == *key
+                                && match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                                    Some(Value::StringValue(text)) => {
+                                        values.contains(text)
+                                            || text
+                                                .trim()
+                                                .parse::<f64>()
+                                                .is_ok_and(|n| n >= *at_least)
+                                    }
+                                    #[allow(clippy::cast_precision_loss)]
+                                    Some(Value::IntValue(n)) => {
+                                        *n as f64 >= *at_least || values.contains(&n.to_string())
+                                    }
+                                    Some(Value::DoubleValue(n)) => *n >= *at_least,
+                                    Some(Value::BoolValue(b)) => values.contains(&b.to_string()),
+                                    _ => false,
+                                }
+                        })
+                    });
+            if by_rule {
+                if let Some(round) = round {
+                    self.kept_rounds.insert(round);
+                }
+                return true;
+            }
+            let Some(sampler) = &self.ratio else {
+                return false;
+            };
+            if !sampler.keeps(round.unwrap_or_else(|| trace_id_randomness(id))) {
+                return false;
+            }
+            if round.is_none() {
+                for span in spans {
+                    sampler.record(&mut span.trace_state);
+                }
+            }
+            true
+        }
+    }
+}
+
+/// Every span of a request with its resource and scope, as a one-span `ResourceSpans`
+/// encoding: the form in which released spans are compared, whatever their grouping.
+fn span_keys(resource_spans: &[ResourceSpans]) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = resource_spans
+        .iter()
+        .flat_map(|rs| rs.scope_spans.iter().map(move |ss| (rs, ss)))
+        .flat_map(|(rs, ss)| ss.spans.iter().map(move |span| (rs, ss, span)))
+        .map(|(rs, ss, span)| {
+            ResourceSpans {
+                resource: rs.resource.clone(),
+                scope_spans: vec![ScopeSpans {
+                    scope: ss.scope.clone(),
+                    spans: vec![span.clone()],
+                    schema_url: ss.schema_url.clone(),
+                }],
+                schema_url: rs.schema_url.clone(),
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// `request` with its spans in a few traces of `pool`, lasting by their names, and some
+/// attributes named `k`: the ones not numbers or booleans name one of two council rounds,
+/// and the first three traces get one last.
+fn shaped(
+    mut request: crate::otlp::ExportTraceServiceRequest,
+    pool: &[TraceId],
+) -> crate::otlp::ExportTraceServiceRequest {
+    let spans = request
+        .resource_spans
+        .iter_mut()
+        .flat_map(|rs| &mut rs.scope_spans)
+        .flat_map(|ss| &mut ss.spans);
+    for span in spans {
+        let trace = usize::from(span.trace_id[0]) % pool.len();
+        span.trace_id = pool[trace].to_vec();
+        span.end_time_unix_nano = span.start_time_unix_nano + 100 * span.name.len() as u64;
+        for kv in span
+            .attributes
+            .iter_mut()
+            .filter(|kv| kv.key.len() % 3 == 0)
+        {
+            kv.key = "k".into();
+            // Numbers and booleans stay for the attribute rule; the rest name a round.
+            let value = kv.value.get_or_insert_default();
+            if !matches!(
+                value.value,
+                Some(Value::IntValue(_) | Value::DoubleValue(_) | Value::BoolValue(_))
+            ) {
+                value.value = Some(Value::StringValue(format!("r{}", span.name.len() % 2)));
+            }
+        }
+        // The first traces of the pool in rounds, two of them in the same one.
+        if trace < 3 {
+            span.attributes.push(key_value(
+                "k",
+                Value::StringValue(format!("r{}", trace % 2)),
+            ));
+        }
+    }
+    request
+}
+
+/// The spans of trace `id` in `request`, under their resources and scopes.
+fn only_trace(
+    request: &crate::otlp::ExportTraceServiceRequest,
+    id: &TraceId,
+) -> Vec<ResourceSpans> {
+    let mut trace = request.resource_spans.clone();
+    for rs in &mut trace {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|s| trace_id(s) == *id);
+        }
+    }
+    trace
+}
+
+proptest::proptest! {
+    #[test]
+    fn held_as_bytes_the_sampler_keeps_and_releases_what_it_did_decoded(
+        requests in proptest::collection::vec(crate::otlp::view::arbitrary::request(), 1..4),
+        pool in proptest::collection::vec(proptest::array::uniform16(0..=255u8), 2..6),
+        mask in 0..16u8,
+        coherent in proptest::bool::ANY,
+        max_traces in 1..6usize,
+        max_bytes in proptest::option::of(100..4_000u64),
+    ) {
+        let request = shaped(
+            crate::otlp::ExportTraceServiceRequest {
+                resource_spans: requests.into_iter().flat_map(|r| r.resource_spans).collect(),
+            },
+            &pool,
+        );
+        let mut policies = Vec::new();
+        let mut reference = oracle::Reference {
+            errors: mask & 1 != 0,
+            latency: (mask & 2 != 0).then_some(1_500),
+            attribute: (mask & 4 != 0)
+                .then(|| ("k".to_owned(), vec!["r1".to_owned(), "true".to_owned()], 1e9)),
+            ratio: (mask & 8 != 0).then(|| ConsistentSampler::new(0.5)),
+            coherent_by: coherent.then(|| "k".to_owned()),
+            kept_rounds: std::collections::HashSet::new(),
+        };
+        if reference.errors {
+            policies.push(PolicyConfig::new("errors", PolicyKind::Errors));
+        }
+        if reference.latency.is_some() {
+            policies.push(PolicyConfig {
+                threshold: Duration::from_nanos(1_500),
+                ..PolicyConfig::new("slow", PolicyKind::Latency)
+            });
+        }
+        if let Some((key, values, at_least)) = &reference.attribute {
+            policies.push(PolicyConfig {
+                key: Some(key.clone()),
+                values: values.clone(),
+                at_least: Some(*at_least),
+                ..PolicyConfig::new("k", PolicyKind::Attribute)
+            });
+        }
+        if reference.ratio.is_some() {
+            policies.push(PolicyConfig {
+                ratio: Some(0.5),
+                ..PolicyConfig::new("half", PolicyKind::Ratio)
+            });
+        }
+        let config = SamplingConfig {
+            mode: crate::config::SamplingMode::Tail,
+            decision_wait: WAIT,
+            coherent_by: reference.coherent_by.clone(),
+            max_traces,
+            max_buffered_bytes: crate::config::ByteSize(max_bytes.unwrap_or(1 << 30)),
+            policies,
+            ..SamplingConfig::default()
+        };
+        let mut sampler = TailSampler::new(&config, Arc::new(Metrics::default()));
+        let mut ids: Vec<TraceId> = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .flat_map(|ss| &ss.spans)
+            .map(trace_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let t0 = Instant::now();
+        let mut released = Vec::new();
+        if coherent {
+            // A round's traces are decided in the order they came: one request per trace.
+            for (i, id) in ids.iter().enumerate() {
+                let mut batch = SpanBatch::new(only_trace(&request, id));
+                sampler.accept(&mut batch, t0 + Duration::from_millis(i as u64));
+                released.extend(batch.into_request().resource_spans);
+            }
+        } else {
+            let mut batch = SpanBatch::from_request(request.clone());
+            sampler.accept(&mut batch, t0);
+            released.extend(batch.into_request().resource_spans);
+        }
+        let mut out = SpanBatch::default();
+        sampler.expire(t0 + WAIT * 2, &mut out);
+        released.extend(out.into_request().resource_spans);
+        proptest::prop_assert_eq!(sampler.held_traces(), 0);
+        proptest::prop_assert_eq!((sampler.held_spans(), sampler.held_bytes()), (0, 0));
+
+        let mut expected = Vec::new();
+        let mut kept = Vec::new();
+        for id in &ids {
+            let mut trace = only_trace(&request, id);
+            let mut spans: Vec<Span> = trace
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .flat_map(|ss| ss.spans.clone())
+                .collect();
+            if reference.decide(id, &mut spans) {
+                // The spans, as the reference changed them, back under their scopes.
+                let mut spans = spans.into_iter();
+                for ss in trace.iter_mut().flat_map(|rs| &mut rs.scope_spans) {
+                    for span in &mut ss.spans {
+                        *span = spans.next().unwrap_or_default();
+                    }
+                }
+                expected.extend(trace);
+                kept.push(*id);
+            }
+        }
+        proptest::prop_assert_eq!(span_keys(&released), span_keys(&expected));
+
+        // Late spans follow the decisions, as they came.
+        let mut late = SpanBatch::from_request(request.clone());
+        sampler.accept(&mut late, t0 + WAIT * 3);
+        let late_kept: Vec<ResourceSpans> = kept
+            .iter()
+            .flat_map(|id| only_trace(&request, id))
+            .collect();
+        proptest::prop_assert_eq!(
+            span_keys(&late.into_request().resource_spans),
+            span_keys(&late_kept)
+        );
+        proptest::prop_assert_eq!(sampler.held_traces(), 0);
+    }
 }
