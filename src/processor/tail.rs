@@ -602,8 +602,8 @@ impl Policy {
                 at_least,
             } => spans.iter().any(|s| {
                 s.attributes()
-                    .filter(|(k, _)| k == key)
-                    .any(|(_, value)| match value {
+                    .filter(|(k, _)| *k == key.as_bytes())
+                    .any(|(_, value)| match value.get() {
                         ValueRef::Str(text) => {
                             values.iter().any(|v| v == text)
                                 || at_least
