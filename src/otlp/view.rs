@@ -252,6 +252,9 @@ fn key_values<'a>(
 
 /// A `KeyValue`'s key (the last one given), as bytes: comparing them needs no UTF-8 check.
 fn key_of(key_value: &[u8]) -> &[u8] {
+    if let Some(key) = plain_key(key_value) {
+        return key;
+    }
     let mut key: &[u8] = &[];
     for (number, field) in Fields(key_value) {
         if let (1, Field::Bytes(k)) = (number, field) {
@@ -259,6 +262,21 @@ fn key_of(key_value: &[u8]) -> &[u8] {
         }
     }
     key
+}
+
+/// The key of a `KeyValue` in the shape encoders write, its key field then at most one
+/// value field, read without the general walk (the filter and the signals look at every
+/// attribute's key); `None` for any other shape, which the general walk reads.
+fn plain_key(key_value: &[u8]) -> Option<&[u8]> {
+    const KEY: u8 = 1 << 3 | 2;
+    const VALUE: u8 = 2 << 3 | 2;
+    let mut rest = key_value.strip_prefix(&[KEY])?;
+    let key = length_delimited(&mut rest)?;
+    if let Some(mut value) = rest.strip_prefix(&[VALUE]) {
+        length_delimited(&mut value)?;
+        rest = value;
+    }
+    rest.is_empty().then_some(key)
 }
 
 /// A `KeyValue`'s value: one given twice is merged, its oneof keeping the last member given.
@@ -626,6 +644,35 @@ mod tests {
     /// A decoded value as the view reads it.
     fn as_ref(value: Option<&Value>) -> ValueRef<'_> {
         value.map_or(ValueRef::Empty, ValueRef::from)
+    }
+
+    #[test]
+    fn a_key_given_twice_or_after_its_value_reads_as_prost_reads_it() {
+        use crate::otlp::KeyValue;
+        let kv = |key: &str| {
+            KeyValue {
+                key: key.into(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let value = crate::otlp::key_value("", Value::IntValue(7)).encode_to_vec();
+        // Key, value, then the key again: prost keeps the last key.
+        let twice = [kv("first"), value.clone(), kv("last")].concat();
+        assert_eq!(key_of(&twice), b"last");
+        assert_eq!(
+            KeyValue::decode(&twice[..])
+                .map(|kv| kv.key)
+                .ok()
+                .as_deref(),
+            Some("last")
+        );
+        // The value before the key.
+        let swapped = [value, kv("k")].concat();
+        assert_eq!(key_of(&swapped), b"k");
+        assert_eq!(value_of(&swapped), ValueRef::Int(7));
+        assert_eq!(key_of(&kv("only")), b"only");
+        assert_eq!(key_of(&[]), b"");
     }
 
     proptest! {
