@@ -6,7 +6,10 @@
 //! Fields are read as prost reads them: a singular field given twice keeps the last
 //! value, a singular message given twice (a span's status) is merged.
 
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
 use super::wire::{RECURSION_LIMIT, key, length_delimited, skip, varint};
+use super::{Span, SpanKind, StatusCode};
 
 /// An attribute value read in place.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -216,6 +219,51 @@ pub fn walk_spans<'a>(
     walked
 }
 
+/// What a stage reads of a span besides its attributes, decoded or in place: a stage that
+/// reads through it is written once for both forms.
+pub trait SpanRead {
+    /// The span's name.
+    fn name(&self) -> &str;
+    /// Its kind (an unknown number reads as prost reads it: the default).
+    fn kind(&self) -> SpanKind;
+    /// Its status code (unset when it has no status).
+    fn status(&self) -> StatusCode;
+    /// End minus start, in nanoseconds (0 when the end is before the start).
+    fn duration_nanos(&self) -> u64;
+}
+
+impl SpanRead for Span {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> SpanKind {
+        Span::kind(self)
+    }
+    fn status(&self) -> StatusCode {
+        self.status.as_ref().map_or(StatusCode::Unset, |s| s.code())
+    }
+    fn duration_nanos(&self) -> u64 {
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
+    }
+}
+
+impl SpanRead for SpanRef<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn kind(&self) -> SpanKind {
+        SpanKind::try_from(self.kind).unwrap_or_default()
+    }
+    fn status(&self) -> StatusCode {
+        StatusCode::try_from(self.status_code).unwrap_or_default()
+    }
+    fn duration_nanos(&self) -> u64 {
+        self.end_time_unix_nano
+            .saturating_sub(self.start_time_unix_nano)
+    }
+}
+
 /// One span event read in place.
 #[derive(Debug, Clone, Copy)]
 pub struct EventRef<'a>(&'a [u8]);
@@ -399,14 +447,10 @@ pub fn retain_spans(
     let mut trace_state = String::new();
     let mut rest = body;
     while let Some((number, field, whole)) = next_field(&mut rest) {
-        let Field::Bytes(resource_spans) = field else {
+        let (1, Field::Bytes(resource_spans)) = (number, field) else {
             out.body.extend_from_slice(whole);
             continue;
         };
-        if number != 1 {
-            out.body.extend_from_slice(whole);
-            continue;
-        }
         resource.clear();
         let mut resource_kept = false;
         let mut rs_rest = resource_spans;
@@ -472,10 +516,9 @@ pub fn write_span_with_trace_state(out: &mut Vec<u8>, span: &[u8], trace_state: 
     let state_len = if trace_state.is_empty() {
         0
     } else {
-        1 + varint_len(trace_state.len() as u64) + trace_state.len()
+        field_len(3, trace_state.len())
     };
-    write_key(out, 2);
-    write_varint(out, (kept_len + state_len) as u64);
+    write_field_head(out, 2, kept_len + state_len);
     let mut rest = span;
     while let Some((number, _, whole)) = next_field(&mut rest) {
         if number != 3 {
@@ -483,34 +526,25 @@ pub fn write_span_with_trace_state(out: &mut Vec<u8>, span: &[u8], trace_state: 
         }
     }
     if !trace_state.is_empty() {
-        write_key(out, 3);
-        write_varint(out, trace_state.len() as u64);
-        out.extend_from_slice(trace_state.as_bytes());
+        write_message(out, 3, trace_state.as_bytes());
     }
 }
 
 /// Writes `message` as length-delimited field `number`.
 fn write_message(out: &mut Vec<u8>, number: u32, message: &[u8]) {
-    write_key(out, number);
-    write_varint(out, message.len() as u64);
+    write_field_head(out, number, message.len());
     out.extend_from_slice(message);
 }
 
-/// A length-delimited field's key (every field written here is one, numbered below 16).
-fn write_key(out: &mut Vec<u8>, number: u32) {
-    out.push(((number << 3) | 2) as u8);
+/// Writes the key and length of length-delimited field `number` holding `len` bytes.
+pub fn write_field_head(out: &mut Vec<u8>, number: u32, len: usize) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(len as u64, out);
 }
 
-fn write_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn varint_len(value: u64) -> usize {
-    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+/// The encoded size of length-delimited field `number` holding `len` bytes.
+pub fn field_len(number: u32, len: usize) -> usize {
+    key_len(number) + encoded_len_varint(len as u64) + len
 }
 
 /// The spans (field 2) of an encoded `ScopeSpans`, each one's encoding, in order; ends at

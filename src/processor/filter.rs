@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::Processor;
 use super::matcher::{Attributes, AttributesMatch, TextMatch};
 use crate::config::filter::{FilterConfig, FilterRule, KeepOrDrop, SpanKindName, StatusName};
-use crate::otlp::view::{SpanRef, ValueRef, Verdict, retain_spans, walk_spans};
+use crate::otlp::view::{SpanRead, ValueRef, Verdict, retain_spans, walk_spans};
 use crate::otlp::{Span, SpanBatch, SpanKind, StatusCode};
 use crate::telemetry::Metrics;
 
@@ -40,36 +40,9 @@ pub struct NoiseFilter {
 }
 
 /// What the filter reads of a span, decoded or in place: its decisions are written once.
-trait FilterSpan: Attributes {
-    fn kind(&self) -> SpanKind;
-    fn name(&self) -> &str;
-    fn status(&self) -> StatusCode;
-}
+trait FilterSpan: SpanRead + Attributes {}
 
-impl FilterSpan for Span {
-    fn kind(&self) -> SpanKind {
-        Span::kind(self)
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn status(&self) -> StatusCode {
-        self.status.as_ref().map_or(StatusCode::Unset, |s| s.code())
-    }
-}
-
-impl FilterSpan for SpanRef<'_> {
-    // Unknown numbers read as prost reads them: the enum's default.
-    fn kind(&self) -> SpanKind {
-        SpanKind::try_from(self.kind).unwrap_or_default()
-    }
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn status(&self) -> StatusCode {
-        StatusCode::try_from(self.status_code).unwrap_or_default()
-    }
-}
+impl<T: SpanRead + Attributes> FilterSpan for T {}
 
 /// One compiled rule.
 struct Rule {

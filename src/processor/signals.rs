@@ -16,7 +16,7 @@ use super::key_cache::KeyCache;
 use super::schema::{Schema, ValueRule};
 use super::{Processor, SpanStage};
 use crate::config::ProcessorsConfig;
-use crate::otlp::view::{LazyValue, SpanRef, ValueRef, walk_spans};
+use crate::otlp::view::{LazyValue, SpanRead, SpanRef, ValueRef, walk_spans};
 use crate::otlp::{Resource, Span, SpanBatch, SpanKind, StatusCode};
 use crate::telemetry::signals::{Signal, SignalTable, Signals, Tally};
 
@@ -234,31 +234,13 @@ type RoundSeen<'a> = (Cow<'a, str>, Cow<'a, str>, Option<&'static str>);
 /// One span's values, by role: the value and the schema rule it is read by.
 type Found<'a> = [Option<(ValueRef<'a>, Option<&'a ValueRule>)>; ROLES];
 
-/// What the signals read of a span besides its attributes, decoded or in place: the
-/// counting is written once for both.
-trait SpanFacts {
-    fn name(&self) -> &str;
-    fn kind(&self) -> SpanKind;
-    fn duration(&self) -> u64;
-    fn is_error(&self) -> bool;
+/// What the signals read of a span besides its attributes and [`SpanRead`]'s fields.
+trait SpanFacts: SpanRead {
     /// Rate-limit events, in any spelling.
     fn rate_limit_events(&self) -> usize;
 }
 
 impl SpanFacts for Span {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn kind(&self) -> SpanKind {
-        Span::kind(self)
-    }
-    fn duration(&self) -> u64 {
-        self.end_time_unix_nano
-            .saturating_sub(self.start_time_unix_nano)
-    }
-    fn is_error(&self) -> bool {
-        self.status.as_ref().map(|s| s.code()) == Some(StatusCode::Error)
-    }
     fn rate_limit_events(&self) -> usize {
         self.events
             .iter()
@@ -268,19 +250,6 @@ impl SpanFacts for Span {
 }
 
 impl SpanFacts for SpanRef<'_> {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn kind(&self) -> SpanKind {
-        SpanKind::try_from(self.kind).unwrap_or_default()
-    }
-    fn duration(&self) -> u64 {
-        self.end_time_unix_nano
-            .saturating_sub(self.start_time_unix_nano)
-    }
-    fn is_error(&self) -> bool {
-        self.status_code == StatusCode::Error as i32
-    }
     fn rate_limit_events(&self) -> usize {
         self.events()
             .filter(|e| is_rate_limit_event(e.name()))
@@ -461,7 +430,7 @@ fn count_span(
 ) {
     let text = |role: Role| found[role as usize].and_then(|(v, rule)| canonical_text(v, rule));
     let label = |role: Role| text(role).unwrap_or(Cow::Borrowed(UNKNOWN));
-    let duration = span.duration();
+    let duration = span.duration_nanos();
     let department = label(Role::Department);
 
     if found[Role::Model as usize].is_some() {
@@ -516,7 +485,10 @@ fn count_span(
         )
         .observe(duration);
         if let Some(id) = text(Role::RoundId) {
-            let outcome = is_commit.then(|| if span.is_error() { "error" } else { "ok" });
+            let outcome = is_commit.then(|| match span.status() {
+                StatusCode::Error => "error",
+                _ => "ok",
+            });
             follow_round(rounds, (id, department.clone(), outcome), now, tallies);
         }
     } else if let Some(id) = text(Role::RoundId) {

@@ -19,14 +19,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use tokio::time::Instant;
 
 use super::Processor;
 use super::sampling::{ConsistentSampler, trace_id_randomness};
 use crate::config::{PolicyConfig, PolicyKind, SamplingConfig};
-use crate::otlp::view::{SpanRef, ValueRef, spans_in_scope, write_span_with_trace_state};
+use crate::otlp::view::{
+    SpanRef, ValueRef, field_len, spans_in_scope, write_field_head, write_span_with_trace_state,
+};
 use crate::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode};
 use crate::telemetry::Metrics;
 
@@ -466,17 +467,6 @@ fn encode_kept(fragments: &[Fragment]) -> Vec<(Bytes, usize)> {
 
 /// A resource or scope with what leaves under it: scopes, or fragments.
 type Under<'a, T> = (&'a Shared, Vec<T>);
-
-/// The encoded size of length-delimited field `number` holding `len` bytes.
-fn field_len(number: u32, len: usize) -> usize {
-    key_len(number) + encoded_len_varint(len as u64) + len
-}
-
-/// Writes the key and length of length-delimited field `number` holding `len` bytes.
-fn write_field_head(out: &mut Vec<u8>, number: u32, len: usize) {
-    encode_key(number, WireType::LengthDelimited, out);
-    encode_varint(len as u64, out);
-}
 
 /// Decisions and spans per outcome since the last flush.
 struct DecisionCounts {

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::config::{SamplingConfig, SamplingMode};
-use crate::otlp::{Event, ResourceSpans, ScopeSpans, SpanBatch, Status, Value, key_value};
+use crate::otlp::{Event, SpanBatch, Status, Value, key_value};
 use crate::processor::{Processor, SpanPass, build};
 use crate::telemetry::Metrics;
 use crate::telemetry::signals::OTHER;
@@ -32,13 +32,7 @@ fn span(n: u64, name: &str, kind: SpanKind, nanos: u64, attributes: &[(&str, Val
 }
 
 fn batch(spans: Vec<Span>) -> SpanBatch {
-    SpanBatch::new(vec![ResourceSpans {
-        scope_spans: vec![ScopeSpans {
-            spans,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }])
+    SpanBatch::from_request(crate::otlp::request_of(spans))
 }
 
 fn run(config: &ProcessorsConfig, metrics: &Arc<Metrics>, spans: Vec<Span>) -> usize {

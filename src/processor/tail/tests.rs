@@ -45,13 +45,7 @@ fn error(mut span: Span) -> Span {
 }
 
 fn batch(spans: Vec<Span>) -> SpanBatch {
-    SpanBatch::new(vec![ResourceSpans {
-        scope_spans: vec![ScopeSpans {
-            spans,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }])
+    SpanBatch::from_request(crate::otlp::request_of(spans))
 }
 
 /// Span ids (trace, n) in a batch, sorted.
