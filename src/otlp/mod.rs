@@ -30,6 +30,7 @@ pub use opentelemetry_proto::tonic::trace::v1::{
     status::StatusCode,
 };
 
+pub mod edit;
 pub mod grpc_codec;
 pub mod view;
 pub mod wire;
@@ -145,6 +146,13 @@ impl SpanBatch {
             prost::encoding::message::encode(1, &rs, &mut out);
         }
         self.encoded.push((Bytes::from(out), spans));
+    }
+
+    /// Moves `other`'s parts, and its count of undecodable spans, into this batch.
+    pub fn append(&mut self, mut other: SpanBatch) {
+        self.encoded.append(&mut other.encoded);
+        self.decoded.append(&mut other.decoded);
+        self.undecodable += other.undecodable;
     }
 
     /// Adds an encoded part.

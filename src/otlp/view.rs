@@ -68,6 +68,8 @@ pub struct SpanRef<'a> {
     pub kind: i32,
     /// The `Status.code` number (0, unset, when there is no status).
     pub status_code: i32,
+    /// The `Status.message` (empty when there is no status).
+    pub status_message: &'a str,
     /// Start time, Unix nanoseconds.
     pub start_time_unix_nano: u64,
     /// End time, Unix nanoseconds.
@@ -77,6 +79,16 @@ pub struct SpanRef<'a> {
 impl<'a> SpanRef<'a> {
     /// Reads a span's encoding; the wire scan has accepted it, so a fault only ends the walk.
     pub fn parse(bytes: &'a [u8]) -> Self {
+        Self::parse_with(bytes, |_, _, _| {})
+    }
+
+    /// Reads a span's encoding as [`parse`](Self::parse) does, handing every field it does
+    /// not keep (attributes, events, links, counts) to `other` with its whole encoding, in
+    /// the same walk.
+    pub(super) fn parse_with(
+        bytes: &'a [u8],
+        mut other: impl FnMut(u32, Field<'a>, &'a [u8]),
+    ) -> Self {
         let mut span = Self {
             bytes,
             trace_id: &[],
@@ -86,10 +98,12 @@ impl<'a> SpanRef<'a> {
             name: "",
             kind: 0,
             status_code: 0,
+            status_message: "",
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
         };
-        for (number, field) in Fields(bytes) {
+        let mut rest = bytes;
+        while let Some((number, field, whole)) = next_field(&mut rest) {
             match (number, field) {
                 (1, Field::Bytes(b)) => span.trace_id = b,
                 (2, Field::Bytes(b)) => span.span_id = b,
@@ -101,15 +115,22 @@ impl<'a> SpanRef<'a> {
                 (8, Field::Fixed64(t)) => span.end_time_unix_nano = t,
                 (15, Field::Bytes(status)) => {
                     for (number, field) in Fields(status) {
-                        if let (3, Field::Varint(code)) = (number, field) {
-                            span.status_code = code as i32;
+                        match (number, field) {
+                            (2, Field::Bytes(message)) => span.status_message = text(message),
+                            (3, Field::Varint(code)) => span.status_code = code as i32,
+                            _ => {}
                         }
                     }
                 }
-                _ => {}
+                _ => other(number, field, whole),
             }
         }
         span
+    }
+
+    /// The span's encoding.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
     }
 
     /// The span's attributes, in order.
@@ -156,6 +177,17 @@ fn first_value<'a>(
         .find(|(k, _)| *k == key.as_bytes())
         .map(|(_, v)| v.get())
         .filter(|v| *v != ValueRef::Empty)
+}
+
+impl<'a> ValueRef<'a> {
+    /// The value of a decoded attribute.
+    pub fn of(key_value: &'a super::KeyValue) -> Self {
+        key_value
+            .value
+            .as_ref()
+            .and_then(|v| v.value.as_ref())
+            .map_or(Self::Empty, Self::from)
+    }
 }
 
 impl<'a> From<&'a super::Value> for ValueRef<'a> {
@@ -299,7 +331,7 @@ fn key_values<'a>(
 }
 
 /// A `KeyValue`'s key (the last one given), as bytes: comparing them needs no UTF-8 check.
-fn key_of(key_value: &[u8]) -> &[u8] {
+pub(super) fn key_of(key_value: &[u8]) -> &[u8] {
     if let Some(key) = plain_key(key_value) {
         return key;
     }
@@ -328,7 +360,7 @@ fn plain_key(key_value: &[u8]) -> Option<&[u8]> {
 }
 
 /// A `KeyValue`'s value: one given twice is merged, its oneof keeping the last member given.
-fn value_of(key_value: &[u8]) -> ValueRef<'_> {
+pub(super) fn value_of(key_value: &[u8]) -> ValueRef<'_> {
     let mut value = ValueRef::Empty;
     for (number, field) in Fields(key_value) {
         if let (2, Field::Bytes(any)) = (number, field) {
@@ -353,13 +385,13 @@ fn any_value((number, field): (u32, Field<'_>)) -> Option<ValueRef<'_>> {
 }
 
 /// A string field the scan found to be UTF-8.
-fn text(bytes: &[u8]) -> &str {
+pub(super) fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
 /// One field's value.
 #[derive(Debug, Clone, Copy)]
-enum Field<'a> {
+pub(super) enum Field<'a> {
     Varint(u64),
     Fixed64(u64),
     /// Length-delimited: a string, bytes or a nested message.
@@ -369,7 +401,7 @@ enum Field<'a> {
 }
 
 /// The fields of a message, in order, with their numbers; ends at the first fault.
-struct Fields<'a>(&'a [u8]);
+pub(super) struct Fields<'a>(pub(super) &'a [u8]);
 
 impl<'a> Iterator for Fields<'a> {
     type Item = (u32, Field<'a>);
@@ -381,7 +413,7 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// Reads one field: its number, its value and its whole encoding (key included).
-fn next_field<'a>(buf: &mut &'a [u8]) -> Option<(u32, Field<'a>, &'a [u8])> {
+pub(super) fn next_field<'a>(buf: &mut &'a [u8]) -> Option<(u32, Field<'a>, &'a [u8])> {
     let start = *buf;
     if start.is_empty() {
         return None;
@@ -531,7 +563,7 @@ pub fn write_span_with_trace_state(out: &mut Vec<u8>, span: &[u8], trace_state: 
 }
 
 /// Writes `message` as length-delimited field `number`.
-fn write_message(out: &mut Vec<u8>, number: u32, message: &[u8]) {
+pub(super) fn write_message(out: &mut Vec<u8>, number: u32, message: &[u8]) {
     write_field_head(out, number, message.len());
     out.extend_from_slice(message);
 }

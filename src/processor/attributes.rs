@@ -13,7 +13,9 @@ use ring::hmac;
 use super::matcher::{AttributesMatch, TextMatch};
 use super::{SpanStage, flush_counts, work};
 use crate::config::attributes::{ActionKind, AttributeAction, AttributeValue, AttributesConfig};
-use crate::otlp::{AnyValue, KeyValue, Resource, Span, Value, key_value};
+use crate::otlp::edit::{AttributesMut, SpanMut};
+use crate::otlp::view::{SpanRead, ValueRef};
+use crate::otlp::{Resource, Value, key_value};
 use crate::telemetry::Metrics;
 
 /// Applies `processors.attributes` to each span in place.
@@ -81,13 +83,13 @@ impl SpanStage for AttributeActions {
         }
     }
 
-    fn span(&mut self, span: &mut Span) {
+    fn span(&mut self, span: &mut SpanMut<'_, '_>) {
         for (action, holds) in self.actions.iter().zip(&self.resource_holds) {
             let name_matches = action
                 .span_name
                 .as_ref()
-                .is_none_or(|name| name.matches(&span.name));
-            if *holds && name_matches && action.apply(&mut span.attributes, &mut self.scratch) {
+                .is_none_or(|name| name.matches(span.name()));
+            if *holds && name_matches && action.apply(span, &mut self.scratch) {
                 // `ActionKind` is declared in `ALL` order.
                 self.counts[action.kind as usize] += 1;
             }
@@ -142,81 +144,86 @@ impl Action {
     /// Applies the action to `attributes`; returns whether it changed them. Every
     /// attribute with the key is acted on: OTLP forbids repeated keys, but a sender may
     /// repeat one, and a value to delete or hash must not survive in a second copy.
-    fn apply(&self, attributes: &mut Vec<KeyValue>, scratch: &mut Vec<u8>) -> bool {
+    fn apply(&self, attributes: &mut impl AttributesMut, scratch: &mut Vec<u8>) -> bool {
         // One scan of the attributes whether the key is there or not.
-        work(attributes.len());
+        work(attributes.count());
         let key = self.key.as_str();
         match &self.op {
             Op::Insert(value) => {
-                let absent = !attributes.iter().any(|kv| kv.key == key);
+                let absent = positions(&*attributes, key).is_empty();
                 if absent {
                     attributes.push(key_value(key, value.clone()));
                 }
                 absent
             }
-            Op::Update(value) => set_all(attributes, key, value),
+            Op::Update(value) => set_all(attributes, &positions(&*attributes, key), value),
             Op::Upsert(value) => {
-                let updated = set_all(attributes, key, value);
+                let updated = set_all(attributes, &positions(&*attributes, key), value);
                 if !updated {
                     attributes.push(key_value(key, value.clone()));
                 }
                 true
             }
             Op::Delete => {
-                let before = attributes.len();
-                attributes.retain(|kv| kv.key != key);
-                attributes.len() < before
+                let gone: Vec<bool> = (0..attributes.count())
+                    .map(|i| attributes.key(i) == key)
+                    .collect();
+                let deleted = gone.contains(&true);
+                if deleted {
+                    attributes.remove_marked(&gone);
+                }
+                deleted
             }
             Op::Hash(hash_key) => {
-                let mut hashed = false;
-                for kv in attributes.iter_mut().filter(|kv| kv.key == key) {
-                    hash_value(hash_key, &mut kv.value, scratch);
-                    hashed = true;
+                let found = positions(&*attributes, key);
+                for &i in &found {
+                    let hashed = hash_of(hash_key, attributes, i, scratch);
+                    attributes.set_value(i, hashed);
                 }
-                hashed
+                !found.is_empty()
             }
         }
     }
 }
 
-/// Sets every attribute `key` of `attributes` to `value`; returns whether there was one.
-fn set_all(attributes: &mut [KeyValue], key: &str, value: &Value) -> bool {
-    let mut found = false;
-    for kv in attributes.iter_mut().filter(|kv| kv.key == key) {
-        kv.value = Some(AnyValue {
-            value: Some(value.clone()),
-        });
-        found = true;
-    }
-    found
+/// The indexes of the attributes named `key` (no allocation when there is none).
+fn positions(attributes: &impl AttributesMut, key: &str) -> Vec<usize> {
+    (0..attributes.count())
+        .filter(|&i| attributes.key(i) == key)
+        .collect()
 }
 
-/// Replaces `value` by the lowercase hex HMAC-SHA256 of its string form, as a string.
+/// Sets the attributes at `found` to `value`; returns whether there was one.
+fn set_all(attributes: &mut impl AttributesMut, found: &[usize], value: &Value) -> bool {
+    for &i in found {
+        attributes.set_value(i, value.clone());
+    }
+    !found.is_empty()
+}
+
+/// The lowercase hex HMAC-SHA256 of the string form of attribute `i`'s value, as a string.
 ///
 /// Keyed, unlike a plain SHA-256: a low-entropy value (an e-mail address, a user id, a
 /// phone number) cannot be recovered by hashing every candidate without the key, and the
 /// same value still gives the same hash under one key, so spans remain joinable.
-fn hash_value(key: &hmac::Key, value: &mut Option<AnyValue>, scratch: &mut Vec<u8>) {
-    let any = value.get_or_insert_with(AnyValue::default);
-    let tag = match &any.value {
-        Some(Value::StringValue(text)) => hmac::sign(key, text.as_bytes()),
-        Some(Value::BytesValue(bytes)) => hmac::sign(key, bytes),
-        other => {
+fn hash_of(
+    key: &hmac::Key,
+    attributes: &impl AttributesMut,
+    i: usize,
+    scratch: &mut Vec<u8>,
+) -> Value {
+    let tag = match attributes.value(i) {
+        ValueRef::Str(text) => hmac::sign(key, text.as_bytes()),
+        ValueRef::Bytes(bytes) => hmac::sign(key, bytes),
+        _ => {
             scratch.clear();
-            string_form(other.as_ref(), scratch);
+            let value = attributes.value_owned(i).and_then(|v| v.value);
+            string_form(value.as_ref(), scratch);
             hmac::sign(key, scratch)
         }
     };
     let mut hex = const_hex::Buffer::<32>::new();
-    let hex = hex.format_slice(tag.as_ref());
-    match &mut any.value {
-        // Written over the old text: no allocation when it was as long as a hash.
-        Some(Value::StringValue(text)) => {
-            text.clear();
-            text.push_str(hex);
-        }
-        other => *other = Some(Value::StringValue(hex.to_owned())),
-    }
+    Value::StringValue(hex.format_slice(tag.as_ref()).to_owned())
 }
 
 /// Writes the string form of a value that is not a string or bytes into `out`: an int or
@@ -254,7 +261,7 @@ mod tests {
     use crate::config::Secret;
     use crate::config::filter::MatchValue;
     use crate::config::located;
-    use crate::otlp::{ArrayValue, ResourceSpans, ScopeSpans, SpanBatch};
+    use crate::otlp::{AnyValue, ArrayValue, KeyValue, ResourceSpans, ScopeSpans, Span, SpanBatch};
     use crate::processor::{Processor, SpanPass, work_of};
 
     const KEY: &str = "a-test-key-of-32-bytes-0123456789";
@@ -299,7 +306,7 @@ mod tests {
     /// The span's attributes after `stage` ran on it under an empty resource.
     fn after(stage: &mut AttributeActions, mut span: Span) -> Vec<(String, Option<Value>)> {
         stage.resource(&mut Resource::default());
-        stage.span(&mut span);
+        stage.span(&mut SpanMut::decoded(&mut span));
         span.attributes
             .into_iter()
             .map(|kv| (kv.key, kv.value.and_then(|v| v.value)))
@@ -573,7 +580,7 @@ mod tests {
         let attributes: Vec<(&str, Value)> = (0..100).map(|_| ("a", Value::IntValue(1))).collect();
         let mut input = span("s", &attributes);
         stage.resource(&mut Resource::default());
-        let steps = work_of(|| stage.span(&mut input));
+        let steps = work_of(|| stage.span(&mut SpanMut::decoded(&mut input)));
         assert_eq!(steps, 300, "one scan per action");
         assert_eq!(stage.counts, [0; 5]);
     }

@@ -11,7 +11,9 @@ use super::key_cache::KeyCache;
 use super::schema::{MIRROR_OPERATION_TYPE, MIRROR_SYSTEM, Schema, ValueRule};
 use super::{SpanStage, work};
 use crate::config::DaenaConfig;
-use crate::otlp::{AnyValue, ArrayValue, KeyValue, Resource, Span, Value, key_value};
+use crate::otlp::edit::{AttributesMut, SpanMut};
+use crate::otlp::view::{SpanRead, ValueRef};
+use crate::otlp::{AnyValue, ArrayValue, Event, KeyValue, Resource, Value, key_value};
 use crate::telemetry::Metrics;
 use crate::telemetry::mix::{DaenaMix, MixTally};
 
@@ -106,13 +108,13 @@ impl DaenaNormaliser {
     }
 
     /// Canonical keys and values, `daena.component`, schema errors and mirrors for one span.
-    fn normalise_span(&mut self, span: &mut Span) {
+    fn normalise_span(&mut self, span: &mut SpanMut<'_, '_>) {
         let schema = &self.schema;
         let found = &mut self.found;
         found.clear();
-        work(span.attributes.len());
-        for (i, kv) in span.attributes.iter().enumerate() {
-            match self.keys.get(&kv.key, |key| KeyClass::of(schema, key)) {
+        work(span.count());
+        for i in 0..span.count() {
+            match self.keys.get(span.key(i), |key| KeyClass::of(schema, key)) {
                 KeyClass::Schema {
                     row,
                     canonical,
@@ -133,41 +135,53 @@ impl DaenaNormaliser {
         let (mut phase, mut model) = (None, None);
         for hit in &mut found.hits {
             let field = &schema.fields[hit.row];
-            let kv = &mut span.attributes[hit.at];
             if !hit.canonical {
-                kv.key.clone_from(&field.key);
+                span.set_key(hit.at, &field.key);
             }
-            if !normalise_value(&field.rule, &mut kv.value) {
-                hit.failed = true;
-                found.failed = true;
-                self.errors[hit.row] += 1;
-            } else if Some(hit.row) == schema.council_phase {
-                phase = Some(hit.at);
-            } else if Some(hit.row) == schema.llm_model {
-                model = Some(hit.at);
+            match normalise_value(&field.rule, span.value(hit.at)) {
+                Normalised::Failed => {
+                    hit.failed = true;
+                    found.failed = true;
+                    self.errors[hit.row] += 1;
+                }
+                normalised => {
+                    if let Normalised::To(value) = normalised {
+                        span.set_value(hit.at, value);
+                    }
+                    if Some(hit.row) == schema.council_phase {
+                        phase = Some(hit.at);
+                    } else if Some(hit.row) == schema.llm_model {
+                        model = Some(hit.at);
+                    }
+                }
             }
             found.mirrored |= field.mirror.is_some();
         }
 
-        let component = found.component(schema, &span.name);
+        let component = found.component(schema, span.name());
         self.tally.span(
             component,
-            phase.and_then(|at| string_of(&span.attributes[at])),
-            model.and_then(|at| string_of(&span.attributes[at])),
+            phase.and_then(|at| string_at(span, at)),
+            model.and_then(|at| string_at(span, at)),
         );
-        if found.families & (1 << schema.bus_family) != 0 {
-            normalise_rate_limit_events(span, schema, &mut self.keys, &mut self.errors);
+        if found.families & (1 << schema.bus_family) != 0
+            && span.count_events(is_rate_limit_event) > 0
+        {
+            normalise_rate_limit_events(
+                span.events_mut(),
+                schema,
+                &mut self.keys,
+                &mut self.errors,
+            );
         }
         if self.semconv_mirror {
             mirror(span, schema, found);
         }
-        set_or_push(
-            &mut span.attributes,
-            found.component_at,
-            COMPONENT,
-            || Value::StringValue(component.to_owned()),
-            |v| matches!(v, Value::StringValue(s) if s == component),
-        );
+        match found.component_at {
+            Some(i) if matches!(span.value(i), ValueRef::Str(s) if s == component) => {}
+            Some(i) => span.set_value(i, string(component)),
+            None => span.push(key_value(COMPONENT, string(component))),
+        }
         let remove = &mut found.duplicates;
         if !found.failed {
             remove.extend(found.schema_errors_at);
@@ -188,25 +202,21 @@ impl DaenaNormaliser {
                 .collect();
             let list = Value::ArrayValue(ArrayValue { values: errors });
             match found.schema_errors_at {
-                Some(i) => span.attributes[i].value = Some(AnyValue { value: Some(list) }),
-                None => span.attributes.push(key_value(SCHEMA_ERRORS, list)),
+                Some(i) => span.set_value(i, list),
+                None => span.push(key_value(SCHEMA_ERRORS, list)),
             }
         }
         if !remove.is_empty() {
             // One mark per attribute: a lookup in `remove` per attribute would make a span
             // of n copies of one key cost n² (300k copies took seconds).
-            let mut gone = vec![false; span.attributes.len()];
+            let mut gone = vec![false; span.count()];
             for &i in remove.iter() {
                 if let Some(mark) = gone.get_mut(i) {
                     *mark = true;
                 }
             }
             work(gone.len());
-            let mut index = 0;
-            span.attributes.retain(|_| {
-                index += 1;
-                !gone.get(index - 1).copied().unwrap_or(false)
-            });
+            span.remove_marked(&gone);
         }
     }
 }
@@ -220,7 +230,7 @@ impl SpanStage for DaenaNormaliser {
         self.enrich_resource(resource);
     }
 
-    fn span(&mut self, span: &mut Span) {
+    fn span(&mut self, span: &mut SpanMut<'_, '_>) {
         self.normalise_span(span);
     }
 
@@ -324,10 +334,14 @@ impl Found {
 
     /// The string value of schema `row` on `span` once normalised; `None` when the span
     /// lacks it or its value could not be normalised.
-    fn canonical_string<'a>(&self, span: &'a Span, row: Option<usize>) -> Option<&'a str> {
+    fn canonical_string<'a>(
+        &self,
+        attributes: &'a impl AttributesMut,
+        row: Option<usize>,
+    ) -> Option<&'a str> {
         let row = row?;
         let hit = self.hits.iter().find(|hit| hit.row == row && !hit.failed)?;
-        string_of(&span.attributes[hit.at])
+        string_at(attributes, hit.at)
     }
 }
 
@@ -381,7 +395,7 @@ impl KeyClass {
 
 /// Adds the semconv mirrors the span lacks: each row's mirror, and for message-bus
 /// spans `messaging.system` and `messaging.operation.type`.
-fn mirror(span: &mut Span, schema: &Schema, found: &Found) {
+fn mirror(span: &mut SpanMut<'_, '_>, schema: &Schema, found: &Found) {
     let absent = |m: usize| found.mirrors & (1 << m) == 0;
     let bus = found.families & (1 << schema.bus_family) != 0;
     if !found.mirrored && !bus {
@@ -390,7 +404,7 @@ fn mirror(span: &mut Span, schema: &Schema, found: &Found) {
     let mut added = Vec::new();
     for hit in found.hits.iter().filter(|hit| !hit.failed) {
         if let Some(m) = schema.fields[hit.row].mirror.filter(|m| absent(*m))
-            && let Some(value) = span.attributes[hit.at].value.clone()
+            && let Some(value) = span.value_owned(hit.at)
         {
             added.push(KeyValue {
                 key: schema.mirrors[m].clone(),
@@ -418,19 +432,21 @@ fn mirror(span: &mut Span, schema: &Schema, found: &Found) {
             ));
         }
     }
-    span.attributes.append(&mut added);
+    for key_value in added {
+        span.push(key_value);
+    }
 }
 
 /// Renames a bus span's rate-limit events, in any spelling, to [`RATE_LIMITED_EVENT`],
 /// and gives their attributes canonical keys and values (rare events: a key outside the
 /// schema is also tried under `message_bus.`).
 fn normalise_rate_limit_events(
-    span: &mut Span,
+    events: &mut [Event],
     schema: &Schema,
     keys: &mut KeyCache<KeyClass>,
     errors: &mut [u64],
 ) {
-    for event in &mut span.events {
+    for event in events {
         if !is_rate_limit_event(&event.name) {
             continue;
         }
@@ -453,8 +469,10 @@ fn normalise_rate_limit_events(
                 if kv.key != field.key {
                     kv.key.clone_from(&field.key);
                 }
-                if !normalise_value(&field.rule, &mut kv.value) {
-                    errors[row] += 1;
+                match normalise_value(&field.rule, ValueRef::of(kv)) {
+                    Normalised::Failed => errors[row] += 1,
+                    Normalised::To(value) => kv.value = Some(AnyValue { value: Some(value) }),
+                    Normalised::Same => {}
                 }
             }
         }
@@ -489,54 +507,60 @@ pub(super) fn is_rate_limit_event(name: &str) -> bool {
     )
 }
 
-/// Normalises `value` by `rule` in place; false when it cannot (the value is left as it came).
+/// What [`normalise_value`] made of a value.
+enum Normalised {
+    /// It was canonical already.
+    Same,
+    /// Its canonical form.
+    To(Value),
+    /// It cannot be normalised (it is left as it came).
+    Failed,
+}
+
+/// Normalises `value` by `rule`.
 #[inline(always)]
-fn normalise_value(rule: &ValueRule, value: &mut Option<AnyValue>) -> bool {
-    let Some(value) = value.as_mut().and_then(|v| v.value.as_mut()) else {
-        return false;
-    };
-    let normalised = match (rule, &*value) {
-        (ValueRule::OneOf(choices), Value::StringValue(s)) => match one_of(choices, s.trim()) {
-            Some(canonical) if canonical == s => return true,
+fn normalise_value(rule: &ValueRule, value: ValueRef<'_>) -> Normalised {
+    let normalised = match (rule, value) {
+        (ValueRule::OneOf(choices), ValueRef::Str(s)) => match one_of(choices, s.trim()) {
+            Some(canonical) if canonical == s => return Normalised::Same,
             Some(canonical) => Value::StringValue(canonical.to_owned()),
-            None => return false,
+            None => return Normalised::Failed,
         },
-        (ValueRule::OneOf(choices), Value::IntValue(i)) => match one_of(choices, &i.to_string()) {
+        (ValueRule::OneOf(choices), ValueRef::Int(i)) => match one_of(choices, &i.to_string()) {
             Some(canonical) => Value::StringValue(canonical.to_owned()),
-            None => return false,
+            None => return Normalised::Failed,
         },
-        (ValueRule::Bool, Value::BoolValue(_))
-        | (ValueRule::Double, Value::DoubleValue(_))
-        | (ValueRule::Int, Value::IntValue(_))
-        | (ValueRule::Id, Value::StringValue(_)) => return true,
-        (ValueRule::Bool, Value::StringValue(s)) => match bool_of(s) {
+        (ValueRule::Bool, ValueRef::Bool(_))
+        | (ValueRule::Double, ValueRef::Double(_))
+        | (ValueRule::Int, ValueRef::Int(_))
+        | (ValueRule::Id, ValueRef::Str(_)) => return Normalised::Same,
+        (ValueRule::Bool, ValueRef::Str(s)) => match bool_of(s) {
             Some(b) => Value::BoolValue(b),
-            None => return false,
+            None => return Normalised::Failed,
         },
-        (ValueRule::Bool, Value::IntValue(i @ (0 | 1))) => Value::BoolValue(*i == 1),
+        (ValueRule::Bool, ValueRef::Int(i @ (0 | 1))) => Value::BoolValue(i == 1),
         #[allow(clippy::cast_precision_loss)] // costs are far below 2^53
-        (ValueRule::Double, Value::IntValue(i)) => Value::DoubleValue(*i as f64),
-        (ValueRule::Double, Value::StringValue(s)) => match s.trim().parse::<f64>() {
+        (ValueRule::Double, ValueRef::Int(i)) => Value::DoubleValue(i as f64),
+        (ValueRule::Double, ValueRef::Str(s)) => match s.trim().parse::<f64>() {
             Ok(number) if number.is_finite() => Value::DoubleValue(number),
-            _ => return false,
+            _ => return Normalised::Failed,
         },
-        (ValueRule::Int, Value::StringValue(s)) => match s.trim().parse::<i64>() {
+        (ValueRule::Int, ValueRef::Str(s)) => match s.trim().parse::<i64>() {
             Ok(number) => Value::IntValue(number),
-            _ => return false,
+            _ => return Normalised::Failed,
         },
-        (ValueRule::Int, Value::DoubleValue(d)) => match whole(*d) {
+        (ValueRule::Int, ValueRef::Double(d)) => match whole(d) {
             Some(number) => Value::IntValue(number),
-            None => return false,
+            None => return Normalised::Failed,
         },
-        (ValueRule::Id, Value::IntValue(i)) => Value::StringValue(i.to_string()),
-        (ValueRule::Text, Value::StringValue(s)) => match s.trim() {
-            trimmed if trimmed.len() == s.len() => return true,
+        (ValueRule::Id, ValueRef::Int(i)) => Value::StringValue(i.to_string()),
+        (ValueRule::Text, ValueRef::Str(s)) => match s.trim() {
+            trimmed if trimmed.len() == s.len() => return Normalised::Same,
             trimmed => Value::StringValue(trimmed.to_owned()),
         },
-        _ => return false,
+        _ => return Normalised::Failed,
     };
-    *value = normalised;
-    true
+    Normalised::To(normalised)
 }
 
 /// `d` as an int when it is a whole number an int holds exactly.
@@ -569,32 +593,6 @@ pub(super) fn one_of<'a>(choices: &'a [(String, Vec<String>)], text: &str) -> Op
     })
 }
 
-/// Sets the attribute at `at` unless `is_same` says it already holds the value, or pushes it.
-fn set_or_push(
-    attributes: &mut Vec<KeyValue>,
-    at: Option<usize>,
-    key: &str,
-    value: impl FnOnce() -> Value,
-    is_same: impl Fn(&Value) -> bool,
-) {
-    match at {
-        Some(i) => {
-            let kv = &mut attributes[i];
-            if !kv
-                .value
-                .as_ref()
-                .and_then(|v| v.value.as_ref())
-                .is_some_and(is_same)
-            {
-                kv.value = Some(AnyValue {
-                    value: Some(value()),
-                });
-            }
-        }
-        None => attributes.push(key_value(key, value())),
-    }
-}
-
 fn string(text: &str) -> Value {
     Value::StringValue(text.to_owned())
 }
@@ -602,6 +600,14 @@ fn string(text: &str) -> Value {
 fn string_of(kv: &KeyValue) -> Option<&str> {
     match kv.value.as_ref()?.value.as_ref()? {
         Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// The string value of attribute `i`, if it is one.
+fn string_at(attributes: &impl AttributesMut, i: usize) -> Option<&str> {
+    match attributes.value(i) {
+        ValueRef::Str(s) => Some(s),
         _ => None,
     }
 }

@@ -34,9 +34,6 @@ pub struct NoiseFilter {
     decisions: Vec<Option<Drop>>,
     /// Per rule, for the current resource: whether its resource conditions hold (reused).
     resource_rules: Vec<bool>,
-    /// Whether encoded spans are first read in place, so a batch with nothing to drop
-    /// stays encoded; worth it only when no later stage decodes them anyway.
-    in_place: bool,
 }
 
 /// What the filter reads of a span, decoded or in place: its decisions are written once.
@@ -82,14 +79,7 @@ impl NoiseFilter {
             probe_set: HashSet::new(),
             decisions: Vec::new(),
             resource_rules: Vec::new(),
-            in_place: true,
         }
-    }
-
-    /// Reads encoded spans in place first (the default), or decodes them at once.
-    pub fn reading_in_place(mut self, in_place: bool) -> Self {
-        self.in_place = in_place;
-        self
     }
 
     /// What to do with one span, before its subtree is known.
@@ -200,7 +190,8 @@ impl Processor for NoiseFilter {
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {
-        if self.in_place && self.keeps_every_encoded_span(batch) {
+        // Encoded spans are read in place first: a batch with nothing to drop stays encoded.
+        if self.keeps_every_encoded_span(batch) {
             return;
         }
         // First every span's fate, then the ASGI spans that turn out to be parents are

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::{SpanStage, flush_counts};
 use crate::config::LimitsConfig;
-use crate::otlp::{KeyValue, Resource, Span, Value};
+use crate::otlp::edit::{AttributesMut, SpanMut};
+use crate::otlp::view::ValueRef;
+use crate::otlp::{Resource, Value};
 use crate::telemetry::Metrics;
 
 /// What a truncated string value ends with.
@@ -44,23 +46,38 @@ impl Limiter {
     }
 
     /// Cuts `attributes` to the limit and truncates long strings; returns how many it dropped.
-    fn limit_attributes(&mut self, attributes: &mut Vec<KeyValue>) -> u32 {
-        let dropped = cut(attributes, self.max_attributes);
-        self.counts[0] += u64::from(dropped);
-        for kv in attributes.iter_mut() {
-            match kv.value.as_mut().and_then(|v| v.value.as_mut()) {
-                Some(Value::StringValue(text)) => self.truncate(text),
-                Some(Value::ArrayValue(array)) => {
+    fn limit_attributes(&mut self, attributes: &mut (impl AttributesMut + ?Sized)) -> u32 {
+        let dropped = attributes.count().saturating_sub(self.max_attributes);
+        attributes.truncate(self.max_attributes);
+        self.counts[0] += dropped as u64;
+        for i in 0..attributes.count() {
+            match attributes.value(i) {
+                ValueRef::Str(text) if text.len() > self.max_value_length => {
+                    let mut text = text.to_owned();
+                    self.truncate(&mut text);
+                    attributes.set_value(i, Value::StringValue(text));
+                }
+                // Arrays and key-value lists read alike in place; only arrays are cut.
+                ValueRef::Other => {
+                    let Some(Value::ArrayValue(mut array)) =
+                        attributes.value_owned(i).and_then(|v| v.value)
+                    else {
+                        continue;
+                    };
+                    let before = self.counts[3];
                     for item in &mut array.values {
                         if let Some(Value::StringValue(text)) = &mut item.value {
                             self.truncate(text);
                         }
                     }
+                    if self.counts[3] != before {
+                        attributes.set_value(i, Value::ArrayValue(array));
+                    }
                 }
                 _ => {}
             }
         }
-        dropped
+        u32::try_from(dropped).unwrap_or(u32::MAX)
     }
 
     fn truncate(&mut self, text: &mut String) {
@@ -79,19 +96,32 @@ impl SpanStage for Limiter {
         resource.dropped_attributes_count += self.limit_attributes(&mut resource.attributes);
     }
 
-    fn span(&mut self, span: &mut Span) {
-        span.dropped_attributes_count += self.limit_attributes(&mut span.attributes);
-        let events = cut(&mut span.events, self.max_events);
-        span.dropped_events_count += events;
-        self.counts[1] += u64::from(events);
-        let links = cut(&mut span.links, self.max_links);
-        span.dropped_links_count += links;
-        self.counts[2] += u64::from(links);
-        for event in &mut span.events {
-            event.dropped_attributes_count += self.limit_attributes(&mut event.attributes);
+    fn span(&mut self, span: &mut SpanMut<'_, '_>) {
+        let dropped = self.limit_attributes(span);
+        if dropped > 0 {
+            span.span().dropped_attributes_count += dropped;
         }
-        for link in &mut span.links {
-            link.dropped_attributes_count += self.limit_attributes(&mut link.attributes);
+        if span.event_count() > self.max_events {
+            let span = span.span();
+            let events = cut(&mut span.events, self.max_events);
+            span.dropped_events_count += events;
+            self.counts[1] += u64::from(events);
+        }
+        if span.link_count() > self.max_links {
+            let span = span.span();
+            let links = cut(&mut span.links, self.max_links);
+            span.dropped_links_count += links;
+            self.counts[2] += u64::from(links);
+        }
+        if span.event_count() > 0 {
+            for event in span.events_mut() {
+                event.dropped_attributes_count += self.limit_attributes(&mut event.attributes);
+            }
+        }
+        if span.link_count() > 0 {
+            for link in span.links_mut() {
+                link.dropped_attributes_count += self.limit_attributes(&mut link.attributes);
+            }
         }
     }
 

@@ -26,7 +26,8 @@ pub use tail::TailSampler;
 use std::sync::Arc;
 
 use crate::config::{ProcessorsConfig, SamplingMode};
-use crate::otlp::{InstrumentationScope, Resource, Span, SpanBatch};
+use crate::otlp::edit::{RequestEditor, SpanMut, edit_decoded, edit_request};
+use crate::otlp::{InstrumentationScope, Resource, SpanBatch};
 use crate::telemetry::Metrics;
 use crate::telemetry::mix::DaenaMix;
 
@@ -64,15 +65,11 @@ pub fn build(
     let mut processors: Vec<Box<dyn Processor>> = Vec::new();
     let sampling = config.sampling.as_ref();
     let mut order: Vec<&'static str> = Vec::new();
-    // The filter first: what it drops costs nothing further, sampled or not. It reads the
-    // spans in place when that saves decoding them: before a head sampler, or when no later
-    // stage decodes them (with the span stages on, they are decoded anyway).
+    // The filter first: what it drops costs nothing further, sampled or not.
     let head = sampling.filter(|s| s.mode == SamplingMode::Head);
     let tail = sampling.filter(|s| s.mode == SamplingMode::Tail);
     if config.filter.enabled {
-        let in_place = head.is_some() || (stages.is_empty() && tail.is_none());
-        let filter =
-            NoiseFilter::new(&config.filter, Arc::clone(metrics)).reading_in_place(in_place);
+        let filter = NoiseFilter::new(&config.filter, Arc::clone(metrics));
         order.push(filter.name());
         processors.push(Box::new(filter));
     }
@@ -137,7 +134,8 @@ pub trait Processor: Send + 'static {
 }
 
 /// A stage that works on one resource or span at a time; [`SpanPass`] runs several of
-/// them over each span while it is in cache.
+/// them over each span while it is in cache. A stage reads and edits a span through
+/// [`SpanMut`], written once for spans decoded and spans read in place.
 pub trait SpanStage: Send + 'static {
     /// Stable name, used in logs.
     fn name(&self) -> &'static str;
@@ -148,12 +146,14 @@ pub trait SpanStage: Send + 'static {
     /// Works on a resource's or a scope's schema URL.
     fn schema_url(&mut self, _url: &mut String) {}
     /// Works on one span in place.
-    fn span(&mut self, span: &mut Span);
+    fn span(&mut self, span: &mut SpanMut<'_, '_>);
     /// Called after each batch: the place to hand per-batch counts to the metrics.
     fn finish_batch(&mut self);
 }
 
-/// Runs span stages in order over each resource and span of a batch, in one pass.
+/// Runs span stages in order over each resource and span of a batch, in one pass: over
+/// encoded requests where they lie ([`edit_request`]), so a span no stage changes is
+/// copied as it came and one a stage adds to has the new attributes appended.
 pub struct SpanPass {
     stages: Vec<Box<dyn SpanStage>>,
 }
@@ -165,33 +165,47 @@ impl SpanPass {
     }
 }
 
+impl RequestEditor for SpanPass {
+    fn resource(&mut self, resource: &mut Resource, schema_url: &mut String) {
+        for stage in &mut self.stages {
+            stage.resource(resource);
+            stage.schema_url(schema_url);
+        }
+    }
+
+    fn scope(&mut self, mut scope: Option<&mut InstrumentationScope>, schema_url: &mut String) {
+        for stage in &mut self.stages {
+            if let Some(scope) = &mut scope {
+                stage.scope(scope);
+            }
+            stage.schema_url(schema_url);
+        }
+    }
+
+    fn span(&mut self, span: &mut SpanMut<'_, '_>) {
+        for stage in &mut self.stages {
+            stage.span(span);
+        }
+    }
+}
+
 impl Processor for SpanPass {
     fn name(&self) -> &'static str {
         "span stages"
     }
 
     fn process(&mut self, batch: &mut SpanBatch) {
-        for resource_spans in batch.resource_spans_mut() {
-            let resource = resource_spans
-                .resource
-                .get_or_insert_with(Resource::default);
-            for stage in &mut self.stages {
-                stage.resource(resource);
-                stage.schema_url(&mut resource_spans.schema_url);
+        edit_decoded(batch.decoded_mut(), self);
+        let mut undecodable = SpanBatch::default();
+        for (body, spans) in std::mem::take(batch.encoded_mut()) {
+            match edit_request(&body, self) {
+                Some(edited) => batch.push_encoded(edited.into(), spans),
+                None => undecodable.push_encoded(body, spans),
             }
-            for scope_spans in &mut resource_spans.scope_spans {
-                for stage in &mut self.stages {
-                    if let Some(scope) = scope_spans.scope.as_mut() {
-                        stage.scope(scope);
-                    }
-                    stage.schema_url(&mut scope_spans.schema_url);
-                }
-                for span in &mut scope_spans.spans {
-                    for stage in &mut self.stages {
-                        stage.span(span);
-                    }
-                }
-            }
+        }
+        if !undecodable.is_empty() {
+            edit_decoded(undecodable.resource_spans_mut(), self);
+            batch.append(undecodable);
         }
         for stage in &mut self.stages {
             stage.finish_batch();
@@ -240,7 +254,7 @@ fn flush_counts(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::{KeyValue, ScopeSpans, Value, key_value};
+    use crate::otlp::{KeyValue, ScopeSpans, Span, Value, key_value};
 
     /// Attributes of a size `n`.
     type Input = Box<dyn Fn(usize) -> Vec<KeyValue>>;

@@ -16,6 +16,7 @@ use super::key_cache::KeyCache;
 use super::schema::{Schema, ValueRule};
 use super::{Processor, SpanStage};
 use crate::config::ProcessorsConfig;
+use crate::otlp::edit::SpanMut;
 use crate::otlp::view::{LazyValue, SpanRead, SpanRef, ValueRef, walk_spans};
 use crate::otlp::{Resource, Span, SpanBatch, SpanKind, StatusCode};
 use crate::telemetry::signals::{Signal, SignalTable, Signals, Tally};
@@ -249,6 +250,12 @@ impl SpanFacts for Span {
     }
 }
 
+impl SpanFacts for SpanMut<'_, '_> {
+    fn rate_limit_events(&self) -> usize {
+        self.count_events(is_rate_limit_event)
+    }
+}
+
 impl SpanFacts for SpanRef<'_> {
     fn rate_limit_events(&self) -> usize {
         self.events()
@@ -326,14 +333,9 @@ impl Processor for SignalsPass {
 
 /// A decoded span's attributes as the view gives them.
 fn attributes_of(span: &Span) -> impl Iterator<Item = (&[u8], LazyValue<'_>)> {
-    span.attributes.iter().map(|kv| {
-        let value = kv
-            .value
-            .as_ref()
-            .and_then(|v| v.value.as_ref())
-            .map_or(ValueRef::Empty, ValueRef::from);
-        (kv.key.as_bytes(), LazyValue::Ready(value))
-    })
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.as_bytes(), LazyValue::Ready(ValueRef::of(kv))))
 }
 
 impl SpanStage for SignalsCounter {
@@ -343,9 +345,9 @@ impl SpanStage for SignalsCounter {
 
     fn resource(&mut self, _resource: &mut Resource) {}
 
-    fn span(&mut self, span: &mut Span) {
+    fn span(&mut self, span: &mut SpanMut<'_, '_>) {
         let span = &*span;
-        self.count(span, attributes_of(span));
+        self.count(span, span.attributes());
     }
 
     fn finish_batch(&mut self) {

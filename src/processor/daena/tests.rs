@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::otlp::{Event, Link, ResourceSpans, ScopeSpans, SpanBatch, Status};
+use crate::otlp::{Event, Link, ResourceSpans, ScopeSpans, Span, SpanBatch, Status};
 use crate::processor::{Processor, SpanPass};
 
 /// Attributes written as `(key, value)` pairs in the tables.
@@ -75,7 +75,7 @@ fn run(name: &str, input: &[(&str, Value)]) -> BTreeMap<String, Option<Value>> {
         semconv_mirror: false,
         ..DaenaConfig::default()
     })
-    .normalise_span(&mut span);
+    .normalise_span(&mut SpanMut::decoded(&mut span));
     attributes(&span)
 }
 
@@ -198,7 +198,7 @@ fn a_value_that_cannot_be_normalised_is_kept_and_listed() {
     );
     for (key, input) in table {
         let mut span = span_with("op", &[(key, input.clone())]);
-        stage.normalise_span(&mut span);
+        stage.normalise_span(&mut SpanMut::decoded(&mut span));
         let got = attributes(&span);
         assert_eq!(
             got.get(*key),
@@ -312,7 +312,7 @@ fn mirrors_follow_the_semantic_conventions_and_never_replace() {
             ("llm.model", s("gpt-4o")),
         ],
     );
-    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    stage(&DaenaConfig::default()).normalise_span(&mut SpanMut::decoded(&mut span));
     let got = attributes(&span);
     for (key, value) in [
         ("gen_ai.request.model", "gpt-4o"),
@@ -332,7 +332,7 @@ fn mirrors_follow_the_semantic_conventions_and_never_replace() {
             ("messaging.system", s("kafka")),
         ],
     );
-    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    stage(&DaenaConfig::default()).normalise_span(&mut SpanMut::decoded(&mut span));
     let got = attributes(&span);
     assert_eq!(
         got.get("messaging.operation.type"),
@@ -400,7 +400,7 @@ fn a_schema_row_from_yaml_works_like_a_built_in_one() {
             ("Council-Priority", s("3")),
         ],
     );
-    stage.normalise_span(&mut span);
+    stage.normalise_span(&mut SpanMut::decoded(&mut span));
     assert_eq!(
         attributes(&span),
         expect(&[
@@ -417,7 +417,7 @@ fn a_schema_row_from_yaml_works_like_a_built_in_one() {
         "nbmf.read",
         &[("nbmf.tier", s("ARCHIVE")), ("tool.name", s("hammer"))],
     );
-    stage.normalise_span(&mut span);
+    stage.normalise_span(&mut SpanMut::decoded(&mut span));
     assert_eq!(
         attributes(&span),
         expect(&[
@@ -429,7 +429,7 @@ fn a_schema_row_from_yaml_works_like_a_built_in_one() {
         "a replaced built-in row takes its new values; a bad value is listed"
     );
     let mut span = span_with("nbmf.read", &[("nbmf.tier", s("tier1"))]);
-    stage.normalise_span(&mut span);
+    stage.normalise_span(&mut SpanMut::decoded(&mut span));
     assert_eq!(
         attributes(&span).get(SCHEMA_ERRORS),
         Some(&Some(errors(&["nbmf.tier"]))),
@@ -495,7 +495,7 @@ fn rate_limit_events_on_bus_spans_get_one_name_and_canonical_attributes() {
         .map(|name| event(name, &[("Retry_After_Ms", s("250"))]))
         .chain([event("retry", &[]), event("rate_limiter_reset", &[])])
         .collect();
-    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    stage(&DaenaConfig::default()).normalise_span(&mut SpanMut::decoded(&mut span));
     let got: Vec<(&str, Vec<_>)> = span
         .events
         .iter()
@@ -525,7 +525,7 @@ fn rate_limit_events_on_bus_spans_get_one_name_and_canonical_attributes() {
 
     let mut span = span_with("llm.chat", &[("llm.model", s("m"))]);
     span.events = vec![event("rate_limited", &[])];
-    stage(&DaenaConfig::default()).normalise_span(&mut span);
+    stage(&DaenaConfig::default()).normalise_span(&mut SpanMut::decoded(&mut span));
     assert_eq!(
         span.events[0].name, "rate_limited",
         "only bus spans' events"

@@ -13,7 +13,9 @@ use self::values::{Found, Kind, Scanner};
 use super::key_cache::KeyCache;
 use super::{SpanStage, flush_counts, work};
 use crate::config::RedactConfig;
-use crate::otlp::{InstrumentationScope, KeyValue, Resource, Span, Value};
+use crate::otlp::edit::{AttributesMut, SpanMut};
+use crate::otlp::view::{SpanRead, ValueRef};
+use crate::otlp::{InstrumentationScope, Resource, Value};
 use crate::telemetry::Metrics;
 
 /// What a redacted value (or the secret part of one) is replaced with.
@@ -84,14 +86,14 @@ impl Redactor {
         }
     }
 
-    fn redact(&mut self, attributes: &mut [KeyValue]) {
+    fn redact(&mut self, attributes: &mut (impl AttributesMut + ?Sized)) {
         self.attributes(attributes, 0);
     }
 
-    fn attributes(&mut self, attributes: &mut [KeyValue], depth: usize) {
-        for kv in attributes {
+    fn attributes(&mut self, attributes: &mut (impl AttributesMut + ?Sized), depth: usize) {
+        for i in 0..attributes.count() {
             let (rules, scanner) = (&self.rules, &self.scanner);
-            let class = self.keys.get(&kv.key, |key| {
+            let class = self.keys.get(attributes.key(i), |key| {
                 let mut found = Vec::new();
                 scanner.find(key, false, rules, &mut found);
                 let (secret, llm_text) = rules.classify(key);
@@ -101,18 +103,48 @@ impl Redactor {
                     holds_secret: !found.is_empty(),
                 }
             });
-            if class.holds_secret {
-                self.mask_in_place(&mut kv.key, false);
+            if class.holds_secret
+                && let Some(masked) = self.mask(attributes.key(i), false)
+            {
+                attributes.set_key(i, &masked);
             }
-            let Some(value) = kv.value.as_mut().and_then(|v| v.value.as_mut()) else {
-                continue;
+            let emails = self.emails_in_llm_text && class.llm_text;
+            let masked = match attributes.value(i) {
+                ValueRef::Empty => continue,
+                // Replaced once: a value already `[REDACTED]` is not counted again.
+                ValueRef::Str(text) if class.secret && text == REDACTED => None,
+                _ if class.secret => {
+                    self.counts[Kind::Key as usize] += 1;
+                    Some(Value::StringValue(REDACTED.to_owned()))
+                }
+                ValueRef::Str(text) => self.mask(text, emails).map(Value::StringValue),
+                // Bytes that are UTF-8 text are scanned as text; other bytes hold no text.
+                ValueRef::Bytes(bytes) => std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|text| self.mask(text, emails))
+                    .map(|masked| Value::BytesValue(masked.into_bytes())),
+                ValueRef::Other => {
+                    attributes
+                        .value_owned(i)
+                        .and_then(|v| v.value)
+                        .and_then(|mut value| {
+                            let before = self.redactions();
+                            self.value(&mut value, class.llm_text, depth);
+                            (self.redactions() != before).then_some(value)
+                        })
+                }
+                // Numbers and booleans hold no text.
+                _ => None,
             };
-            if class.secret {
-                self.replace(value, Kind::Key);
-            } else {
-                self.value(value, class.llm_text, depth);
+            if let Some(masked) = masked {
+                attributes.set_value(i, masked);
             }
         }
+    }
+
+    /// Redactions counted so far in this batch: a value changes exactly when it grows.
+    fn redactions(&self) -> u64 {
+        self.counts.iter().sum()
     }
 
     /// Replaces a value whole (once: a value already `[REDACTED]` is not counted again).
@@ -123,12 +155,12 @@ impl Redactor {
         }
     }
 
+    /// Masks the secrets in a nested value (an array's or a key-value list's member).
     fn value(&mut self, value: &mut Value, llm_text: bool, depth: usize) {
         let emails = self.emails_in_llm_text && llm_text;
         match value {
             Value::StringValue(text) => self.mask_in_place(text, emails),
             Value::BytesValue(bytes) => {
-                // Bytes that are UTF-8 text are scanned as text; other bytes hold no text.
                 if let Ok(text) = std::str::from_utf8(bytes)
                     && let Some(masked) = self.mask(text, emails)
                 {
@@ -210,20 +242,28 @@ impl SpanStage for Redactor {
         self.mask_in_place(url, false);
     }
 
-    fn span(&mut self, span: &mut Span) {
-        self.mask_in_place(&mut span.name, false);
-        self.mask_in_place(&mut span.trace_state, false);
-        if let Some(status) = span.status.as_mut() {
-            self.mask_in_place(&mut status.message, false);
+    fn span(&mut self, span: &mut SpanMut<'_, '_>) {
+        if let Some(masked) = self.mask(span.name(), false) {
+            span.span().name = masked;
         }
-        self.redact(&mut span.attributes);
-        for event in &mut span.events {
-            self.mask_in_place(&mut event.name, false);
-            self.redact(&mut event.attributes);
+        if let Some(masked) = self.mask(span.trace_state(), false) {
+            span.span().trace_state = masked;
         }
-        for link in &mut span.links {
-            self.mask_in_place(&mut link.trace_state, false);
-            self.redact(&mut link.attributes);
+        if let Some(masked) = self.mask(span.status_message(), false) {
+            span.set_status_message(masked);
+        }
+        self.redact(span);
+        if span.event_count() > 0 {
+            for event in span.events_mut() {
+                self.mask_in_place(&mut event.name, false);
+                self.redact(&mut event.attributes);
+            }
+        }
+        if span.link_count() > 0 {
+            for link in span.links_mut() {
+                self.mask_in_place(&mut link.trace_state, false);
+                self.redact(&mut link.attributes);
+            }
         }
     }
 
@@ -239,7 +279,7 @@ mod tests {
 
     use super::*;
     use crate::otlp::SpanBatch;
-    use crate::otlp::{AnyValue, ResourceSpans, ScopeSpans, Span, key_value};
+    use crate::otlp::{AnyValue, KeyValue, ResourceSpans, ScopeSpans, Span, key_value};
     use crate::processor::{Processor, SpanPass};
 
     fn redactor() -> Redactor {
