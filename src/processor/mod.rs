@@ -8,6 +8,8 @@ pub mod filter;
 mod key_cache;
 pub mod limits;
 pub mod matcher;
+#[cfg(test)]
+mod oracle_tests;
 pub mod redact;
 pub mod sampling;
 pub mod schema;

@@ -185,7 +185,7 @@ impl BatchTallies {
             bucket.len() - 1
         };
         let tally = &mut bucket[at].2;
-        tally.count += count;
+        tally.count = tally.count.saturating_add(count);
         tally
     }
 
@@ -458,13 +458,13 @@ fn count_span(
         {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked above
             let billionths = (cost * 1e9).round() as u128;
-            add(
+            let tally = add(
                 tallies,
                 Signal::LlmCost,
                 [model.clone(), department.clone()],
                 1,
-            )
-            .billionths += billionths;
+            );
+            tally.billionths = tally.billionths.saturating_add(billionths);
         }
         for (role, direction) in [(Role::TokensIn, "input"), (Role::TokensOut, "output")] {
             if let Some(tokens) = found[role as usize].and_then(|(v, _)| canonical_count(v)) {

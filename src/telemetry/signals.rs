@@ -175,9 +175,11 @@ impl Signal {
 /// What one series has added up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Events counted (for a histogram: observations).
+    /// Events counted (for a histogram: observations), or tokens; saturates at `u64::MAX`
+    /// (only hostile token counts reach it) rather than wrap or panic.
     pub count: u64,
-    /// Billionths (cost) or nanoseconds (histograms).
+    /// Billionths (cost) or nanoseconds (histograms); a sum saturates at `u128::MAX`
+    /// (3.4e29 dollars), which only a hostile value reaches, rather than wrap or panic.
     pub billionths: u128,
     /// Observations per bucket of [`BUCKETS`] (not cumulative), and past the last.
     pub buckets: [u64; BUCKETS.len() + 1],
@@ -187,7 +189,7 @@ impl Tally {
     /// Adds one duration of `nanos` nanoseconds.
     pub fn observe(&mut self, nanos: u64) {
         self.count += 1;
-        self.billionths += u128::from(nanos);
+        self.billionths = self.billionths.saturating_add(u128::from(nanos));
         #[allow(clippy::cast_precision_loss)] // a bucket's choice, not a sum
         let seconds = nanos as f64 / 1e9;
         let bucket = BUCKETS
@@ -198,8 +200,8 @@ impl Tally {
     }
 
     fn add(&mut self, other: &Tally) {
-        self.count += other.count;
-        self.billionths += other.billionths;
+        self.count = self.count.saturating_add(other.count);
+        self.billionths = self.billionths.saturating_add(other.billionths);
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
             *mine += theirs;
         }
@@ -242,7 +244,8 @@ impl SignalTable {
             series.insert(key, tally.clone());
             return;
         }
-        *self.folded.entry(signal).or_default() += tally.count.max(1);
+        let folded = self.folded.entry(signal).or_default();
+        *folded = folded.saturating_add(tally.count.max(1));
         let other = vec![OTHER.to_owned(); labels.len()];
         series.entry(other).or_default().add(tally);
     }
@@ -298,7 +301,7 @@ impl SignalTable {
         for (labels, tally) in self.series(Signal::CouncilRounds) {
             let outcome = labels.get(1).cloned().unwrap_or_default();
             match rounds.iter_mut().find(|(o, _)| *o == outcome) {
-                Some((_, n)) => *n += tally.count,
+                Some((_, n)) => *n = n.saturating_add(tally.count),
                 None => rounds.push((outcome, tally.count)),
             }
         }
@@ -306,7 +309,7 @@ impl SignalTable {
             .series(Signal::LlmCost)
             .iter()
             .map(|(_, t)| t.billionths)
-            .sum();
+            .fold(0, u128::saturating_add);
         #[allow(clippy::cast_precision_loss)] // shown as a float
         let llm_cost_usd = cost as f64 / 1e9;
         Headline {

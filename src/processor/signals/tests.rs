@@ -166,6 +166,39 @@ fn counts_and_sums_are_exact_from_every_span_though_one_trace_in_100_is_kept() {
 }
 
 #[test]
+fn a_cost_or_token_count_too_large_to_sum_stays_at_the_largest_sum() {
+    let metrics = Arc::new(Metrics::default());
+    let huge = || {
+        vec![span(
+            1,
+            "llm.exchange",
+            SpanKind::Client,
+            5_000,
+            &[
+                ("llm.model", text("gpt-4o")),
+                ("llm.cost_usd", Value::DoubleValue(1e300)),
+                ("llm.tokens.input", Value::IntValue(i64::MAX)),
+                ("council.department", text("research")),
+            ],
+        )]
+    };
+    // Each span's nano-dollars already saturate, and three spans' tokens pass u64::MAX:
+    // the sums must not wrap or panic.
+    let config = ProcessorsConfig::default();
+    for _ in 0..3 {
+        run(&config, &metrics, huge());
+    }
+    let cost = tally(&metrics, Signal::LlmCost, &["gpt-4o", "research"]);
+    assert_eq!((cost.count, cost.billionths), (3, u128::MAX));
+    let tokens = tally(
+        &metrics,
+        Signal::LlmTokens,
+        &["gpt-4o", "research", "input"],
+    );
+    assert_eq!(tokens.count, u64::MAX);
+}
+
+#[test]
 fn past_the_series_limit_values_fold_into_other_and_nothing_is_lost() {
     let mut config = ProcessorsConfig::default();
     config.signals.max_series_per_metric = 100;
