@@ -125,7 +125,7 @@ fn stages(c: &mut Criterion) {
     }
     // The pipeline from bytes to bytes, as a request meets it: the default processors (the
     // filter, the signals and the span stages), with and without 10% head sampling, and
-    // the same with every span decoded first, as before the decisions were made in place.
+    // the same with every span decoded first, as before the stages worked in place.
     let bytes = bytes::Bytes::from(encoded.clone());
     let head10 = || {
         let mut config = ProcessorsConfig::default();
@@ -140,6 +140,11 @@ fn stages(c: &mut Criterion) {
             "chain_default_from_wire",
             ProcessorsConfig::default(),
             false,
+        ),
+        (
+            "chain_default_decoding_first",
+            ProcessorsConfig::default(),
+            true,
         ),
         ("chain_default_head10_from_wire", head10(), false),
         ("chain_default_head10_decoding_first", head10(), true),

@@ -10,7 +10,7 @@ use prost::Message;
 use prost::encoding::message;
 
 use super::view::{
-    Field, LazyValue, SpanRead, SpanRef, ValueRef, field_len, key_of, next_field, text, value_of,
+    Field, LazyValue, SpanRead, SpanRef, ValueRef, field_len, key_and_value, next_field, text,
     write_field_head, write_message,
 };
 use super::{
@@ -78,11 +78,13 @@ impl AttributesMut for Vec<KeyValue> {
 /// One attribute of a span read in place.
 #[derive(Debug)]
 pub enum Attribute<'a> {
-    /// As it came: its whole field (key included), its `KeyValue` and its key.
+    /// As it came: its whole field (head included), its `KeyValue`, and its key and
+    /// value read once (the stages read every value, most of them more than once).
     InPlace {
         field: &'a [u8],
         key_value: &'a [u8],
-        key: &'a [u8],
+        key: &'a str,
+        value: ValueRef<'a>,
     },
     /// Written by a stage.
     Written(KeyValue),
@@ -132,11 +134,15 @@ impl<'s, 'a> SpanMut<'s, 'a> {
         attributes.clear();
         let (mut event_count, mut link_count) = (0, 0);
         let span = SpanRef::parse_with(bytes, |number, field, whole| match (number, field) {
-            (9, Field::Bytes(key_value)) => attributes.push(Attribute::InPlace {
-                field: whole,
-                key_value,
-                key: key_of(key_value),
-            }),
+            (9, Field::Bytes(key_value)) => {
+                let (key, value) = key_and_value(key_value);
+                attributes.push(Attribute::InPlace {
+                    field: whole,
+                    key_value,
+                    key: text(key),
+                    value,
+                });
+            }
             (11, _) => event_count += 1,
             (13, _) => link_count += 1,
             _ => {}
@@ -220,6 +226,11 @@ impl<'s, 'a> SpanMut<'s, 'a> {
     pub fn count_events(&self, matches: impl Fn(&str) -> bool) -> usize {
         match &self.form {
             Form::InPlace(InPlace {
+                event_count: 0,
+                events: None,
+                ..
+            }) => 0,
+            Form::InPlace(InPlace {
                 events: None, span, ..
             }) => span.events().filter(|e| matches(e.name())).count(),
             Form::InPlace(InPlace {
@@ -271,7 +282,7 @@ impl<'s, 'a> SpanMut<'s, 'a> {
             .into_iter()
             .flatten()
             .map(|attribute| match attribute {
-                Attribute::InPlace { key_value, key, .. } => (*key, LazyValue::Encoded(key_value)),
+                Attribute::InPlace { key, value, .. } => (key.as_bytes(), LazyValue::Ready(*value)),
                 Attribute::Written(kv) => (kv.key.as_bytes(), LazyValue::Ready(ValueRef::of(kv))),
             });
         decoded.chain(in_place)
@@ -413,7 +424,7 @@ impl AttributesMut for SpanMut<'_, '_> {
             Form::Decoded(span) => &span.attributes[i].key,
             Form::Owned(span) => &span.attributes[i].key,
             Form::InPlace(in_place) => match &in_place.attributes[i] {
-                Attribute::InPlace { key, .. } => text(key),
+                Attribute::InPlace { key, .. } => key,
                 Attribute::Written(kv) => &kv.key,
             },
         }
@@ -424,7 +435,7 @@ impl AttributesMut for SpanMut<'_, '_> {
             Form::Decoded(span) => ValueRef::of(&span.attributes[i]),
             Form::Owned(span) => ValueRef::of(&span.attributes[i]),
             Form::InPlace(in_place) => match &in_place.attributes[i] {
-                Attribute::InPlace { key_value, .. } => value_of(key_value),
+                Attribute::InPlace { value, .. } => *value,
                 Attribute::Written(kv) => ValueRef::of(kv),
             },
         }
@@ -460,7 +471,7 @@ impl AttributesMut for SpanMut<'_, '_> {
                     in_place.edited = true;
                 }
                 let key = match &mut in_place.attributes[i] {
-                    Attribute::InPlace { key, .. } => text(key).to_owned(),
+                    Attribute::InPlace { key, .. } => (*key).to_owned(),
                     Attribute::Written(kv) => std::mem::take(&mut kv.key),
                 };
                 in_place.attributes[i] = Attribute::Written(KeyValue {
@@ -577,7 +588,10 @@ pub fn edit_decoded(resource_spans: &mut [super::ResourceSpans], editor: &mut im
 /// spans edited in place. `None` when a part does not decode, which the scan's agreement
 /// with prost rules out; the caller then takes the decoded path, which counts the loss.
 pub fn edit_request(body: &[u8], editor: &mut impl RequestEditor) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 8);
+    // The edited request is larger than the one that came by the attributes the stages add
+    // (a Daena span gains `daena.component` and mirrors, a sixth of its size or so).
+    let room = |len: usize| len + len / 4;
+    let mut out = Vec::with_capacity(room(body.len()));
     let (mut resource_buf, mut scope_buf) = (Vec::new(), Vec::new());
     let mut attributes = Vec::new();
     let mut rest = body;
@@ -585,6 +599,7 @@ pub fn edit_request(body: &[u8], editor: &mut impl RequestEditor) -> Option<Vec<
         let (1, Field::Bytes(resource_spans)) = (number, field) else {
             continue;
         };
+        resource_buf.reserve(room(resource_spans.len()));
         let mut resource = Resource::default();
         let mut schema_url = String::new();
         let mut scopes = Vec::new();
@@ -613,6 +628,7 @@ pub fn edit_request(body: &[u8], editor: &mut impl RequestEditor) -> Option<Vec<
             }
             editor.scope(scope.as_mut(), &mut scope_url);
             scope_buf.clear();
+            scope_buf.reserve(room(scope_spans.len()));
             if let Some(scope) = &scope {
                 message::encode(1, scope, &mut scope_buf);
             }

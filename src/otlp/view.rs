@@ -331,7 +331,7 @@ fn key_values<'a>(
 }
 
 /// A `KeyValue`'s key (the last one given), as bytes: comparing them needs no UTF-8 check.
-pub(super) fn key_of(key_value: &[u8]) -> &[u8] {
+fn key_of(key_value: &[u8]) -> &[u8] {
     if let Some(key) = plain_key(key_value) {
         return key;
     }
@@ -359,8 +359,37 @@ fn plain_key(key_value: &[u8]) -> Option<&[u8]> {
     rest.is_empty().then_some(key)
 }
 
+/// A `KeyValue`'s key and value, read as [`key_of`] and [`value_of`] read them, in one
+/// step for the shape encoders write: the key, then a value of one member.
+pub(super) fn key_and_value(key_value: &[u8]) -> (&[u8], ValueRef<'_>) {
+    plain_key_value(key_value).unwrap_or_else(|| (key_of(key_value), value_of(key_value)))
+}
+
+fn plain_key_value(key_value: &[u8]) -> Option<(&[u8], ValueRef<'_>)> {
+    const KEY: u8 = 1 << 3 | 2;
+    const VALUE: u8 = 2 << 3 | 2;
+    let mut rest = key_value.strip_prefix(&[KEY])?;
+    let key = length_delimited(&mut rest)?;
+    if rest.is_empty() {
+        return Some((key, ValueRef::Empty));
+    }
+    let mut rest = rest.strip_prefix(&[VALUE])?;
+    let mut any = length_delimited(&mut rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    if any.is_empty() {
+        return Some((key, ValueRef::Empty));
+    }
+    let (number, field, _) = next_field(&mut any)?;
+    if !any.is_empty() {
+        return None;
+    }
+    Some((key, any_value((number, field))?))
+}
+
 /// A `KeyValue`'s value: one given twice is merged, its oneof keeping the last member given.
-pub(super) fn value_of(key_value: &[u8]) -> ValueRef<'_> {
+fn value_of(key_value: &[u8]) -> ValueRef<'_> {
     let mut value = ValueRef::Empty;
     for (number, field) in Fields(key_value) {
         if let (2, Field::Bytes(any)) = (number, field) {
@@ -579,6 +608,65 @@ pub fn field_len(number: u32, len: usize) -> usize {
     key_len(number) + encoded_len_varint(len as u64) + len
 }
 
+/// One scope of an encoded request, split for a stage that regroups its spans: the
+/// fields of its resource and its own, each without the repeated field it nests (field 2
+/// of both), and each span's whole field, as they came.
+pub struct ScopeParts<'a> {
+    /// Counts the request's resources: the same for the scopes of one resource.
+    pub resource_index: usize,
+    /// The `ResourceSpans`' encoding.
+    pub resource_spans: &'a [u8],
+    /// The `ScopeSpans`' encoding.
+    pub scope_spans: &'a [u8],
+}
+
+impl<'a> ScopeParts<'a> {
+    /// The fields of `message` but its field 2, as they came: a `ResourceSpans` without
+    /// its scopes, a `ScopeSpans` without its spans.
+    pub fn head(message: &[u8]) -> Vec<u8> {
+        let mut head = Vec::new();
+        let mut rest = message;
+        while let Some((number, _, whole)) = next_field(&mut rest) {
+            if number != 2 {
+                head.extend_from_slice(whole);
+            }
+        }
+        head
+    }
+
+    /// The scope's spans: each one read, and its whole field (key included).
+    pub fn spans(&self) -> impl Iterator<Item = (SpanRef<'a>, &'a [u8])> + use<'a> {
+        let mut rest = self.scope_spans;
+        std::iter::from_fn(move || {
+            loop {
+                let (number, field, whole) = next_field(&mut rest)?;
+                if let (2, Field::Bytes(span)) = (number, field) {
+                    return Some((SpanRef::parse(span), whole));
+                }
+            }
+        })
+    }
+}
+
+/// Calls `visit` with every scope of the encoded request `body`, in order.
+pub fn walk_scopes<'a>(body: &'a [u8], mut visit: impl FnMut(ScopeParts<'a>)) {
+    let resources = Fields(body).filter_map(|(number, field)| match (number, field) {
+        (1, Field::Bytes(resource_spans)) => Some(resource_spans),
+        _ => None,
+    });
+    for (resource_index, resource_spans) in resources.enumerate() {
+        for (number, field) in Fields(resource_spans) {
+            if let (2, Field::Bytes(scope_spans)) = (number, field) {
+                visit(ScopeParts {
+                    resource_index,
+                    resource_spans,
+                    scope_spans,
+                });
+            }
+        }
+    }
+}
+
 /// The spans (field 2) of an encoded `ScopeSpans`, each one's encoding, in order; ends at
 /// the first fault.
 pub fn spans_in_scope(scope_spans: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -760,6 +848,14 @@ mod tests {
                 .collect();
             // NaN is not equal to itself: compare the bits of doubles.
             prop_assert_eq!(format!("{attributes:?}"), format!("{expected:?}"));
+            let mut read_together = Vec::new();
+            let mut rest = &bytes[..];
+            while let Some((number, field, _)) = next_field(&mut rest) {
+                if let (9, Field::Bytes(key_value)) = (number, field) {
+                    read_together.push(key_and_value(key_value));
+                }
+            }
+            prop_assert_eq!(format!("{read_together:?}"), format!("{expected:?}"));
             let events: Vec<_> = view.events().map(|e| (e.name(), e.attributes().count())).collect();
             let expected: Vec<_> = span.events.iter().map(|e| (e.name.as_str(), e.attributes.len())).collect();
             prop_assert_eq!(events, expected);

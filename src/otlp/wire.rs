@@ -153,6 +153,13 @@ pub(super) const RECURSION_LIMIT: u32 = 100;
 /// slices: the generic reader over `Buf` was a sixth of the agent's time.
 #[inline]
 pub(super) fn varint(buf: &mut &[u8]) -> Option<u64> {
+    // Most varints (field keys, lengths of keys and short values) are one byte.
+    if let Some((&byte, rest)) = buf.split_first()
+        && byte < 0x80
+    {
+        *buf = rest;
+        return Some(u64::from(byte));
+    }
     let mut value = 0u64;
     for (i, &byte) in buf.iter().take(10).enumerate() {
         if i == 9 && byte > 1 {

@@ -26,7 +26,8 @@ use super::Processor;
 use super::sampling::{ConsistentSampler, trace_id_randomness};
 use crate::config::{PolicyConfig, PolicyKind, SamplingConfig};
 use crate::otlp::view::{
-    SpanRef, ValueRef, field_len, spans_in_scope, write_field_head, write_span_with_trace_state,
+    ScopeParts, SpanRef, ValueRef, field_len, spans_in_scope, walk_scopes, write_field_head,
+    write_span_with_trace_state,
 };
 use crate::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch, StatusCode};
 use crate::telemetry::Metrics;
@@ -122,6 +123,16 @@ impl Shared {
 }
 
 impl Fragment {
+    /// The span fields `fields` (of one trace, as they came) under `resource` and `scope`.
+    fn from_fields(resource: &Arc<Shared>, scope: &Arc<Shared>, fields: &[&[u8]]) -> Self {
+        Self {
+            resource: Arc::clone(resource),
+            scope: Arc::clone(scope),
+            spans: fields.concat(),
+            count: fields.len(),
+        }
+    }
+
     /// Encodes `spans` (of one trace) under `resource` and `scope`.
     fn new(resource: &Arc<Shared>, scope: &Arc<Shared>, spans: &[Span]) -> Self {
         let len = prost::encoding::message::encoded_len_repeated(SPANS_FIELD, spans);
@@ -204,8 +215,34 @@ impl TailSampler {
 
     /// Takes the batch's spans in; kept spans of already decided traces stay in the batch.
     pub fn accept(&mut self, batch: &mut SpanBatch, now: Instant) {
-        let (mut late_kept, mut late_dropped) = (0, 0);
-        for resource_spans in std::mem::take(batch.resource_spans_mut()) {
+        let mut late = (0, 0);
+        // Encoded parts are regrouped as they came: no span is decoded or encoded.
+        for (body, _) in std::mem::take(batch.encoded_mut()) {
+            let mut resource: Option<(usize, Arc<Shared>)> = None;
+            walk_scopes(&body, |parts| {
+                let resource = match &resource {
+                    Some((index, shared)) if *index == parts.resource_index => Arc::clone(shared),
+                    _ => {
+                        let shared = Shared::new(ScopeParts::head(parts.resource_spans));
+                        resource = Some((parts.resource_index, Arc::clone(&shared)));
+                        shared
+                    }
+                };
+                let scope = Shared::new(ScopeParts::head(parts.scope_spans));
+                let mut traces: HashMap<TraceId, Vec<&[u8]>> = HashMap::new();
+                for (span, field) in parts.spans() {
+                    traces
+                        .entry(trace_id_of(span.trace_id))
+                        .or_default()
+                        .push(field);
+                }
+                for (id, fields) in traces {
+                    let fragment = || Fragment::from_fields(&resource, &scope, &fields);
+                    self.take(id, fields.len(), fragment, now, &mut late);
+                }
+            });
+        }
+        for resource_spans in std::mem::take(batch.decoded_mut()) {
             let ResourceSpans {
                 resource,
                 scope_spans,
@@ -239,18 +276,12 @@ impl TailSampler {
                     traces.entry(trace_id(&span)).or_default().push(span);
                 }
                 for (id, spans) in traces {
-                    let count = spans.len();
-                    match self.decided.get(&id) {
-                        Some(false) => late_dropped += count as u64,
-                        Some(true) => {
-                            late_kept += count as u64;
-                            self.ready.push(Fragment::new(&resource, &scope, &spans));
-                        }
-                        None => self.hold(id, Fragment::new(&resource, &scope, &spans), now),
-                    }
+                    let fragment = || Fragment::new(&resource, &scope, &spans);
+                    self.take(id, spans.len(), fragment, now, &mut late);
                 }
             }
         }
+        let (late_kept, late_dropped) = late;
         if late_kept > 0 {
             self.metrics.late_spans(true, late_kept);
         }
@@ -322,6 +353,27 @@ impl TailSampler {
             }
         }
         None
+    }
+
+    /// Takes `count` spans of trace `id`: dropped when the trace was dropped, ready when it
+    /// was kept (counted in `late`, kept then dropped), held otherwise. The fragment is
+    /// made only when the spans stay.
+    fn take(
+        &mut self,
+        id: TraceId,
+        count: usize,
+        fragment: impl FnOnce() -> Fragment,
+        now: Instant,
+        late: &mut (u64, u64),
+    ) {
+        match self.decided.get(&id) {
+            Some(false) => late.1 += count as u64,
+            Some(true) => {
+                late.0 += count as u64;
+                self.ready.push(fragment());
+            }
+            None => self.hold(id, fragment(), now),
+        }
     }
 
     fn hold(&mut self, id: TraceId, fragment: Fragment, now: Instant) {
@@ -681,9 +733,14 @@ impl DecisionCache {
 }
 
 fn trace_id(span: &Span) -> TraceId {
+    trace_id_of(&span.trace_id)
+}
+
+/// A trace id as the sampler keys it: its first 16 bytes, zero-padded.
+fn trace_id_of(bytes: &[u8]) -> TraceId {
     let mut id = [0u8; 16];
-    let n = span.trace_id.len().min(16);
-    id[..n].copy_from_slice(&span.trace_id[..n]);
+    let n = bytes.len().min(16);
+    id[..n].copy_from_slice(&bytes[..n]);
     id
 }
 

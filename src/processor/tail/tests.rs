@@ -738,7 +738,18 @@ proptest::proptest! {
         coherent in proptest::bool::ANY,
         max_traces in 1..6usize,
         max_bytes in proptest::option::of(100..4_000u64),
+        encoded in proptest::bool::ANY,
     ) {
+        // The batches come decoded, or encoded as a receiver hands them on (then regrouped
+        // as they came, never decoded).
+        let batch_of = |resource_spans: Vec<crate::otlp::ResourceSpans>| {
+            if !encoded {
+                return SpanBatch::new(resource_spans);
+            }
+            let request = crate::otlp::ExportTraceServiceRequest { resource_spans };
+            let spans = crate::otlp::span_count(&request.resource_spans);
+            SpanBatch::from_encoded(request.encode_to_vec().into(), spans)
+        };
         let request = shaped(
             crate::otlp::ExportTraceServiceRequest {
                 resource_spans: requests.into_iter().flat_map(|r| r.resource_spans).collect(),
@@ -802,12 +813,12 @@ proptest::proptest! {
         if coherent {
             // A round's traces are decided in the order they came: one request per trace.
             for (i, id) in ids.iter().enumerate() {
-                let mut batch = SpanBatch::new(only_trace(&request, id));
+                let mut batch = batch_of(only_trace(&request, id));
                 sampler.accept(&mut batch, t0 + Duration::from_millis(i as u64));
                 released.extend(batch.into_request().resource_spans);
             }
         } else {
-            let mut batch = SpanBatch::from_request(request.clone());
+            let mut batch = batch_of(request.resource_spans.clone());
             sampler.accept(&mut batch, t0);
             released.extend(batch.into_request().resource_spans);
         }
