@@ -77,7 +77,7 @@ impl AttributesMut for Vec<KeyValue> {
 
 /// One attribute of a span read in place.
 #[derive(Debug)]
-pub enum Attribute<'a> {
+enum Attribute<'a> {
     /// As it came: its whole field (head included), its `KeyValue`, and its key and
     /// value read once (the stages read every value, most of them more than once).
     InPlace {
