@@ -3,8 +3,9 @@
 //! read in place they record the edits beside its bytes, and [`edit_request`] writes the
 //! request anew: an unchanged attribute's bytes are copied as they came, a changed one is
 //! encoded alone, and an added one is appended (protobuf allows repeated fields to come in
-//! any number of pieces). Only edits the in-place form has no cheap way to make (a span's
-//! name, links, dropped counts) decode the span, and only that span.
+//! any number of pieces). Events are decoded when a stage asks for them, the span's own.
+//! Only edits the in-place form has no cheap way to make (a span's name, `tracestate` or
+//! status message, its links, its dropped counts) decode the span, and only that span.
 
 use prost::Message;
 use prost::encoding::message;

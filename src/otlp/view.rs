@@ -330,6 +330,10 @@ fn key_values<'a>(
     })
 }
 
+/// The keys of a `KeyValue`'s key and value fields (both length-delimited).
+const KEY: u8 = 1 << 3 | 2;
+const VALUE: u8 = 2 << 3 | 2;
+
 /// A `KeyValue`'s key (the last one given), as bytes: comparing them needs no UTF-8 check.
 fn key_of(key_value: &[u8]) -> &[u8] {
     if let Some(key) = plain_key(key_value) {
@@ -348,8 +352,6 @@ fn key_of(key_value: &[u8]) -> &[u8] {
 /// value field, read without the general walk (the filter and the signals look at every
 /// attribute's key); `None` for any other shape, which the general walk reads.
 fn plain_key(key_value: &[u8]) -> Option<&[u8]> {
-    const KEY: u8 = 1 << 3 | 2;
-    const VALUE: u8 = 2 << 3 | 2;
     let mut rest = key_value.strip_prefix(&[KEY])?;
     let key = length_delimited(&mut rest)?;
     if let Some(mut value) = rest.strip_prefix(&[VALUE]) {
@@ -366,8 +368,6 @@ pub(super) fn key_and_value(key_value: &[u8]) -> (&[u8], ValueRef<'_>) {
 }
 
 fn plain_key_value(key_value: &[u8]) -> Option<(&[u8], ValueRef<'_>)> {
-    const KEY: u8 = 1 << 3 | 2;
-    const VALUE: u8 = 2 << 3 | 2;
     let mut rest = key_value.strip_prefix(&[KEY])?;
     let key = length_delimited(&mut rest)?;
     if rest.is_empty() {
@@ -430,7 +430,7 @@ pub(super) enum Field<'a> {
 }
 
 /// The fields of a message, in order, with their numbers; ends at the first fault.
-pub(super) struct Fields<'a>(pub(super) &'a [u8]);
+struct Fields<'a>(&'a [u8]);
 
 impl<'a> Iterator for Fields<'a> {
     type Item = (u32, Field<'a>);

@@ -198,6 +198,8 @@ impl Processor for SpanPass {
 
     fn process(&mut self, batch: &mut SpanBatch) {
         edit_decoded(batch.decoded_mut(), self);
+        // A part whose resource or scope does not decode (the scan's agreement with prost
+        // rules it out) takes the decoded path, which counts its spans as lost.
         let mut undecodable = SpanBatch::default();
         for (body, spans) in std::mem::take(batch.encoded_mut()) {
             match edit_request(&body, self) {

@@ -388,6 +388,18 @@ fn key() -> impl Strategy<Value = &'static str> {
     ])
 }
 
+/// Up to `count` attributes, their keys from `keys`, with any value.
+fn attributes_named(
+    keys: Vec<&'static str>,
+    count: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<KeyValue>> {
+    prop::collection::vec(
+        (prop::sample::select(keys), value()).prop_map(|(key, value)| kv(key, value)),
+        count,
+    )
+}
+
+/// Up to `most` attributes with any key and value.
 fn attributes(most: usize) -> impl Strategy<Value = Vec<KeyValue>> {
     prop::collection::vec(
         (key(), value()).prop_map(|(key, value)| kv(key, value)),
@@ -472,19 +484,15 @@ fn events() -> impl Strategy<Value = Vec<Event>> {
         "exception",
         "",
     ]);
-    let event_attributes = prop::collection::vec(
-        (
-            prop::sample::select(vec![
-                "retry_after_ms",
-                "Retry-After-Ms",
-                "message_bus.retry_after_ms",
-                "message_bus.topic",
-                "exception.message",
-                "password",
-            ]),
-            value(),
-        )
-            .prop_map(|(key, value)| kv(key, value)),
+    let event_attributes = attributes_named(
+        vec![
+            "retry_after_ms",
+            "Retry-After-Ms",
+            "message_bus.retry_after_ms",
+            "message_bus.topic",
+            "exception.message",
+            "password",
+        ],
         0..4,
     );
     prop::collection::vec(
@@ -637,18 +645,14 @@ fn resource() -> impl Strategy<Value = Option<Resource>> {
         Some("unknown_service:python"),
         Some("unknown_service"),
     ]);
-    let other = prop::collection::vec(
-        (
-            prop::sample::select(vec![
-                "k8s.pod.name",
-                "deployment.environment.name",
-                "telemetry.sdk.language",
-                "password",
-                "service.name",
-            ]),
-            value(),
-        )
-            .prop_map(|(key, value)| kv(key, value)),
+    let other = attributes_named(
+        vec![
+            "k8s.pod.name",
+            "deployment.environment.name",
+            "telemetry.sdk.language",
+            "password",
+            "service.name",
+        ],
         0..3,
     );
     prop::option::weighted(
