@@ -24,8 +24,9 @@ use super::{
 pub trait AttributesMut {
     /// How many attributes there are.
     fn count(&self) -> usize;
-    /// The key of attribute `i`.
-    fn key(&self, i: usize) -> &str;
+    /// The key of attribute `i`, as bytes (UTF-8: the wire scan checked a key read in
+    /// place); most stages only compare keys, which needs no UTF-8 check.
+    fn key(&self, i: usize) -> &[u8];
     /// The value of attribute `i` (arrays and key-value lists read as [`ValueRef::Other`]).
     fn value(&self, i: usize) -> ValueRef<'_>;
     /// The value of attribute `i`, owned: for arrays and key-value lists, and for copies.
@@ -46,8 +47,8 @@ impl AttributesMut for Vec<KeyValue> {
     fn count(&self) -> usize {
         self.len()
     }
-    fn key(&self, i: usize) -> &str {
-        &self[i].key
+    fn key(&self, i: usize) -> &[u8] {
+        self[i].key.as_bytes()
     }
     fn value(&self, i: usize) -> ValueRef<'_> {
         ValueRef::of(&self[i])
@@ -84,7 +85,7 @@ enum Attribute<'a> {
     InPlace {
         field: &'a [u8],
         key_value: &'a [u8],
-        key: &'a str,
+        key: &'a [u8],
         value: ValueRef<'a>,
     },
     /// Written by a stage.
@@ -140,7 +141,7 @@ impl<'s, 'a> SpanMut<'s, 'a> {
                 attributes.push(Attribute::InPlace {
                     field: whole,
                     key_value,
-                    key: text(key),
+                    key,
                     value,
                 });
             }
@@ -283,7 +284,7 @@ impl<'s, 'a> SpanMut<'s, 'a> {
             .into_iter()
             .flatten()
             .map(|attribute| match attribute {
-                Attribute::InPlace { key, value, .. } => (key.as_bytes(), LazyValue::Ready(*value)),
+                Attribute::InPlace { key, value, .. } => (*key, LazyValue::Ready(*value)),
                 Attribute::Written(kv) => (kv.key.as_bytes(), LazyValue::Ready(ValueRef::of(kv))),
             });
         decoded.chain(in_place)
@@ -420,13 +421,13 @@ impl AttributesMut for SpanMut<'_, '_> {
         }
     }
 
-    fn key(&self, i: usize) -> &str {
+    fn key(&self, i: usize) -> &[u8] {
         match &self.form {
-            Form::Decoded(span) => &span.attributes[i].key,
-            Form::Owned(span) => &span.attributes[i].key,
+            Form::Decoded(span) => span.attributes[i].key.as_bytes(),
+            Form::Owned(span) => span.attributes[i].key.as_bytes(),
             Form::InPlace(in_place) => match &in_place.attributes[i] {
                 Attribute::InPlace { key, .. } => key,
-                Attribute::Written(kv) => &kv.key,
+                Attribute::Written(kv) => kv.key.as_bytes(),
             },
         }
     }
@@ -472,7 +473,7 @@ impl AttributesMut for SpanMut<'_, '_> {
                     in_place.edited = true;
                 }
                 let key = match &mut in_place.attributes[i] {
-                    Attribute::InPlace { key, .. } => (*key).to_owned(),
+                    Attribute::InPlace { key, .. } => text(key).to_owned(),
                     Attribute::Written(kv) => std::mem::take(&mut kv.key),
                 };
                 in_place.attributes[i] = Attribute::Written(KeyValue {

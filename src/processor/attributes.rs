@@ -166,7 +166,7 @@ impl Action {
             }
             Op::Delete => {
                 let gone: Vec<bool> = (0..attributes.count())
-                    .map(|i| attributes.key(i) == key)
+                    .map(|i| attributes.key(i) == key.as_bytes())
                     .collect();
                 let deleted = gone.contains(&true);
                 if deleted {
@@ -189,7 +189,7 @@ impl Action {
 /// The indexes of the attributes named `key` (no allocation when there is none).
 fn positions(attributes: &impl AttributesMut, key: &str) -> Vec<usize> {
     (0..attributes.count())
-        .filter(|&i| attributes.key(i) == key)
+        .filter(|&i| attributes.key(i) == key.as_bytes())
         .collect()
 }
 

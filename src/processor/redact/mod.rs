@@ -104,7 +104,8 @@ impl Redactor {
                 }
             });
             if class.holds_secret
-                && let Some(masked) = self.mask(attributes.key(i), false)
+                && let Ok(key) = std::str::from_utf8(attributes.key(i))
+                && let Some(masked) = self.mask(key, false)
             {
                 attributes.set_key(i, &masked);
             }
