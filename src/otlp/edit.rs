@@ -104,7 +104,6 @@ struct InPlace<'s, 'a> {
     edited: bool,
     /// Events, decoded once a stage asked for them.
     events: Option<Vec<Event>>,
-    event_count: usize,
     link_count: usize,
 }
 
@@ -134,7 +133,7 @@ impl<'s, 'a> SpanMut<'s, 'a> {
     /// into `attributes`.
     fn in_place(bytes: &'a [u8], attributes: &'s mut Vec<Attribute<'a>>) -> Self {
         attributes.clear();
-        let (mut event_count, mut link_count) = (0, 0);
+        let mut link_count = 0;
         let span = SpanRef::parse_with(bytes, |number, field, whole| match (number, field) {
             (9, Field::Bytes(key_value)) => {
                 let (key, value) = key_and_value(key_value);
@@ -145,7 +144,6 @@ impl<'s, 'a> SpanMut<'s, 'a> {
                     value,
                 });
             }
-            (11, _) => event_count += 1,
             (13, _) => link_count += 1,
             _ => {}
         });
@@ -157,7 +155,6 @@ impl<'s, 'a> SpanMut<'s, 'a> {
                 original,
                 edited: false,
                 events: None,
-                event_count,
                 link_count,
             }),
         }
@@ -219,7 +216,7 @@ impl<'s, 'a> SpanMut<'s, 'a> {
             Form::InPlace(in_place) => in_place
                 .events
                 .as_ref()
-                .map_or(in_place.event_count, Vec::len),
+                .map_or(in_place.span.event_count, Vec::len),
             _ => self.as_decoded().map_or(0, |span| span.events.len()),
         }
     }
@@ -227,11 +224,6 @@ impl<'s, 'a> SpanMut<'s, 'a> {
     /// How many of the span's events have a name `matches` accepts.
     pub fn count_events(&self, matches: impl Fn(&str) -> bool) -> usize {
         match &self.form {
-            Form::InPlace(InPlace {
-                event_count: 0,
-                events: None,
-                ..
-            }) => 0,
             Form::InPlace(InPlace {
                 events: None, span, ..
             }) => span.events().filter(|e| matches(e.name())).count(),

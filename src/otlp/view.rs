@@ -74,6 +74,8 @@ pub struct SpanRef<'a> {
     pub start_time_unix_nano: u64,
     /// End time, Unix nanoseconds.
     pub end_time_unix_nano: u64,
+    /// How many events the span has (a stage that looks for one skips the walk when none).
+    pub event_count: usize,
 }
 
 impl<'a> SpanRef<'a> {
@@ -101,6 +103,7 @@ impl<'a> SpanRef<'a> {
             status_message: "",
             start_time_unix_nano: 0,
             end_time_unix_nano: 0,
+            event_count: 0,
         };
         let mut rest = bytes;
         while let Some((number, field, whole)) = next_field(&mut rest) {
@@ -121,6 +124,10 @@ impl<'a> SpanRef<'a> {
                             _ => {}
                         }
                     }
+                }
+                (11, _) => {
+                    span.event_count += 1;
+                    other(number, field, whole);
                 }
                 _ => other(number, field, whole),
             }
@@ -145,7 +152,13 @@ impl<'a> SpanRef<'a> {
 
     /// The span's events: each one's name and attributes.
     pub fn events(&self) -> impl Iterator<Item = EventRef<'a>> + use<'a> {
-        Fields(self.bytes).filter_map(|(number, field)| match (number, field) {
+        // No walk for the spans (most) without events.
+        let bytes = if self.event_count == 0 {
+            &[][..]
+        } else {
+            self.bytes
+        };
+        Fields(bytes).filter_map(|(number, field)| match (number, field) {
             (11, Field::Bytes(event)) => Some(EventRef(event)),
             _ => None,
         })
