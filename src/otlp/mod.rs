@@ -32,6 +32,7 @@ pub use opentelemetry_proto::tonic::trace::v1::{
 
 pub mod edit;
 pub mod grpc_codec;
+pub mod partition;
 pub mod view;
 pub mod wire;
 
