@@ -257,7 +257,7 @@ impl Agent {
             SignalsExporter::start(&config, Arc::clone(&metrics), supervisor.clone())?;
         let (stages, stage_swaps) = mpsc::channel(1);
         let pipeline = pipeline.with_stage_swaps(stage_swaps);
-        let pipeline = supervisor.spawn_service("pipeline", pipeline.run(inbox));
+        let pipeline = supervisor.spawn_service_on_thread("pipeline", pipeline.run(inbox));
 
         let stop_receivers = CancellationToken::new();
         let budget = config.memory_limit.budget();

@@ -9,6 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
+use tokio::runtime::Builder;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,17 +56,59 @@ impl Supervisor {
         T: Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        tokio::spawn(self.clone().serve(name.into(), future))
+    }
+
+    /// Like [`spawn_service`](Self::spawn_service), on a thread of its own with a
+    /// single-threaded runtime: for CPU-heavy work (the processor stages), which would
+    /// otherwise hold up the shared runtime's workers and with them the answers to clients.
+    pub fn spawn_service_on_thread<T, E>(
+        &self,
+        name: impl Into<String>,
+        future: impl Future<Output = Result<T, E>> + Send + 'static,
+    ) -> JoinHandle<Option<T>>
+    where
+        T: Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
         let (name, supervisor) = (name.into(), self.clone());
-        tokio::spawn(async move {
-            let what = match AssertUnwindSafe(future).catch_unwind().await {
-                Ok(Ok(value)) if supervisor.is_stopping() => return Some(value),
-                Ok(Ok(_)) => "ended unexpectedly".to_owned(),
-                Ok(Err(error)) => format!("failed: {error}"),
-                Err(panic) => format!("panicked: {}", panic_message(&*panic)),
-            };
-            supervisor.fail(name, what);
-            None
-        })
+        let (done, output) = tokio::sync::oneshot::channel();
+        let thread = format!("daena-{name}");
+        let runs = std::thread::Builder::new().name(thread).spawn({
+            let name = name.clone();
+            let supervisor = supervisor.clone();
+            move || match Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime.block_on(async move {
+                    let mut done = done;
+                    tokio::select! {
+                        output = supervisor.serve(name, future) => { let _ = done.send(output); }
+                        // The agent's runtime is gone: nobody waits for this service any more.
+                        () = done.closed() => {}
+                    }
+                }),
+                Err(error) => supervisor.fail(name, format!("cannot start its runtime: {error}")),
+            }
+        });
+        if let Err(error) = runs {
+            supervisor.fail(name, format!("cannot start its thread: {error}"));
+        }
+        tokio::spawn(async move { output.await.ok().flatten() })
+    }
+
+    /// Runs a service to its end; see [`spawn_service`](Self::spawn_service).
+    async fn serve<T, E: std::fmt::Display>(
+        self,
+        name: String,
+        future: impl Future<Output = Result<T, E>>,
+    ) -> Option<T> {
+        let what = match AssertUnwindSafe(future).catch_unwind().await {
+            Ok(Ok(value)) if self.is_stopping() => return Some(value),
+            Ok(Ok(_)) => "ended unexpectedly".to_owned(),
+            Ok(Err(error)) => format!("failed: {error}"),
+            Err(panic) => format!("panicked: {}", panic_message(&*panic)),
+        };
+        self.fail(name, what);
+        None
     }
 
     /// Runs `future` as the task `name`, which may end whenever its work is done; a panic
@@ -171,6 +214,35 @@ mod tests {
                 task: "stage".into(),
                 what: "panicked: index out of bounds".into()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_on_a_thread_of_its_own_runs_there_with_timers_and_is_supervised() {
+        let supervisor = Supervisor::new();
+        supervisor.stop();
+        let ours = std::thread::current().id();
+        let service = supervisor.spawn_service_on_thread("pipeline", async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let thread = std::thread::current();
+            Ok::<_, String>((thread.id() != ours, thread.name().map(str::to_owned)))
+        });
+        assert_eq!(
+            service.await.ok(),
+            Some(Some((true, Some("daena-pipeline".to_owned()))))
+        );
+
+        let supervisor = Supervisor::new();
+        let failing = supervisor.spawn_service_on_thread("pipeline", async {
+            tokio::task::yield_now().await;
+            panic!("a stage broke");
+            #[allow(unreachable_code)]
+            Ok::<(), String>(())
+        });
+        assert_eq!(failing.await.ok(), Some(None::<()>));
+        assert_eq!(
+            supervisor.failure().map(|f| f.to_string()),
+            Some("the pipeline task panicked: a stage broke".to_owned())
         );
     }
 

@@ -336,7 +336,7 @@ pub const BATCH_TIMEOUT: Bound<Duration> =
     duration("batch.timeout", Duration::from_millis(200), MS, HOUR);
 /// `pipeline.max_pending_requests`.
 pub const MAX_PENDING_REQUESTS: Bound<usize> =
-    count("pipeline.max_pending_requests", 64, 1, 65_536);
+    count("pipeline.max_pending_requests", 16, 1, 65_536);
 /// `memory_limit.soft`.
 pub const MEMORY_SOFT: Bound<ByteSize> = size("memory_limit.soft", 256 * MIB, MIB, 64 * GIB);
 /// `memory_limit.budget`: bytes of requests being read, decoded and waiting for the pipeline.
