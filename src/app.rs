@@ -511,7 +511,17 @@ const FD_RESERVE: u64 = 64;
 /// being read and a done file.
 fn exporter_fds(exporter: &crate::config::ExporterConfig) -> u64 {
     let queue = &exporter.queue;
-    queue.workers as u64 + 1 + if queue.persistent { 8 } else { 0 }
+    let own = queue.workers as u64 + 1 + if queue.persistent { 8 } else { 0 };
+    // A loadbalancing exporter's backends each have their own; a DNS answer is counted as 8.
+    let backends = exporter.exporter.as_deref().map_or(0, |backend| {
+        let count = exporter
+            .resolver
+            .as_ref()
+            .and_then(|r| r.static_backends.as_ref())
+            .map_or(8, Vec::len);
+        count as u64 * exporter_fds(backend)
+    });
+    own + backends
 }
 
 /// Descriptors the receivers must leave free: those open now, the exporters' and a reserve.

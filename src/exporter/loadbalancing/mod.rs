@@ -259,6 +259,10 @@ fn start_with<R: Resolve>(
         supervisor: supervisor.clone(),
         health: Arc::clone(&tasks.health),
     });
+    // Applied here, before the resolver task exists: never two membership changes at once.
+    if let Some(urls) = resolver.fixed() {
+        shared.apply(urls)?;
+    }
     let stop = CancellationToken::new();
     let router = Router {
         shared: Arc::clone(&shared),

@@ -32,6 +32,12 @@ pub trait Resolve: Send + Sync + 'static {
 
     /// How long until the next resolution; `None`: the answer never changes.
     fn interval(&self) -> Option<Duration>;
+
+    /// The answer when it is known without waiting (a static list), so the backends are
+    /// there before the first batch.
+    fn fixed(&self) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// The resolver a config describes.
@@ -64,6 +70,13 @@ impl Resolve for AnyResolver {
         match self {
             Self::Static(_) => None,
             Self::Dns(dns) => dns.interval(),
+        }
+    }
+
+    fn fixed(&self) -> Option<Vec<String>> {
+        match self {
+            Self::Static(urls) => Some(urls.clone()),
+            Self::Dns(_) => None,
         }
     }
 }
@@ -151,6 +164,10 @@ mod tests {
         };
         let resolver = AnyResolver::from_config(&config, false);
         assert_eq!(resolver.interval(), None);
+        assert_eq!(
+            resolver.fixed().as_deref(),
+            Some(&["http://g0:4317".to_owned(), "https://g1:4317".to_owned()][..])
+        );
         assert_eq!(
             resolver.resolve().await.expect("static"),
             ["http://g0:4317", "https://g1:4317"]
