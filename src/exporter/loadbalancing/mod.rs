@@ -104,13 +104,13 @@ impl Shared {
     }
 
     /// Makes `urls` the membership: starts the new backends, drops the removed ones (their
-    /// queues drain). Returns whether it changed; a backend that cannot be built is left
-    /// out with an error, the others go on.
-    fn apply(&self, urls: Vec<String>) -> Result<bool, BuildError> {
+    /// queues drain). Returns whether it changed, and why a backend could not be built:
+    /// that one is left out (and tried again at the next answer), the others go on.
+    fn apply(&self, urls: Vec<String>) -> (bool, Option<BuildError>) {
         let urls = membership(urls);
         let current = self.current();
         if current.backends.iter().map(|b| &b.url).eq(urls.iter()) {
-            return Ok(false);
+            return (false, None);
         }
         let mut backends = Vec::with_capacity(urls.len());
         let mut failed = None;
@@ -124,10 +124,15 @@ impl Shared {
                 Err(error) => failed = Some(error),
             }
         }
-        if let Some(error) = failed
-            && backends.is_empty()
+        // Only a backend that failed again: nothing changed.
+        if backends.is_empty()
+            || current
+                .backends
+                .iter()
+                .map(|b| &b.url)
+                .eq(backends.iter().map(|b| &b.url))
         {
-            return Err(error);
+            return (false, failed);
         }
         let hosts: Vec<&str> = backends.iter().map(|b| host_port(&b.url)).collect();
         tracing::info!(
@@ -140,7 +145,7 @@ impl Shared {
         self.replace(Snapshot::new(backends));
         self.metrics
             .lb_membership(&self.name, count, !current.backends.is_empty());
-        Ok(true)
+        (true, failed)
     }
 
     fn start_backend(&self, url: &str) -> Result<ExporterHandle, BuildError> {
@@ -153,9 +158,7 @@ impl Shared {
             supervisor: self.supervisor.clone(),
             health: Arc::clone(&self.health),
         };
-        let (handle, task, _exporter) = super::start(&name, &config, tasks).inspect_err(|e| {
-            tracing::error!(exporter = %self.name, "Backend {name} not started: {e}");
-        })?;
+        let (handle, task, _exporter) = super::start(&name, &config, tasks)?;
         self.backend_tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -261,7 +264,11 @@ fn start_with<R: Resolve>(
     });
     // Applied here, before the resolver task exists: never two membership changes at once.
     if let Some(urls) = resolver.fixed() {
-        shared.apply(urls)?;
+        match shared.apply(urls) {
+            (_, Some(error)) if shared.current().backends.is_empty() => return Err(error),
+            (_, Some(error)) => tracing::error!(exporter = name, "A backend is left out: {error}"),
+            (_, None) => {}
+        }
     }
     let stop = CancellationToken::new();
     let router = Router {
@@ -300,7 +307,8 @@ fn start_with<R: Resolve>(
 }
 
 /// Resolves now, then every interval until `stop`, applying each good answer. A failing or
-/// empty answer keeps the last good membership; it is logged when it differs from the last.
+/// empty answer keeps the last good membership; a problem is logged when it differs from
+/// the last one, never per poll.
 async fn follow<R: Resolve>(resolver: R, shared: Arc<Shared>, stop: CancellationToken) {
     let mut last_problem: Option<String> = None;
     loop {
@@ -310,14 +318,17 @@ async fn follow<R: Resolve>(resolver: R, shared: Arc<Shared>, stop: Cancellation
         };
         let problem = match answer {
             Ok(urls) if urls.is_empty() => Some("the resolver gave no backend".to_owned()),
-            Ok(urls) => shared.apply(urls).err().map(|e| e.to_string()),
+            Ok(urls) => shared
+                .apply(urls)
+                .1
+                .map(|e| format!("a backend is left out: {e}")),
             Err(error) => Some(error.to_string()),
         };
         if problem != last_problem {
             if let Some(problem) = &problem {
                 tracing::warn!(
                     exporter = %shared.name,
-                    "Keeping the last backends ({}): {problem}",
+                    "{problem}; routing over {} backend(s)",
                     shared.current().backends.len()
                 );
             }
