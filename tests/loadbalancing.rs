@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
+use daena_trace_agent::exporter::loadbalancing::ring::HashRing;
+use daena_trace_agent::otlp::partition::route_hash;
 use daena_trace_agent::otlp::{Resource, Span, Status, StatusCode};
 
 /// Traces sent; every fifth has an error span.
@@ -163,4 +165,68 @@ async fn sidecars_route_each_trace_whole_to_one_tail_sampling_gateway() {
     for agent in sidecars.into_iter().chain(gateways) {
         agent.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_back() {
+    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
+    sinks[2].set_down(true);
+    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let sidecar = TestAgent::start(&agent_yaml(
+        &format!(
+            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}",
+            addresses.join(", ")
+        ),
+        NO_PROCESSORS,
+    ))
+    .await;
+
+    // The owner of each trace as any agent computes it: the ring over the sorted
+    // `host:port`s, by the fixed hash of the trace id.
+    let mut hosts = addresses.clone();
+    hosts.sort();
+    let ring = HashRing::new(&hosts);
+    let owner = |trace: u32| {
+        let index = ring.owner(route_hash(&trace_id(trace))).expect("a backend");
+        addresses
+            .iter()
+            .position(|a| *a == hosts[index])
+            .expect("a sink")
+    };
+    let traces = 0..60;
+    let request = request_with_resource(Resource::default(), spans(traces.clone(), 0..SPANS));
+    grpc_export(sidecar.grpc_url(), request, false)
+        .await
+        .expect("the sidecar accepts");
+
+    let trace_ids = |sink: &Sink| -> BTreeSet<Vec<u8>> {
+        sink.spans().into_iter().map(|(_, s)| s.trace_id).collect()
+    };
+    let owned = |sink: usize| -> BTreeSet<Vec<u8>> {
+        traces
+            .clone()
+            .filter(|&t| owner(t) == sink)
+            .map(trace_id)
+            .collect()
+    };
+    let expected = |sink: usize| owned(sink).len() * SPANS as usize;
+    assert!(expected(2) > 0, "the down backend owns some traces");
+    // The two up backends get all of their traces while the third refuses.
+    for (index, sink) in sinks.iter().enumerate().take(2) {
+        sink.wait_for_spans(expected(index)).await;
+        assert_eq!(trace_ids(sink), owned(index), "sink {index}");
+    }
+    assert!(sinks[2].spans().is_empty());
+
+    sinks[2].set_down(false);
+    sinks[2].wait_for_spans(expected(2)).await;
+    assert_eq!(trace_ids(&sinks[2]), owned(2));
+    for (index, sink) in sinks.iter().enumerate() {
+        assert_eq!(
+            sink.spans().len(),
+            expected(index),
+            "sink {index}: a span twice"
+        );
+    }
+    sidecar.stop().await;
 }
