@@ -84,7 +84,8 @@ struct Shared {
     name: String,
     /// Each backend's settings; `endpoint` is set per backend.
     backend_config: ExporterConfig,
-    members: RwLock<Arc<Snapshot>>,
+    /// Shared with each backend's task, which reads at its end whether it is a member again.
+    members: Arc<RwLock<Arc<Snapshot>>>,
     /// Every backend's task ever started, awaited at shutdown for the spans left on disk.
     backend_tasks: Mutex<Vec<JoinHandle<Option<u64>>>>,
     metrics: Arc<Metrics>,
@@ -159,6 +160,20 @@ impl Shared {
             health: Arc::clone(&self.health),
         };
         let (handle, task, _exporter) = super::start(&name, &config, tasks)?;
+        let (members, health, url) = (
+            Arc::clone(&self.members),
+            Arc::clone(&self.health),
+            url.to_owned(),
+        );
+        let task = tokio::spawn(async move {
+            let left = task.await.ok().flatten();
+            // Drained and gone: its health leaves `/readyz` unless it was added back.
+            let snapshot = Arc::clone(&members.read().unwrap_or_else(|e| e.into_inner()));
+            if !snapshot.backends.iter().any(|b| b.url == url) {
+                health.unregister(&name);
+            }
+            left
+        });
         self.backend_tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -255,7 +270,7 @@ fn start_with<R: Resolve>(
     let shared = Arc::new(Shared {
         name: name.to_owned(),
         backend_config,
-        members: RwLock::new(Arc::new(Snapshot::new(Vec::new()))),
+        members: Arc::new(RwLock::new(Arc::new(Snapshot::new(Vec::new())))),
         backend_tasks: Mutex::new(Vec::new()),
         metrics: Arc::clone(&tasks.metrics),
         abandon: tasks.abandon.clone(),
@@ -424,12 +439,13 @@ mod tests {
         })
     }
 
-    fn start_fake(fake: Fake, metrics: &Arc<Metrics>) -> Started {
+    fn start_fake(fake: Fake, metrics: &Arc<Metrics>, health: &Arc<Health>) -> Started {
         let config = ExporterConfig::new(ExporterProtocol::Loadbalancing, None);
         // Console backends: their exported-spans series count what each was given.
         let backend = ExporterConfig::new(ExporterProtocol::Console, None);
         let tasks = Tasks {
             metrics: Arc::clone(metrics),
+            health: Arc::clone(health),
             ..Default::default()
         };
         start_with("lb", &config, backend, RouteKey::TraceId, fake, tasks).expect("start")
@@ -440,7 +456,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let fake = Fake::default();
         fake.answer(None);
-        let (handle, task, shared) = start_fake(fake.clone(), &metrics);
+        let health = Arc::new(Health::default());
+        let (handle, task, shared) = start_fake(fake.clone(), &metrics, &health);
+        let registered =
+            || -> Vec<String> { health.exporters().into_iter().map(|e| e.exporter).collect() };
         assert_eq!(
             value(&metrics, "daena_agent_lb_backends{exporter=\"lb\"}"),
             Some(0)
@@ -513,6 +532,9 @@ mod tests {
             }
         }
         assert!(before.iter().any(|o| o == "b:1"));
+        // Drained and gone, it no longer counts for readiness.
+        assert!(eventually(|| !registered().contains(&"lb/b:1".to_owned())).await);
+        assert!(registered().contains(&"lb/a:1".to_owned()));
 
         fake.answer(Some(&["http://a:1", "http://b:1", "http://c:1"]));
         assert!(
@@ -525,6 +547,7 @@ mod tests {
             before,
             "b:1 back owns what it owned"
         );
+        assert!(registered().contains(&"lb/b:1".to_owned()));
 
         drop(handle);
         drop(shared);
