@@ -24,8 +24,10 @@
 //! The [`resolver`] gives backend URLs; the membership is them sorted and each once. A
 //! new backend gets its exporter started; a removed one has its handle dropped, so its
 //! queue closes and drains: the spans queued for it are still delivered to it while it
-//! accepts them (re-routing a removed backend's queue to the new owner is not done). An
-//! empty or failing answer keeps the last good membership, logged once per change.
+//! accepts them (re-routing a removed backend's queue to the new owner is not done), and
+//! once drained it leaves the health list. An empty or failing answer keeps the last good
+//! membership, logged once per change; a backend that cannot be built is left out and
+//! tried again at the next answer.
 
 pub mod resolver;
 pub mod ring;
@@ -174,10 +176,11 @@ impl Shared {
             }
             left
         });
-        self.backend_tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(task);
+        let mut tasks = self.backend_tasks.lock().unwrap_or_else(|e| e.into_inner());
+        // A removed backend ends once drained, before shutdown: nothing left to count, and
+        // DNS churn must not grow the list without end.
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(task);
         Ok(handle)
     }
 }
