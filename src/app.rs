@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigErrors, parse_listen_addr};
+use crate::config::{Config, ConfigErrors, ExporterProtocol, parse_listen_addr};
 use crate::exporter::signals::SignalsExporter;
 use crate::exporter::{self, ExporterHandle, Fanout};
 use crate::pipeline::{self, Batcher, Pipeline};
@@ -232,10 +232,15 @@ impl Agent {
                 supervisor: supervisor.clone(),
                 health: Arc::clone(&health),
             };
-            let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
+            let (handle, task) = if exporter_config.protocol == ExporterProtocol::Loadbalancing {
+                exporter::loadbalancing::start(name, exporter_config, tasks)?
+            } else {
+                let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
+                exporters.insert(name.clone(), swappable);
+                (handle, task)
+            };
             handles.push(handle);
             exporter_tasks.push(task);
-            exporters.insert(name.clone(), swappable);
         }
 
         let (tx, inbox) = pipeline::queue(config.pipeline.max_pending_requests);
@@ -506,7 +511,17 @@ const FD_RESERVE: u64 = 64;
 /// being read and a done file.
 fn exporter_fds(exporter: &crate::config::ExporterConfig) -> u64 {
     let queue = &exporter.queue;
-    queue.workers as u64 + 1 + if queue.persistent { 8 } else { 0 }
+    let own = queue.workers as u64 + 1 + if queue.persistent { 8 } else { 0 };
+    // A loadbalancing exporter's backends each have their own; a DNS answer is counted as 8.
+    let backends = exporter.exporter.as_deref().map_or(0, |backend| {
+        let count = exporter
+            .resolver
+            .as_ref()
+            .and_then(|r| r.static_backends.as_ref())
+            .map_or(8, Vec::len);
+        count as u64 * exporter_fds(backend)
+    });
+    own + backends
 }
 
 /// Descriptors the receivers must leave free: those open now, the exporters' and a reserve.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, ExporterProtocol};
 use crate::exporter::signals::SignalsExporter;
 use crate::exporter::{AnyExporter, SwappableExporter};
 use crate::pipeline::StageSwap;
@@ -140,6 +140,14 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         match new.exporters.get(name) {
             None => restart.push(format!("exporters.{name} removed")),
             Some(new_exporter) => {
+                let balancing = [old_exporter, new_exporter]
+                    .iter()
+                    .any(|e| e.protocol == ExporterProtocol::Loadbalancing);
+                if balancing && new_exporter != old_exporter {
+                    // Its backends' exporters and their queues are its own: not swappable.
+                    restart.push(format!("exporters.{name} (loadbalancing)"));
+                    continue;
+                }
                 if new_exporter.queue != old_exporter.queue {
                     restart.push(format!("exporters.{name}.queue"));
                 }
@@ -183,6 +191,31 @@ mod tests {
                 "exporters.jaeger added",
                 "exporters.tempo.queue"
             ]
+        );
+    }
+
+    #[test]
+    fn a_change_to_a_loadbalancing_exporter_needs_a_restart() {
+        let lb = |backends: &str| {
+            config(&format!(
+                "exporters:\n  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{backends}] }}\n    exporter: {{ protocol: grpc }}\n"
+            ))
+        };
+        let old = lb("127.0.0.1:14317");
+        assert_eq!(
+            needs_restart(&old, &lb("127.0.0.1:14317")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            needs_restart(&old, &lb("127.0.0.1:14317, 127.0.0.1:14318")),
+            ["exporters.gateways (loadbalancing)"]
+        );
+        let grpc = config(
+            "exporters:\n  gateways: { protocol: grpc, endpoint: http://127.0.0.1:14317 }\n",
+        );
+        assert_eq!(
+            needs_restart(&grpc, &old),
+            ["exporters.gateways (loadbalancing)"]
         );
     }
 }

@@ -268,6 +268,14 @@ pub const PERSISTENT_QUEUE_MAX_BYTES: Bound<ByteSize> = Bound {
 };
 /// `exporters.*.queue.workers`.
 pub const QUEUE_WORKERS: Bound<usize> = count("exporters.*.queue.workers", 4, 1, 1024);
+/// `exporters.*.resolver.dns.interval`: how often a loadbalancing exporter looks its
+/// backends up again.
+pub const DNS_RESOLVER_INTERVAL: Bound<Duration> = duration(
+    "exporters.*.resolver.dns.interval",
+    Duration::from_secs(5),
+    Duration::from_secs(1),
+    HOUR,
+);
 
 /// `processors.limits.max_attribute_value_length`, in bytes; the least leaves room for
 /// the `…[truncated]` marker and some text.
@@ -389,6 +397,7 @@ pub fn rows() -> Vec<Row> {
         PERSISTENT_QUEUE_MAX_BYTES.row(),
         QUEUE_MAX_SPANS.row(),
         QUEUE_WORKERS.row(),
+        DNS_RESOLVER_INTERVAL.row(),
         MAX_ATTRIBUTE_VALUE_LENGTH.row(),
         MAX_ATTRIBUTES.row(),
         MAX_EVENTS.row(),

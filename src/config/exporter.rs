@@ -8,6 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::loadbalancing::{ResolverConfig, RoutingKey};
 use super::url::{mask_url, split_userinfo};
 use super::{ByteSize, Secret, bounds, units};
 
@@ -39,8 +40,17 @@ fn split_query(url: &str) -> (&str, &str) {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterConfig {
-    /// `grpc`, `http/protobuf` or `console`.
+    /// `grpc`, `http/protobuf`, `console` or `loadbalancing`.
     pub protocol: ExporterProtocol,
+    /// loadbalancing only: where the backends come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<ResolverConfig>,
+    /// loadbalancing only: what routes a span (default `trace_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<RoutingKey>,
+    /// loadbalancing only: each backend's exporter settings, without an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporter: Option<Box<ExporterConfig>>,
     /// `http://` or `https://` URL of the backend (not for console).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -84,6 +94,9 @@ impl fmt::Debug for ExporterConfig {
         let masked = |url: &Option<String>| url.as_deref().map(mask_url);
         f.debug_struct("ExporterConfig")
             .field("protocol", &self.protocol)
+            .field("resolver", &self.resolver)
+            .field("routing_key", &self.routing_key)
+            .field("exporter", &self.exporter)
             .field("endpoint", &masked(&self.endpoint))
             .field("traces_endpoint", &masked(&self.traces_endpoint))
             .field("headers", &self.headers)
@@ -107,6 +120,9 @@ impl ExporterConfig {
     pub fn new(protocol: ExporterProtocol, endpoint: Option<String>) -> Self {
         Self {
             protocol,
+            resolver: None,
+            routing_key: None,
+            exporter: None,
             endpoint,
             traces_endpoint: None,
             headers: BTreeMap::new(),
@@ -210,6 +226,9 @@ pub enum ExporterProtocol {
     /// One line per span on stdout.
     #[serde(rename = "console")]
     Console,
+    /// Spans routed by trace id (or council round) over several backends.
+    #[serde(rename = "loadbalancing")]
+    Loadbalancing,
 }
 
 impl fmt::Display for ExporterProtocol {
@@ -218,6 +237,7 @@ impl fmt::Display for ExporterProtocol {
             Self::Grpc => "grpc",
             Self::HttpProtobuf => "http/protobuf",
             Self::Console => "console",
+            Self::Loadbalancing => "loadbalancing",
         })
     }
 }

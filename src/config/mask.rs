@@ -1,7 +1,7 @@
 //! The config with its secrets masked, for `check` and the logs.
 
 use super::url::{is_secret_name, mask_url};
-use super::{Config, ExporterProtocol};
+use super::{Config, ExporterConfig, ExporterProtocol};
 
 impl Config {
     /// A copy whose exporter URLs show neither a password nor a secret query value, an
@@ -10,24 +10,40 @@ impl Config {
     /// (passwords and the other header values are [`Secret`](super::Secret)s, shown as `***`).
     pub fn masked(&self) -> Self {
         let mut masked = self.clone();
-        for exporter in masked.exporters.values_mut() {
-            // The same URL again when read back: `/v1/traces` is not appended twice.
-            if exporter.protocol == ExporterProtocol::HttpProtobuf && exporter.endpoint.is_some() {
-                exporter.endpoint = exporter.export_url();
-            }
-            for url in [&mut exporter.endpoint, &mut exporter.traces_endpoint]
-                .into_iter()
-                .flatten()
-            {
-                *url = mask_url(url);
-            }
-            for (name, value) in &mut exporter.headers {
-                if !header_is_secret(name, exporter.substituted_headers.contains(name)) {
-                    *value = value.readable();
-                }
-            }
-        }
+        masked.exporters.values_mut().for_each(mask_exporter);
         masked
+    }
+}
+
+/// Masks one exporter's URLs and secret header values, and those of a loadbalancing
+/// exporter's backends.
+fn mask_exporter(exporter: &mut ExporterConfig) {
+    // The same URL again when read back: `/v1/traces` is not appended twice.
+    if exporter.protocol == ExporterProtocol::HttpProtobuf && exporter.endpoint.is_some() {
+        exporter.endpoint = exporter.export_url();
+    }
+    for url in [&mut exporter.endpoint, &mut exporter.traces_endpoint]
+        .into_iter()
+        .flatten()
+    {
+        *url = mask_url(url);
+    }
+    for (name, value) in &mut exporter.headers {
+        if !header_is_secret(name, exporter.substituted_headers.contains(name)) {
+            *value = value.readable();
+        }
+    }
+    if let Some(backends) = exporter
+        .resolver
+        .as_mut()
+        .and_then(|r| r.static_backends.as_mut())
+    {
+        for backend in backends {
+            *backend = mask_url(backend);
+        }
+    }
+    if let Some(inner) = &mut exporter.exporter {
+        mask_exporter(inner);
     }
 }
 

@@ -8,6 +8,7 @@ mod error;
 mod exporter;
 pub mod filter;
 mod interpolate;
+mod loadbalancing;
 mod mask;
 mod pipeline;
 mod processors;
@@ -32,6 +33,7 @@ pub use exporter::{
     AuthConfig, BasicAuthConfig, Compression, ExporterConfig, ExporterProtocol, Fsync, OnFull,
     OtlpSignal, QueueConfig, RetryConfig, TlsConfig,
 };
+pub use loadbalancing::{DnsResolverConfig, ResolverConfig, RoutingKey};
 pub use pipeline::{BatchConfig, MemoryLimitConfig, PipelineConfig};
 pub use processors::{
     DaenaConfig, LimitsConfig, MIN_VALUE_LENGTH, PolicyConfig, PolicyKind, ProcessorsConfig,

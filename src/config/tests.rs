@@ -1022,3 +1022,69 @@ fn an_exporter_that_skips_certificate_checks_is_warned_of_by_name() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn a_loadbalancing_exporter_reads_its_resolver_key_and_backend_settings() {
+    let config = load_text(
+        "exporters:\n  gateways:\n    protocol: loadbalancing\n    resolver:\n      static: [gw-0:4317, http://gw-1:4317, https://gw-2:4317]\n    routing_key: council.round_id\n    exporter:\n      protocol: grpc\n      headers: { authorization: Bearer s3cr3t, x-scope-orgid: daena }\n      queue: { max_spans: 1000 }\n",
+        &no_env,
+    )
+    .expect("valid");
+    let gateways = &config.exporters["gateways"];
+    assert_eq!(gateways.protocol, ExporterProtocol::Loadbalancing);
+    assert_eq!(gateways.routing_key, Some(RoutingKey::CouncilRoundId));
+    let resolver = gateways.resolver.as_ref().expect("resolver");
+    assert_eq!(
+        resolver.static_urls(),
+        ["http://gw-0:4317", "http://gw-1:4317", "https://gw-2:4317"]
+    );
+    let inner = gateways.exporter.as_ref().expect("exporter");
+    assert_eq!(inner.protocol, ExporterProtocol::Grpc);
+    assert_eq!(inner.queue.max_spans, Some(1000));
+    let dns = load_text(
+        "exporters:\n  gateways:\n    protocol: loadbalancing\n    resolver: { dns: { hostname: gw.ns.svc } }\n    exporter: { protocol: http/protobuf }\n",
+        &no_env,
+    )
+    .expect("valid");
+    let dns = dns.exporters["gateways"]
+        .resolver
+        .clone()
+        .expect("resolver");
+    assert_eq!(
+        dns.dns,
+        Some(DnsResolverConfig {
+            hostname: "gw.ns.svc".into(),
+            port: 4317,
+            interval: Duration::from_secs(5)
+        })
+    );
+    // `check` shows the backends' settings with their secrets masked, as for any exporter.
+    let shown = config.masked().to_yaml();
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("daena"), "{shown}");
+    assert!(shown.contains("protocol: loadbalancing"), "{shown}");
+}
+
+#[test]
+fn loadbalancing_errors_name_the_key_and_what_to_write() {
+    let text = errors_of(
+        "exporters:\n  a:\n    protocol: loadbalancing\n    endpoint: http://gw:4317\n  b:\n    protocol: loadbalancing\n    resolver: { static: [gw:4317], dns: { hostname: gw } }\n    exporter: { protocol: console }\n  c:\n    protocol: loadbalancing\n    resolver: { static: [] }\n    exporter: { protocol: grpc, endpoint: http://gw:4317 }\n  d:\n    protocol: loadbalancing\n    resolver: { dns: { hostname: gw, interval: 10ms } }\n    exporter: { protocol: loadbalancing }\n  e:\n    protocol: loadbalancing\n    resolver: { static: [\"ftp://gw:1\"] }\n    headers: { x-a: b }\n    exporter: { protocol: grpc, timeout: 0s }\n  f:\n    protocol: grpc\n    endpoint: http://gw:4317\n    routing_key: trace_id\n",
+    );
+    for expected in [
+        "exporters.a.endpoint: does not apply to protocol loadbalancing: the backends come from resolver",
+        "exporters.a.resolver: protocol loadbalancing needs a resolver, e.g.",
+        "exporters.a.exporter: protocol loadbalancing needs exporter",
+        "exporters.b.resolver: both static and dns are set; keep one",
+        "exporters.b.exporter.protocol: console cannot send to a backend; use grpc or http/protobuf",
+        "exporters.c.resolver.static: is empty; list at least one backend",
+        "exporters.c.exporter.endpoint: is set per backend from resolver; remove it",
+        "exporters.d.resolver.dns.interval: 10ms is too short; use 1s to 1h",
+        "exporters.d.exporter.protocol: loadbalancing cannot send to a backend",
+        "exporters.e.resolver.static[0]: \"ftp://gw:1\" must start with http:// or https://",
+        "exporters.e.headers: does not apply to protocol loadbalancing",
+        "exporters.e.exporter.timeout",
+        "exporters.f.routing_key: is only for protocol: loadbalancing",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

@@ -143,7 +143,12 @@ impl Config {
                 ));
                 continue;
             };
-            if exporter.protocol == ExporterProtocol::Console {
+            if exporter.protocol == ExporterProtocol::Loadbalancing {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("{name:?} is a loadbalancing exporter; the signals go to one OTLP exporter (grpc or http/protobuf), not spread over backends"),
+                ));
+            } else if exporter.protocol == ExporterProtocol::Console {
                 errors.push(ConfigError::new(
                     key,
                     format!("{name:?} is a console exporter; the signals go to OTLP exporters only (grpc or http/protobuf), the console has them on /metrics"),
@@ -332,6 +337,22 @@ fn validate_exporter(
             ));
         }
     }
+    if exporter.protocol == ExporterProtocol::Loadbalancing {
+        validate_loadbalancing(key, exporter, receivers, errors);
+        return;
+    }
+    for (field, set) in [
+        ("resolver", exporter.resolver.is_some()),
+        ("routing_key", exporter.routing_key.is_some()),
+        ("exporter", exporter.exporter.is_some()),
+    ] {
+        if set {
+            errors.push(ConfigError::new(
+                format!("{key}.{field}"),
+                "is only for protocol: loadbalancing; remove it or set protocol: loadbalancing",
+            ));
+        }
+    }
     placeholders(key, exporter, errors);
     let endpoint_key = format!("{key}.endpoint");
     let given = [
@@ -503,6 +524,153 @@ fn validate_exporter(
         )),
         _ => {}
     }
+}
+
+/// A `protocol: loadbalancing` exporter: a resolver with exactly one of `static` or `dns`,
+/// an inner `exporter` that is OTLP and has no endpoint (the backends are its endpoints),
+/// and none of the per-backend settings on the outer one, where they would do nothing.
+fn validate_loadbalancing(
+    key: &str,
+    exporter: &ExporterConfig,
+    receivers: &[(&str, &str, SocketAddr, &String)],
+    errors: &mut Vec<ConfigError>,
+) {
+    let outer_only = [
+        ("endpoint", exporter.endpoint.is_some()),
+        ("traces_endpoint", exporter.traces_endpoint.is_some()),
+        ("headers", !exporter.headers.is_empty()),
+        ("auth", exporter.auth.is_some()),
+        ("tls", exporter.tls != TlsConfig::default()),
+    ];
+    for (field, set) in outer_only {
+        if set {
+            let hint = if field.ends_with("endpoint") {
+                "the backends come from resolver; list them there, e.g. resolver: { static: [gateway-0:4317] }"
+            } else {
+                "each backend's exporter sends the requests; move it under exporter"
+            };
+            errors.push(ConfigError::new(
+                format!("{key}.{field}"),
+                format!("does not apply to protocol loadbalancing: {hint}"),
+            ));
+        }
+    }
+    if exporter.queue.persistent {
+        errors.push(ConfigError::new(
+            format!("{key}.queue.persistent"),
+            "the loadbalancing exporter's own queue is in memory; set persistent: true under exporter.queue, so each backend keeps its own queue on disk",
+        ));
+    }
+    bounds::QUEUE_WORKERS.check(
+        &format!("{key}.queue.workers"),
+        exporter.queue.workers,
+        errors,
+    );
+    let mut sample_url = None;
+    match &exporter.resolver {
+        None => errors.push(ConfigError::new(
+            format!("{key}.resolver"),
+            "protocol loadbalancing needs a resolver, e.g. resolver: { static: [gateway-0:4317, gateway-1:4317] } or resolver: { dns: { hostname: gateway-headless.ns.svc, port: 4317 } }",
+        )),
+        Some(resolver) => match (&resolver.static_backends, &resolver.dns) {
+            (Some(_), Some(_)) => errors.push(ConfigError::new(
+                format!("{key}.resolver"),
+                "both static and dns are set; keep one",
+            )),
+            (None, None) => errors.push(ConfigError::new(
+                format!("{key}.resolver"),
+                "is empty; add static: [host:port, ...] or dns: { hostname: ..., port: 4317 }",
+            )),
+            (Some(entries), None) if entries.is_empty() => errors.push(ConfigError::new(
+                format!("{key}.resolver.static"),
+                "is empty; list at least one backend, e.g. [gateway-0:4317]",
+            )),
+            (Some(_), None) => {
+                for (i, url) in resolver.static_urls().iter().enumerate() {
+                    let entry_key = format!("{key}.resolver.static[{i}]");
+                    match parse_url(url) {
+                        Err(message) => errors.push(ConfigError::new(entry_key, message)),
+                        Ok(parsed) => {
+                            if let Some(message) = self_loop(&parsed, receivers, false) {
+                                errors.push(ConfigError::new(
+                                    entry_key,
+                                    format!("{} {message}", mask_url(url)),
+                                ));
+                            }
+                            sample_url.get_or_insert_with(|| url.clone());
+                        }
+                    }
+                }
+            }
+            (None, Some(dns)) => {
+                if dns.hostname.trim().is_empty() {
+                    errors.push(ConfigError::new(
+                        format!("{key}.resolver.dns.hostname"),
+                        "is empty; set the name whose addresses are the backends, e.g. gateway-headless.observability.svc.cluster.local",
+                    ));
+                }
+                if dns.port == 0 {
+                    errors.push(ConfigError::new(
+                        format!("{key}.resolver.dns.port"),
+                        "must be a port from 1 to 65535, e.g. 4317",
+                    ));
+                }
+                bounds::DNS_RESOLVER_INTERVAL.check(
+                    &format!("{key}.resolver.dns.interval"),
+                    dns.interval,
+                    errors,
+                );
+            }
+        },
+    }
+    let inner_key = format!("{key}.exporter");
+    let Some(inner) = &exporter.exporter else {
+        errors.push(ConfigError::new(
+            inner_key,
+            "protocol loadbalancing needs exporter: the settings of each backend's exporter, without an endpoint, e.g. exporter: { protocol: grpc }",
+        ));
+        return;
+    };
+    if matches!(
+        inner.protocol,
+        ExporterProtocol::Loadbalancing | ExporterProtocol::Console
+    ) {
+        errors.push(ConfigError::new(
+            format!("{inner_key}.protocol"),
+            format!(
+                "{} cannot send to a backend; use grpc or http/protobuf",
+                inner.protocol
+            ),
+        ));
+        return;
+    }
+    let mut inner_endpoint_set = false;
+    for (field, set) in [
+        ("endpoint", inner.endpoint.is_some()),
+        ("traces_endpoint", inner.traces_endpoint.is_some()),
+    ] {
+        if set {
+            inner_endpoint_set = true;
+            errors.push(ConfigError::new(
+                format!("{inner_key}.{field}"),
+                "is set per backend from resolver; remove it",
+            ));
+        }
+    }
+    if inner_endpoint_set {
+        return;
+    }
+    // The rest of the inner settings are checked as a backend's exporter will use them.
+    let mut backend = (**inner).clone();
+    backend.endpoint = Some(sample_url.unwrap_or_else(|| {
+        let scheme = if inner.tls == TlsConfig::default() {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://backend:4317")
+    }));
+    validate_exporter(&inner_key, &backend, receivers, errors);
 }
 
 /// The parts of an exporter URL validation needs.

@@ -151,19 +151,27 @@ pub fn parse(
 /// (an empty one cannot be told apart, and shows nothing anyway).
 fn note_substituted_headers(mut config: Config, expanded: &Expanded) -> Config {
     for exporter in config.exporters.values_mut() {
-        exporter.substituted_headers = exporter
-            .headers
-            .iter()
-            .filter(|(_, value)| {
-                expanded
-                    .substitutions
-                    .iter()
-                    .any(|s| !s.value.is_empty() && value.expose().contains(&s.value))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        note_exporter_headers(exporter, expanded);
     }
     config
+}
+
+/// [`note_substituted_headers`] for one exporter and a loadbalancing exporter's backends.
+fn note_exporter_headers(exporter: &mut super::ExporterConfig, expanded: &Expanded) {
+    exporter.substituted_headers = exporter
+        .headers
+        .iter()
+        .filter(|(_, value)| {
+            expanded
+                .substitutions
+                .iter()
+                .any(|s| !s.value.is_empty() && value.expose().contains(&s.value))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    if let Some(inner) = &mut exporter.exporter {
+        note_exporter_headers(inner, expanded);
+    }
 }
 
 /// One error as the user sees it: position, key, message, and the line as written.

@@ -8,6 +8,7 @@ pub mod console;
 pub mod fanout;
 pub mod grpc;
 pub mod http;
+pub mod loadbalancing;
 pub mod persistent;
 pub mod queue;
 pub mod retry;
@@ -69,6 +70,11 @@ impl Payload {
     pub fn request(&self) -> &ExportTraceServiceRequest {
         self.request
             .get_or_init(|| self.batch.clone().into_request())
+    }
+
+    /// The batch itself, for an exporter that splits it (the load balancer).
+    pub fn batch(&self) -> &SpanBatch {
+        &self.batch
     }
 
     /// Number of spans in the batch.

@@ -49,6 +49,10 @@ impl MetricsSender {
                 exporter: name.to_owned(),
                 message: "a console exporter cannot take the signals as OTLP metrics; name an OTLP exporter in processors.signals.export".into(),
             }),
+            ExporterProtocol::Loadbalancing => Err(BuildError::Endpoint {
+                exporter: name.to_owned(),
+                message: "a loadbalancing exporter cannot take the signals; name an OTLP exporter in processors.signals.export".into(),
+            }),
         }
     }
 

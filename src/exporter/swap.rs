@@ -34,6 +34,14 @@ impl AnyExporter {
                 Self::Console(ConsoleExporter::stdout().warning_as_fallback())
             }
             ExporterProtocol::Console => Self::Console(ConsoleExporter::stdout()),
+            // It routes over exporters of its own (`loadbalancing::start`); a reload
+            // changing it needs a restart, so nothing builds it here.
+            ExporterProtocol::Loadbalancing => {
+                return Err(BuildError::Endpoint {
+                    exporter: name.to_owned(),
+                    message: "a loadbalancing exporter cannot be replaced while running; restart the agent".into(),
+                });
+            }
         })
     }
 }

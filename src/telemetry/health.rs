@@ -28,6 +28,13 @@ impl Health {
         health
     }
 
+    /// Forgets an exporter that ended for good (a load balancer's removed backend), so
+    /// its last failure does not keep the agent unready.
+    pub fn unregister(&self, name: &str) {
+        let mut exporters = self.exporters.write().unwrap_or_else(|e| e.into_inner());
+        exporters.retain(|e| e.name != name);
+    }
+
     /// Each exporter's health now.
     pub fn exporters(&self) -> Vec<ExporterStatus> {
         let exporters = self.exporters.read().unwrap_or_else(|e| e.into_inner());

@@ -273,6 +273,8 @@ pub struct Metrics {
     signals_exports: Family<SignalsExportLabels, Counter>,
     memory_soft_limit: Gauge<u64, AtomicU64>,
     memory_hard_limit: Gauge<u64, AtomicU64>,
+    lb_backends: Family<ExporterLabels, Gauge>,
+    lb_membership_changes: Family<ExporterLabels, Counter>,
     batch_spans: Histogram,
     export_duration: Family<ExporterLabels, Histogram, fn() -> Histogram>,
     /// Each exporter's queue, read at scrape time.
@@ -328,6 +330,8 @@ impl Default for Metrics {
         let signals_exports = Family::<SignalsExportLabels, Counter>::default();
         let memory_soft_limit = Gauge::default();
         let memory_hard_limit = Gauge::default();
+        let lb_backends = Family::default();
+        let lb_membership_changes = Family::default();
         let batch_spans = Histogram::new(exponential_buckets(1.0, 4.0, 11));
         let export_duration: Family<ExporterLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(export_duration_histogram);
@@ -473,6 +477,16 @@ impl Default for Metrics {
             memory_hard_limit.clone(),
         );
         registry.register(
+            "lb_backends",
+            "Backends a loadbalancing exporter routes to now",
+            lb_backends.clone(),
+        );
+        registry.register(
+            "lb_membership_changes",
+            "Changes of a loadbalancing exporter's backends after the first resolution",
+            lb_membership_changes.clone(),
+        );
+        registry.register(
             "batch_spans",
             "Spans in each batch the pipeline hands to the exporters",
             batch_spans.clone(),
@@ -520,6 +534,8 @@ impl Default for Metrics {
             signals_exports,
             memory_soft_limit,
             memory_hard_limit,
+            lb_backends,
+            lb_membership_changes,
             batch_spans,
             export_duration,
             queues,
@@ -740,6 +756,29 @@ impl Metrics {
         let mut queues = self.queues.lock();
         queues.retain(|(name, _)| name != exporter);
         queues.push((exporter.to_owned(), queue));
+    }
+
+    /// Creates a loadbalancing exporter's series at 0.
+    pub fn declare_loadbalancer(&self, exporter: &str) {
+        let labels = ExporterLabels {
+            exporter: exporter.to_owned(),
+        };
+        drop(self.lb_backends.get_or_create(&labels));
+        drop(self.lb_membership_changes.get_or_create(&labels));
+    }
+
+    /// Records a loadbalancing exporter's membership: `backends` now, and whether it
+    /// changed (the first resolution is not a change).
+    pub fn lb_membership(&self, exporter: &str, backends: usize, changed: bool) {
+        let labels = ExporterLabels {
+            exporter: exporter.to_owned(),
+        };
+        self.lb_backends
+            .get_or_create(&labels)
+            .set(i64::try_from(backends).unwrap_or(i64::MAX));
+        if changed {
+            self.lb_membership_changes.get_or_create(&labels).inc();
+        }
     }
 
     /// Creates the sampling series at 0: spans kept and dropped, late spans, and the tail
@@ -1089,6 +1128,7 @@ mod tests {
     fn every_family_is_declared_and_known_series_start_at_zero() {
         let metrics = Metrics::default();
         metrics.declare_exporter("tempo", Arc::new(Fixed));
+        metrics.declare_loadbalancer("gateways");
         metrics.memory_limits(256 << 20, 320 << 20);
         let text = metrics.render();
         for family in [
@@ -1113,6 +1153,8 @@ mod tests {
             "daena_agent_queue_bytes{exporter=\"tempo\"} 3400",
             "daena_agent_export_duration_seconds_count{exporter=\"tempo\"} 0",
             "daena_agent_memory_soft_limit_bytes 268435456",
+            "daena_agent_lb_backends{exporter=\"gateways\"} 0",
+            "daena_agent_lb_membership_changes_total{exporter=\"gateways\"} 0",
             concat!(
                 "daena_agent_build_info{version=\"",
                 env!("CARGO_PKG_VERSION"),
