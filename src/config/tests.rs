@@ -1024,3 +1024,26 @@ fn an_exporter_that_skips_certificate_checks_is_warned_of_by_name() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn each_pipeline_shard_gets_its_share_of_the_tail_sampler_limits() {
+    let sampling = SamplingConfig {
+        max_traces: 10,
+        max_buffered_spans: 2,
+        max_buffered_bytes: ByteSize(3000),
+        decision_cache: 7,
+        ..SamplingConfig::default()
+    };
+    let share = sampling.per_shard(3);
+    assert_eq!(
+        (
+            share.max_traces,
+            share.max_buffered_spans,
+            share.max_buffered_bytes,
+            share.decision_cache
+        ),
+        (3, 1, ByteSize(1000), 2),
+        "divided, at least 1"
+    );
+    assert_eq!(sampling.per_shard(1), sampling);
+}

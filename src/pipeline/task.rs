@@ -79,8 +79,9 @@ impl Inlet {
             let permit = shard.tx.try_reserve()?;
             permits.push((shard, permit, part));
         }
-        // The memory reservation goes with the largest part: shards run side by side, so
-        // it is about the last to be handed on, and the budget is freed about when all are.
+        // The memory reservation goes whole with the largest part, the last to be handed on
+        // as a rule (shards run side by side): the other parts' bytes go uncounted only
+        // while that one is still in the stages, which is close enough for a budget.
         let largest = permits
             .iter()
             .enumerate()
