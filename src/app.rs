@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigErrors, ExporterProtocol, parse_listen_addr};
 use crate::exporter::signals::SignalsExporter;
 use crate::exporter::{self, ExporterHandle, Fanout};
-use crate::pipeline::{self, Batcher, Pipeline};
+use crate::pipeline::{self, Batcher, Inbox, Ledger, Pipeline};
 use crate::processor;
 use crate::receiver::conn::{ConnectionLimits, cap_connections, open_file_limit, open_files};
 use crate::receiver::grpc::GrpcReceiver;
@@ -88,7 +88,7 @@ pub struct Agent {
     reload_requests: ReloadRequests,
     /// Stages appended after the configured ones, to inject faults in tests.
     #[cfg(test)]
-    extra_stages: Vec<Box<dyn crate::processor::Processor>>,
+    extra_stages: Vec<fn() -> Box<dyn crate::processor::Processor>>,
 }
 
 /// What happened to the spans in flight when the agent stopped.
@@ -243,26 +243,39 @@ impl Agent {
             exporter_tasks.push(task);
         }
 
-        let (tx, inbox) = pipeline::queue(config.pipeline.max_pending_requests);
-        let ledger = inbox.ledger();
-        let batcher = Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize);
+        let shards = config.pipeline.shards.max(1);
+        let (tx, inboxes) = pipeline::sharded_queue(config.pipeline.max_pending_requests, shards);
+        let ledgers: Vec<Arc<Ledger>> = inboxes.iter().map(Inbox::ledger).collect();
         let mix = Arc::new(DaenaMix::default());
-        #[cfg_attr(not(test), allow(unused_mut))]
-        let mut processors = processor::build(&config.processors, &metrics, &mix);
-        #[cfg(test)]
-        processors.extend(extra_stages);
-        let pipeline = Pipeline::new(
-            processors,
-            batcher,
-            config.batch.timeout,
-            Fanout::new(handles),
-        )
-        .with_metrics(Arc::clone(&metrics));
+        // Shared by the shards: the exporter queues close when the last pipeline ends.
+        let fanout = Arc::new(Fanout::new(handles));
         let signals_export =
             SignalsExporter::start(&config, Arc::clone(&metrics), supervisor.clone())?;
-        let (stages, stage_swaps) = mpsc::channel(1);
-        let pipeline = pipeline.with_stage_swaps(stage_swaps);
-        let pipeline = supervisor.spawn_service_on_thread("pipeline", pipeline.run(inbox));
+        let stage_config = config.processors.per_shard(shards);
+        let mut stages = Vec::with_capacity(shards);
+        let mut pipelines = Vec::with_capacity(shards);
+        for (shard, inbox) in inboxes.into_iter().enumerate() {
+            #[cfg_attr(not(test), allow(unused_mut))]
+            let mut processors = processor::build(&stage_config, &metrics, &mix);
+            #[cfg(test)]
+            processors.extend(extra_stages.iter().map(|stage| stage()));
+            let (swaps, stage_swaps) = mpsc::channel(1);
+            stages.push(swaps);
+            let pipeline = Pipeline::new(
+                processors,
+                Batcher::new(config.batch.max_spans, config.batch.max_bytes.0 as usize),
+                config.batch.timeout,
+                Arc::clone(&fanout),
+            )
+            .with_metrics(Arc::clone(&metrics))
+            .with_stage_swaps(stage_swaps);
+            // Thread names are cut at 15 bytes: `pipeline-63` fits.
+            pipelines.push(
+                supervisor
+                    .spawn_service_on_thread(format!("pipeline-{shard}"), pipeline.run(inbox)),
+            );
+        }
+        drop(fanout);
 
         let stop_receivers = CancellationToken::new();
         let budget = config.memory_limit.budget();
@@ -378,6 +391,7 @@ impl Agent {
             current: config,
             source,
             stages,
+            shards,
             exporters,
             signals_export,
             metrics: Arc::clone(&metrics),
@@ -422,7 +436,7 @@ impl Agent {
         // The pipeline's queue closes when the last intake goes: only now, after the
         // receivers, so the pipeline never ends before the agent stops.
         drop(intake);
-        let _ = tokio::time::timeout_at(deadline, pipeline).await;
+        let _ = tokio::time::timeout_at(deadline, futures_util::future::join_all(pipelines)).await;
         // Every span is counted now: the last figures go out while the exporters drain.
         signals_export.finish(deadline).await;
         let mut spans_left_on_disk = 0;
@@ -446,7 +460,7 @@ impl Agent {
         }
         let failure = supervisor.failure();
         // What the pipeline still holds was acknowledged and is lost with the process.
-        let lost_spans = ledger.in_memory();
+        let lost_spans: u64 = ledgers.iter().map(|ledger| ledger.in_memory()).sum();
         let reason = match failure {
             Some(_) => DropReason::AgentFailure,
             None => DropReason::Shutdown,

@@ -62,6 +62,7 @@ impl Supervisor {
     /// Like [`spawn_service`](Self::spawn_service), on a thread of its own with a
     /// single-threaded runtime: for CPU-heavy work (the processor stages), which would
     /// otherwise hold up the shared runtime's workers and with them the answers to clients.
+    /// The thread is named `name`, which the system cuts at 15 bytes.
     pub fn spawn_service_on_thread<T, E>(
         &self,
         name: impl Into<String>,
@@ -73,8 +74,7 @@ impl Supervisor {
     {
         let (name, supervisor) = (name.into(), self.clone());
         let (done, output) = tokio::sync::oneshot::channel();
-        let thread = format!("daena-{name}");
-        let runs = std::thread::Builder::new().name(thread).spawn({
+        let runs = std::thread::Builder::new().name(name.clone()).spawn({
             let name = name.clone();
             let supervisor = supervisor.clone();
             move || match Builder::new_current_thread().enable_all().build() {
@@ -229,7 +229,7 @@ mod tests {
         });
         assert_eq!(
             service.await.ok(),
-            Some(Some((true, Some("daena-pipeline".to_owned()))))
+            Some(Some((true, Some("pipeline".to_owned()))))
         );
 
         let supervisor = Supervisor::new();

@@ -182,6 +182,25 @@ fn one_check_lists_typos_in_different_sections_with_their_lines() {
 }
 
 #[test]
+fn check_refuses_zero_pipeline_shards_naming_the_key_and_its_range() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), "pipeline: { shards: 0 }\n");
+    let (code, stdout, stderr) =
+        run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains("pipeline.shards: 0 is too small; use 1 to 64"),
+        "{stderr}"
+    );
+
+    let path = write_config(dir.path(), "pipeline: { shards: 3 }\n");
+    let (code, stdout, stderr) =
+        run_binary(&["check", "--config", path.to_str().expect("path")], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("shards: 3"), "check prints it: {stdout}");
+}
+
+#[test]
 fn absurd_durations_are_config_errors_naming_the_key_and_its_range_not_panics() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (yaml, expected) in [

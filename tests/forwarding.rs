@@ -196,7 +196,9 @@ async fn processors_off_the_backend_gets_the_bytes_the_client_sent() {
         exporter_yaml("tempo", "grpc", &grpc_sink, "    compression: none\n"),
         exporter_yaml("grafana", "http/protobuf", &http_sink, "")
     );
-    let agent = TestAgent::start(&agent_yaml(&exporters, NO_PROCESSORS)).await;
+    // One shard: more would split each request by trace id into a request per shard.
+    let extra = format!("{NO_PROCESSORS}pipeline: {{ shards: 1 }}\n");
+    let agent = TestAgent::start(&agent_yaml(&exporters, &extra)).await;
     let sinks = [&grpc_sink, &http_sink];
     let ways = [
         ("gRPC", false),

@@ -3,12 +3,12 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
 use daena_trace_agent::config::{PolicyConfig, PolicyKind, SamplingConfig, SamplingMode};
-use daena_trace_agent::otlp::{ResourceSpans, ScopeSpans, Span, SpanBatch};
+use daena_trace_agent::otlp::{Resource, ResourceSpans, ScopeSpans, Span, SpanBatch, Status};
 use daena_trace_agent::processor::TailSampler;
 use daena_trace_agent::telemetry::Metrics;
 use daena_trace_agent::telemetry::memory;
@@ -124,4 +124,71 @@ async fn a_million_traces_through_a_bounded_tail_sampler_stay_in_bounded_memory(
         peak - before
     );
     assert!(peak - before < 48.0, "RSS grew by {:.1} MiB", peak - before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_shards_keep_errored_traces_whole_when_their_spans_come_in_several_requests() {
+    let sink = Sink::grpc().await;
+    let exporters = format!(
+        "  tempo: {{ protocol: grpc, endpoint: \"http://{}\" }}",
+        sink.addr
+    );
+    let sampling = "pipeline: { shards: 3 }\nprocessors:\n  sampling:\n    mode: tail\n    decision_wait: 300ms\n    policies: [{ name: errors, type: errors }]\n";
+    let agent = TestAgent::start(&agent_yaml(&exporters, sampling)).await;
+    const TRACES: u64 = 24;
+    const SPANS_PER_TRACE: u64 = 4;
+    let trace_id = |t: u64| {
+        let mixed = t.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        [mixed.to_be_bytes(), mixed.rotate_left(17).to_be_bytes()].concat()
+    };
+    let errored = |t: u64| t.is_multiple_of(3);
+    // Request k holds span k of every trace: each trace arrives in four requests.
+    for k in 0..SPANS_PER_TRACE {
+        let spans = (0..TRACES)
+            .map(|t| Span {
+                trace_id: trace_id(t),
+                span_id: (t * SPANS_PER_TRACE + k + 1).to_be_bytes().to_vec(),
+                name: format!("trace-{t}-span-{k}"),
+                start_time_unix_nano: 1_700_000_000_000_000_000,
+                end_time_unix_nano: 1_700_000_000_001_000_000,
+                status: (errored(t) && k == SPANS_PER_TRACE - 1).then(|| Status {
+                    code: 2,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let request = request_with_resource(Resource::default(), spans);
+        grpc_export(agent.grpc_url(), request, false)
+            .await
+            .expect("accepted");
+    }
+    let kept_traces = (0..TRACES).filter(|&t| errored(t)).count();
+    let expected = kept_traces * SPANS_PER_TRACE as usize;
+    sink.wait_for_spans(expected).await;
+    let report = agent.stop().await;
+    assert_eq!(report.lost_spans, 0);
+
+    let mut arrived: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> = BTreeMap::new();
+    let mut copies = 0;
+    for (_, span) in sink.spans() {
+        copies += 1;
+        arrived
+            .entry(span.trace_id)
+            .or_default()
+            .insert(span.span_id);
+    }
+    assert_eq!(copies, expected, "every kept span once");
+    let want: BTreeSet<Vec<u8>> = (0..TRACES).filter(|&t| errored(t)).map(trace_id).collect();
+    assert_eq!(
+        arrived.keys().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "errored traces only"
+    );
+    assert!(
+        arrived
+            .values()
+            .all(|spans| spans.len() == SPANS_PER_TRACE as usize),
+        "each kept trace whole: {arrived:?}"
+    );
 }

@@ -24,7 +24,9 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigErrors> + Send + Sy
 pub(super) struct Reloader {
     pub(super) current: Config,
     pub(super) source: Option<ConfigSource>,
-    pub(super) stages: mpsc::Sender<StageSwap>,
+    pub(super) stages: Vec<mpsc::Sender<StageSwap>>,
+    /// How many pipelines share the stages' limits (`pipeline.shards`, which needs a restart).
+    pub(super) shards: usize,
     pub(super) exporters: BTreeMap<String, SwappableExporter>,
     /// The Daena signals' OTLP metrics export, rebuilt when its settings change.
     pub(super) signals_export: SignalsExporter,
@@ -79,16 +81,23 @@ impl Reloader {
         };
         let mut changed = Vec::new();
         if new.processors != self.current.processors {
-            let (done, swapped) = oneshot::channel();
-            let swap = StageSwap {
-                stages: processor::build(&new.processors, &self.metrics, &self.mix),
-                done,
-            };
-            self.stages
-                .send(swap)
-                .await
-                .map_err(|_| ReloadError::Stopping)?;
-            swapped.await.map_err(|_| ReloadError::Stopping)?;
+            // Every shard gets stages of its own, built from the same config.
+            let stage_config = new.processors.per_shard(self.shards);
+            let built: Vec<_> = self
+                .stages
+                .iter()
+                .map(|_| processor::build(&stage_config, &self.metrics, &self.mix))
+                .collect();
+            let mut swapped = Vec::with_capacity(built.len());
+            for (shard, stages) in self.stages.iter().zip(built) {
+                let (done, applied) = oneshot::channel();
+                let swap = StageSwap { stages, done };
+                shard.send(swap).await.map_err(|_| ReloadError::Stopping)?;
+                swapped.push(applied);
+            }
+            for applied in swapped {
+                applied.await.map_err(|_| ReloadError::Stopping)?;
+            }
             changed.push("processors replaced".to_owned());
         }
         for (name, exporter) in exporters {

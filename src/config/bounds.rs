@@ -345,6 +345,11 @@ pub const BATCH_TIMEOUT: Bound<Duration> =
 /// `pipeline.max_pending_requests`.
 pub const MAX_PENDING_REQUESTS: Bound<usize> =
     count("pipeline.max_pending_requests", 16, 1, 65_536);
+/// `pipeline.shards`: pipelines, each on a thread of its own.
+pub const SHARDS: Bound<usize> = Bound {
+    derived: Some("the number of cores"),
+    ..count("pipeline.shards", 1, 1, 64)
+};
 /// `memory_limit.soft`.
 pub const MEMORY_SOFT: Bound<ByteSize> = size("memory_limit.soft", 256 * MIB, MIB, 64 * GIB);
 /// `memory_limit.budget`: bytes of requests being read, decoded and waiting for the pipeline.
@@ -413,6 +418,7 @@ pub fn rows() -> Vec<Row> {
         BATCH_MAX_BYTES.row(),
         BATCH_TIMEOUT.row(),
         MAX_PENDING_REQUESTS.row(),
+        SHARDS.row(),
         MEMORY_BUDGET.row(),
         MEMORY_SOFT.row(),
         MEMORY_HARD.row(),

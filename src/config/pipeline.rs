@@ -29,20 +29,30 @@ impl Default for BatchConfig {
     }
 }
 
-/// The queue between the receivers and the pipeline task.
+/// The pipelines between the receivers and the exporters, and their queues.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Requests waiting for the pipeline; when full, receivers answer "retry later".
+    /// Requests waiting for each pipeline; when full, receivers answer "retry later".
     pub max_pending_requests: usize,
+    /// Pipelines, each on a thread of its own, with the spans routed by trace id.
+    pub shards: usize,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             max_pending_requests: bounds::MAX_PENDING_REQUESTS.default,
+            shards: default_shards(),
         }
     }
+}
+
+/// One pipeline per core the agent may use (at least one, at most the range's top).
+fn default_shards() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(bounds::SHARDS.min, bounds::SHARDS.max)
 }
 
 /// `memory_limit`: the budget requests are admitted against, and the resident memory at

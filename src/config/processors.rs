@@ -36,6 +36,17 @@ pub struct ProcessorsConfig {
     pub sampling: Option<SamplingConfig>,
 }
 
+impl ProcessorsConfig {
+    /// The stages of one of `shards` pipelines: the same, with the tail sampler's limits
+    /// shared out (see [`SamplingConfig::per_shard`]).
+    pub fn per_shard(&self, shards: usize) -> Self {
+        Self {
+            sampling: self.sampling.as_ref().map(|s| s.per_shard(shards)),
+            ..self.clone()
+        }
+    }
+}
+
 /// `processors.daena`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -224,6 +235,22 @@ pub struct SamplingConfig {
     pub coherent_by: Option<String>,
     /// Tail mode: in order; a trace is kept when one keeps it.
     pub policies: Vec<PolicyConfig>,
+}
+
+impl SamplingConfig {
+    /// The share of one of `shards` pipelines: the buffer and cache limits are for the
+    /// whole agent, so each shard's sampler gets its part of them (at least 1).
+    pub fn per_shard(&self, shards: usize) -> Self {
+        let shards = shards.max(1);
+        let share = |limit: usize| (limit / shards).max(1);
+        Self {
+            max_traces: share(self.max_traces),
+            max_buffered_spans: share(self.max_buffered_spans),
+            max_buffered_bytes: ByteSize((self.max_buffered_bytes.0 / shards as u64).max(1)),
+            decision_cache: share(self.decision_cache),
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for SamplingConfig {

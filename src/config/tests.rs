@@ -563,6 +563,7 @@ const QUANTITIES: &[(&str, &str)] = &[
     ("batch.max_bytes", "1MiB"),
     ("batch.timeout", "200ms"),
     ("pipeline.max_pending_requests", "64"),
+    ("pipeline.shards", "3"),
     ("memory_limit.soft", "256MiB"),
     ("memory_limit.hard", "320MiB"),
     ("shutdown_timeout", "10s"),
@@ -587,7 +588,7 @@ fn config_with(values: &[String]) -> String {
          disk:\n    protocol: console\n    queue: {{ persistent: true, dir: /nonexistent/daena-queue, max_spans: {}, max_bytes: {} }}\n\
          processors:\n  limits: {{ max_attribute_value_length: {}, max_attributes: {}, max_events: {}, max_links: {} }}\n  \
          sampling:\n    mode: tail\n    decision_wait: {}\n    max_traces: {}\n    max_buffered_spans: {}\n    max_buffered_bytes: {}\n    decision_cache: {}\n    policies:\n      - {{ name: slow, type: latency, threshold: {} }}\n\
-         batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {} }}\nmemory_limit: {{ soft: {}, hard: {}, budget: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
+         batch: {{ max_spans: {}, max_bytes: {}, timeout: {} }}\npipeline: {{ max_pending_requests: {}, shards: {} }}\nmemory_limit: {{ soft: {}, hard: {}, budget: {} }}\nshutdown_timeout: {}\ntelemetry: {{ endpoint: null }}\n",
         v("receivers.otlp.grpc.max_request_size"),
         v("receivers.otlp.http.max_request_size"),
         v("receivers.otlp.http.max_connections"),
@@ -623,6 +624,7 @@ fn config_with(values: &[String]) -> String {
         v("batch.max_bytes"),
         v("batch.timeout"),
         v("pipeline.max_pending_requests"),
+        v("pipeline.shards"),
         v("memory_limit.soft"),
         v("memory_limit.hard"),
         v("memory_limit.budget"),
@@ -1087,4 +1089,27 @@ fn loadbalancing_errors_name_the_key_and_what_to_write() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+}
+
+#[test]
+fn each_pipeline_shard_gets_its_share_of_the_tail_sampler_limits() {
+    let sampling = SamplingConfig {
+        max_traces: 10,
+        max_buffered_spans: 2,
+        max_buffered_bytes: ByteSize(3000),
+        decision_cache: 7,
+        ..SamplingConfig::default()
+    };
+    let share = sampling.per_shard(3);
+    assert_eq!(
+        (
+            share.max_traces,
+            share.max_buffered_spans,
+            share.max_buffered_bytes,
+            share.decision_cache
+        ),
+        (3, 1, ByteSize(1000), 2),
+        "divided, at least 1"
+    );
+    assert_eq!(sampling.per_shard(1), sampling);
 }

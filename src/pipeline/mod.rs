@@ -18,4 +18,6 @@ pub mod task;
 pub use ack::{Ack, AckWait, NotQueued};
 pub use batcher::Batcher;
 pub use ledger::Ledger;
-pub use task::{Accepted, Inbox, Inlet, Outlet, Pipeline, StageFailure, StageSwap, queue};
+pub use task::{
+    Accepted, Inbox, Inlet, Outlet, Pipeline, StageFailure, StageSwap, queue, sharded_queue,
+};

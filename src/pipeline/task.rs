@@ -14,6 +14,7 @@ use super::batcher::Batcher;
 use super::batching::Batching;
 use super::ledger::Ledger;
 use crate::otlp::SpanBatch;
+use crate::otlp::partition::RouteKey;
 use crate::processor::Processor;
 use crate::supervisor::panic_message;
 use crate::telemetry::Metrics;
@@ -32,37 +33,112 @@ pub struct Accepted {
     pub memory: Reservation,
 }
 
-/// The receivers' end of the pipeline's queue; it notes in the [`Ledger`] the spans it
-/// hands over whose clients are answered at once.
+/// The receivers' end of the pipelines' queues, one queue per shard; it notes in each
+/// shard's [`Ledger`] the spans it hands over whose clients are answered at once.
 #[derive(Clone)]
 pub struct Inlet {
+    shards: Vec<Shard>,
+}
+
+/// One shard's queue and the ledger it shares with that shard's [`Inbox`].
+#[derive(Clone)]
+struct Shard {
     tx: mpsc::Sender<Accepted>,
     ledger: Arc<Ledger>,
 }
 
 impl Inlet {
-    /// Queues a request for the pipeline, or gives it back when the queue is full or closed.
-    pub fn try_send(&self, accepted: Accepted) -> Result<(), mpsc::error::TrySendError<Accepted>> {
-        let spans = match accepted.ack {
-            Some(_) => 0,
-            None => accepted.batch.span_count() as u64,
-        };
-        // Noted before it is sent, so the pipeline never takes what the ledger lacks.
-        self.ledger.queue(spans);
-        self.tx
-            .try_send(accepted)
-            .inspect_err(|_| self.ledger.taken(spans))
+    /// Queues a request for the pipeline, split by trace id over the shards; refuses all
+    /// of it when any shard that gets a part is full or closed.
+    pub fn try_send(&self, accepted: Accepted) -> Result<(), mpsc::error::TrySendError<()>> {
+        match self.shards.as_slice() {
+            [shard] => shard.try_send(accepted),
+            // Nothing to route (a request of no spans): its client still waits for an answer.
+            [first, ..] if accepted.batch.is_empty() => first.try_send(accepted),
+            shards => Self::try_send_split(shards, accepted),
+        }
+    }
+
+    /// Splits `accepted` by trace id and sends every non-empty part to its shard, or none:
+    /// a slot is reserved in each of those shards first, so a refused client's retry never
+    /// repeats a part already queued.
+    fn try_send_split(
+        shards: &[Shard],
+        accepted: Accepted,
+    ) -> Result<(), mpsc::error::TrySendError<()>> {
+        let Accepted { batch, ack, memory } = accepted;
+        let count = shards.len() as u64;
+        let parts = batch.partition(shards.len(), &RouteKey::TraceId, |hash| {
+            (hash % count) as usize
+        });
+        let mut permits = Vec::with_capacity(shards.len());
+        for (shard, part) in shards.iter().zip(parts) {
+            if part.is_empty() {
+                continue;
+            }
+            let permit = shard.tx.try_reserve()?;
+            permits.push((shard, permit, part));
+        }
+        // The memory reservation goes whole with the largest part, the last to be handed on
+        // as a rule (shards run side by side): the other parts' bytes go uncounted only
+        // while that one is still in the stages, which is close enough for a budget.
+        let largest = permits
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, (_, _, part))| part.span_count())
+            .map_or(0, |(i, _)| i);
+        let mut memory = Some(memory);
+        let mut ack = ack;
+        let last = permits.len().saturating_sub(1);
+        for (i, (shard, permit, batch)) in permits.into_iter().enumerate() {
+            // One share of the answer per part; the original goes with the last.
+            let ack = if i == last { ack.take() } else { ack.clone() };
+            let memory = if i == largest { memory.take() } else { None };
+            let accepted = Accepted {
+                batch,
+                ack,
+                memory: memory.unwrap_or_default(),
+            };
+            shard.ledger.queue(acknowledged(&accepted));
+            permit.send(accepted);
+        }
+        Ok(())
     }
 }
 
-/// The pipeline's end of its queue, with the ledger it shares with the [`Inlet`].
+impl Shard {
+    /// Queues a whole request on this shard, or refuses it when the queue is full or closed.
+    fn try_send(&self, accepted: Accepted) -> Result<(), mpsc::error::TrySendError<()>> {
+        let spans = acknowledged(&accepted);
+        // Noted before it is sent, so the pipeline never takes what the ledger lacks.
+        self.ledger.queue(spans);
+        self.tx.try_send(accepted).map_err(|e| {
+            self.ledger.taken(spans);
+            match e {
+                mpsc::error::TrySendError::Full(_) => mpsc::error::TrySendError::Full(()),
+                mpsc::error::TrySendError::Closed(_) => mpsc::error::TrySendError::Closed(()),
+            }
+        })
+    }
+}
+
+/// The spans of a request its client is told are accepted at once (none when it waits
+/// for a persistent queue).
+fn acknowledged(accepted: &Accepted) -> u64 {
+    match accepted.ack {
+        Some(_) => 0,
+        None => accepted.batch.span_count() as u64,
+    }
+}
+
+/// A pipeline shard's end of its queue, with the ledger it shares with the [`Inlet`].
 pub struct Inbox {
     rx: mpsc::Receiver<Accepted>,
     ledger: Arc<Ledger>,
 }
 
 impl Inbox {
-    /// The ledger of what the pipeline holds, for the report when the agent stops.
+    /// The ledger of what this shard holds, for the report when the agent stops.
     pub fn ledger(&self) -> Arc<Ledger> {
         Arc::clone(&self.ledger)
     }
@@ -75,13 +151,26 @@ impl Inbox {
 
 /// The pipeline's queue of `capacity` requests: the receivers' end and the pipeline's.
 pub fn queue(capacity: usize) -> (Inlet, Inbox) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
-    let ledger = Arc::new(Ledger::default());
-    let inlet = Inlet {
-        tx,
-        ledger: Arc::clone(&ledger),
-    };
-    (inlet, Inbox { rx, ledger })
+    let (inlet, mut inboxes) = sharded_queue(capacity, 1);
+    let inbox = inboxes.remove(0);
+    (inlet, inbox)
+}
+
+/// The queues of `shards` pipelines (at least one), `capacity` requests each: a request
+/// split over every shard takes one slot in each, so they hold as many requests as one.
+pub fn sharded_queue(capacity: usize, shards: usize) -> (Inlet, Vec<Inbox>) {
+    let (shards, inboxes) = (0..shards.max(1))
+        .map(|_| {
+            let (tx, rx) = mpsc::channel(capacity.max(1));
+            let ledger = Arc::new(Ledger::default());
+            let shard = Shard {
+                tx,
+                ledger: Arc::clone(&ledger),
+            };
+            (shard, Inbox { rx, ledger })
+        })
+        .unzip();
+    (Inlet { shards }, inboxes)
 }
 
 /// Where the batches leaving the batcher go: the exporters' fan-out.
@@ -89,6 +178,14 @@ pub trait Outlet: Send + 'static {
     /// Takes one batch with the shares of its clients' answers. Waiting here is the
     /// backpressure that fills the pipeline's queue, so the receivers refuse retryably.
     fn send(&self, batch: SpanBatch, acks: Vec<Ack>) -> impl Future<Output = ()> + Send;
+}
+
+/// The shards' pipelines share one outlet; it is dropped (closing the exporter queues)
+/// with the last of them.
+impl<O: Outlet + Sync> Outlet for Arc<O> {
+    fn send(&self, batch: SpanBatch, acks: Vec<Ack>) -> impl Future<Output = ()> + Send {
+        O::send(self, batch, acks)
+    }
 }
 
 /// A processor stage panicked: the pipeline stopped taking requests, delivered what had
@@ -578,5 +675,157 @@ mod tests {
         let answered = tokio::time::timeout(Duration::from_secs(10), answer).await;
         assert_eq!(answered.ok(), Some(Ok(Ok(()))));
         assert_eq!(*recorder.0.lock().expect("lock"), vec![vec!["a"]]);
+    }
+
+    /// The spans of a request of one span per trace id in `traces`.
+    fn request_of_traces(traces: &[u8]) -> crate::otlp::ExportTraceServiceRequest {
+        crate::otlp::request_of(
+            traces
+                .iter()
+                .map(|&t| crate::otlp::Span {
+                    trace_id: vec![t; 16],
+                    span_id: vec![1; 8],
+                    name: format!("t{t}"),
+                    ..Default::default()
+                })
+                .collect(),
+        )
+    }
+
+    /// The shard of `shards` a trace id of 16 bytes `t` routes to.
+    fn shard_of(t: u8, shards: usize) -> usize {
+        (crate::otlp::partition::route_hash(&[t; 16]) % shards as u64) as usize
+    }
+
+    /// The names of the spans queued in `inbox`, one list per request.
+    fn queued(inbox: &mut Inbox) -> Vec<Vec<String>> {
+        std::iter::from_fn(|| inbox.try_recv().ok())
+            .map(|a| crate::otlp::span_names(&a.batch.into_request()))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Encoded or decoded, every span goes, once, to the shard its trace id picks;
+        /// each shard's ledger holds what it was given.
+        #[test]
+        fn every_span_goes_once_to_the_shard_its_trace_id_picks(
+            request in crate::otlp::view::arbitrary::request(),
+            shards in 1usize..5,
+            encoded in proptest::prelude::any::<bool>(),
+        ) {
+            use prost::Message;
+            let total: usize = request.resource_spans.iter().flat_map(|rs| &rs.scope_spans).map(|ss| ss.spans.len()).sum();
+            let batch = if encoded {
+                SpanBatch::from_encoded(request.encode_to_vec().into(), total)
+            } else {
+                SpanBatch::from_request(request)
+            };
+            let (inlet, mut inboxes) = sharded_queue(4, shards);
+            inlet.try_send(Accepted { batch, ack: None, memory: Reservation::default() }).expect("room");
+            let mut landed = 0;
+            for (shard, inbox) in inboxes.iter_mut().enumerate() {
+                let mut spans = 0;
+                while let Ok(Accepted { batch, .. }) = inbox.try_recv() {
+                    proptest::prop_assert!(total == 0 || !batch.is_empty(), "no empty part is sent");
+                    for rs in batch.into_request().resource_spans {
+                        for span in rs.scope_spans.into_iter().flat_map(|ss| ss.spans) {
+                            let picked = crate::otlp::partition::route_hash(&span.trace_id) % shards as u64;
+                            proptest::prop_assert_eq!(picked as usize, shard);
+                            spans += 1;
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(inbox.ledger().in_memory(), spans);
+                landed += spans;
+            }
+            proptest::prop_assert_eq!(landed, total as u64);
+        }
+    }
+
+    #[test]
+    fn a_full_shard_refuses_the_whole_request_and_the_retry_sends_each_part_once() {
+        let first = (0..=u8::MAX)
+            .find(|&t| shard_of(t, 2) == 0)
+            .expect("a trace of shard 0");
+        let second = (0..=u8::MAX)
+            .find(|&t| shard_of(t, 2) == 1)
+            .expect("a trace of shard 1");
+        let (inlet, mut inboxes) = sharded_queue(1, 2);
+        let only_second = SpanBatch::from_request(request_of_traces(&[second]));
+        inlet
+            .try_send(Accepted {
+                batch: only_second,
+                ack: None,
+                memory: Reservation::default(),
+            })
+            .expect("room in shard 1");
+
+        let both = || SpanBatch::from_request(request_of_traces(&[first, second, first]));
+        let refused = inlet.try_send(Accepted {
+            batch: both(),
+            ack: None,
+            memory: Reservation::default(),
+        });
+        assert!(matches!(refused, Err(mpsc::error::TrySendError::Full(()))));
+        assert_eq!(
+            queued(&mut inboxes[0]),
+            Vec::<Vec<String>>::new(),
+            "no part went to shard 0"
+        );
+        assert_eq!(inboxes[0].ledger().in_memory(), 0);
+        assert_eq!(inboxes[1].ledger().in_memory(), 1, "only the first request");
+        assert_eq!(queued(&mut inboxes[1]).len(), 1);
+
+        inlet
+            .try_send(Accepted {
+                batch: both(),
+                ack: None,
+                memory: Reservation::default(),
+            })
+            .expect("room once shard 1 took its request");
+        let (a, b) = (format!("t{first}"), format!("t{second}"));
+        assert_eq!(queued(&mut inboxes[0]), vec![vec![a.clone(), a]]);
+        assert_eq!(queued(&mut inboxes[1]), vec![vec![b]]);
+    }
+
+    #[tokio::test]
+    async fn a_split_request_is_answered_once_every_part_is_confirmed() {
+        let first = (0..=u8::MAX)
+            .find(|&t| shard_of(t, 3) == 0)
+            .expect("a trace of shard 0");
+        let third = (0..=u8::MAX)
+            .find(|&t| shard_of(t, 3) == 2)
+            .expect("a trace of shard 2");
+        let (inlet, mut inboxes) = sharded_queue(1, 3);
+        let (ack, answer) = Ack::new();
+        let batch = SpanBatch::from_request(request_of_traces(&[first, third]));
+        inlet
+            .try_send(Accepted {
+                batch,
+                ack: Some(ack),
+                memory: Reservation::default(),
+            })
+            .expect("room");
+        assert!(inboxes[1].try_recv().is_err(), "shard 1 gets no part");
+        let parts: Vec<Accepted> = [0, 2]
+            .iter()
+            .filter_map(|&i| inboxes[i].try_recv().ok())
+            .collect();
+        assert_eq!(parts.len(), 2);
+        assert!(
+            inboxes.iter().all(|inbox| inbox.ledger().in_memory() == 0),
+            "the client waits"
+        );
+        let mut answer = answer;
+        for part in parts {
+            assert!(
+                answer.try_recv().is_err(),
+                "not answered before every part is"
+            );
+            part.ack.expect("a share of the answer").confirm();
+        }
+        assert_eq!(answer.await, Ok(Ok(())));
     }
 }

@@ -62,6 +62,9 @@ pub struct TailSampler {
     /// Kept spans waiting to leave.
     ready: Vec<Fragment>,
     metrics: Arc<Metrics>,
+    /// What the buffered gauges last showed of this sampler, `(spans, bytes)`: they sum
+    /// the samplers of every pipeline shard, so each moves them by its own change.
+    shown: (usize, usize),
     /// Decisions not yet handed to the metrics (counted per call, not per trace).
     counts: DecisionCounts,
     generation: u64,
@@ -208,6 +211,7 @@ impl TailSampler {
             kept_rounds: HashMap::new(),
             ready: Vec::new(),
             metrics,
+            shown: (0, 0),
             counts: DecisionCounts::new(config.policies.len()),
             generation: 0,
         }
@@ -399,8 +403,9 @@ impl TailSampler {
             out.push_encoded(body, spans);
         }
         self.counts.flush(&self.policies, &self.metrics);
-        self.metrics
-            .sampling_buffered(self.buffered_spans, self.buffered_bytes);
+        let now = (self.buffered_spans, self.buffered_bytes);
+        self.metrics.sampling_buffered(self.shown, now);
+        self.shown = now;
     }
 
     /// Decides one held trace by the policies, in order.

@@ -1062,10 +1062,11 @@ impl Metrics {
         self.decided_early.inc_by(count);
     }
 
-    /// Shows what the tail sampler holds now: its spans, and their encoded bytes.
-    pub fn sampling_buffered(&self, spans: usize, bytes: usize) {
-        self.sampling_buffered_spans.set(spans as u64);
-        self.sampling_buffered_bytes.set(bytes as u64);
+    /// Shows what one tail sampler holds now, `(spans, encoded bytes)`, in place of what it
+    /// held `before`: the gauges sum the samplers of every pipeline shard.
+    pub fn sampling_buffered(&self, before: (usize, usize), now: (usize, usize)) {
+        shift(&self.sampling_buffered_spans, before.0, now.0);
+        shift(&self.sampling_buffered_bytes, before.1, now.1);
     }
 
     /// The memory budget of `limit` bytes the receivers admit requests against, its use
@@ -1089,6 +1090,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Moves a gauge that sums several parts by one part's change, from `before` to `now`.
+fn shift(gauge: &Gauge<u64, AtomicU64>, before: usize, now: usize) {
+    if now >= before {
+        gauge.inc_by((now - before) as u64);
+    } else {
+        gauge.dec_by((before - now) as u64);
     }
 }
 
