@@ -117,6 +117,15 @@ fn scenarios() -> Vec<Scenario> {
             sampling: Sampling::None,
         },
         Scenario {
+            name: "grpc-passthrough-2shards-gzip (pass-through, two pipeline shards)",
+            input: Input::Grpc,
+            traffic: Traffic::Council,
+            agent: Some(passthrough!(
+                "    compression: gzip\npipeline: { shards: 2 }\n"
+            )),
+            sampling: Sampling::None,
+        },
+        Scenario {
             name: "grpc-passthrough-none",
             input: Input::Grpc,
             traffic: Traffic::Council,
@@ -137,6 +146,13 @@ fn scenarios() -> Vec<Scenario> {
             input: Input::Grpc,
             traffic: Traffic::Council,
             agent: Some("    compression: gzip\n"),
+            sampling: Sampling::None,
+        },
+        Scenario {
+            name: "grpc-daena-redact-limits-2shards-gzip (the default processors, two pipeline shards)",
+            input: Input::Grpc,
+            traffic: Traffic::Council,
+            agent: Some("    compression: gzip\npipeline: { shards: 2 }\n"),
             sampling: Sampling::None,
         },
         Scenario {

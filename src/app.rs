@@ -243,7 +243,7 @@ impl Agent {
             exporter_tasks.push(task);
         }
 
-        let shards = config.pipeline.shards.max(1);
+        let shards = config.pipeline.shards();
         let (tx, inboxes) = pipeline::sharded_queue(config.pipeline.max_pending_requests, shards);
         let ledgers: Vec<Arc<Ledger>> = inboxes.iter().map(Inbox::ledger).collect();
         let mix = Arc::new(DaenaMix::default());

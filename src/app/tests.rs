@@ -96,7 +96,7 @@ async fn a_panicking_stage_fails_the_agent_which_delivers_what_it_can_counts_the
     let Err(AppError::Failed { failure, report }) = ended else {
         panic!("a failure, with its report: {ended:?}");
     };
-    // The shard the poisoned trace routes to (one of `pipeline.shards`, the cores here).
+    // The shard the poisoned trace routes to (`pipeline-0` unless `pipeline.shards` is set).
     assert!(failure.task.starts_with("pipeline-"), "{failure}");
     assert!(
         failure

@@ -347,7 +347,7 @@ pub const MAX_PENDING_REQUESTS: Bound<usize> =
     count("pipeline.max_pending_requests", 16, 1, 65_536);
 /// `pipeline.shards`: pipelines, each on a thread of its own.
 pub const SHARDS: Bound<usize> = Bound {
-    derived: Some("the number of cores"),
+    derived: Some("the number of cores with tail sampling, else 1"),
     ..count("pipeline.shards", 1, 1, 64)
 };
 /// `memory_limit.soft`.

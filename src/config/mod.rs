@@ -120,6 +120,12 @@ impl Config {
             }
         };
         config.processors.daena.resolve_resource_from_env(env);
+        let tail = config
+            .processors
+            .sampling
+            .as_ref()
+            .is_some_and(|s| s.mode == SamplingMode::Tail);
+        config.pipeline.resolve_shards(tail);
         if config.exporters.is_empty() {
             let (name, exporter) = env::exporter_from_env(env).map_err(fail)?;
             config.exporters.insert(name, exporter);

@@ -1113,3 +1113,27 @@ fn each_pipeline_shard_gets_its_share_of_the_tail_sampler_limits() {
     );
     assert_eq!(sampling.per_shard(1), sampling);
 }
+
+#[test]
+fn pipeline_shards_default_to_the_cores_with_tail_sampling_and_to_one_otherwise() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let shards = |yaml: &str| {
+        load_text(yaml, &no_env)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .pipeline
+            .shards
+    };
+    assert_eq!(shards(""), Some(1), "a sidecar: one pipeline");
+    assert_eq!(
+        shards("processors: { sampling: { ratio: 0.1 } }\n"),
+        Some(1),
+        "head sampling needs no whole traces"
+    );
+    let tail = "processors:\n  sampling:\n    mode: tail\n    policies: [{ name: errors, type: errors }]\n";
+    assert_eq!(shards(tail), Some(cores.clamp(1, 64)), "a gateway: one per core");
+    assert_eq!(
+        shards(&format!("{tail}pipeline: {{ shards: 3 }}\n")),
+        Some(3),
+        "a value given is kept"
+    );
+}

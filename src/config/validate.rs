@@ -60,7 +60,9 @@ impl Config {
             self.pipeline.max_pending_requests,
             &mut errors,
         );
-        bounds::SHARDS.check("pipeline.shards", self.pipeline.shards, &mut errors);
+        if let Some(shards) = self.pipeline.shards {
+            bounds::SHARDS.check("pipeline.shards", shards, &mut errors);
+        }
         bounds::SHUTDOWN_TIMEOUT.check("shutdown_timeout", self.shutdown_timeout, &mut errors);
         if !["trace", "debug", "info", "warn", "error"].contains(&self.telemetry.log_level.as_str())
         {
