@@ -1130,7 +1130,11 @@ fn pipeline_shards_default_to_the_cores_with_tail_sampling_and_to_one_otherwise(
         "head sampling needs no whole traces"
     );
     let tail = "processors:\n  sampling:\n    mode: tail\n    policies: [{ name: errors, type: errors }]\n";
-    assert_eq!(shards(tail), Some(cores.clamp(1, 64)), "a gateway: one per core");
+    assert_eq!(
+        shards(tail),
+        Some(cores.clamp(1, 64)),
+        "a gateway: one per core"
+    );
     assert_eq!(
         shards(&format!("{tail}pipeline: {{ shards: 3 }}\n")),
         Some(3),
