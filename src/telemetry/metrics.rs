@@ -53,6 +53,13 @@ struct ExporterLabels {
     exporter: String,
 }
 
+/// Labels of one backend of a loadbalancing exporter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    exporter: String,
+    backend: String,
+}
+
 /// Labels of a failed export attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
@@ -275,6 +282,8 @@ pub struct Metrics {
     memory_hard_limit: Gauge<u64, AtomicU64>,
     lb_backends: Family<ExporterLabels, Gauge>,
     lb_membership_changes: Family<ExporterLabels, Counter>,
+    lb_rerouted: Family<ExporterLabels, Counter>,
+    lb_member: Family<BackendLabels, Gauge>,
     batch_spans: Histogram,
     export_duration: Family<ExporterLabels, Histogram, fn() -> Histogram>,
     /// Each exporter's queue, read at scrape time.
@@ -332,6 +341,8 @@ impl Default for Metrics {
         let memory_hard_limit = Gauge::default();
         let lb_backends = Family::default();
         let lb_membership_changes = Family::default();
+        let lb_rerouted = Family::default();
+        let lb_member = Family::default();
         let batch_spans = Histogram::new(exponential_buckets(1.0, 4.0, 11));
         let export_duration: Family<ExporterLabels, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(export_duration_histogram);
@@ -487,6 +498,16 @@ impl Default for Metrics {
             lb_membership_changes.clone(),
         );
         registry.register(
+            "lb_rerouted_spans",
+            "Spans queued for a removed backend, or one down past reroute_after, handed to another",
+            lb_rerouted.clone(),
+        );
+        registry.register(
+            "lb_member",
+            "A loadbalancing exporter's backend: 1 routed to, 0 down past reroute_after (its share goes to the others)",
+            lb_member.clone(),
+        );
+        registry.register(
             "batch_spans",
             "Spans in each batch the pipeline hands to the exporters",
             batch_spans.clone(),
@@ -536,6 +557,8 @@ impl Default for Metrics {
             memory_hard_limit,
             lb_backends,
             lb_membership_changes,
+            lb_rerouted,
+            lb_member,
             batch_spans,
             export_duration,
             queues,
@@ -765,6 +788,7 @@ impl Metrics {
         };
         drop(self.lb_backends.get_or_create(&labels));
         drop(self.lb_membership_changes.get_or_create(&labels));
+        drop(self.lb_rerouted.get_or_create(&labels));
     }
 
     /// Records a loadbalancing exporter's membership: `backends` now, and whether it
@@ -779,6 +803,33 @@ impl Metrics {
         if changed {
             self.lb_membership_changes.get_or_create(&labels).inc();
         }
+    }
+
+    /// Records whether a loadbalancing exporter's `backend` (`host:port`) is routed to
+    /// (`false`: down past `reroute_after`, its share goes to the others).
+    pub fn lb_member(&self, exporter: &str, backend: &str, routed: bool) {
+        let labels = BackendLabels {
+            exporter: exporter.to_owned(),
+            backend: backend.to_owned(),
+        };
+        self.lb_member.get_or_create(&labels).set(i64::from(routed));
+    }
+
+    /// Removes a backend's [`lb_member`](Self::lb_member) series: it left the membership.
+    pub fn lb_member_left(&self, exporter: &str, backend: &str) {
+        self.lb_member.remove(&BackendLabels {
+            exporter: exporter.to_owned(),
+            backend: backend.to_owned(),
+        });
+    }
+
+    /// Counts `spans` of a loadbalancing exporter handed from one backend to another.
+    pub fn lb_rerouted(&self, exporter: &str, spans: u64) {
+        self.lb_rerouted
+            .get_or_create(&ExporterLabels {
+                exporter: exporter.to_owned(),
+            })
+            .inc_by(spans);
     }
 
     /// Creates the sampling series at 0: spans kept and dropped, late spans, and the tail
@@ -1165,6 +1216,7 @@ mod tests {
             "daena_agent_memory_soft_limit_bytes 268435456",
             "daena_agent_lb_backends{exporter=\"gateways\"} 0",
             "daena_agent_lb_membership_changes_total{exporter=\"gateways\"} 0",
+            "daena_agent_lb_rerouted_spans_total{exporter=\"gateways\"} 0",
             concat!(
                 "daena_agent_build_info{version=\"",
                 env!("CARGO_PKG_VERSION"),

@@ -145,6 +145,16 @@ impl Shared {
             hosts.join(", ")
         );
         let count = backends.len();
+        for gone in &current.backends {
+            if !backends.iter().any(|b| b.url == gone.url) {
+                self.metrics.lb_member_left(&self.name, host_port(&gone.url));
+            }
+        }
+        for backend in &backends {
+            if !current.backends.iter().any(|b| b.url == backend.url) {
+                self.metrics.lb_member(&self.name, host_port(&backend.url), true);
+            }
+        }
         self.replace(Snapshot::new(backends));
         self.metrics
             .lb_membership(&self.name, count, !current.backends.is_empty());
