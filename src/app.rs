@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigErrors, ExporterProtocol, parse_listen_addr};
+use crate::config::{Config, ConfigErrors, parse_listen_addr};
 use crate::exporter::signals::SignalsExporter;
 use crate::exporter::{self, ExporterHandle, Fanout};
 use crate::pipeline::{self, Batcher, Inbox, Ledger, Pipeline};
@@ -232,13 +232,10 @@ impl Agent {
                 supervisor: supervisor.clone(),
                 health: Arc::clone(&health),
             };
-            let (handle, task) = if exporter_config.protocol == ExporterProtocol::Loadbalancing {
-                exporter::loadbalancing::start(name, exporter_config, tasks)?
-            } else {
-                let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
+            let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
+            if let Some(swappable) = swappable {
                 exporters.insert(name.clone(), swappable);
-                (handle, task)
-            };
+            }
             handles.push(handle);
             exporter_tasks.push(task);
         }

@@ -5,12 +5,20 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use daena_trace_agent::config::{ExporterConfig, ExporterProtocol};
+use daena_trace_agent::exporter::Payload;
+use daena_trace_agent::exporter::loadbalancing::resolver::{Resolve, ResolveError};
 use daena_trace_agent::exporter::loadbalancing::ring::HashRing;
+use daena_trace_agent::exporter::loadbalancing::start_with_resolver;
+use daena_trace_agent::exporter::queue::Tasks;
 use daena_trace_agent::otlp::partition::route_hash;
-use daena_trace_agent::otlp::{Resource, Span, Status, StatusCode};
+use daena_trace_agent::otlp::{Resource, Span, SpanBatch, Status, StatusCode};
+use daena_trace_agent::telemetry::Metrics;
+use daena_trace_agent::telemetry::health::Health;
 
 /// Traces sent; every fifth has an error span.
 const TRACES: u32 = 300;
@@ -167,65 +175,354 @@ async fn sidecars_route_each_trace_whole_to_one_tail_sampling_gateway() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_back() {
-    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
-    sinks[2].set_down(true);
-    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
-    let sidecar = TestAgent::start(&agent_yaml(
-        &format!(
-            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}",
-            addresses.join(", ")
-        ),
-        NO_PROCESSORS,
-    ))
-    .await;
-
-    // The owner of each trace as any agent computes it: the ring over the sorted
-    // `host:port`s, by the fixed hash of the trace id.
-    let mut hosts = addresses.clone();
+/// The index in `addresses` of each trace's owner, as every agent computes it: the ring
+/// over the sorted `host:port`s, by the fixed hash of the trace id.
+fn owner_of(addresses: &[String]) -> impl Fn(u32) -> usize + '_ {
+    let mut hosts = addresses.to_vec();
     hosts.sort();
     let ring = HashRing::new(&hosts);
-    let owner = |trace: u32| {
+    move |trace| {
         let index = ring.owner(route_hash(&trace_id(trace))).expect("a backend");
         addresses
             .iter()
             .position(|a| *a == hosts[index])
             .expect("a sink")
-    };
+    }
+}
+
+/// The trace ids of the spans a sink holds with a span index in `indexes`.
+fn trace_ids(sink: &Sink, indexes: std::ops::Range<u32>) -> BTreeSet<Vec<u8>> {
+    sink.spans()
+        .into_iter()
+        .filter(|(_, span)| {
+            let index = u32::from_be_bytes(span.span_id[4..8].try_into().expect("8 bytes"));
+            indexes.contains(&index)
+        })
+        .map(|(_, span)| span.trace_id)
+        .collect()
+}
+
+/// Trace ids of `traces` that `owner` gives to `sink`.
+fn owned(
+    traces: std::ops::Range<u32>,
+    owner: impl Fn(u32) -> usize,
+    sink: usize,
+) -> BTreeSet<Vec<u8>> {
+    traces.filter(|&t| owner(t) == sink).map(trace_id).collect()
+}
+
+/// Waits (bounded by [`WAIT`]) until `done`; fails saying `what` did not happen.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < WAIT, "{what} did not happen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded by [`WAIT`]) until the sinks hold `spans` spans between them.
+async fn wait_for_total(sinks: &[Sink], spans: usize) {
+    let total = || sinks.iter().map(|s| s.spans().len()).sum::<usize>();
+    until(&format!("{spans} spans in the sinks"), || total() >= spans).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_back() {
+    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
+    sinks[2].set_down(true);
+    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    // Within its grace: its share waits for it.
+    let sidecar = TestAgent::start(&agent_yaml(
+        &format!(
+            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    reroute_after: 1h\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}",
+            addresses.join(", ")
+        ),
+        NO_PROCESSORS,
+    ))
+    .await;
+    let owner = owner_of(&addresses);
     let traces = 0..60;
     let request = request_with_resource(Resource::default(), spans(traces.clone(), 0..SPANS));
     grpc_export(sidecar.grpc_url(), request, false)
         .await
         .expect("the sidecar accepts");
 
-    let trace_ids = |sink: &Sink| -> BTreeSet<Vec<u8>> {
-        sink.spans().into_iter().map(|(_, s)| s.trace_id).collect()
-    };
-    let owned = |sink: usize| -> BTreeSet<Vec<u8>> {
-        traces
-            .clone()
-            .filter(|&t| owner(t) == sink)
-            .map(trace_id)
-            .collect()
-    };
-    let expected = |sink: usize| owned(sink).len() * SPANS as usize;
+    let expected = |sink: usize| owned(traces.clone(), &owner, sink).len() * SPANS as usize;
     assert!(expected(2) > 0, "the down backend owns some traces");
     // The two up backends get all of their traces while the third refuses.
     for (index, sink) in sinks.iter().enumerate().take(2) {
         sink.wait_for_spans(expected(index)).await;
-        assert_eq!(trace_ids(sink), owned(index), "sink {index}");
+        assert_eq!(
+            trace_ids(sink, 0..SPANS),
+            owned(traces.clone(), &owner, index),
+            "sink {index}"
+        );
     }
     assert!(sinks[2].spans().is_empty());
 
     sinks[2].set_down(false);
     sinks[2].wait_for_spans(expected(2)).await;
-    assert_eq!(trace_ids(&sinks[2]), owned(2));
+    assert_eq!(
+        trace_ids(&sinks[2], 0..SPANS),
+        owned(traces.clone(), &owner, 2)
+    );
     for (index, sink) in sinks.iter().enumerate() {
         assert_eq!(
             sink.spans().len(),
             expected(index),
             "sink {index}: a span twice"
+        );
+    }
+    assert_eq!(
+        sidecar
+            .counter("daena_agent_lb_rerouted_spans_total{exporter=\"gateways\"}")
+            .await,
+        0
+    );
+    sidecar.stop().await;
+}
+
+/// Answers what the test last set: backends, or a failure.
+#[derive(Clone, Default)]
+struct ChangingResolver(Arc<Mutex<Option<Vec<String>>>>);
+
+impl ChangingResolver {
+    fn answer(&self, urls: Option<Vec<String>>) {
+        *self.0.lock().expect("lock") = urls;
+    }
+}
+
+impl Resolve for ChangingResolver {
+    async fn resolve(&self) -> Result<Vec<String>, ResolveError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .clone()
+            .ok_or(ResolveError::Empty {
+                name: "test".into(),
+            })
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(10))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backends_queue_goes_to_the_new_owners_and_its_traces_come_back_with_it() {
+    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
+    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let url = |i: usize| format!("http://{}", addresses[i]);
+    let mut backend = ExporterConfig::new(ExporterProtocol::Grpc, None);
+    backend.retry.initial_interval = Duration::from_millis(50);
+    backend.retry.max_interval = Duration::from_millis(200);
+    let mut config = ExporterConfig::new(ExporterProtocol::Loadbalancing, None);
+    config.exporter = Some(Box::new(backend));
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let tasks = Tasks {
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        ..Default::default()
+    };
+    let resolver = ChangingResolver::default();
+    let (handle, task) =
+        start_with_resolver("lb", &config, resolver.clone(), tasks).expect("start");
+    let value = |series: &str| counter_value(&metrics.render(), series);
+    let backends = "daena_agent_lb_backends{exporter=\"lb\"}";
+    let changes = "daena_agent_lb_membership_changes_total{exporter=\"lb\"}";
+    let rerouted = "daena_agent_lb_rerouted_spans_total{exporter=\"lb\"}";
+    let member = |i: usize| {
+        let series = format!(
+            "daena_agent_lb_member{{exporter=\"lb\",backend=\"{}\"}}",
+            addresses[i]
+        );
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.trim().parse::<u64>().ok())
+    };
+    let send = |traces: std::ops::Range<u32>, indexes: std::ops::Range<u32>| {
+        let request = request_with_resource(Resource::default(), spans(traces, indexes));
+        let payload = Arc::new(Payload::new(SpanBatch::from_request(request)));
+        assert!(
+            handle.try_send(&payload, &[]),
+            "the exporter takes the batch"
+        );
+    };
+    assert_eq!(value(backends), 0);
+
+    // In any order, once twice: three backends.
+    resolver.answer(Some(vec![url(2), url(0), url(1), url(0)]));
+    until("three backends", || value(backends) == 3).await;
+    assert_eq!(value(changes), 0, "the first answer is no change");
+    assert_eq!(
+        (member(0), member(1), member(2)),
+        (Some(1), Some(1), Some(1))
+    );
+
+    // The third is down: its share waits in its queue while the others get theirs.
+    sinks[2].set_down(true);
+    let traces = 0..TRACES;
+    let three = owner_of(&addresses);
+    send(traces.clone(), 0..2);
+    let share = |owner: &dyn Fn(u32) -> usize, sink| owned(traces.clone(), owner, sink);
+    for sink in 0..2 {
+        sinks[sink]
+            .wait_for_spans(share(&three, sink).len() * 2)
+            .await;
+    }
+    let queued = share(&three, 2).len() * 2;
+    assert!(queued > 0, "the third owns some traces");
+
+    // A failing answer keeps the membership.
+    resolver.answer(None);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(value(backends), 3);
+
+    // Removed: its queue goes to the owners of its traces on the ring without it.
+    resolver.answer(Some(vec![url(0), url(1)]));
+    until("two backends", || value(backends) == 2).await;
+    assert_eq!(value(changes), 1);
+    assert_eq!(member(2), None, "a removed backend has no series");
+    wait_for_total(&sinks, TRACES as usize * 2).await;
+    let two = owner_of(&addresses[..2]);
+    for sink in 0..2 {
+        let held = trace_ids(&sinks[sink], 0..2);
+        assert_eq!(
+            held,
+            share(&two, sink),
+            "sink {sink} holds its traces on two"
+        );
+        assert!(
+            held.is_superset(&share(&three, sink)),
+            "sink {sink}: a trace moved away"
+        );
+    }
+    assert_eq!(value(rerouted), queued as u64);
+    assert!(sinks[2].spans().is_empty());
+    assert_eq!(
+        sinks.iter().map(|s| s.spans().len()).sum::<usize>(),
+        TRACES as usize * 2,
+        "a span lost or twice"
+    );
+    // Drained and gone, it no longer counts for readiness.
+    let registered = |name: &str| health.exporters().iter().any(|e| e.exporter == name);
+    until("the removed backend leaves the health list", || {
+        !registered(&format!("lb/{}", addresses[2]))
+    })
+    .await;
+
+    // Back: it owns exactly what it owned.
+    sinks[2].set_down(false);
+    resolver.answer(Some(vec![url(0), url(1), url(2)]));
+    until("three backends again", || value(backends) == 3).await;
+    assert_eq!(value(changes), 2);
+    assert_eq!(member(2), Some(1));
+    send(traces.clone(), 2..4);
+    wait_for_total(&sinks, TRACES as usize * 4).await;
+    for (index, sink) in sinks.iter().enumerate() {
+        assert_eq!(trace_ids(sink, 2..4), share(&three, index), "sink {index}");
+    }
+    assert!(registered(&format!("lb/{}", addresses[2])));
+
+    drop(handle);
+    let left = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the exporter and its backends end once closed");
+    assert_eq!(left.ok().flatten(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_down_past_reroute_after_has_its_share_sent_to_the_others_until_it_answers() {
+    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
+    sinks[2].set_down(true);
+    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let sidecar = TestAgent::start(&agent_yaml(
+        &format!(
+            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    reroute_after: 1s\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}",
+            addresses.join(", ")
+        ),
+        NO_PROCESSORS,
+    ))
+    .await;
+    let three = owner_of(&addresses);
+    let two = owner_of(&addresses[..2]);
+    let traces = 0..TRACES;
+    let share = |owner: &dyn Fn(u32) -> usize, sink| owned(traces.clone(), owner, sink);
+
+    // Under load: six requests of 50 traces while the third backend is down.
+    for start in traces.clone().step_by(50) {
+        let request = request_with_resource(Resource::default(), spans(start..start + 50, 0..2));
+        grpc_export(sidecar.grpc_url(), request, false)
+            .await
+            .expect("the sidecar accepts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The others get their own traces, then, once the grace has passed, the third's.
+    wait_for_total(&sinks, TRACES as usize * 2).await;
+    for sink in 0..2 {
+        let held = trace_ids(&sinks[sink], 0..2);
+        assert_eq!(held, share(&two, sink), "sink {sink}");
+        assert!(held.is_superset(&share(&three, sink)));
+    }
+    let down = &addresses[2];
+    let queued = share(&three, 2).len() as u64 * 2;
+    assert!(queued > 0, "the third owns some traces");
+    let series = |name: &str| format!("{name}{{exporter=\"gateways\"}}");
+    assert_eq!(
+        sidecar
+            .counter(&series("daena_agent_lb_rerouted_spans_total"))
+            .await,
+        queued
+    );
+    let member = format!("daena_agent_lb_member{{exporter=\"gateways\",backend=\"{down}\"}}");
+    let metrics = sidecar.metrics().await;
+    assert!(metrics.contains(&format!("{member} 0")), "{metrics}");
+    // Handed on is neither delivered by it nor dropped.
+    assert_eq!(
+        counter_value(
+            &metrics,
+            &format!("daena_agent_spans_exported_total{{exporter=\"gateways/{down}\"}}")
+        ),
+        0
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("daena_agent_spans_dropped_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Back up: a probe finds it, and it owns its traces again.
+    sinks[2].set_down(false);
+    let mut round = 2;
+    for _ in 0..40 {
+        if !sinks[2].spans().is_empty() {
+            break;
+        }
+        let request =
+            request_with_resource(Resource::default(), spans(traces.clone(), round..round + 1));
+        grpc_export(sidecar.grpc_url(), request, false)
+            .await
+            .expect("the sidecar accepts");
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!sinks[2].spans().is_empty(), "the third was never probed");
+    sidecar.wait_for_counter(&member, 1).await;
+    let before = sinks.iter().map(|s| s.spans().len()).sum::<usize>();
+    let request =
+        request_with_resource(Resource::default(), spans(traces.clone(), round..round + 1));
+    grpc_export(sidecar.grpc_url(), request, false)
+        .await
+        .expect("the sidecar accepts");
+    wait_for_total(&sinks, before + TRACES as usize).await;
+    for (index, sink) in sinks.iter().enumerate() {
+        assert_eq!(
+            trace_ids(sink, round..round + 1),
+            share(&three, index),
+            "sink {index}"
         );
     }
     sidecar.stop().await;

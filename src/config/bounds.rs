@@ -277,6 +277,15 @@ pub const DNS_RESOLVER_INTERVAL: Bound<Duration> = duration(
     HOUR,
 );
 
+/// `exporters.*.reroute_after`: a loadbalancing exporter's backend failing this long has
+/// its share re-routed to the others; 0s re-routes at the first failure.
+pub const REROUTE_AFTER: Bound<Duration> = duration(
+    "exporters.*.reroute_after",
+    Duration::from_secs(30),
+    Duration::ZERO,
+    Duration::from_secs(24 * 3600),
+);
+
 /// `processors.limits.max_attribute_value_length`, in bytes; the least leaves room for
 /// the `…[truncated]` marker and some text.
 pub const MAX_ATTRIBUTE_VALUE_LENGTH: Bound<usize> = count(
@@ -403,6 +412,7 @@ pub fn rows() -> Vec<Row> {
         QUEUE_MAX_SPANS.row(),
         QUEUE_WORKERS.row(),
         DNS_RESOLVER_INTERVAL.row(),
+        REROUTE_AFTER.row(),
         MAX_ATTRIBUTE_VALUE_LENGTH.row(),
         MAX_ATTRIBUTES.row(),
         MAX_EVENTS.row(),

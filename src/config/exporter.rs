@@ -48,6 +48,14 @@ pub struct ExporterConfig {
     /// loadbalancing only: what routes a span (default `trace_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_key: Option<RoutingKey>,
+    /// loadbalancing only: how long a backend may fail before its share goes to the
+    /// others (default 30s); see [`ExporterConfig::reroute_after`].
+    #[serde(
+        default,
+        with = "units::optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reroute_after: Option<Duration>,
     /// loadbalancing only: each backend's exporter settings, without an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exporter: Option<Box<ExporterConfig>>,
@@ -96,6 +104,7 @@ impl fmt::Debug for ExporterConfig {
             .field("protocol", &self.protocol)
             .field("resolver", &self.resolver)
             .field("routing_key", &self.routing_key)
+            .field("reroute_after", &self.reroute_after)
             .field("exporter", &self.exporter)
             .field("endpoint", &masked(&self.endpoint))
             .field("traces_endpoint", &masked(&self.traces_endpoint))
@@ -116,12 +125,18 @@ fn default_timeout() -> Duration {
 }
 
 impl ExporterConfig {
+    /// A loadbalancing exporter's grace for a failing backend, its default filled in.
+    pub fn reroute_after(&self) -> Duration {
+        self.reroute_after.unwrap_or(bounds::REROUTE_AFTER.default)
+    }
+
     /// An exporter of `protocol` to `endpoint` with every other setting at its default.
     pub fn new(protocol: ExporterProtocol, endpoint: Option<String>) -> Self {
         Self {
             protocol,
             resolver: None,
             routing_key: None,
+            reroute_after: None,
             exporter: None,
             endpoint,
             traces_endpoint: None,

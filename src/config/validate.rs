@@ -347,6 +347,7 @@ fn validate_exporter(
     for (field, set) in [
         ("resolver", exporter.resolver.is_some()),
         ("routing_key", exporter.routing_key.is_some()),
+        ("reroute_after", exporter.reroute_after.is_some()),
         ("exporter", exporter.exporter.is_some()),
     ] {
         if set {
@@ -625,6 +626,9 @@ fn validate_loadbalancing(
                 );
             }
         },
+    }
+    if let Some(grace) = exporter.reroute_after {
+        bounds::REROUTE_AFTER.check(&format!("{key}.reroute_after"), grace, errors);
     }
     let inner_key = format!("{key}.exporter");
     let Some(inner) = &exporter.exporter else {

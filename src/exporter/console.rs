@@ -85,6 +85,7 @@ impl Exporter for ConsoleExporter {
             } else {
                 format!("{lost} span(s) failed to decode and were not printed")
             },
+            ..Delivered::default()
         })
     }
 }

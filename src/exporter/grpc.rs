@@ -116,6 +116,7 @@ impl OtlpGrpcExporter {
         Ok(Delivered {
             rejected_spans: partial.rejected_spans.max(0) as u64,
             message: partial.error_message,
+            ..Delivered::default()
         })
     }
 }

@@ -88,6 +88,7 @@ impl OtlpHttpExporter {
             return Ok(Delivered {
                 rejected_spans: partial.rejected_spans.max(0) as u64,
                 message: partial.error_message,
+                ..Delivered::default()
             });
         }
         let text = if is_protobuf {

@@ -33,7 +33,7 @@ pub use http::OtlpHttpExporter;
 pub use queue::ExporterHandle;
 pub use swap::{AnyExporter, SwappableExporter};
 
-use crate::config::ExporterConfig;
+use crate::config::{ExporterConfig, ExporterProtocol};
 use crate::otlp::{ExportTraceServiceRequest, SpanBatch};
 
 /// One batch ready for the exporters, shared by all of them: encoded and compressed at
@@ -150,6 +150,10 @@ pub struct Delivered {
     pub rejected_spans: u64,
     /// The backend's explanation, if any.
     pub message: String,
+    /// Spans not sent to this backend but handed to another exporter's queue (a load
+    /// balancer's removed or down backend re-routing its share): neither delivered here
+    /// nor dropped, and no news of this backend's health.
+    pub handed_on: u64,
 }
 
 /// Why an export attempt failed, classified by the OTLP specification's retry rules.
@@ -227,20 +231,40 @@ pub enum BuildError {
 
 /// Starts the exporter `name` behind its queue (in memory, or on disk when
 /// `queue.persistent`): its handle for the fan-out, its task (which returns the spans it
-/// left on disk, if any), and the exporter itself, which a config reload may replace.
+/// left on disk, if any), and the exporter itself, which a config reload may replace (a
+/// loadbalancing exporter, which routes over exporters of its own, has none).
 pub fn start(
     name: &str,
     config: &ExporterConfig,
     tasks: queue::Tasks,
-) -> Result<(ExporterHandle, JoinHandle<Option<u64>>, SwappableExporter), BuildError> {
+) -> Result<
+    (
+        ExporterHandle,
+        JoinHandle<Option<u64>>,
+        Option<SwappableExporter>,
+    ),
+    BuildError,
+> {
+    if config.protocol == ExporterProtocol::Loadbalancing {
+        let (handle, task) = loadbalancing::start(name, config, tasks)?;
+        return Ok((handle, task, None));
+    }
     let exporter = SwappableExporter::new(AnyExporter::build(name, config)?);
-    let (handle, task) = queue::spawn(name, exporter.clone(), config, tasks).map_err(|source| {
-        BuildError::Queue {
-            exporter: name.to_owned(),
-            source,
-        }
-    })?;
-    Ok((handle, task, exporter))
+    let (handle, task) = start_queue(name, exporter.clone(), config, tasks)?;
+    Ok((handle, task, Some(exporter)))
+}
+
+/// Starts `exporter` behind the queue `config` describes, as [`start`] does.
+fn start_queue<E: Exporter>(
+    name: &str,
+    exporter: E,
+    config: &ExporterConfig,
+    tasks: queue::Tasks,
+) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
+    queue::spawn(name, exporter, config, tasks).map_err(|source| BuildError::Queue {
+        exporter: name.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -123,13 +123,16 @@ pub async fn deliver<E: Exporter>(
         };
         metrics.export_took(name, attempt_started.elapsed());
         match &result {
+            // Handed whole to another exporter: the backend was not asked.
+            Ok(delivered) if delivered.handed_on >= spans => {}
             Ok(_) => state.succeeded(),
             Err(error) => state.failed(&error.to_string()),
         }
         let (message, retry_after) = match result {
             Ok(delivered) => {
                 let rejected = delivered.rejected_spans.min(spans);
-                metrics.exported(name, spans - rejected);
+                let handed_on = delivered.handed_on.min(spans - rejected);
+                metrics.exported(name, spans - rejected - handed_on);
                 if rejected > 0 || !delivered.message.is_empty() {
                     metrics.dropped(name, DropReason::PartiallyRejected, rejected);
                     if let Some(suppressed) = PARTIAL_LOG.check() {

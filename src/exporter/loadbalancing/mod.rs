@@ -7,32 +7,38 @@
 //! splits each batch by the [`HashRing`] of the current backends
 //! ([`SpanBatch::partition`](crate::otlp::SpanBatch::partition), keyed by
 //! `routing_key`) and hands each share to its backend. Each backend is itself an
-//! ordinary exporter started with [`exporter::start`](super::start), named
-//! `<name>/<host:port>`, with the inner `exporter` settings: its own queue (in memory or
-//! persistent), retries, metrics and health.
+//! exporter behind an ordinary queue, named `<name>/<host:port>`, with the inner
+//! `exporter` settings: its own queue (in memory or persistent), retries, metrics and
+//! health.
 //!
-//! A share waits for room in its backend's queue (never dropped for being routed): the
-//! other shares of the batch are handed over meanwhile, and the router's `queue.workers`
-//! batches are in flight at once, so a full or dead backend holds nobody back while its
-//! queue still has room. Once it is full, batches wait for it, the loadbalancing queue
-//! fills, and the pipeline's backpressure refuses clients retryably, as `on_full: block`
-//! does for one exporter: a trace is never split between a backend and the floor.
-//! `spans_exported_total` of the loadbalancing exporter counts spans handed to backends;
-//! each backend's own series count what reached it.
+//! A share waits for room in its backend's queue, and for a persistent queue until it is
+//! on disk (never dropped for being routed): the other shares of the batch are handed
+//! over meanwhile, and the router's `queue.workers` batches are in flight at once, so a
+//! full or dead backend holds nobody back while its queue still has room. Once it is
+//! full, batches wait for it, the loadbalancing queue fills, and the pipeline's
+//! backpressure refuses clients retryably, as `on_full: block` does for one exporter: a
+//! trace is never split between a backend and the floor. `spans_exported_total` of the
+//! loadbalancing exporter counts spans handed to backends; each backend's own series
+//! count what reached it.
 //!
-//! # Membership
+//! # Membership and re-routing
 //! The [`resolver`] gives backend URLs; the membership is them sorted and each once. A
 //! new backend gets its exporter started; a removed one has its handle dropped, so its
-//! queue closes and drains: the spans queued for it are still delivered to it while it
-//! accepts them (re-routing a removed backend's queue to the new owner is not done), and
-//! once drained it leaves the health list. An empty or failing answer keeps the last good
-//! membership, logged once per change; a backend that cannot be built is left out and
-//! tried again at the next answer.
+//! queue closes and drains. A backend's exporter is a [`BackendExporter`]: once its
+//! backend has left the membership, or has failed for `reroute_after`, it hands each batch
+//! of its queue (on disk too) to the backends that own its keys on the ring without it,
+//! counted in `daena_agent_lb_rerouted_spans_total`. A backend down past its grace is
+//! still tried with one batch every [`PROBE_EVERY`], and owns its keys again at its
+//! first success. An empty or failing answer keeps the last good membership, logged once
+//! per change; a backend that cannot be built is left out and tried again at the next
+//! answer.
 
 pub mod resolver;
 pub mod ring;
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::task::JoinHandle;
@@ -40,19 +46,31 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::resolver::{AnyResolver, Resolve, membership};
 use self::ring::HashRing;
-use super::queue::{self, ExporterHandle, Tasks};
-use super::{BuildError, Delivered, ExportError, Exporter, Payload};
+use super::queue::{ExporterHandle, Tasks};
+use super::{AnyExporter, BuildError, Delivered, ExportError, Exporter, Payload, start_queue};
 use crate::config::{ExporterConfig, RoutingKey, TlsConfig};
+use crate::otlp::SpanBatch;
 use crate::otlp::partition::RouteKey;
+use crate::pipeline::{Ack, NotQueued};
 use crate::supervisor::Supervisor;
 use crate::telemetry::Metrics;
 use crate::telemetry::health::Health;
+use crate::telemetry::metrics::DropReason;
 
-/// One backend: its URL, the `host:port` that places it on the ring, and its queue.
+/// How often a backend down past `reroute_after` is tried with one batch; the batches in
+/// between go to the others at once.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a share a full persistent queue refused waits before it is offered again: a
+/// queue in memory says when it has room, a full disk does not.
+const FULL_DISK_PAUSE: Duration = Duration::from_millis(500);
+
+/// One backend: its URL, its queue, and its outage as its own attempts see it.
 #[derive(Clone)]
 struct Backend {
     url: String,
     handle: ExporterHandle,
+    outage: Arc<Outage>,
 }
 
 /// The backends at one moment and their ring; replaced whole when the membership changes.
@@ -81,13 +99,81 @@ fn host_port(url: &str) -> &str {
         .map_or(authority, |(_, host)| host)
 }
 
-/// What the router, the resolver task and the final drain share.
+/// A backend's run of failed attempts, which decides when its share goes to the others.
+#[derive(Default)]
+struct Outage(Mutex<OutageState>);
+
+#[derive(Default)]
+struct OutageState {
+    /// When the current run of retryable failures began.
+    failing_since: Option<Instant>,
+    /// When the backend was last tried.
+    last_attempt: Option<Instant>,
+    /// Whether its share goes to the others now (reported once per change).
+    rerouting: bool,
+}
+
+impl Outage {
+    fn lock(&self) -> MutexGuard<'_, OutageState> {
+        // Plain fields set in one step each: a panic cannot leave them half-done.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the backend has failed for `grace` or longer.
+    fn is_down(&self, grace: Duration) -> bool {
+        self.lock()
+            .failing_since
+            .is_some_and(|since| since.elapsed() >= grace)
+    }
+
+    /// Notes that its share goes to the others; `true` the first time in this outage.
+    fn start_rerouting(&self) -> bool {
+        !std::mem::replace(&mut self.lock().rerouting, true)
+    }
+
+    /// Whether it is time to try a backend down past its grace again, taking that turn.
+    fn probe_due(&self) -> bool {
+        let mut state = self.lock();
+        let due = state
+            .last_attempt
+            .is_none_or(|at| at.elapsed() >= PROBE_EVERY);
+        if due {
+            state.last_attempt = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Notes an attempt's outcome; `true` when a success ends an outage that re-routed.
+    fn attempted(&self, result: &Result<Delivered, ExportError>) -> bool {
+        let mut state = self.lock();
+        state.last_attempt = Some(Instant::now());
+        match result {
+            Ok(_) => {
+                state.failing_since = None;
+                std::mem::take(&mut state.rerouting)
+            }
+            Err(ExportError::Retryable { .. }) => {
+                state.failing_since.get_or_insert_with(Instant::now);
+                false
+            }
+            // A refused batch says the backend is up.
+            Err(ExportError::Permanent { .. }) => false,
+        }
+    }
+}
+
+/// What the router, the backends' exporters, the resolver task and the final drain share.
 struct Shared {
     name: String,
+    key: RouteKey,
+    /// `reroute_after`: how long a backend may fail before its share goes to the others.
+    grace: Duration,
     /// Each backend's settings; `endpoint` is set per backend.
     backend_config: ExporterConfig,
-    /// Shared with each backend's task, which reads at its end whether it is a member again.
-    members: Arc<RwLock<Arc<Snapshot>>>,
+    members: RwLock<Arc<Snapshot>>,
+    /// Set at shutdown: each backend's queue then drains to its own backend, or stays on
+    /// disk, rather than being re-routed.
+    closing: AtomicBool,
     /// Every backend's task ever started, awaited at shutdown for the spans left on disk.
     backend_tasks: Mutex<Vec<JoinHandle<Option<u64>>>>,
     metrics: Arc<Metrics>,
@@ -106,10 +192,14 @@ impl Shared {
         *self.members.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
     }
 
+    fn is_member(&self, url: &str) -> bool {
+        self.current().backends.iter().any(|b| b.url == url)
+    }
+
     /// Makes `urls` the membership: starts the new backends, drops the removed ones (their
-    /// queues drain). Returns whether it changed, and why a backend could not be built:
-    /// that one is left out (and tried again at the next answer), the others go on.
-    fn apply(&self, urls: Vec<String>) -> (bool, Option<BuildError>) {
+    /// queues drain to the others). Returns whether it changed, and why a backend could not
+    /// be built: that one is left out (and tried again at the next answer), the others go on.
+    fn apply(self: &Arc<Self>, urls: Vec<String>) -> (bool, Option<BuildError>) {
         let urls = membership(urls);
         let current = self.current();
         if current.backends.iter().map(|b| &b.url).eq(urls.iter()) {
@@ -123,7 +213,7 @@ impl Shared {
                 continue;
             }
             match self.start_backend(&url) {
-                Ok(handle) => backends.push(Backend { url, handle }),
+                Ok(backend) => backends.push(backend),
                 Err(error) => failed = Some(error),
             }
         }
@@ -147,12 +237,14 @@ impl Shared {
         let count = backends.len();
         for gone in &current.backends {
             if !backends.iter().any(|b| b.url == gone.url) {
-                self.metrics.lb_member_left(&self.name, host_port(&gone.url));
+                self.metrics
+                    .lb_member_left(&self.name, host_port(&gone.url));
             }
         }
         for backend in &backends {
             if !current.backends.iter().any(|b| b.url == backend.url) {
-                self.metrics.lb_member(&self.name, host_port(&backend.url), true);
+                self.metrics
+                    .lb_member(&self.name, host_port(&backend.url), true);
             }
         }
         self.replace(Snapshot::new(backends));
@@ -161,7 +253,7 @@ impl Shared {
         (true, failed)
     }
 
-    fn start_backend(&self, url: &str) -> Result<ExporterHandle, BuildError> {
+    fn start_backend(self: &Arc<Self>, url: &str) -> Result<Backend, BuildError> {
         let name = format!("{}/{}", self.name, host_port(url));
         let mut config = self.backend_config.clone();
         config.endpoint = Some(url.to_owned());
@@ -171,18 +263,20 @@ impl Shared {
             supervisor: self.supervisor.clone(),
             health: Arc::clone(&self.health),
         };
-        let (handle, task, _exporter) = super::start(&name, &config, tasks)?;
-        let (members, health, url) = (
-            Arc::clone(&self.members),
-            Arc::clone(&self.health),
-            url.to_owned(),
-        );
+        let outage = Arc::new(Outage::default());
+        let exporter = BackendExporter {
+            inner: AnyExporter::build(&name, &config)?,
+            url: url.to_owned(),
+            outage: Arc::clone(&outage),
+            shared: Arc::clone(self),
+        };
+        let (handle, task) = start_queue(&name, exporter, &config, tasks)?;
+        let (shared, member) = (Arc::clone(self), url.to_owned());
         let task = tokio::spawn(async move {
             let left = task.await.ok().flatten();
             // Drained and gone: its health leaves `/readyz` unless it was added back.
-            let snapshot = Arc::clone(&members.read().unwrap_or_else(|e| e.into_inner()));
-            if !snapshot.backends.iter().any(|b| b.url == url) {
-                health.unregister(&name);
+            if !shared.is_member(&member) {
+                shared.health.unregister(&name);
             }
             left
         });
@@ -191,7 +285,55 @@ impl Shared {
         // DNS churn must not grow the list without end.
         tasks.retain(|task| !task.is_finished());
         tasks.push(task);
-        Ok(handle)
+        Ok(Backend {
+            url: url.to_owned(),
+            handle,
+            outage,
+        })
+    }
+
+    /// Splits `batch` by the ring over the backends of `snapshot` that `eligible` admits,
+    /// and queues each share with its backend.
+    async fn send(&self, snapshot: &Snapshot, batch: &SpanBatch, eligible: impl Fn(usize) -> bool) {
+        let shares = batch
+            .clone()
+            .partition(snapshot.backends.len(), &self.key, |hash| {
+                snapshot.ring.owner_among(hash, &eligible).unwrap_or(0)
+            });
+        let sends = shares
+            .into_iter()
+            .zip(&snapshot.backends)
+            .filter(|(share, _)| share.span_count() > 0)
+            .map(|(share, backend)| {
+                self.queue_share(&backend.handle, Arc::new(Payload::new(share)))
+            });
+        join_all(sends).await;
+    }
+
+    /// Queues `share` with a backend: waits for room, and for a persistent queue until the
+    /// share is on disk, offering it again while the disk is full. Only a queue that no
+    /// longer takes anything (the agent is stopping) ends it unqueued, counted as dropped.
+    async fn queue_share(&self, handle: &ExporterHandle, share: Arc<Payload>) {
+        loop {
+            let (ack, written) = Ack::new();
+            let taken = handle.try_send(&share, std::slice::from_ref(&ack));
+            ack.confirm();
+            if !taken {
+                handle.room(&share).await;
+                continue;
+            }
+            match written.await {
+                Ok(Ok(())) => return,
+                Ok(Err(NotQueued::Full | NotQueued::WriteFailed)) => {
+                    tokio::time::sleep(FULL_DISK_PAUSE).await;
+                }
+                Ok(Err(NotQueued::Stopped)) | Err(_) => {
+                    self.metrics
+                        .dropped(handle.name(), DropReason::Shutdown, share.spans() as u64);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -199,7 +341,6 @@ impl Shared {
 /// share to its backend's queue. Dropping it stops the resolver.
 pub struct Router {
     shared: Arc<Shared>,
-    key: RouteKey,
     _stop: DropGuard,
 }
 
@@ -212,26 +353,106 @@ impl Exporter for Router {
                 retry_after: None,
             });
         }
-        let shares =
-            payload
-                .batch()
-                .clone()
-                .partition(snapshot.backends.len(), &self.key, |hash| {
-                    snapshot.ring.owner(hash).unwrap_or(0)
-                });
-        let sends = shares
-            .into_iter()
-            .zip(&snapshot.backends)
-            .filter(|(share, _)| share.span_count() > 0)
-            .map(|(share, backend)| async move {
-                let share = Arc::new(Payload::new(share));
-                // A closed queue takes it (and counts it as dropped): never a loop forever.
-                while !backend.handle.try_send(&share, &[]) {
-                    backend.handle.room(&share).await;
-                }
-            });
-        join_all(sends).await;
+        // A backend down past its grace still gets its share: its exporter hands it on,
+        // and probes it with one batch now and then.
+        self.shared.send(&snapshot, payload.batch(), |_| true).await;
         Ok(Delivered::default())
+    }
+}
+
+/// A backend's exporter: delivers its queue to its backend while that is a member and
+/// has not failed for `reroute_after`; otherwise hands each batch to the backends that own
+/// its keys on the ring without it.
+pub struct BackendExporter {
+    inner: AnyExporter,
+    url: String,
+    outage: Arc<Outage>,
+    shared: Arc<Shared>,
+}
+
+impl BackendExporter {
+    /// Whether batches go to this backend: it is a member, not down past its grace, or
+    /// the agent is stopping.
+    fn delivers(&self) -> bool {
+        let shared = &self.shared;
+        shared.closing.load(Ordering::Relaxed)
+            || (shared.is_member(&self.url) && !self.outage.is_down(shared.grace))
+    }
+
+    /// Whether the next batch goes to the others: [`delivers`](Self::delivers) does not
+    /// hold and it is not this backend's turn to be probed.
+    fn hands_on(&self) -> bool {
+        let shared = &self.shared;
+        if self.delivers() {
+            return false;
+        }
+        if !shared.is_member(&self.url) {
+            return true;
+        }
+        if self.outage.start_rerouting() {
+            tracing::warn!(
+                exporter = %shared.name,
+                backend = host_port(&self.url),
+                "A backend has failed for reroute_after ({}): its share goes to the other backends until it answers again",
+                crate::config::format_duration(shared.grace)
+            );
+            shared
+                .metrics
+                .lb_member(&shared.name, host_port(&self.url), false);
+        }
+        !self.outage.probe_due()
+    }
+
+    /// Hands the batch to the backends that own its keys among the members but this one
+    /// and those down past their grace.
+    async fn hand_on(&self, payload: &Payload) -> Result<Delivered, ExportError> {
+        let shared = &self.shared;
+        let snapshot = shared.current();
+        let others = |i: usize| {
+            let backend = &snapshot.backends[i];
+            backend.url != self.url && !backend.outage.is_down(shared.grace)
+        };
+        if !(0..snapshot.backends.len()).any(others) {
+            return Err(ExportError::Retryable {
+                message: "no other backend to re-route to: the others are down or gone".into(),
+                retry_after: None,
+            });
+        }
+        shared.send(&snapshot, payload.batch(), others).await;
+        let spans = payload.spans() as u64;
+        shared.metrics.lb_rerouted(&shared.name, spans);
+        Ok(Delivered {
+            handed_on: spans,
+            ..Delivered::default()
+        })
+    }
+}
+
+impl Exporter for BackendExporter {
+    fn prepare(&self, payload: &Payload) {
+        // A batch handed on is split, not sent: encoding it would be wasted.
+        if self.delivers() {
+            self.inner.prepare(payload);
+        }
+    }
+
+    async fn export(&self, payload: &Payload) -> Result<Delivered, ExportError> {
+        if self.hands_on() {
+            return self.hand_on(payload).await;
+        }
+        let result = self.inner.export(payload).await;
+        if self.outage.attempted(&result) {
+            let shared = &self.shared;
+            tracing::info!(
+                exporter = %shared.name,
+                backend = host_port(&self.url),
+                "A backend answers again: it owns its keys again"
+            );
+            shared
+                .metrics
+                .lb_member(&shared.name, host_port(&self.url), true);
+        }
+        result
     }
 }
 
@@ -243,47 +464,55 @@ pub fn start(
     config: &ExporterConfig,
     tasks: Tasks,
 ) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
-    let missing = |what: &str| BuildError::Endpoint {
-        exporter: name.to_owned(),
-        message: format!("protocol loadbalancing needs {what}"),
-    };
     let resolver_config = config
         .resolver
         .as_ref()
-        .ok_or_else(|| missing("resolver"))?;
+        .ok_or_else(|| missing(name, "resolver"))?;
+    let https = config
+        .exporter
+        .as_ref()
+        .is_some_and(|backend| backend.tls != TlsConfig::default());
+    start_with_resolver(
+        name,
+        config,
+        AnyResolver::from_config(resolver_config, https),
+        tasks,
+    )
+}
+
+fn missing(name: &str, what: &str) -> BuildError {
+    BuildError::Endpoint {
+        exporter: name.to_owned(),
+        message: format!("protocol loadbalancing needs {what}"),
+    }
+}
+
+/// [`start`] with backends from any resolver (`config.resolver` is not read): for tests
+/// that change the answers.
+pub fn start_with_resolver<R: Resolve>(
+    name: &str,
+    config: &ExporterConfig,
+    resolver: R,
+    tasks: Tasks,
+) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
     let backend_config = (**config
         .exporter
         .as_ref()
-        .ok_or_else(|| missing("exporter"))?)
+        .ok_or_else(|| missing(name, "exporter"))?)
     .clone();
-    let resolver =
-        AnyResolver::from_config(resolver_config, backend_config.tls != TlsConfig::default());
     let key = match config.routing_key.unwrap_or_default() {
         RoutingKey::TraceId => RouteKey::TraceId,
         RoutingKey::CouncilRoundId => RouteKey::Attribute(RoutingKey::COUNCIL_ROUND_ID.into()),
     };
-    let (handle, task, _) = start_with(name, config, backend_config, key, resolver, tasks)?;
-    Ok((handle, task))
-}
-
-/// The parts [`start_with`] starts: the handle, the task, and the membership.
-type Started = (ExporterHandle, JoinHandle<Option<u64>>, Arc<Shared>);
-
-/// [`start`] with any resolver, for tests that change the answers and read the ring.
-fn start_with<R: Resolve>(
-    name: &str,
-    config: &ExporterConfig,
-    backend_config: ExporterConfig,
-    key: RouteKey,
-    resolver: R,
-    tasks: Tasks,
-) -> Result<Started, BuildError> {
     tasks.metrics.declare_loadbalancer(name);
     let supervisor = tasks.supervisor.clone();
     let shared = Arc::new(Shared {
         name: name.to_owned(),
+        key,
+        grace: config.reroute_after(),
         backend_config,
-        members: Arc::new(RwLock::new(Arc::new(Snapshot::new(Vec::new())))),
+        members: RwLock::new(Arc::new(Snapshot::new(Vec::new()))),
+        closing: AtomicBool::new(false),
         backend_tasks: Mutex::new(Vec::new()),
         metrics: Arc::clone(&tasks.metrics),
         abandon: tasks.abandon.clone(),
@@ -301,23 +530,19 @@ fn start_with<R: Resolve>(
     let stop = CancellationToken::new();
     let router = Router {
         shared: Arc::clone(&shared),
-        key,
         _stop: stop.clone().drop_guard(),
     };
-    let (handle, router_task) =
-        queue::spawn(name, router, config, tasks).map_err(|source| BuildError::Queue {
-            exporter: name.to_owned(),
-            source,
-        })?;
+    let (handle, router_task) = start_queue(name, router, config, tasks)?;
     let following = supervisor.spawn(
         format!("exporter {name} (resolver)"),
         follow(resolver, Arc::clone(&shared), stop),
     );
-    let membership = Arc::clone(&shared);
     let task = supervisor.spawn(format!("exporter {name} (backends)"), async move {
         let router_left = router_task.await.ok().flatten();
-        // The router is gone, so the resolver stops; then the backends' queues close.
+        // The router is gone, so the resolver stops; then the backends' queues close, each
+        // draining to its own backend (the agent is stopping: nothing is re-routed).
         let _ = following.await;
+        shared.closing.store(true, Ordering::Relaxed);
         shared.replace(Snapshot::new(Vec::new()));
         let backends = std::mem::take(
             &mut *shared
@@ -331,7 +556,7 @@ fn start_with<R: Resolve>(
         }
         left
     });
-    Ok((handle, task, membership))
+    Ok((handle, task))
 }
 
 /// Resolves now, then every interval until `stop`, applying each good answer. A failing or
@@ -376,197 +601,43 @@ async fn follow<R: Resolve>(resolver: R, shared: Arc<Shared>, stop: Cancellation
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use super::resolver::ResolveError;
     use super::*;
-    use crate::config::ExporterProtocol;
-    use crate::otlp::partition::route_hash;
-    use crate::otlp::{ExportTraceServiceRequest, ResourceSpans, ScopeSpans, Span, SpanBatch};
 
-    /// Answers what the test last set: backends, or a failure.
-    #[derive(Clone, Default)]
-    struct Fake(Arc<Mutex<Option<Vec<String>>>>);
-
-    impl Fake {
-        fn answer(&self, urls: Option<&[&str]>) {
-            *self.0.lock().expect("lock") =
-                urls.map(|u| u.iter().map(|s| (*s).to_owned()).collect());
-        }
-    }
-
-    impl Resolve for Fake {
-        async fn resolve(&self) -> Result<Vec<String>, ResolveError> {
-            self.0
-                .lock()
-                .expect("lock")
-                .clone()
-                .ok_or(ResolveError::Empty {
-                    name: "fake".into(),
-                })
-        }
-
-        fn interval(&self) -> Option<std::time::Duration> {
-            Some(Duration::from_millis(10))
-        }
-    }
-
-    fn value(metrics: &Metrics, series: &str) -> Option<u64> {
-        metrics
-            .render()
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    /// Polls `done` every 10ms for at most 5s.
-    async fn eventually(mut done: impl FnMut() -> bool) -> bool {
-        for _ in 0..500 {
-            if done() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    }
-
-    /// `traces` traces of two spans each, trace ids 0..traces.
-    fn batch(traces: u8) -> SpanBatch {
-        let spans = (0..traces)
-            .flat_map(|t| {
-                (0..2).map(move |s| Span {
-                    trace_id: vec![t; 16],
-                    span_id: vec![s + 1; 8],
-                    name: format!("t{t}s{s}"),
-                    ..Default::default()
-                })
-            })
-            .collect();
-        SpanBatch::from_request(ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
+    fn failed() -> Result<Delivered, ExportError> {
+        Err(ExportError::Retryable {
+            message: "unavailable".into(),
+            retry_after: None,
         })
     }
 
-    fn start_fake(fake: Fake, metrics: &Arc<Metrics>, health: &Arc<Health>) -> Started {
-        let config = ExporterConfig::new(ExporterProtocol::Loadbalancing, None);
-        // Console backends: their exported-spans series count what each was given.
-        let backend = ExporterConfig::new(ExporterProtocol::Console, None);
-        let tasks = Tasks {
-            metrics: Arc::clone(metrics),
-            health: Arc::clone(health),
-            ..Default::default()
-        };
-        start_with("lb", &config, backend, RouteKey::TraceId, fake, tasks).expect("start")
-    }
-
-    #[tokio::test]
-    async fn backends_follow_the_resolver_and_only_a_removed_backends_keys_move() {
-        let metrics = Arc::new(Metrics::default());
-        let fake = Fake::default();
-        fake.answer(None);
-        let health = Arc::new(Health::default());
-        let (handle, task, shared) = start_fake(fake.clone(), &metrics, &health);
-        let registered =
-            || -> Vec<String> { health.exporters().into_iter().map(|e| e.exporter).collect() };
-        assert_eq!(
-            value(&metrics, "daena_agent_lb_backends{exporter=\"lb\"}"),
-            Some(0)
-        );
-
-        fake.answer(Some(&["http://c:1", "http://a:1", "b:1", "http://a:1"]));
+    #[test]
+    fn a_backend_is_down_after_its_grace_probed_once_per_period_and_up_at_a_success() {
+        let outage = Outage::default();
+        assert!(!outage.is_down(Duration::ZERO), "never failed");
+        assert!(!outage.attempted(&failed()));
+        assert!(outage.is_down(Duration::ZERO));
         assert!(
-            eventually(|| value(&metrics, "daena_agent_lb_backends{exporter=\"lb\"}") == Some(3))
-                .await
+            !outage.is_down(Duration::from_secs(3600)),
+            "within its grace"
         );
-        let changes = "daena_agent_lb_membership_changes_total{exporter=\"lb\"}";
-        assert_eq!(
-            value(&metrics, changes),
-            Some(0),
-            "the first answer is no change"
-        );
-
-        // 50 traces of 2 spans: every backend gets a share, and all 100 arrive.
-        assert!(handle.try_send(&Arc::new(Payload::new(batch(50))), &[]));
-        let exported = |backend: &str| {
-            value(
-                &metrics,
-                &format!("daena_agent_spans_exported_total{{exporter=\"lb/{backend}\"}}"),
-            )
-            .unwrap_or(0)
-        };
+        assert!(outage.start_rerouting(), "news the first time");
+        assert!(!outage.start_rerouting(), "not the second");
+        // It was just tried: the next probe waits a period.
+        assert!(!outage.probe_due());
+        outage.lock().last_attempt = Instant::now().checked_sub(PROBE_EVERY);
+        assert!(outage.probe_due());
+        assert!(!outage.probe_due(), "one batch per period");
+        // A refused batch neither starts nor ends an outage.
+        let refused = Err(ExportError::Permanent {
+            message: "bad request".into(),
+        });
+        assert!(!outage.attempted(&refused));
+        assert!(outage.is_down(Duration::ZERO));
         assert!(
-            eventually(|| ["a:1", "b:1", "c:1"]
-                .iter()
-                .map(|b| exported(b))
-                .sum::<u64>()
-                == 100)
-            .await
+            outage.attempted(&Ok(Delivered::default())),
+            "ends the re-routing"
         );
-        for backend in ["a:1", "b:1", "c:1"] {
-            assert!(exported(backend) > 0, "{backend} got nothing");
-            assert_eq!(exported(backend) % 2, 0, "{backend}: a trace was split");
-        }
-
-        let hashes: Vec<u64> = (0..=255u8).map(|t| route_hash(&[t; 16])).collect();
-        let owners = |snapshot: &Snapshot| -> Vec<String> {
-            hashes
-                .iter()
-                .map(|&h| {
-                    let index = snapshot.ring.owner(h).expect("a backend");
-                    host_port(&snapshot.backends[index].url).to_owned()
-                })
-                .collect()
-        };
-        let before = owners(&shared.current());
-
-        // A failing answer keeps the membership, and is no change.
-        fake.answer(None);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(
-            value(&metrics, "daena_agent_lb_backends{exporter=\"lb\"}"),
-            Some(3)
-        );
-
-        fake.answer(Some(&["http://a:1", "http://c:1"]));
-        assert!(
-            eventually(|| value(&metrics, "daena_agent_lb_backends{exporter=\"lb\"}") == Some(2))
-                .await
-        );
-        assert_eq!(value(&metrics, changes), Some(1));
-        let after = owners(&shared.current());
-        for (old, new) in before.iter().zip(&after) {
-            if old != "b:1" {
-                assert_eq!(old, new, "a key of a backend still there moved");
-            }
-        }
-        assert!(before.iter().any(|o| o == "b:1"));
-        // Drained and gone, it no longer counts for readiness.
-        assert!(eventually(|| !registered().contains(&"lb/b:1".to_owned())).await);
-        assert!(registered().contains(&"lb/a:1".to_owned()));
-
-        fake.answer(Some(&["http://a:1", "http://b:1", "http://c:1"]));
-        assert!(
-            eventually(|| value(&metrics, "daena_agent_lb_backends{exporter=\"lb\"}") == Some(3))
-                .await
-        );
-        assert_eq!(value(&metrics, changes), Some(2));
-        assert_eq!(
-            owners(&shared.current()),
-            before,
-            "b:1 back owns what it owned"
-        );
-        assert!(registered().contains(&"lb/b:1".to_owned()));
-
-        drop(handle);
-        drop(shared);
-        let left = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the exporter and its backends end once closed");
-        assert_eq!(left.ok().flatten(), Some(0));
+        assert!(!outage.is_down(Duration::ZERO));
+        assert!(!outage.attempted(&Ok(Delivered::default())));
     }
 }

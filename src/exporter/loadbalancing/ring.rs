@@ -36,11 +36,19 @@ impl HashRing {
 
     /// The index of the backend that owns `hash`; `None` for a ring without backends.
     pub fn owner(&self, hash: u64) -> Option<usize> {
+        self.owner_among(hash, |_| true)
+    }
+
+    /// The owner of `hash` among the backends `eligible` admits: the first of their
+    /// points at or after it, so leaving a backend out moves only the keys it owned.
+    pub fn owner_among(&self, hash: u64, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         let at = self.points.partition_point(|&(point, _)| point < hash);
-        self.points
-            .get(at)
-            .or_else(|| self.points.first())
+        let (after, before) = self.points.split_at(at);
+        before
+            .iter()
+            .chain(after)
             .map(|&(_, index)| index)
+            .find(|&index| eligible(index))
     }
 }
 
@@ -68,6 +76,23 @@ mod tests {
         for hash in [0, 1, u64::MAX / 2, u64::MAX] {
             assert_eq!(ring.owner(hash), Some(0));
         }
+    }
+
+    #[test]
+    fn an_owner_left_out_gives_its_keys_to_the_next_point_and_no_other_key_moves() {
+        let ring = HashRing::new(&BACKENDS);
+        let hashes: Vec<u64> = (0..=u8::MAX).map(|t| route_hash(&[t; 16])).collect();
+        let without_first = HashRing::new(&BACKENDS[1..]);
+        for &hash in &hashes {
+            let owner = ring.owner(hash).expect("a backend");
+            let among = ring.owner_among(hash, |i| i != 0).expect("two left");
+            // Leaving backend 0 out is the ring without it: the same owners, shifted.
+            assert_eq!(among, without_first.owner(hash).expect("a backend") + 1);
+            if owner != 0 {
+                assert_eq!(among, owner);
+            }
+        }
+        assert_eq!(ring.owner_among(hashes[0], |_| false), None);
     }
 
     #[test]
