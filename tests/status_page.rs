@@ -19,6 +19,10 @@ use daena_trace_agent::otlp::{
     ExportTraceServiceRequest, Resource, ResourceSpans, ScopeSpans, Span, Value,
 };
 
+/// Traces sent through the loadbalancing exporter, and spans in each.
+const LB_TRACES: u32 = 40;
+const LB_SPANS: u32 = 2;
+
 /// The longest one Chromium run may take (a cold start on a busy 2-core machine takes a
 /// few seconds); past it the browser's process group is killed and the test fails.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);
@@ -161,6 +165,14 @@ fn count(dom: &str, scope: &str, name: &str) -> u64 {
     text.replace(',', "")
         .parse()
         .unwrap_or_else(|_| panic!("{name} after {scope} is {text:?}, not a count"))
+}
+
+/// Whether the Gateways (load balancing) section is shown: its tag has no `hidden`.
+fn gateways_shown(dom: &str) -> bool {
+    let (_, rest) = dom
+        .split_once("<section id=\"gateways\"")
+        .unwrap_or_else(|| panic!("no Gateways section on the page:\n{dom}"));
+    !rest[..rest.find('>').expect("end of tag")].contains("hidden")
 }
 
 /// Spans received over both protocols, as `/metrics` says.
@@ -326,6 +338,10 @@ async fn the_status_page_shows_in_chromium_what_metrics_counts_and_the_daena_mix
         dom.contains("<div id=\"warnings\" role=\"alert\"></div>"),
         "an upstream is configured: no warning banner"
     );
+    assert!(
+        !gateways_shown(&dom),
+        "no loadbalancing exporter: no Gateways section"
+    );
 
     let table = |id: &str| &dom[dom.find(&format!("id=\"{id}\"")).expect("mix table")..];
     for phase in ["scout", "debate", "commit"] {
@@ -372,5 +388,104 @@ async fn the_status_page_warns_when_spans_go_to_the_console_for_want_of_an_upstr
         dom.contains("<div id=\"warnings\" role=\"alert\"><p>spans go to the console: set OTEL_EXPORTER_OTLP_ENDPOINT or exporters:</p></div>"),
         "{dom}"
     );
+    agent.stop().await;
+}
+
+/// Trace `trace`'s spans, its id spread out (and never all zeros, which receivers refuse)
+/// so the traces fall on both backends of the ring.
+fn lb_trace(trace: u32) -> Vec<Span> {
+    let mixed = u64::from(trace + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let trace_id = [mixed.to_be_bytes(), mixed.rotate_left(17).to_be_bytes()].concat();
+    (0..LB_SPANS)
+        .map(|index| Span {
+            trace_id: trace_id.clone(),
+            span_id: [(trace + 1).to_be_bytes(), index.to_be_bytes()].concat(),
+            name: format!("t{trace}.{index}"),
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_001_000_000,
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_each_gateway_of_a_loadbalancing_exporter_and_its_share() {
+    let sinks = [Sink::grpc().await, Sink::grpc().await];
+    let backends: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let agent = TestAgent::start(&agent_yaml(
+        &format!(
+            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc }}\n",
+            backends.join(", ")
+        ),
+        NO_PROCESSORS,
+    ))
+    .await;
+    let page = format!("http://{}/", agent.telemetry.expect("telemetry endpoint"));
+
+    let spans = (0..LB_TRACES).flat_map(lb_trace).collect();
+    grpc_export(
+        agent.grpc_url(),
+        request_with_resource(Resource::default(), spans),
+        false,
+    )
+    .await
+    .expect("the agent accepts");
+    let sent = u64::from(LB_TRACES * LB_SPANS);
+    let started = Instant::now();
+    while sinks.iter().map(|s| s.spans().len() as u64).sum::<u64>() < sent {
+        assert!(
+            started.elapsed() < WAIT,
+            "the sinks got {:?} of {sent} spans within {WAIT:?}",
+            sinks.iter().map(|s| s.spans().len()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The exporters count a batch once its backend answered, a little after it arrived.
+    let series = |backend: &str| {
+        format!("daena_agent_spans_exported_total{{exporter=\"gateways/{backend}\"}}")
+    };
+    let started = Instant::now();
+    let metrics = loop {
+        let metrics = agent.metrics().await;
+        let exported: u64 = backends
+            .iter()
+            .map(|b| counter_value(&metrics, &series(b)))
+            .sum();
+        if exported >= sent {
+            break metrics;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{exported} of {sent} spans counted exported within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let dom = rendered_page(&page).await;
+    assert!(
+        gateways_shown(&dom),
+        "a loadbalancing exporter: Gateways shown"
+    );
+    let (_, lb) = dom
+        .split_once("data-lb=\"gateways\"")
+        .unwrap_or_else(|| panic!("no block for the gateways load balancer:\n{dom}"));
+    assert_eq!(count(lb, "<p", "lb.backends"), 2);
+    assert_eq!(count(lb, "<p", "lb.membership_changes"), 0);
+    assert_eq!(count(lb, "<p", "lb.rerouted"), 0);
+    let mut shown = 0;
+    for backend in &backends {
+        let row = format!("data-backend=\"{backend}\"");
+        assert_eq!(figure(lb, &row, "lb.member.state"), "routed", "{backend}");
+        let exported = counter_value(&metrics, &series(backend));
+        assert!(exported > 0, "{backend} got no share of {LB_TRACES} traces");
+        assert_eq!(
+            count(lb, &row, "lb.member.exported_total"),
+            exported,
+            "{backend}: the page and /metrics"
+        );
+        shown += exported;
+    }
+    assert_eq!(shown, sent, "every span sent, to one backend or the other");
+
     agent.stop().await;
 }

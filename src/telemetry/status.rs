@@ -148,6 +148,7 @@ impl Status {
         let values = values_by_series(&samples);
         let rates = self.rates_since_earlier_reading(now, values);
         let exporters = self.exporters(&samples, &rates);
+        let load_balancers = load_balancers(&samples, &rates);
         // The filter's drops are noise removed on purpose, not spans given up.
         let (filtered, dropped) = rates
             .counter(&samples, "daena_agent_spans_dropped_total")
@@ -167,6 +168,7 @@ impl Status {
                 requests_refused: rates.counter(&samples, "daena_agent_requests_refused_total"),
             },
             exporters,
+            load_balancers,
             sampling: SamplingView {
                 spans: rates.counter(&samples, "daena_agent_sampling_spans_total"),
                 traces: rates.counter(&samples, "daena_agent_sampling_traces_total"),
@@ -300,6 +302,9 @@ struct StatusReport {
     spans: SpanFlow,
     /// Each exporter's queue, deliveries and errors.
     exporters: Vec<ExporterView>,
+    /// Each loadbalancing exporter (one per `exporter` of `daena_agent_lb_backends`) and
+    /// its backends, by name; empty when there is none.
+    load_balancers: Vec<LoadBalancerView>,
     /// The samplers' decisions.
     sampling: SamplingView,
     /// Memory against its limits.
@@ -393,6 +398,37 @@ struct ExporterView {
     last_success_at: Option<String>,
 }
 
+/// One loadbalancing exporter: its consistent-hash ring's members and what moved between them.
+#[derive(Debug, Serialize)]
+struct LoadBalancerView {
+    /// Its name in the config.
+    exporter: String,
+    /// `daena_agent_lb_backends`: backends it routes over now.
+    backends: u64,
+    /// `daena_agent_lb_membership_changes_total`: changes of its backends after the first
+    /// resolution.
+    membership_changes_total: u64,
+    /// `daena_agent_lb_rerouted_spans_total`: spans queued for a backend that left, or that
+    /// was down past `reroute_after`, handed to another backend.
+    rerouted_spans_total: u64,
+    /// Spans re-routed per second.
+    rerouted_per_second: Option<f64>,
+    /// `daena_agent_lb_member`: its backends now, by `backend`.
+    members: Vec<MemberView>,
+}
+
+/// One backend of a loadbalancing exporter.
+#[derive(Debug, Serialize)]
+struct MemberView {
+    /// Its `host:port`.
+    backend: String,
+    /// Whether traces are routed to it; `false`: down past `reroute_after`, its share goes
+    /// to the other backends until it is back.
+    routed: bool,
+    /// Its row in `exporters`: `<load balancer>/<backend>`.
+    exporter: String,
+}
+
 /// Memory against the configured limits.
 #[derive(Debug, Serialize)]
 struct MemoryView {
@@ -466,6 +502,48 @@ impl CounterView {
             .partition(|s| s.labels.get(label).is_some_and(|v| v == value));
         (Self::of(with, rated), Self::of(without, rated))
     }
+}
+
+/// Each loadbalancing exporter the metrics name, by name, with its members by backend.
+fn load_balancers(samples: &Samples, rates: &Rates) -> Vec<LoadBalancerView> {
+    let mut names: Vec<String> = samples
+        .label_values("daena_agent_lb_backends", "exporter")
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| {
+            let exporter = [("exporter", name.as_str())];
+            let rerouted =
+                rates.counter_of(samples, "daena_agent_lb_rerouted_spans_total", &exporter);
+            let mut members: Vec<MemberView> = samples
+                .matching("daena_agent_lb_member", &exporter)
+                .filter_map(|sample| {
+                    let (_, backend) = sample.labels.iter().find(|(l, _)| l == "backend")?;
+                    Some(MemberView {
+                        exporter: format!("{name}/{backend}"),
+                        backend: backend.clone(),
+                        routed: sample.value > 0.0,
+                    })
+                })
+                .collect();
+            // `/metrics` lists the series in no fixed order; the page's rows keep still.
+            members.sort_by(|a, b| a.backend.cmp(&b.backend));
+            LoadBalancerView {
+                backends: samples
+                    .value("daena_agent_lb_backends", &exporter)
+                    .map_or(0, whole),
+                membership_changes_total: samples
+                    .value("daena_agent_lb_membership_changes_total", &exporter)
+                    .map_or(0, whole),
+                rerouted_spans_total: rerouted.total,
+                rerouted_per_second: rerouted.per_second,
+                members,
+                exporter: name,
+            }
+        })
+        .collect()
 }
 
 /// A counter or gauge value as a whole number (they count spans, bytes or events).
@@ -779,6 +857,83 @@ mod tests {
             serde_json::json!([["incomplete", 2]])
         );
         assert_eq!(signals["http_requests"], 0);
+    }
+
+    #[test]
+    fn load_balancers_show_their_backends_by_name_and_which_are_routed_to() {
+        let none = Status::new(
+            Arc::new(Metrics::default()),
+            Arc::default(),
+            Arc::default(),
+            limits(),
+        );
+        let json = serde_json::to_value(none.report()).unwrap();
+        assert_eq!(
+            json["load_balancers"],
+            serde_json::json!([]),
+            "none declared"
+        );
+
+        let metrics = Arc::new(Metrics::default());
+        let status = Status::new(
+            Arc::clone(&metrics),
+            Arc::default(),
+            Arc::default(),
+            limits(),
+        );
+        metrics.declare_loadbalancer("gateways");
+        metrics.declare_loadbalancer("edge");
+        for backend in ["10.0.0.3:4317", "10.0.0.1:4317", "10.0.0.2:4317"] {
+            metrics.lb_member("gateways", backend, true);
+        }
+        metrics.lb_membership("gateways", 3, false);
+        // One backend leaves; another is down past reroute_after, its queued spans moved.
+        metrics.lb_member_left("gateways", "10.0.0.3:4317");
+        metrics.lb_membership("gateways", 2, true);
+        metrics.lb_member("gateways", "10.0.0.2:4317", false);
+        metrics.lb_rerouted("gateways", 12);
+
+        // Pretend the reading taken at start was two seconds ago.
+        {
+            let mut readings = status.readings.lock().unwrap();
+            readings[0].at = readings[0].at.checked_sub(Duration::from_secs(2)).unwrap();
+        }
+        let report = status.report();
+        let names: Vec<_> = report.load_balancers.iter().map(|l| &l.exporter).collect();
+        assert_eq!(names, ["edge", "gateways"], "by name");
+        let edge = &report.load_balancers[0];
+        assert_eq!(
+            (edge.backends, edge.members.len()),
+            (0, 0),
+            "not resolved yet"
+        );
+        let gateways = &report.load_balancers[1];
+        assert_eq!(gateways.backends, 2);
+        assert_eq!(
+            gateways.membership_changes_total, 1,
+            "the first resolution is no change"
+        );
+        assert_eq!(gateways.rerouted_spans_total, 12);
+        // 12 spans over a little more than 2 s.
+        assert_eq!(
+            gateways
+                .rerouted_per_second
+                .map(|r| (r * 10.0).round() / 10.0),
+            Some(6.0)
+        );
+        let members: Vec<_> = gateways
+            .members
+            .iter()
+            .map(|m| (m.backend.as_str(), m.routed, m.exporter.as_str()))
+            .collect();
+        assert_eq!(
+            members,
+            [
+                ("10.0.0.1:4317", true, "gateways/10.0.0.1:4317"),
+                ("10.0.0.2:4317", false, "gateways/10.0.0.2:4317"),
+            ],
+            "by backend, the one that left gone"
+        );
     }
 
     #[test]
