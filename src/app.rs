@@ -232,7 +232,7 @@ impl Agent {
                 supervisor: supervisor.clone(),
                 health: Arc::clone(&health),
             };
-            let (handle, task, swappable) = exporter::start(name, exporter_config, tasks)?;
+            let ((handle, task), swappable) = exporter::start(name, exporter_config, tasks)?;
             if let Some(swappable) = swappable {
                 exporters.insert(name.clone(), swappable);
             }

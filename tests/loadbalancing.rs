@@ -367,10 +367,8 @@ async fn a_removed_backends_queue_goes_to_the_new_owners_and_its_traces_come_bac
     let three = owner_of(&addresses);
     send(traces.clone(), 0..2);
     let share = |owner: &dyn Fn(u32) -> usize, sink| owned(traces.clone(), owner, sink);
-    for sink in 0..2 {
-        sinks[sink]
-            .wait_for_spans(share(&three, sink).len() * 2)
-            .await;
+    for (index, sink) in sinks.iter().enumerate().take(2) {
+        sink.wait_for_spans(share(&three, index).len() * 2).await;
     }
     let queued = share(&three, 2).len() * 2;
     assert!(queued > 0, "the third owns some traces");
@@ -387,16 +385,16 @@ async fn a_removed_backends_queue_goes_to_the_new_owners_and_its_traces_come_bac
     assert_eq!(member(2), None, "a removed backend has no series");
     wait_for_total(&sinks, TRACES as usize * 2).await;
     let two = owner_of(&addresses[..2]);
-    for sink in 0..2 {
-        let held = trace_ids(&sinks[sink], 0..2);
+    for (index, sink) in sinks.iter().enumerate().take(2) {
+        let held = trace_ids(sink, 0..2);
         assert_eq!(
             held,
-            share(&two, sink),
-            "sink {sink} holds its traces on two"
+            share(&two, index),
+            "sink {index} holds its traces on two"
         );
         assert!(
-            held.is_superset(&share(&three, sink)),
-            "sink {sink}: a trace moved away"
+            held.is_superset(&share(&three, index)),
+            "sink {index}: a trace moved away"
         );
     }
     assert_eq!(value(rerouted), queued as u64);
@@ -461,10 +459,10 @@ async fn a_backend_down_past_reroute_after_has_its_share_sent_to_the_others_unti
     }
     // The others get their own traces, then, once the grace has passed, the third's.
     wait_for_total(&sinks, TRACES as usize * 2).await;
-    for sink in 0..2 {
-        let held = trace_ids(&sinks[sink], 0..2);
-        assert_eq!(held, share(&two, sink), "sink {sink}");
-        assert!(held.is_superset(&share(&three, sink)));
+    for (index, sink) in sinks.iter().enumerate().take(2) {
+        let held = trace_ids(sink, 0..2);
+        assert_eq!(held, share(&two, index), "sink {index}");
+        assert!(held.is_superset(&share(&three, index)));
     }
     let down = &addresses[2];
     let queued = share(&three, 2).len() as u64 * 2;

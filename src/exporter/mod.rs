@@ -237,22 +237,20 @@ pub fn start(
     name: &str,
     config: &ExporterConfig,
     tasks: queue::Tasks,
-) -> Result<
-    (
-        ExporterHandle,
-        JoinHandle<Option<u64>>,
-        Option<SwappableExporter>,
-    ),
-    BuildError,
-> {
+) -> Result<(Queued, Option<SwappableExporter>), BuildError> {
     if config.protocol == ExporterProtocol::Loadbalancing {
-        let (handle, task) = loadbalancing::start(name, config, tasks)?;
-        return Ok((handle, task, None));
+        return Ok((loadbalancing::start(name, config, tasks)?, None));
     }
     let exporter = SwappableExporter::new(AnyExporter::build(name, config)?);
-    let (handle, task) = start_queue(name, exporter.clone(), config, tasks)?;
-    Ok((handle, task, Some(exporter)))
+    Ok((
+        start_queue(name, exporter.clone(), config, tasks)?,
+        Some(exporter),
+    ))
 }
+
+/// A started exporter's queue: its handle for the fan-out, and its task, which ends when
+/// the queue is drained (or abandoned) with the spans it left on disk.
+pub type Queued = (ExporterHandle, JoinHandle<Option<u64>>);
 
 /// Starts `exporter` behind the queue `config` describes, as [`start`] does.
 fn start_queue<E: Exporter>(
@@ -260,7 +258,7 @@ fn start_queue<E: Exporter>(
     exporter: E,
     config: &ExporterConfig,
     tasks: queue::Tasks,
-) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
+) -> Result<Queued, BuildError> {
     queue::spawn(name, exporter, config, tasks).map_err(|source| BuildError::Queue {
         exporter: name.to_owned(),
         source,

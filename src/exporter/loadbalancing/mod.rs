@@ -47,7 +47,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use self::resolver::{AnyResolver, Resolve, membership};
 use self::ring::HashRing;
 use super::queue::{ExporterHandle, Tasks};
-use super::{AnyExporter, BuildError, Delivered, ExportError, Exporter, Payload, start_queue};
+use super::{
+    AnyExporter, BuildError, Delivered, ExportError, Exporter, Payload, Queued, start_queue,
+};
 use crate::config::{ExporterConfig, RoutingKey, TlsConfig};
 use crate::otlp::SpanBatch;
 use crate::otlp::partition::RouteKey;
@@ -459,11 +461,7 @@ impl Exporter for BackendExporter {
 /// Starts the loadbalancing exporter `name`: its own queue and router, a backend exporter
 /// per resolved backend, and the resolver task. The task returned ends when the queue is
 /// drained and every backend has ended, with the spans they left on disk.
-pub fn start(
-    name: &str,
-    config: &ExporterConfig,
-    tasks: Tasks,
-) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
+pub fn start(name: &str, config: &ExporterConfig, tasks: Tasks) -> Result<Queued, BuildError> {
     let resolver_config = config
         .resolver
         .as_ref()
@@ -494,7 +492,7 @@ pub fn start_with_resolver<R: Resolve>(
     config: &ExporterConfig,
     resolver: R,
     tasks: Tasks,
-) -> Result<(ExporterHandle, JoinHandle<Option<u64>>), BuildError> {
+) -> Result<Queued, BuildError> {
     let backend_config = (**config
         .exporter
         .as_ref()
