@@ -580,6 +580,8 @@ async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
         "daena_bus_rate_limited_total",
         "daena_nbmf_operations_total",
         "daena_http_requests_total",
+        "daena_agent_lb_rerouted_spans_total",
+        "daena_agent_lb_member",
     ] {
         assert!(
             queried.iter().any(|q| q == wanted),
@@ -587,10 +589,15 @@ async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
         );
     }
 
-    // A live agent after traffic: tail sampling on, so its series exist too.
+    // A live agent after traffic: tail sampling on and a load balancer, so their series
+    // exist too.
     let sink = Sink::grpc().await;
+    let gateway = Sink::grpc().await;
     let agent = TestAgent::start(&agent_yaml(
-        &format!("  tempo:\n    protocol: grpc\n    endpoint: http://{}\n", sink.addr),
+        &format!(
+            "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc }}\n",
+            sink.addr, gateway.addr
+        ),
         "processors:\n  sampling:\n    mode: tail\n    decision_wait: 100ms\n    policies: [{ name: all, type: ratio, ratio: 1.0 }]\n",
     ))
     .await;
