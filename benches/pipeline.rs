@@ -12,6 +12,7 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use daena_trace_agent::config::schema::{SchemaRow, Spellings, ValueType};
 use daena_trace_agent::config::{ProcessorsConfig, located};
+use daena_trace_agent::otlp::partition::RouteKey;
 use daena_trace_agent::otlp::{ExportTraceServiceRequest, SpanBatch, json};
 use daena_trace_agent::pipeline::Batcher;
 use daena_trace_agent::processor;
@@ -66,6 +67,15 @@ fn stages(c: &mut Criterion) {
                     batcher.flush().map_or(0, |b| b.span_count())
                 }
             },
+            BatchSize::SmallInput,
+        )
+    });
+    // What the shards' inlet and the loadbalancing exporter pay per request, in place.
+    group.bench_function("partition_protobuf_by_trace_id_into_3", |b| {
+        let body = bytes::Bytes::from(encoded.clone());
+        b.iter_batched(
+            || SpanBatch::from_encoded(body.clone(), SPANS),
+            |batch| batch.partition(3, &RouteKey::TraceId, |hash| (hash % 3) as usize),
             BatchSize::SmallInput,
         )
     });

@@ -6,7 +6,7 @@
 //! under a copy of its resource and scope, and only the enclosing lengths are new (as
 //! [`view::retain_spans`](super::view::retain_spans) does). Decoded parts are split decoded.
 
-use super::view::{Field, SpanRef, ValueRef, next_field, write_field_head};
+use super::view::{Field, SpanRef, ValueRef, next_field, span_trace_id, write_field_head};
 use super::{AnyValue, ResourceSpans, ScopeSpans, Span, SpanBatch, Value};
 
 /// What routes a span.
@@ -19,14 +19,17 @@ pub enum RouteKey {
 }
 
 impl RouteKey {
-    /// The bytes that route a span read in place.
-    fn of_encoded<'a>(&self, span: &SpanRef<'a>) -> &'a [u8] {
+    /// The bytes that route a span read in place from its encoding.
+    fn of_encoded<'a>(&self, span: &'a [u8]) -> &'a [u8] {
         match self {
-            Self::Attribute(key) => match span.attribute(key) {
-                Some(ValueRef::Str(value)) if !value.is_empty() => value.as_bytes(),
-                _ => span.trace_id,
-            },
-            Self::TraceId => span.trace_id,
+            Self::Attribute(key) => {
+                let span = SpanRef::parse(span);
+                match span.attribute(key) {
+                    Some(ValueRef::Str(value)) if !value.is_empty() => value.as_bytes(),
+                    _ => span.trace_id,
+                }
+            }
+            Self::TraceId => span_trace_id(span),
         }
     }
 
@@ -127,7 +130,7 @@ fn write_joined(out: &mut Vec<u8>, number: u32, head: &[u8], tail: &[u8]) {
 fn split_encoded(
     body: &[u8],
     parts: usize,
-    mut choose: impl FnMut(&SpanRef<'_>) -> usize,
+    mut choose: impl FnMut(&[u8]) -> usize,
 ) -> Vec<(Vec<u8>, usize)> {
     let mut out: Vec<EncodedPart> = (0..parts).map(|_| EncodedPart::default()).collect();
     let (mut resource_head, mut scope_head) = (Vec::new(), Vec::new());
@@ -151,7 +154,7 @@ fn split_encoded(
                     scope_head.extend_from_slice(whole);
                     continue;
                 };
-                let part = &mut out[choose(&SpanRef::parse(span))];
+                let part = &mut out[choose(span)];
                 part.spans_in_scope.extend_from_slice(whole);
                 part.spans += 1;
             }

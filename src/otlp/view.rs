@@ -426,6 +426,18 @@ fn any_value((number, field): (u32, Field<'_>)) -> Option<ValueRef<'_>> {
     })
 }
 
+/// A span's trace id read alone from its encoding: the last field 1, as a decoder keeps
+/// it, without the rest of [`SpanRef::parse`]'s work (routing reads nothing else).
+pub(super) fn span_trace_id(span: &[u8]) -> &[u8] {
+    Fields(span)
+        .filter_map(|field| match field {
+            (1, Field::Bytes(id)) => Some(id),
+            _ => None,
+        })
+        .last()
+        .unwrap_or_default()
+}
+
 /// A string field the scan found to be UTF-8.
 pub(super) fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
@@ -811,6 +823,27 @@ mod tests {
     /// A decoded value as the view reads it.
     fn as_ref(value: Option<&Value>) -> ValueRef<'_> {
         value.map_or(ValueRef::Empty, ValueRef::from)
+    }
+
+    #[test]
+    fn a_trace_id_read_alone_is_the_one_prost_keeps() {
+        let span = crate::otlp::Span {
+            trace_id: vec![1; 16],
+            name: "council.round".into(),
+            ..Default::default()
+        };
+        let encoded = span.encode_to_vec();
+        assert_eq!(span_trace_id(&encoded), &[1; 16]);
+        // Given twice, the last one counts, as in the decoded span the shards compare.
+        let again = crate::otlp::Span {
+            trace_id: vec![2; 16],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let twice = [encoded, again].concat();
+        let decoded = crate::otlp::Span::decode(&twice[..]).expect("decodes");
+        assert_eq!(span_trace_id(&twice), &decoded.trace_id[..]);
+        assert_eq!(span_trace_id(&[]), &[] as &[u8]);
     }
 
     #[test]
