@@ -595,8 +595,9 @@ async fn every_metric_the_dashboard_reads_is_one_the_agent_exports() {
     let gateway = Sink::grpc().await;
     let agent = TestAgent::start(&agent_yaml(
         &format!(
-            "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc }}\n",
-            sink.addr, gateway.addr
+            "  tempo:\n    protocol: grpc\n    endpoint: http://{}\n{}",
+            sink.addr,
+            gateways_exporter(&[gateway.addr.to_string()], "30s")
         ),
         "processors:\n  sampling:\n    mode: tail\n    decision_wait: 100ms\n    policies: [{ name: all, type: ratio, ratio: 1.0 }]\n",
     ))

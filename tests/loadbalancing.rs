@@ -66,13 +66,7 @@ fn gateway_yaml(sink: &Sink) -> String {
 }
 
 fn sidecar_yaml(gateways: &[String]) -> String {
-    agent_yaml(
-        &format!(
-            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc }}",
-            gateways.join(", ")
-        ),
-        NO_PROCESSORS,
-    )
+    agent_yaml(&gateways_exporter(gateways, "30s"), NO_PROCESSORS)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,10 +227,7 @@ async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_b
     let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
     // Within its grace: its share waits for it.
     let sidecar = TestAgent::start(&agent_yaml(
-        &format!(
-            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    reroute_after: 1h\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}",
-            addresses.join(", ")
-        ),
+        &gateways_exporter(&addresses, "1h"),
         NO_PROCESSORS,
     ))
     .await;
@@ -437,10 +428,7 @@ async fn a_backend_down_past_reroute_after_has_its_share_sent_to_the_others_unti
     sinks[2].set_down(true);
     let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
     let sidecar = TestAgent::start(&agent_yaml(
-        &format!(
-            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    reroute_after: 1s\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}",
-            addresses.join(", ")
-        ),
+        &gateways_exporter(&addresses, "1s"),
         NO_PROCESSORS,
     ))
     .await;

@@ -413,10 +413,7 @@ async fn the_status_page_shows_each_gateway_of_a_loadbalancing_exporter_and_its_
     let sinks = [Sink::grpc().await, Sink::grpc().await];
     let backends: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
     let agent = TestAgent::start(&agent_yaml(
-        &format!(
-            "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc }}\n",
-            backends.join(", ")
-        ),
+        &gateways_exporter(&backends, "30s"),
         NO_PROCESSORS,
     ))
     .await;

@@ -705,6 +705,11 @@ mod tests {
         }
     }
 
+    /// The status of `metrics`, with no exporter health and an empty Daena mix.
+    fn status_of(metrics: Arc<Metrics>) -> Status {
+        Status::new(metrics, Arc::default(), Arc::default(), limits())
+    }
+
     #[test]
     fn samples_parse_labels_with_escapes_and_skip_comments() {
         let text = "# TYPE x counter\nx_total{a=\"q\\\"uote\",b=\"back\\\\slash\\nline\"} 7\nup 1.5 1700000000\nbad{a=\"open 3\n# EOF\n";
@@ -799,12 +804,7 @@ mod tests {
 
     #[test]
     fn rates_are_absent_until_readings_are_a_second_apart() {
-        let status = Status::new(
-            Arc::new(Metrics::default()),
-            Arc::default(),
-            Arc::default(),
-            limits(),
-        );
+        let status = status_of(Arc::default());
         let report = status.report();
         assert_eq!(report.rate_interval_seconds, None);
         assert_eq!(report.spans.received.per_second, None);
@@ -845,7 +845,7 @@ mod tests {
             table.add(Signal::LlmCost, &["m", "d"], &cost);
             table.add(Signal::CouncilRounds, &["d", "incomplete"], &requests(2));
         }
-        let status = Status::new(metrics, Arc::default(), Arc::default(), limits());
+        let status = status_of(metrics);
         let json = serde_json::to_value(status.report()).unwrap();
         let signals = &json["signals"];
         assert_eq!(signals["llm_requests"], 4);
@@ -861,12 +861,7 @@ mod tests {
 
     #[test]
     fn load_balancers_show_their_backends_by_name_and_which_are_routed_to() {
-        let none = Status::new(
-            Arc::new(Metrics::default()),
-            Arc::default(),
-            Arc::default(),
-            limits(),
-        );
+        let none = status_of(Arc::default());
         let json = serde_json::to_value(none.report()).unwrap();
         assert_eq!(
             json["load_balancers"],
@@ -875,12 +870,7 @@ mod tests {
         );
 
         let metrics = Arc::new(Metrics::default());
-        let status = Status::new(
-            Arc::clone(&metrics),
-            Arc::default(),
-            Arc::default(),
-            limits(),
-        );
+        let status = status_of(Arc::clone(&metrics));
         metrics.declare_loadbalancer("gateways");
         metrics.declare_loadbalancer("edge");
         for backend in ["10.0.0.3:4317", "10.0.0.1:4317", "10.0.0.2:4317"] {
@@ -938,12 +928,7 @@ mod tests {
 
     #[test]
     fn readings_are_bounded() {
-        let status = Status::new(
-            Arc::new(Metrics::default()),
-            Arc::default(),
-            Arc::default(),
-            limits(),
-        );
+        let status = status_of(Arc::default());
         let mut at = Instant::now();
         for _ in 0..100 {
             at += Duration::from_secs(1);

@@ -30,6 +30,16 @@ pub fn agent_yaml(exporters: &str, extra: &str) -> String {
     )
 }
 
+/// The `exporters:` entry of a loadbalancing exporter named `gateways` over `backends`
+/// (`host:port`), re-routing a failing one after `reroute_after`, each backend retried
+/// every 50 to 200 ms so that tests wait little.
+pub fn gateways_exporter(backends: &[String], reroute_after: &str) -> String {
+    format!(
+        "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    reroute_after: {reroute_after}\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }} }}\n",
+        backends.join(", ")
+    )
+}
+
 /// Writes `yaml` to a temporary file and loads it with an empty environment, as the
 /// binary would; the directory lives as long as the returned guard.
 pub fn load_config(yaml: &str) -> (Config, tempfile::TempDir) {
