@@ -181,6 +181,31 @@ fn scenarios() -> Vec<Scenario> {
             sampling: Sampling::TailErrorsAndRatio(0.1),
         },
         Scenario {
+            name: "grpc-gateway-tail-gzip (the two-tier gateway: redact and limits, tail: errors + 10%; shards: the cores)",
+            input: Input::Grpc,
+            traffic: Traffic::Council,
+            agent: Some(concat!(
+                "    compression: gzip\n",
+                "processors:\n  filter: { enabled: false }\n  signals: { enabled: false }\n  daena: { enabled: false }\n",
+                "  sampling:\n    mode: tail\n    decision_wait: 1s\n",
+                "    policies: [ { name: errors, type: errors }, { name: baseline, type: ratio, ratio: 0.1 } ]\n"
+            )),
+            sampling: Sampling::TailErrorsAndRatio(0.1),
+        },
+        Scenario {
+            name: "grpc-gateway-tail-1shard-gzip (the same gateway on one pipeline shard)",
+            input: Input::Grpc,
+            traffic: Traffic::Council,
+            agent: Some(concat!(
+                "    compression: gzip\n",
+                "pipeline: { shards: 1 }\n",
+                "processors:\n  filter: { enabled: false }\n  signals: { enabled: false }\n  daena: { enabled: false }\n",
+                "  sampling:\n    mode: tail\n    decision_wait: 1s\n",
+                "    policies: [ { name: errors, type: errors }, { name: baseline, type: ratio, ratio: 0.1 } ]\n"
+            )),
+            sampling: Sampling::TailErrorsAndRatio(0.1),
+        },
+        Scenario {
             name: "grpc-fastapi-gzip (FastAPI traffic, default processors: the filter drops ASGI events and health probes)",
             input: Input::Grpc,
             traffic: Traffic::FastApi,

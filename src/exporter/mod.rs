@@ -229,6 +229,10 @@ pub enum BuildError {
     },
 }
 
+/// A started exporter's queue: its handle for the fan-out, and its task, which ends when
+/// the queue is drained (or abandoned) with the spans it left on disk.
+pub type Queued = (ExporterHandle, JoinHandle<Option<u64>>);
+
 /// Starts the exporter `name` behind its queue (in memory, or on disk when
 /// `queue.persistent`): its handle for the fan-out, its task (which returns the spans it
 /// left on disk, if any), and the exporter itself, which a config reload may replace (a
@@ -247,10 +251,6 @@ pub fn start(
         Some(exporter),
     ))
 }
-
-/// A started exporter's queue: its handle for the fan-out, and its task, which ends when
-/// the queue is drained (or abandoned) with the spans it left on disk.
-pub type Queued = (ExporterHandle, JoinHandle<Option<u64>>);
 
 /// Starts `exporter` behind the queue `config` describes, as [`start`] does.
 fn start_queue<E: Exporter>(
