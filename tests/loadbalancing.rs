@@ -232,11 +232,16 @@ async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_b
     ))
     .await;
     let owner = owner_of(&addresses);
+    // Under load: six requests of ten traces while the third backend refuses.
     let traces = 0..60;
-    let request = request_with_resource(Resource::default(), spans(traces.clone(), 0..SPANS));
-    grpc_export(sidecar.grpc_url(), request, false)
-        .await
-        .expect("the sidecar accepts");
+    for start in traces.clone().step_by(10) {
+        let request =
+            request_with_resource(Resource::default(), spans(start..start + 10, 0..SPANS));
+        grpc_export(sidecar.grpc_url(), request, false)
+            .await
+            .expect("the sidecar accepts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let expected = |sink: usize| owned(traces.clone(), &owner, sink).len() * SPANS as usize;
     assert!(expected(2) > 0, "the down backend owns some traces");
