@@ -518,3 +518,58 @@ async fn a_backend_down_past_reroute_after_has_its_share_sent_to_the_others_unti
     }
     sidecar.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_backends_queue_left_on_disk_goes_to_the_backends_of_the_next_run() {
+    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
+    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let queues = tempfile::tempdir().expect("queue dir");
+    let sidecar = |backends: &[String]| {
+        agent_yaml(
+            &format!(
+                "  gateways:\n    protocol: loadbalancing\n    resolver: {{ static: [{}] }}\n    exporter: {{ protocol: grpc, retry: {{ initial_interval: 50ms, max_interval: 200ms }}, queue: {{ persistent: true, dir: \"{}\" }} }}\n",
+                backends.join(", "),
+                queues.path().display()
+            ),
+            &format!("{NO_PROCESSORS}shutdown_timeout: 1s\n"),
+        )
+    };
+
+    // A run whose only gateway is down ends with its share on disk.
+    sinks[2].set_down(true);
+    let first = TestAgent::start(&sidecar(&addresses[2..])).await;
+    let traces = 0..50;
+    let request = request_with_resource(Resource::default(), spans(traces.clone(), 0..2));
+    grpc_export(first.grpc_url(), request, false)
+        .await
+        .expect("the sidecar accepts");
+    let queued = format!(
+        "daena_agent_queue_spans{{exporter=\"gateways/{}\"}}",
+        addresses[2]
+    );
+    assert_eq!(first.wait_for_counter(&queued, 100).await, 100);
+    assert_eq!(first.stop().await.spans_left_on_disk, 100);
+
+    // The next run has two other gateways: they get those spans, each trace to its owner.
+    let second = TestAgent::start(&sidecar(&addresses[..2])).await;
+    wait_for_total(&sinks, 100).await;
+    let two = owner_of(&addresses[..2]);
+    for (index, sink) in sinks.iter().enumerate().take(2) {
+        assert_eq!(
+            trace_ids(sink, 0..2),
+            owned(traces.clone(), &two, index),
+            "sink {index}"
+        );
+    }
+    assert!(sinks[2].spans().is_empty());
+    assert_eq!(
+        second
+            .wait_for_counter(
+                "daena_agent_lb_rerouted_spans_total{exporter=\"gateways\"}",
+                100
+            )
+            .await,
+        100
+    );
+    assert_eq!(second.stop().await.spans_left_on_disk, 0);
+}

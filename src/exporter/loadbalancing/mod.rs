@@ -29,9 +29,11 @@
 //! of its queue (on disk too) to the backends that own its keys on the ring without it,
 //! counted in `daena_agent_lb_rerouted_spans_total`. A backend down past its grace is
 //! still tried with one batch every [`PROBE_EVERY`], and owns its keys again at its
-//! first success. An empty or failing answer keeps the last good membership, logged once
-//! per change; a backend that cannot be built is left out and tried again at the next
-//! answer.
+//! first success. At the first membership, the persistent queues an earlier run left for
+//! backends that are not members are opened by exporters outside the membership, which
+//! hand them on the same way. An empty or failing answer keeps the last good
+//! membership, logged once per change; a backend that cannot be built is left out and
+//! tried again at the next answer.
 
 pub mod resolver;
 pub mod ring;
@@ -46,7 +48,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::resolver::{AnyResolver, Resolve, membership};
 use self::ring::HashRing;
-use super::queue::{ExporterHandle, Tasks};
+use super::queue::{ExporterHandle, Tasks, dir_name};
 use super::{
     AnyExporter, BuildError, Delivered, ExportError, Exporter, Payload, Queued, start_queue,
 };
@@ -252,11 +254,82 @@ impl Shared {
         self.replace(Snapshot::new(backends));
         self.metrics
             .lb_membership(&self.name, count, !current.backends.is_empty());
+        if current.backends.is_empty() {
+            self.adopt_leftover_queues();
+        }
         (true, failed)
     }
 
+    /// Opens the persistent queues an earlier run left for backends that are not members
+    /// now (a gateway pod that came back on another address) so that their spans go to
+    /// the new owners: each such queue gets a backend exporter outside the membership,
+    /// which hands every batch on, and ends once drained. Called at the first membership.
+    fn adopt_leftover_queues(self: &Arc<Self>) {
+        let queue = &self.backend_config.queue;
+        let (true, Some(dir)) = (queue.persistent, &queue.dir) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let prefix = dir_name(&format!("{}/", self.name));
+        let members: Vec<String> = self
+            .current()
+            .backends
+            .iter()
+            .map(|b| dir_name(&format!("{}/{}", self.name, host_port(&b.url))))
+            .collect();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+                continue;
+            };
+            // A backend's directory is its `host:port` made safe, so it ends in `_<port>`:
+            // anything else under the prefix is another exporter's.
+            let is_backend = suffix
+                .rsplit_once('_')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !is_backend || members.iter().any(|m| m.as_str() == file_name) {
+                continue;
+            }
+            // Never a member, so never sent to: the URL only builds its exporter.
+            let url = format!("http://{}.leftover.invalid:1", suffix.replace('_', "-"));
+            match self.start_leftover(suffix, &url) {
+                Ok(()) => tracing::info!(
+                    exporter = %self.name,
+                    queue = %entry.path().display(),
+                    "A persistent queue of a backend that is no longer a member: its spans go to the backends that own them now"
+                ),
+                Err(error) => tracing::error!(
+                    exporter = %self.name,
+                    "A persistent queue of a former backend could not be opened; its spans stay on disk: {error}"
+                ),
+            }
+        }
+    }
+
     fn start_backend(self: &Arc<Self>, url: &str) -> Result<Backend, BuildError> {
-        let name = format!("{}/{}", self.name, host_port(url));
+        let (handle, outage) = self.start_backend_named(host_port(url), url)?;
+        Ok(Backend {
+            url: url.to_owned(),
+            handle,
+            outage,
+        })
+    }
+
+    /// Starts a leftover queue's exporter, named `<name>/<suffix>` so that its queue is
+    /// the directory found; its handle is dropped at once, so it drains and ends.
+    fn start_leftover(self: &Arc<Self>, suffix: &str, url: &str) -> Result<(), BuildError> {
+        self.start_backend_named(suffix, url).map(drop)
+    }
+
+    /// Starts the exporter `<name>/<backend>` sending to `url`, behind its queue.
+    fn start_backend_named(
+        self: &Arc<Self>,
+        backend: &str,
+        url: &str,
+    ) -> Result<(ExporterHandle, Arc<Outage>), BuildError> {
+        let name = format!("{}/{}", self.name, backend);
         let mut config = self.backend_config.clone();
         config.endpoint = Some(url.to_owned());
         let tasks = Tasks {
@@ -287,11 +360,7 @@ impl Shared {
         // DNS churn must not grow the list without end.
         tasks.retain(|task| !task.is_finished());
         tasks.push(task);
-        Ok(Backend {
-            url: url.to_owned(),
-            handle,
-            outage,
-        })
+        Ok((handle, outage))
     }
 
     /// Splits `batch` by the ring over the backends of `snapshot` that `eligible` admits,

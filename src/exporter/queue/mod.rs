@@ -231,7 +231,7 @@ pub fn spawn<E: Exporter>(
 const WRITER_QUEUE: usize = 16;
 
 /// An exporter name as a directory name: anything but letters, digits, `-` and `_` becomes `_`.
-fn dir_name(name: &str) -> String {
+pub(super) fn dir_name(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
