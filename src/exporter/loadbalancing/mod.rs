@@ -292,10 +292,17 @@ impl Shared {
             if !is_backend || members.iter().any(|m| m.as_str() == file_name) {
                 continue;
             }
-            // Never a member, so never sent to: the URL only builds its exporter.
-            let url = format!("http://{}.leftover.invalid:1", suffix.replace('_', "-"));
-            match self.start_leftover(suffix, &url) {
-                Ok(()) => tracing::info!(
+            // Never a member, so never sent to: the URL only builds its exporter. Named
+            // `<name>/<suffix>`, its queue is the directory found; its handle is dropped at
+            // once, so it drains and ends.
+            let scheme = if self.backend_config.tls == TlsConfig::default() {
+                "http"
+            } else {
+                "https"
+            };
+            let url = format!("{scheme}://{}.leftover.invalid:1", suffix.replace('_', "-"));
+            match self.start_backend_named(suffix, &url) {
+                Ok(_) => tracing::info!(
                     exporter = %self.name,
                     queue = %entry.path().display(),
                     "A persistent queue of a backend that is no longer a member: its spans go to the backends that own them now"
@@ -315,12 +322,6 @@ impl Shared {
             handle,
             outage,
         })
-    }
-
-    /// Starts a leftover queue's exporter, named `<name>/<suffix>` so that its queue is
-    /// the directory found; its handle is dropped at once, so it drains and ends.
-    fn start_leftover(self: &Arc<Self>, suffix: &str, url: &str) -> Result<(), BuildError> {
-        self.start_backend_named(suffix, url).map(drop)
     }
 
     /// Starts the exporter `<name>/<backend>` sending to `url`, behind its queue.
