@@ -220,11 +220,18 @@ async fn wait_for_total(sinks: &[Sink], spans: usize) {
     until(&format!("{spans} spans in the sinks"), || total() >= spans).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_back() {
+/// Three recording gateways on loopback, the third down (refusing retryably), and their
+/// `host:port`s.
+async fn three_gateways_the_third_down() -> ([Sink; 3], Vec<String>) {
     let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
     sinks[2].set_down(true);
-    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let addresses = sinks.iter().map(|s| s.addr.to_string()).collect();
+    (sinks, addresses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_backend_holds_back_no_other_and_gets_its_own_traces_when_it_is_back() {
+    let (sinks, addresses) = three_gateways_the_third_down().await;
     // Within its grace: its share waits for it.
     let sidecar = TestAgent::start(&agent_yaml(
         &gateways_exporter(&addresses, "1h"),
@@ -429,9 +436,7 @@ async fn a_removed_backends_queue_goes_to_the_new_owners_and_its_traces_come_bac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_down_past_reroute_after_has_its_share_sent_to_the_others_until_it_answers() {
-    let sinks = [Sink::grpc().await, Sink::grpc().await, Sink::grpc().await];
-    sinks[2].set_down(true);
-    let addresses: Vec<String> = sinks.iter().map(|s| s.addr.to_string()).collect();
+    let (sinks, addresses) = three_gateways_the_third_down().await;
     let sidecar = TestAgent::start(&agent_yaml(
         &gateways_exporter(&addresses, "1s"),
         NO_PROCESSORS,

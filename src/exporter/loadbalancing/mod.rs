@@ -480,11 +480,14 @@ impl BackendExporter {
     async fn hand_on(&self, payload: &Payload) -> Result<Delivered, ExportError> {
         let shared = &self.shared;
         let snapshot = shared.current();
-        let others = |i: usize| {
-            let backend = &snapshot.backends[i];
-            backend.url != self.url && !backend.outage.is_down(shared.grace)
-        };
-        if !(0..snapshot.backends.len()).any(others) {
+        // Read once per batch: the ring asks for every span, and each outage is a lock.
+        let eligible: Vec<bool> = snapshot
+            .backends
+            .iter()
+            .map(|b| b.url != self.url && !b.outage.is_down(shared.grace))
+            .collect();
+        let others = |i: usize| eligible[i];
+        if !eligible.contains(&true) {
             return Err(ExportError::Retryable {
                 message: "no other backend to re-route to: the others are down or gone".into(),
                 retry_after: None,
